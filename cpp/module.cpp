@@ -1,0 +1,15 @@
+// The one native module, dualkv._C. Each component registers its own bindings.
+#include <pybind11/pybind11.h>
+
+namespace py = pybind11;
+
+namespace dualkv {
+void register_errors(py::module_& m);
+void register_build_info(py::module_& m);
+}  // namespace dualkv
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "dualkv native core: memory, I/O, transports, completion tracking";
+  dualkv::register_errors(m);
+  dualkv::register_build_info(m);
+}

@@ -1,0 +1,31 @@
+"""`dualkv <command>`: each command lives in its own module with `add_arguments` and `run`.
+
+Modules load only when their command runs, so `dualkv info` never imports torch or the
+simulator.
+"""
+import argparse
+import importlib
+import sys
+
+COMMANDS = {
+    "info": ("dualkv.commands.info", "what this build and machine can do"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dualkv", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (module, help_text) in COMMANDS.items():
+        cmd = sub.add_parser(name, help=help_text)
+        cmd.set_defaults(_module=module)
+        importlib.import_module(module).add_arguments(cmd)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(importlib.import_module(args._module).run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,23 @@
+import json
+import subprocess
+import sys
+
+import dualkv
+
+
+def test_info_lists_backends():
+    report = dualkv.info()
+    assert set(report["build"]) >= {"io_uring", "ucx"}
+    assert all(isinstance(v, bool) for k, v in report["build"].items() if k != "compiler")
+
+
+def test_cli_info_json():
+    out = subprocess.run([sys.executable, "-m", "dualkv.cli", "info", "--json"],
+                         check=True, capture_output=True, text=True).stdout
+    assert "build" in json.loads(out)
+
+
+def test_errors_are_python_exceptions_of_the_right_family():
+    assert issubclass(dualkv.InvalidArgument, ValueError)
+    assert issubclass(dualkv.StorageError, OSError)
+    assert issubclass(dualkv.TimedOut, TimeoutError)
