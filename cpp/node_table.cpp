@@ -89,10 +89,21 @@ void NodeTable::grow_table() {
   }
 }
 
-uint32_t NodeTable::insert(const uint8_t* key) {
+uint32_t NodeTable::find_or_insert(const uint8_t* key, bool* inserted) {
+  *inserted = false;
   if ((num_nodes_ + 1) * 4 > table_.size() * 3) {
     if (table_bits_ >= 32) return kNil;
     grow_table();
+  }
+  const uint64_t tag = hash(key) >> 32;
+  const size_t mask = table_.size() - 1;
+  size_t i = home(tag << 32);
+  for (;; i = (i + 1) & mask) {
+    const uint64_t entry = table_[i];
+    if (entry == kEmpty) break;
+    if ((entry >> 32) == tag && std::memcmp(this->key(entry_id(entry)), key, key_bytes_) == 0) {
+      return entry_id(entry);
+    }
   }
   const uint32_t id = alloc_id();
   if (id == kNil) return kNil;
@@ -102,8 +113,9 @@ uint32_t NodeTable::insert(const uint8_t* key) {
   n.parent = n.first_child = n.next_sibling = n.prev_sibling = kNil;
   n.lru_prev = n.lru_next = kNil;
   std::memcpy(s + sizeof(Node), key, key_bytes_);
-  place((hash(key) & 0xFFFFFFFF00000000ull) | id);
+  table_[i] = (tag << 32) | id;  // the empty slot that ended the probe
   ++num_nodes_;
+  *inserted = true;
   return id;
 }
 

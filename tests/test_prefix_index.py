@@ -4,6 +4,7 @@ import threading
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from dualkv.errors import InvalidArgument
 from dualkv.index import PrefixIndex
@@ -147,6 +148,37 @@ def test_insert_edges_links_children_seen_before_parents():
     # Eviction still takes leaves only, whatever order the rebuild saw.
     evicted = index.evict(45)
     assert len(evicted) == 45 and index.stats()["num_blocks"] == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_insert_edges_in_any_order_and_batches(data):
+    n = data.draw(st.integers(1, 40))
+    parent_of = [None] + [data.draw(st.none() | st.integers(0, i - 1)) for i in range(1, n)]
+    keys = []
+    for i, p in enumerate(parent_of):
+        keys.append(hashlib.sha256((keys[p] if p is not None else b"") + bytes([i])).digest())
+    order = data.draw(st.permutations(range(n)))
+    cuts = sorted(data.draw(st.sets(st.integers(1, n), max_size=4)) | {n})
+    index, start = PrefixIndex(), 0
+    for end in cuts:
+        batch = order[start:end]
+        parents = [keys[parent_of[i]] if parent_of[i] is not None else bytes(32) for i in batch]
+        has_parent = np.array([parent_of[i] is not None for i in batch])
+        index.insert_edges([keys[i] for i in batch], parents, has_parent, block_bytes=1)
+        start = end
+    assert index.stats()["orphans"] == 0 and len(index) == n
+    for i in range(n):
+        path = [i]
+        while parent_of[path[-1]] is not None:
+            path.append(parent_of[path[-1]])
+        assert index.match([keys[j] for j in reversed(path)], touch=False) == len(path)
+    present = set(range(n))
+    while present:  # one block at a time: always a leaf, never an orphan
+        (evicted,) = index.evict(1)
+        i = keys.index(bytes(evicted))
+        assert not any(parent_of[j] == i for j in present if j != i)
+        present.remove(i)
 
 
 def test_missing_parents_leave_orphans_until_dropped():

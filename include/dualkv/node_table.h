@@ -54,9 +54,9 @@ class NodeTable {
 
   // Node id of key, or kNil.
   uint32_t find(const uint8_t* key) const;
-  // Adds a node for a key that is not in the table; its Node is zeroed except the links (kNil).
-  // Returns kNil when 2^32 - 1 nodes already exist.
-  uint32_t insert(const uint8_t* key);
+  // Node id of key; when absent, adds a node (zeroed, links kNil, state kFree for the caller
+  // to set) and sets *inserted. Returns kNil when 2^32 - 1 nodes already exist.
+  uint32_t find_or_insert(const uint8_t* key, bool* inserted);
   // Removes the node's key from the table and frees its id.
   void erase(uint32_t id);
 
