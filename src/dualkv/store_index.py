@@ -102,14 +102,14 @@ class _InterimIndex:
 
     def evict(self, num_bytes):
         evicted, freed = [], 0
-        parents = {e[0] for e in self.blocks.values()}
-        for key, entry in list(self.blocks.items()):  # oldest first
-            if freed >= num_bytes:
+        while freed < num_bytes:
+            parents = {e[0] for e in self.blocks.values()}
+            victim = next((k for k, e in self.blocks.items()  # oldest first
+                           if e[2] == 0 and k not in parents), None)
+            if victim is None:
                 break
-            if entry[2] == 0 and key not in parents:
-                freed += entry[1]
-                evicted.append(key)
-                del self.blocks[key]
+            freed += self.blocks.pop(victim)[1]
+            evicted.append(victim)
         self.counts["evictions"] += len(evicted)
         self.counts["evicted_bytes"] += freed
         return _array(evicted, self.key_bytes)
