@@ -7,17 +7,20 @@ SYS_PACKAGES = pkg-config liburing-dev libucx-dev ucx-utils fio libssl-dev
 NATIVE_SOURCES = $(wildcard cpp/*.cpp include/dualkv/*.h src/dualkv/*.pyx src/dualkv/*/*.pyx)
 PYTEST_ARGS ?=
 
-.PHONY: demo test build sysdeps install clean
+.PHONY: demo test build sysdeps clean
 
-demo: .stamp-install
+demo: build
 	$(PYTHON) -m dualkv.cli demo
 
-test: .stamp-install
+test: build
 	$(PYTHON) -m pytest -q $(PYTEST_ARGS) tests
 
-# Rebuild the native parts in place after editing C++ or Cython.
-build: .stamp-install
+# The native parts (C++ core and Cython), rebuilt in place and incrementally when they change.
+build: .stamp-build
+
+.stamp-build: .stamp-install $(NATIVE_SOURCES)
 	$(PYTHON) setup.py -q build_ext --inplace
+	@touch $@
 
 sysdeps:
 	@missing=""; for p in $(SYS_PACKAGES); do \
@@ -32,11 +35,12 @@ sysdeps:
 	  echo "  (dualkv still builds; backends without their library are left out, see 'dualkv info')"; \
 	fi
 
-.stamp-install: setup.py pyproject.toml $(NATIVE_SOURCES) | sysdeps
+# Python dependencies and the package in editable mode (metadata only: `build` compiles).
+# torch is pinned to the CPU build that lies on disk; a plain `torch` would pull CUDA wheels.
+.stamp-install: setup.py pyproject.toml | sysdeps
 	$(PIP) install -q "setuptools>=77" wheel "pybind11>=2.12" "Cython>=3.0" "numpy>=1.26"
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q --no-build-isolation -e ".[test,plot]"
-	$(PYTHON) setup.py -q build_ext --inplace
+	DUALKV_SKIP_NATIVE=1 $(PIP) install -q --no-build-isolation -e ".[test,plot]"
 	@touch $@
 
 clean:

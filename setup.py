@@ -82,4 +82,9 @@ def cython_extensions():
 
 
 ParallelCompile("DUALKV_BUILD_JOBS", default=0).install()
-setup(ext_modules=[native_extension()] + cython_extensions())
+# `make` installs the package metadata with DUALKV_SKIP_NATIVE=1 and then builds the native
+# parts in place (incrementally), instead of compiling everything twice.
+if os.environ.get("DUALKV_SKIP_NATIVE"):
+    setup()
+else:
+    setup(ext_modules=[native_extension()] + cython_extensions())
