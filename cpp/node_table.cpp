@@ -41,13 +41,20 @@ uint64_t NodeTable::hash(const uint8_t* key) const {
   return h;
 }
 
-void NodeTable::prefetch(const uint8_t* key) const {
-  const uint64_t tagged = hash(key) & 0xFFFFFFFF00000000ull;
-  __builtin_prefetch(&table_[home(tagged)]);
+void NodeTable::prefetch_slot(uint64_t key_hash) const {
+  __builtin_prefetch(&table_[home(key_hash)]);
 }
 
-uint32_t NodeTable::find(const uint8_t* key) const {
-  const uint64_t tag = hash(key) >> 32;
+void NodeTable::prefetch_node(uint64_t key_hash) const {
+  const uint64_t entry = table_[home(key_hash)];
+  if (entry == kEmpty) return;
+  const uint8_t* s = slot(entry_id(entry));
+  __builtin_prefetch(s);
+  __builtin_prefetch(s + sizeof(Node) + key_bytes_ - 1);  // the key's last byte
+}
+
+uint32_t NodeTable::find(const uint8_t* key, uint64_t key_hash) const {
+  const uint64_t tag = key_hash >> 32;
   const size_t mask = table_.size() - 1;
   for (size_t i = home(tag << 32);; i = (i + 1) & mask) {
     const uint64_t entry = table_[i];

@@ -216,11 +216,23 @@ size_t PrefixIndex::match(const uint8_t* keys, size_t n, bool touch_blocks, bool
   std::lock_guard<std::mutex> lock(mu_);
   std::vector<uint32_t>& ids = scratch_;
   ids.clear();
-  for (size_t i = 0; i < n && i < kPrefetchAhead; ++i) table_.prefetch(key_at(keys, i));
+  // Pipelined lookups: the hash slot of key i + 16 and the node of key i + 8 are fetched
+  // while key i is compared, so a cold 1,024-key walk overlaps its cache misses.
+  constexpr size_t kSlotAhead = 16, kNodeAhead = 8;
+  hashes_.resize(n);
+  size_t num_hashed = 0;
+  auto hash_up_to = [&](size_t end) {
+    for (; num_hashed < end && num_hashed < n; ++num_hashed) {
+      hashes_[num_hashed] = table_.hash(key_at(keys, num_hashed));
+      table_.prefetch_slot(hashes_[num_hashed]);
+    }
+  };
+  hash_up_to(kSlotAhead);
   uint32_t prev = kNil;
   for (size_t i = 0; i < n; ++i) {
-    if (i + kPrefetchAhead < n) table_.prefetch(key_at(keys, i + kPrefetchAhead));
-    const uint32_t id = table_.find(key_at(keys, i));
+    hash_up_to(i + kSlotAhead + 1);
+    if (i + kNodeAhead < n) table_.prefetch_node(hashes_[i + kNodeAhead]);
+    const uint32_t id = table_.find(key_at(keys, i), hashes_[i]);
     if (!is_present(id) || (i > 0 && table_.node(id).parent != prev)) break;
     ids.push_back(prev = id);
   }

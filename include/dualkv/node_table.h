@@ -52,16 +52,21 @@ class NodeTable {
   const Node& node(uint32_t id) const { return *reinterpret_cast<const Node*>(slot(id)); }
   const uint8_t* key(uint32_t id) const { return slot(id) + sizeof(Node); }
 
-  // Node id of key, or kNil.
-  uint32_t find(const uint8_t* key) const;
+  // Node id of key, or kNil. The two-argument form takes hash(key) computed beforehand.
+  uint32_t find(const uint8_t* key) const { return find(key, hash(key)); }
+  uint32_t find(const uint8_t* key, uint64_t key_hash) const;
+  uint64_t hash(const uint8_t* key) const;
   // Node id of key; when absent, adds a node (zeroed, links kNil, state kFree for the caller
   // to set) and sets *inserted. Returns kNil when 2^32 - 1 nodes already exist.
   uint32_t find_or_insert(const uint8_t* key, bool* inserted);
   // Removes the node's key from the table and frees its id.
   void erase(uint32_t id);
 
-  // Where a key will be looked up; prefetching it lets a batch overlap its cache misses.
-  void prefetch(const uint8_t* key) const;
+  // A batch's lookups are independent, so prefetching lets them overlap their cache misses:
+  // first the hash slot a key will probe, a few keys later the node that slot names.
+  void prefetch(const uint8_t* key) const { prefetch_slot(hash(key)); }
+  void prefetch_slot(uint64_t key_hash) const;
+  void prefetch_node(uint64_t key_hash) const;
 
  private:
   static constexpr uint32_t kChunkShift = 16;
@@ -70,7 +75,6 @@ class NodeTable {
   uint8_t* slot(uint32_t id) const {
     return chunks_[id >> kChunkShift].get() + size_t(id & (kChunkNodes - 1)) * stride_;
   }
-  uint64_t hash(const uint8_t* key) const;
   // Hash-table entries: high 32 bits = hash tag, low 32 bits = node id. The home slot is the
   // top bits of the tag, so moving an entry never needs its key.
   size_t home(uint64_t entry) const { return size_t((entry >> 32) >> (32 - table_bits_)); }

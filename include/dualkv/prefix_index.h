@@ -106,6 +106,7 @@ class PrefixIndex {
   uint32_t placeholder_head_ = kNil;
   IndexStats stats_;
   std::vector<uint32_t> scratch_;  // node ids of the current call (under mu_)
+  std::vector<uint64_t> hashes_;   // key hashes of the current match (under mu_)
 };
 
 }  // namespace dualkv
