@@ -216,26 +216,12 @@ size_t PrefixIndex::match(const uint8_t* keys, size_t n, bool touch_blocks, bool
   std::lock_guard<std::mutex> lock(mu_);
   std::vector<uint32_t>& ids = scratch_;
   ids.clear();
-  // Pipelined lookups: the hash slot of key i + 16 and the node of key i + 8 are fetched
-  // while key i is compared, so a cold 1,024-key walk overlaps its cache misses.
-  constexpr size_t kSlotAhead = 16, kNodeAhead = 8;
-  hashes_.resize(n);
-  size_t num_hashed = 0;
-  auto hash_up_to = [&](size_t end) {
-    for (; num_hashed < end && num_hashed < n; ++num_hashed) {
-      hashes_[num_hashed] = table_.hash(key_at(keys, num_hashed));
-      table_.prefetch_slot(hashes_[num_hashed]);
-    }
-  };
-  hash_up_to(kSlotAhead);
   uint32_t prev = kNil;
-  for (size_t i = 0; i < n; ++i) {
-    hash_up_to(i + kSlotAhead + 1);
-    if (i + kNodeAhead < n) table_.prefetch_node(hashes_[i + kNodeAhead]);
-    const uint32_t id = table_.find(key_at(keys, i), hashes_[i]);
-    if (!is_present(id) || (i > 0 && table_.node(id).parent != prev)) break;
+  table_.find_each(keys, n, [&](size_t i, uint32_t id) {
+    if (!is_present(id) || (i > 0 && table_.node(id).parent != prev)) return false;
     ids.push_back(prev = id);
-  }
+    return true;
+  });
   const size_t m = ids.size();
   stats_.hits += m;
   stats_.misses += n - m;
@@ -252,7 +238,10 @@ size_t PrefixIndex::match(const uint8_t* keys, size_t n, bool touch_blocks, bool
 
 void PrefixIndex::contains(const uint8_t* keys, size_t n, uint8_t* out) {
   std::lock_guard<std::mutex> lock(mu_);
-  for (size_t i = 0; i < n; ++i) out[i] = is_present(table_.find(key_at(keys, i))) ? 1 : 0;
+  table_.find_each(keys, n, [&](size_t i, uint32_t id) {
+    out[i] = is_present(id) ? 1 : 0;
+    return true;
+  });
 }
 
 Status PrefixIndex::pin(const uint8_t* keys, size_t n, uint8_t* present) {
