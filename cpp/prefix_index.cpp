@@ -216,14 +216,12 @@ size_t PrefixIndex::match(const uint8_t* keys, size_t n, bool touch_blocks, bool
   std::lock_guard<std::mutex> lock(mu_);
   std::vector<uint32_t>& ids = scratch_;
   ids.clear();
-  for (size_t i = 0; i < n && i < kPrefetchAhead; ++i) table_.prefetch(key_at(keys, i));
   uint32_t prev = kNil;
-  for (size_t i = 0; i < n; ++i) {
-    if (i + kPrefetchAhead < n) table_.prefetch(key_at(keys, i + kPrefetchAhead));
-    const uint32_t id = table_.find(key_at(keys, i));
-    if (!is_present(id) || (i > 0 && table_.node(id).parent != prev)) break;
+  table_.find_each(keys, n, [&](size_t i, uint32_t id) {
+    if (!is_present(id) || (i > 0 && table_.node(id).parent != prev)) return false;
     ids.push_back(prev = id);
-  }
+    return true;
+  });
   const size_t m = ids.size();
   stats_.hits += m;
   stats_.misses += n - m;
@@ -240,7 +238,10 @@ size_t PrefixIndex::match(const uint8_t* keys, size_t n, bool touch_blocks, bool
 
 void PrefixIndex::contains(const uint8_t* keys, size_t n, uint8_t* out) {
   std::lock_guard<std::mutex> lock(mu_);
-  for (size_t i = 0; i < n; ++i) out[i] = is_present(table_.find(key_at(keys, i))) ? 1 : 0;
+  table_.find_each(keys, n, [&](size_t i, uint32_t id) {
+    out[i] = is_present(id) ? 1 : 0;
+    return true;
+  });
 }
 
 Status PrefixIndex::pin(const uint8_t* keys, size_t n, uint8_t* present) {

@@ -91,6 +91,8 @@ class PrefixIndex {
   void lru_unlink(uint32_t id);
   void lru_push_front(uint32_t id);
   void lru_push_back(uint32_t id);
+  bool is_lru_run(const uint32_t* ids, size_t n) const;
+  void splice_to_front(uint32_t first, uint32_t last);
   void touch(const uint32_t* ids, size_t n);
   void place_pending_by_depth(const std::vector<uint32_t>& pending);
 

@@ -7,11 +7,13 @@ by the blocks it holds (the key arrays are allocated before the first reading).
 """
 import argparse
 import gc
+import os
+import statistics
 import time
 
 import numpy as np
 
-from dualkv.bench.report import Report, median_time
+from dualkv.bench.report import Report
 from dualkv.index import PrefixIndex
 
 
@@ -24,45 +26,52 @@ def rss_bytes() -> int:
 
 
 def build(keys: np.ndarray, chain_blocks: int, block_bytes: int):
-    """A fresh index holding all keys as chains; returns (index, seconds, rss growth)."""
+    """A fresh index holding all keys as chains: (index, wall s, CPU s, RSS growth)."""
     gc.collect()
     rss_before = rss_bytes()
     index = PrefixIndex()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for first in range(0, len(keys), chain_blocks):
         index.insert_chain(keys[first:first + chain_blocks], block_bytes=block_bytes)
-    seconds = time.perf_counter() - start
-    return index, seconds, rss_bytes() - rss_before
+    seconds, cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
+    return index, seconds, cpu_s, rss_bytes() - rss_before
 
 
-def match_us(index, chains, repeat: int) -> float:
-    """Median µs of one match() over `chains`, taken round-robin (one chain: always warm)."""
-    state = {"i": 0}
-
-    def one():
-        index.match(chains[state["i"] % len(chains)])
-        state["i"] += 1
-
-    return median_time(one, repeat=repeat, warmup=min(10, repeat)) * 1e6
+def match_us(index, chains, repeat: int) -> tuple[float, float, float]:
+    """(wall p50, wall min, CPU p50) µs of one match() over `chains`, taken round-robin (one
+    chain: always cache-warm). CPU time leaves out time the thread was descheduled, which on
+    a shared machine is most of the spread."""
+    for chain in chains[:10]:
+        index.match(chain)
+    wall, cpu = [], []
+    for i in range(repeat):
+        chain = chains[i % len(chains)]
+        w, c = time.perf_counter(), time.thread_time()
+        index.match(chain)
+        cpu.append(time.thread_time() - c)
+        wall.append(time.perf_counter() - w)
+    return statistics.median(wall) * 1e6, min(wall) * 1e6, statistics.median(cpu) * 1e6
 
 
 def bench_size(report, num_blocks: int, chain_blocks: int, block_bytes: int, repeat: int):
     rng = np.random.default_rng(num_blocks)
     keys = rng.integers(0, 256, (num_blocks, 32), dtype=np.uint8)
-    index, seconds, rss_growth = build(keys, chain_blocks, block_bytes)
+    index, seconds, cpu_s, rss_growth = build(keys, chain_blocks, block_bytes)
     stats = index.stats()
     common = dict(num_blocks=num_blocks, chain_blocks=chain_blocks)
     report.add(dict(common, op="insert_chain", inserts_per_s=num_blocks / seconds,
-                    ns_per_block=seconds * 1e9 / num_blocks))
+                    ns_per_block=seconds * 1e9 / num_blocks, cpu_inserts_per_s=num_blocks / cpu_s,
+                    load_avg=os.getloadavg()[0]))
     report.add(dict(common, op="memory", rss_bytes_per_block=rss_growth / num_blocks,
                     index_bytes_per_block=stats["memory_bytes"] / num_blocks))
     num_chains = num_blocks // chain_blocks
     chains = [keys[i * chain_blocks:(i + 1) * chain_blocks] for i in range(num_chains)]
-    hot = match_us(index, chains[-1:], repeat)
     spread = rng.permutation(num_chains)[:repeat]
-    cold = match_us(index, [chains[i] for i in spread], repeat)
-    report.add(dict(common, op="match", chains="same (cache-warm)", p50_us=hot))
-    report.add(dict(common, op="match", chains=f"{len(spread)} different", p50_us=cold))
+    for label, picked in (("same (cache-warm)", chains[-1:]),
+                          (f"{len(spread)} different", [chains[i] for i in spread])):
+        p50, low, cpu = match_us(index, picked, repeat)
+        report.add(dict(common, op="match", chains=label, p50_us=p50, min_us=low,
+                        cpu_p50_us=cpu, load_avg=os.getloadavg()[0]))
     assert_all_found = index.match(chains[0]) == chain_blocks
     start = time.perf_counter()
     evicted = index.evict(block_bytes * chain_blocks)
