@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from dualkv.errors import InvalidArgument, NotFound
+from dualkv.errors import InvalidArgument, NotFound, TimedOut
 from dualkv.layout import KVLayout
 from dualkv.store import BlockStore, StoreConfig
 
@@ -220,3 +220,37 @@ def test_chain_keys_name_blocks_by_their_tokens(block_root):
         store.chain_keys(np.arange(32, dtype=np.int64) + 2**40)  # not representable as int32
     with pytest.raises(InvalidArgument):
         store.chain_keys(np.ones(32, dtype=np.float32))
+
+
+def test_blocks_of_another_process_join_by_probe_or_refresh(block_root):
+    layout = KVLayout(2, 64, 16)
+    reader, writer = open_store(block_root, layout), open_store(block_root, layout)
+    keys = random_keys(np.random.default_rng(10), 6)
+    writer.wait(writer.store(keys[:4], writer.pool.alloc(4)))
+    assert reader.match(keys) == 0  # its index has not seen them
+    assert reader.match(keys[:2], probe_disk=True) == 2
+    assert reader.match(keys, probe_disk=True) == 4  # stops at the first block not on disk
+    writer.wait(writer.store(keys[4:], writer.pool.alloc(2), parent=keys[3]))
+    assert reader.refresh() == 2
+    assert reader.match(keys) == 6
+
+
+def test_wait_has_a_deadline(block_root):
+    layout = KVLayout(4, 8192, 64)  # 2 MiB blocks
+    store = open_store(block_root, layout, "posix", queue_depth=1, pool_slots=32)
+    keys, slots = random_keys(np.random.default_rng(11), 32), store.pool.alloc(32)
+    store.wait(store.store(keys, slots), timeout=120)
+    handle = store.load(keys, slots)  # 64 MiB through one reader thread
+    with pytest.raises(TimedOut):
+        store.wait(handle, timeout=0.001)
+    store.release(handle, timeout=120)  # waits for what is in flight, then frees
+    with pytest.raises(InvalidArgument):
+        store.wait(store.load(keys[:1], slots[:1]), timeout=-1)
+
+
+def test_empty_batches(block_root):
+    store = open_store(block_root, KVLayout(2, 64, 16))
+    empty = np.zeros((0, 32), np.uint8)
+    assert store.wait(store.load(empty, np.zeros(0, np.int64))).shape == (0,)
+    assert store.wait(store.store(empty, np.zeros(0, np.int64))).shape == (0,)
+    assert store.match(empty) == 0
