@@ -33,6 +33,7 @@ class Scheduler:
         self.de_queue: deque[Request] = deque()  # waiting for phase 1 (a DE group)
         self.de_private = {gid: deque() for gid in self.de_groups}
         self.de_group_tokens = {gid: 0 for gid in self.de_groups}  # reported + private queue
+        self._private_tokens = {gid: 0 for gid in self.de_groups}
         self._rr_pe = [(g.group_id, e) for g in pe_groups for e in g.engine_ids]
         self._rr_de = [(g.group_id, e) for g in de_groups for e in g.engine_ids]
         self._rr_counts = [0, 0, 0]  # next PE, next DE, next read side
@@ -40,18 +41,21 @@ class Scheduler:
         self._pending_de = {gid: deque() for gid in self.de_groups}
 
     # -- arrivals -------------------------------------------------------------------------
-    def submit(self, request: Request) -> None:
-        """Queue a request; round-robin policies choose its engines now, smart ones at fetch."""
+    def submit(self, request: Request) -> tuple[int, int] | None:
+        """Queue a request. Round-robin policies choose its engines now and return the
+        (PE group, DE group) whose next fetch hands it over; smart policies choose at fetch
+        time and return None (any group may take it)."""
         if self.policy.is_smart:
             self.pe_queue.append(request)
             self.de_queue.append(request)
-            return
+            return None
         gid, engine_id = self._rr_pe[self._rr_counts[0] % len(self._rr_pe)]
         self._pending_pe[gid].append((request, engine_id))
         self._rr_counts[0] += 1
         gid, engine_id = self._rr_de[self._rr_counts[1] % len(self._rr_de)]
         self._pending_de[gid].append((request, engine_id))
         self._rr_counts[1] += 1
+        return self._rr_pe[(self._rr_counts[0] - 1) % len(self._rr_pe)][0], gid
 
     @property
     def num_waiting(self) -> int:
@@ -65,6 +69,11 @@ class Scheduler:
         if self.policy.is_smart:
             return bool(self.de_queue) or bool(self.de_private[group_id])
         return bool(self._pending_de[group_id])
+
+    def report_read_q(self, node_id: int, read_q: int) -> None:
+        """A read-queue report without a fetch: leaders report every fetch period even when
+        their group has nothing to fetch, so the read-side choice sees fresh queues."""
+        self.read_q[node_id] = read_q
 
     # -- fetches --------------------------------------------------------------------------
     def fetch_for_pe_group(self, report: GroupReport) -> FetchResult:
@@ -91,18 +100,23 @@ class Scheduler:
         self.read_q[group.node_id] = report.read_q
         if self.policy.is_smart:
             private = self.de_private[group.group_id]
-            self.de_group_tokens[group.group_id] = \
-                sum(e.tok for e in report.engines) + sum(r.prompt_tokens for r in private)
+            woken = []
+            gid = group.group_id
+            self.de_group_tokens[gid] = sum(e.tok for e in report.engines) + self._private_tokens[gid]
             while self.de_queue:
                 request = self.de_queue.popleft()
                 gid = pick_de_group(self.de_group_tokens)
+                if gid != group.group_id and not self.de_private[gid]:
+                    woken.append(gid)
                 self.de_private[gid].append(request)
                 self.de_group_tokens[gid] += request.prompt_tokens
+                self._private_tokens[gid] += request.prompt_tokens
             picks = assign_des(private, report.engines, self.config.z_margin)
+            self._private_tokens[group.group_id] -= sum(r.prompt_tokens for r, _ in picks)
             pairs = [(r, report.engines[i].engine_id) for r, i in picks]
         else:
-            pairs = self._drain(self._pending_de[group.group_id])
-        result = FetchResult()
+            pairs, woken = self._drain(self._pending_de[group.group_id]), []
+        result = FetchResult(woken_groups=woken)
         for request, engine_id in pairs:
             request.de, request.de_node = engine_id, group.node_id
             self._finish(request, result)

@@ -61,7 +61,7 @@ class GroupSpec:
             raise InvalidArgument(f"group {self.group_id} has no engines")
 
 
-@dataclass
+@dataclass(slots=True)
 class EngineReport:
     """What one engine reports on a group fetch (paper.md §8.1). The scheduler updates the
     copy it is given while it assigns within the fetch."""
@@ -72,17 +72,20 @@ class EngineReport:
     free_hbm_tokens: float = float("inf")  # DEs: HBM left for KV, in tokens
 
 
-@dataclass
+@dataclass(slots=True)
 class GroupReport:
     group_id: int
     read_q: int  # the node's disk-read queue, in tokens
     engines: list[EngineReport] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(slots=True)
 class FetchResult:
     """assigned: requests given to this group's engines now; placed: requests whose PE, DE
-    and read side are all chosen now (the caller starts their read on the read side)."""
+    and read side are all chosen now (the caller starts their read on the read side);
+    woken_groups: other DE groups whose private queue just got work (their leaders should
+    fetch)."""
 
     assigned: list[Request] = field(default_factory=list)
     placed: list[Request] = field(default_factory=list)
+    woken_groups: list[int] = field(default_factory=list)
