@@ -86,3 +86,19 @@ def test_de_nothing_fits():
 @pytest.mark.parametrize("pe_q,de_q,side", [(10, 5, "de"), (5, 10, "pe"), (7, 7, "pe")])
 def test_read_side_shorter_queue(pe_q, de_q, side):
     assert shorter_queue_side(pe_q, de_q) == side
+
+
+def test_least_loaded_matches_linear_argmin():
+    import random
+
+    from dualkv.sched.select import LeastLoaded
+
+    rng = random.Random(1)
+    loads = LeastLoaded(range(10))
+    for _ in range(2000):
+        g = rng.randrange(10)
+        if rng.random() < 0.5:
+            loads.set(g, rng.randrange(100))
+        else:
+            loads.add(g, rng.randrange(5))
+        assert loads.argmin() == pick_de_group(loads.tokens)

@@ -13,7 +13,7 @@ from typing import Sequence
 from dualkv.errors import InvalidArgument
 from dualkv.sched.config import SchedulerConfig
 from dualkv.sched.request import FetchResult, GroupReport, GroupSpec, Request
-from dualkv.sched.select import assign_des, assign_pes, pick_de_group, shorter_queue_side
+from dualkv.sched.select import LeastLoaded, assign_des, assign_pes, shorter_queue_side
 
 
 class Scheduler:
@@ -32,7 +32,7 @@ class Scheduler:
         self.pe_queue: deque[Request] = deque()  # global FIFO, waiting for a PE
         self.de_queue: deque[Request] = deque()  # waiting for phase 1 (a DE group)
         self.de_private = {gid: deque() for gid in self.de_groups}
-        self.de_group_tokens = {gid: 0 for gid in self.de_groups}  # reported + private queue
+        self.de_loads = LeastLoaded(self.de_groups)  # reported tokens + private queue
         self._private_tokens = {gid: 0 for gid in self.de_groups}
         self._rr_pe = [(g.group_id, e) for g in pe_groups for e in g.engine_ids]
         self._rr_de = [(g.group_id, e) for g in de_groups for e in g.engine_ids]
@@ -102,14 +102,14 @@ class Scheduler:
             private = self.de_private[group.group_id]
             woken = []
             gid = group.group_id
-            self.de_group_tokens[gid] = sum(e.tok for e in report.engines) + self._private_tokens[gid]
+            self.de_loads.set(gid, sum(e.tok for e in report.engines) + self._private_tokens[gid])
             while self.de_queue:
                 request = self.de_queue.popleft()
-                gid = pick_de_group(self.de_group_tokens)
+                gid = self.de_loads.argmin()
                 if gid != group.group_id and not self.de_private[gid]:
                     woken.append(gid)
                 self.de_private[gid].append(request)
-                self.de_group_tokens[gid] += request.prompt_tokens
+                self.de_loads.add(gid, request.prompt_tokens)
                 self._private_tokens[gid] += request.prompt_tokens
             picks = assign_des(private, report.engines, self.config.z_margin)
             self._private_tokens[group.group_id] -= sum(r.prompt_tokens for r, _ in picks)
