@@ -7,7 +7,6 @@ finishes (gen - 1) x TPOT after its H2D. Fetches happen on a global tick of
 while all its PEs are above beta, or while its DE queue head does not fit), so an idle or
 saturated cluster costs no events.
 """
-from __future__ import annotations
 
 import heapq
 
