@@ -47,7 +47,7 @@ PRESETS = {
     "qwen32b": ModelPreset(
         "qwen32b", 64, 64 * 8 * 128 * 2 * 2,
         AttentionFlops(64, 2.0 * 2 * 40 * 128),
-        linear_flops_per_token=62e9, pe_flops_per_s=2.75e14, snic_tokens_per_s=1.4e5,
+        linear_flops_per_token=62e9, pe_flops_per_s=2.21e14, snic_tokens_per_s=1.4e5,
         de_hbm_tokens=50_000, pe_hbm_tokens=50_000, tpot_light_s=0.020, tpot_full_s=0.040,
         dram_bytes_per_node=320e9),
 }
