@@ -11,6 +11,7 @@ COMMANDS = {
     "info": ("dualkv.commands.info", "what this build and machine can do"),
     "bench": ("dualkv.commands.bench", "microbenchmarks: dualkv bench NAME --help"),
     "store": ("dualkv.commands.store", "inspect, verify or clean a block store: info|verify|gc"),
+    "demo": ("dualkv.commands.demo", "the main job: replay an agentic trace through the store"),
     "sim": ("dualkv.commands.sim", "simulate a DualPath cluster (offline JCT, online SLO capacity)"),
 }
 

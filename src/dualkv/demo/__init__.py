@@ -1,0 +1,1 @@
+"""`dualkv demo`: the main job, runnable end to end on one machine."""
