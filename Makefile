@@ -7,13 +7,22 @@ SYS_PACKAGES = pkg-config liburing-dev libucx-dev ucx-utils fio libssl-dev
 NATIVE_SOURCES = $(wildcard cpp/*.cpp include/dualkv/*.h src/dualkv/*.pyx src/dualkv/*/*.pyx)
 PYTEST_ARGS ?=
 
-.PHONY: demo test build sysdeps install clean
+SGLANG_VENV = .venvs/sglang
+
+.PHONY: demo test test-sglang build sysdeps install clean
 
 demo: .stamp-install
 	$(PYTHON) -m dualkv.cli demo
 
 test: .stamp-install
 	$(PYTHON) -m pytest -q $(PYTEST_ARGS) tests
+	$(MAKE) --no-print-directory test-sglang
+
+# SGLang's HiCache backend, tested inside SGLang's real classes. SGLang pins its own
+# dependencies, so it runs in its own venv (scripts/venv.sh; dualkv comes from src/).
+test-sglang: .stamp-install
+	scripts/venv.sh sglang
+	PYTHONPATH=src $(SGLANG_VENV)/bin/python -m pytest -q $(PYTEST_ARGS) tests/integrations/test_sglang*.py
 
 # Rebuild the native parts in place after editing C++ or Cython.
 build: .stamp-install
