@@ -128,3 +128,52 @@ def import_sglang_storage():
     import sglang.srt.mem_cache.hicache_storage as hicache_storage
 
     return hicache_storage
+
+
+def make_host_pool(kind: str, layout: str, *, num_layers: int, page_size: int, num_pages: int,
+                   num_kv_heads: int = 8, head_dim: int = 128, kv_lora_rank: int = 512,
+                   rope_dim: int = 64, dtype: str = "bfloat16"):
+    """A real SGLang MHA or MLA host pool on CPU, as the server builds it from its device pool's
+    buffer description (here small CPU tensors stand in for the device buffers, which the
+    storage path never touches). Holds `num_pages` pages plus SGLang's padding page."""
+    import torch
+    from sglang.srt.mem_cache.device_pool_info import (KVBufferLayout, KVBuffers,
+                                                       MHABufferInfo, MLABufferInfo)
+
+    torch_dtype = getattr(torch, dtype)
+    device_tokens = page_size  # the device side is never read here; keep it one page
+    common = dict(host_to_device_ratio=1.0, host_size=0, page_size=page_size, layout=layout,
+                  pin_memory=False, device="cpu", device_capacity_tokens=device_tokens,
+                  start_layer=0, end_layer=num_layers,
+                  host_token_capacity=(num_pages + 1) * page_size)
+    if kind == "mha":
+        from sglang.srt.mem_cache.pool_host.mha import MHATokenToKVPoolHost
+
+        k = tuple(torch.zeros(device_tokens, num_kv_heads, head_dim, dtype=torch_dtype)
+                  for _ in range(num_layers))
+        v = tuple(torch.zeros_like(t) for t in k)
+        info = MHABufferInfo(
+            buffers=KVBuffers(k=k, v=v, k_data_ptrs=_ptr_table(k), v_data_ptrs=_ptr_table(v),
+                              layout=KVBufferLayout.NHD),
+            page_size=page_size, head_num=num_kv_heads, head_dim=head_dim,
+            v_head_dim=head_dim, dtype=torch_dtype, device=torch.device("cpu"))
+        return MHATokenToKVPoolHost(info, **common)
+    if kind == "mla":
+        from sglang.srt.mem_cache.pool_host.mla import MLATokenToKVPoolHost
+
+        width = kv_lora_rank + rope_dim
+        rows = tuple(torch.zeros(device_tokens, 1, width, dtype=torch_dtype)
+                     for _ in range(num_layers))
+        info = MLABufferInfo(
+            buffers=rows, data_ptrs=_ptr_table(rows), layer_indices=tuple(range(num_layers)),
+            device_layer_num=num_layers, page_size=page_size, kv_lora_rank=kv_lora_rank,
+            qk_rope_head_dim=rope_dim, kv_cache_dim=width, dtype=torch_dtype,
+            device=torch.device("cpu"))
+        return MLATokenToKVPoolHost(info, target_layer_num=num_layers, **common)
+    raise ValueError(f"kind must be 'mha' or 'mla', not {kind!r}")
+
+
+def _ptr_table(tensors):
+    import torch
+
+    return torch.tensor([t.data_ptr() for t in tensors], dtype=torch.uint64)
