@@ -70,7 +70,7 @@ class DualKVHiCacheStorage(HiCacheStorage):
             model_id=model_namespace(self.storage_config, cfg, geometry.namespace_tag()),
             rank=rank_namespace(self.storage_config), pool_slots=cfg.pool_slots,
             capacity_bytes=cfg.capacity_bytes, queue_depth=cfg.queue_depth,
-            io_backend=cfg.io_backend, direct_io=cfg.direct_io))
+            io_backend=cfg.io_backend, direct_io=cfg.direct_io, fsync=cfg.fsync))
         self.stats.store_backend = store.backend
         return store
 
@@ -83,7 +83,7 @@ class DualKVHiCacheStorage(HiCacheStorage):
         if not self.is_writer:
             return [True] * len(keys)  # MLA: the storage-writer rank stores the same page
         return self._guarded("batch_set_v1", len(keys), lambda: self._store_pages(
-            keys, self._pool_ptrs(keys, host_indices), self._is_pool_direct(), extra_info))
+            keys, self._pool_ptrs(keys, host_indices), extra_info))
 
     def _pool_ptrs(self, keys, host_indices) -> np.ndarray:
         indices = np.asarray(host_indices.cpu() if hasattr(host_indices, "cpu")
@@ -115,7 +115,7 @@ class DualKVHiCacheStorage(HiCacheStorage):
             return True
         def run():
             pages = [self._flat_page(v, must_exist=True).contiguous() for v in values]
-            return self._store_pages(keys, *self._tensor_ptrs(pages), None)
+            return self._store_pages(keys, self._tensor_ptrs(pages)[0], None)
         return all(self._guarded("batch_set", len(keys), run))
 
     def _flat_page(self, tensor, must_exist=False):
@@ -136,13 +136,23 @@ class DualKVHiCacheStorage(HiCacheStorage):
         return self._guarded("exists", 1, lambda: [bool(self.store.contains(page_keys([key]))[0])])[0]
 
     def batch_exists(self, keys, extra_info=None) -> int:
-        """Length of the longest stored prefix of `keys` (SGLang's keys chain, so the prefix
-        before them, `extra_info.prefix_keys`, is implied by the first key)."""
+        """Length of the longest stored prefix of `keys`. SGLang's keys are a hash chain, so
+        each key already names its whole prefix and `extra_info.prefix_keys` adds nothing to
+        the lookup (they serve as the parent link when pages are stored)."""
         self.stats.record_exists()
         if not keys:
             return 0
-        return self._guarded("batch_exists", 1, lambda: [int(self.store.match(page_keys(keys)))],
-                             failed=0)[0]
+        return self._guarded("batch_exists", 1, lambda: [self._stored_prefix(keys)], failed=0)[0]
+
+    def _stored_prefix(self, keys) -> int:
+        store_keys = page_keys(keys)
+        num_chained = int(self.store.match(store_keys))  # walks parent links, refreshes LRU
+        if num_chained == len(keys):
+            return num_chained
+        # Pages stored without their parent (SGLang passes no prefix_keys by default) are not
+        # linked to it, so finish the prefix by presence alone.
+        present = self.store.contains(store_keys)
+        return len(keys) if present.all() else int(np.argmin(present))
 
     # -- the store calls --------------------------------------------------------------------------
     def _load(self, keys, ptrs: np.ndarray, is_direct: bool) -> list:
@@ -157,14 +167,14 @@ class DualKVHiCacheStorage(HiCacheStorage):
                                 "checksum; the prefix ends there", keys[num_hit])
         return ok.tolist()
 
-    def _store_pages(self, keys, ptrs: np.ndarray, is_direct: bool, extra_info) -> list:
+    def _store_pages(self, keys, ptrs: np.ndarray, extra_info) -> list:
         prefix = getattr(extra_info, "prefix_keys", None)
         parent = page_keys(prefix[-1:])[0] if prefix else None
         start = time.perf_counter()
         handle = self.store.store_from(page_keys(keys), ptrs, parent=parent)
         ok = self._wait(handle)
         num_ok = int(ok.sum())
-        self.stats.record_write(num_ok, len(keys) - num_ok, time.perf_counter() - start, is_direct)
+        self.stats.record_write(num_ok, len(keys) - num_ok, time.perf_counter() - start)
         if num_ok < len(keys):
             self.stats.log_once("write-failed", "dualkv: %d of %d pages were not stored "
                                 "(disk full or unwritable?)", len(keys) - num_ok, len(keys))
@@ -189,8 +199,10 @@ class DualKVHiCacheStorage(HiCacheStorage):
 
     # -- lifecycle ----------------------------------------------------------------------------
     def clear(self) -> None:
+        """Deletes every unpinned page of this namespace (the store evicts leaf by leaf)."""
         if self.store is not None:
-            self.store.clear()
+            while self.store.evict(1 << 62) > 0:
+                pass
 
     def get_stats(self):
         store_stats = self.store.stats() if self.store is not None else None

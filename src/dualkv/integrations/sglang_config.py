@@ -21,6 +21,7 @@ class SGLangBackendConfig:
     queue_depth: int = 32  # I/O requests in flight per store
     io_backend: str = "auto"  # "auto" | "io_uring" | "posix"
     direct_io: bool = True  # O_DIRECT reads and writes where the filesystem allows
+    fsync: bool = False  # fdatasync each page before publishing it (checksums catch torn pages)
     capacity_bytes: int = 0  # evict least-recently-used pages beyond this; 0 = no limit
     timeout_s: float = 60.0  # deadline of one batch; past it the batch reports False
     model_id: str = ""  # overrides SGLang's model name in the namespace
@@ -53,8 +54,9 @@ class SGLangBackendConfig:
                 values[name] = _as_int(name, values[name])
         if "timeout_s" in values:
             values["timeout_s"] = float(values["timeout_s"])
-        if "direct_io" in values:
-            values["direct_io"] = _as_bool(values["direct_io"])
+        for name in ("direct_io", "fsync"):
+            if name in values:
+                values[name] = _as_bool(values[name])
         return cls(**values)
 
 

@@ -38,13 +38,13 @@ class PageStats:
         self.page_bytes = page_bytes
         self._lock = threading.Lock()
         self._totals = dict(pages_read=0, pages_missed=0, pages_written=0, pages_write_failed=0,
-                            pages_corrupt=0, bytes_read=0, bytes_written=0, read_seconds=0.0,
+                            bytes_read=0, bytes_written=0, read_seconds=0.0,
                             write_seconds=0.0, exists_calls=0, batches_direct=0,
                             batches_bounce=0, errors=0)
         self._recent = dict(prefetch_pgs=[], backup_pgs=[], prefetch_bandwidth=[],
                             backup_bandwidth=[])
         self._logged: OrderedDict = OrderedDict()
-        self.io_path = "none"  # "direct" | "bounce": what the last batch used
+        self.io_path = "none"  # reads: "direct" (O_DIRECT into the pool) or "bounce" (via slots)
         self.store_backend = ""
 
     def record_read(self, num_hit: int, num_missed: int, seconds: float, is_direct: bool):
@@ -58,24 +58,19 @@ class PageStats:
             self._recent["prefetch_pgs"].append(num_hit)
             self._recent["prefetch_bandwidth"].append(_gbps(num_hit * self.page_bytes, seconds))
 
-    def record_write(self, num_ok: int, num_failed: int, seconds: float, is_direct: bool):
+    def record_write(self, num_ok: int, num_failed: int, seconds: float):
         with self._lock:
             t = self._totals
             t["pages_written"] += num_ok
             t["pages_write_failed"] += num_failed
             t["bytes_written"] += num_ok * self.page_bytes
             t["write_seconds"] += seconds
-            self._count_path(is_direct)
             self._recent["backup_pgs"].append(num_ok)
             self._recent["backup_bandwidth"].append(_gbps(num_ok * self.page_bytes, seconds))
 
     def record_exists(self):
         with self._lock:
             self._totals["exists_calls"] += 1
-
-    def record_corrupt(self, num_pages: int):
-        with self._lock:
-            self._totals["pages_corrupt"] += num_pages
 
     def record_error(self):
         with self._lock:
@@ -103,6 +98,7 @@ class PageStats:
         t["io_path"] = self.io_path
         t["store_backend"] = self.store_backend
         if store_stats:
+            t["pages_corrupt"] = store_stats.get("corrupt", 0)  # dropped, never served
             t["store"] = dict(store_stats)
         return t
 
