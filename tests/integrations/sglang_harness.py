@@ -92,8 +92,7 @@ class ControllerHarness:
         self.controller.prefetch(rid, tokens)
         op = self._get(self.controller.prefetch_hit_queue)
         hit = op.storage_hit_count
-        if hit == 0:
-            self._drain_acks(rid)
+        if hit == 0:  # a miss: the scheduler revokes it, no transfer and no acks follow
             return 0, 0, None
         host_indices = self.pool.alloc(hit)
         assert host_indices is not None, "host pool too small for the test"
