@@ -16,7 +16,7 @@ from dualkv._native import C
 from dualkv.errors import InvalidArgument, StorageError
 from dualkv.pool import HostPool
 from dualkv.store_config import StoreConfig, open_namespace
-from dualkv.store_index import as_keys, chain_keys, make_index
+from dualkv.keys import as_keys, chain_keys
 
 __all__ = ["BlockStore", "Handle", "StoreConfig"]
 
@@ -47,7 +47,7 @@ class BlockStore:
             cfg.key_bytes, cfg.namespace_bytes, self.pool.native, self.directory,
             cfg.io_backend, cfg.queue_depth, min(cfg.queue_depth, 16), cfg.num_write_threads,
             cfg.direct_io, cfg.fsync)
-        self.index = make_index(cfg.key_bytes, cfg.capacity_bytes)
+        self.index = C.PrefixIndex(cfg.key_bytes, cfg.capacity_bytes)
         self._lock = threading.Lock()
         self._is_closed = False
         self.num_dropped_on_open = self._rebuild_index()
@@ -57,8 +57,7 @@ class BlockStore:
         return self.io.backend
 
     def chain_keys(self, tokens, prior=None) -> np.ndarray:
-        if chain_keys is None:
-            raise NotImplementedError("dualkv.keys arrives with the index branch")
+        """Keys of the full blocks of `tokens` (int32), chained after `prior`."""
         return chain_keys(tokens, self.layout.block_tokens, prior)
 
     def match(self, keys, touch: bool = True) -> int:

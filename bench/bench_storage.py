@@ -1,0 +1,5 @@
+import sys
+
+from dualkv.bench.storage import main
+
+sys.exit(main())

@@ -1,0 +1,164 @@
+"""`dualkv bench storage`: cold reads of Full Blocks from the block store, side by side with
+fio (ioengine=io_uring, direct=1) on the same files, block size and queue depth.
+
+Each configuration writes a set of block files once, then alternates dualkv and fio runs
+(page cache dropped before each where permitted) and reports the median of each.
+"""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+
+import numpy as np
+
+from dualkv.bench.report import Report, with_reference
+
+DEFAULT_SIZES_KIB = [256, 1024, 8192]
+DEFAULT_DEPTHS = [1, 8, 32]
+FULL_SIZES_KIB = [256, 512, 1024, 2048, 4096, 8192]
+FULL_DEPTHS = [1, 2, 4, 8, 16, 32, 64]
+NUM_LAYERS = 8
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="dualkv bench storage", description=__doc__.split("\n")[0])
+    p.add_argument("--dir", default=None, help="where to write the block files (a real disk; "
+                   "default: a temporary folder under the current directory)")
+    p.add_argument("--sizes-kib", type=int, nargs="+", default=None)
+    p.add_argument("--depths", type=int, nargs="+", default=None)
+    p.add_argument("--full", action="store_true", help="sizes 256 KiB..8 MiB x depths 1..64")
+    p.add_argument("--total-mib", type=int, default=256, help="bytes read per run")
+    p.add_argument("--repeat", type=int, default=3, help="runs per side; the median is kept")
+    p.add_argument("--backend", default="auto", choices=["auto", "io_uring", "posix"])
+    p.add_argument("--no-fio", action="store_true")
+    p.add_argument("--json", action="store_true")
+    return p.parse_args(argv)
+
+
+def layout_for(block_kib):
+    """8 Layer Blocks of block_kib / 8 each (64 tokens), plus the 4 KiB header page."""
+    from dualkv.layout import KVLayout
+
+    return KVLayout(NUM_LAYERS, block_kib * 1024 // NUM_LAYERS // 64, 64)
+
+
+def drop_caches() -> bool:
+    try:
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def write_blocks(root, layout, num_blocks, backend):
+    from dualkv.store import BlockStore, StoreConfig
+
+    store = BlockStore(StoreConfig(root, layout, pool_slots=16, io_backend=backend, cuda="off"))
+    keys = np.random.default_rng(0).integers(0, 256, (num_blocks, 32), dtype=np.uint8)
+    slots = store.pool.alloc(16)
+    store.pool.array()[:] = np.random.default_rng(1).integers(0, 256, store.pool.array().shape,
+                                                              dtype=np.uint8)
+    for start in range(0, num_blocks, 16):
+        chunk = keys[start:start + 16]
+        store.wait(store.store(chunk, slots[:len(chunk)]), timeout=600)
+    paths = [store.io.path_of(k.tobytes()) for k in keys]
+    store.close()
+    return keys, paths
+
+
+def read_dualkv(root, layout, keys, depth, backend):
+    """Seconds to load every key, depth blocks per batch, two batches in flight."""
+    from dualkv.store import BlockStore, StoreConfig
+
+    store = BlockStore(StoreConfig(root, layout, pool_slots=2 * depth, queue_depth=depth,
+                                   io_backend=backend, cuda="off"))
+    halves = [store.pool.alloc(depth), store.pool.alloc(depth)]
+    in_flight = []
+    failures = 0
+    start = time.perf_counter()
+    for i, first in enumerate(range(0, len(keys), depth)):
+        if len(in_flight) == 2:
+            failures += int((~store.wait(in_flight.pop(0), timeout=600)).sum())
+        chunk = keys[first:first + depth]
+        in_flight.append(store.load(chunk, halves[i % 2][:len(chunk)]))
+    for handle in in_flight:
+        failures += int((~store.wait(handle, timeout=600)).sum())
+    seconds = time.perf_counter() - start
+    backend_used = store.backend
+    store.close()
+    if failures:
+        raise RuntimeError(f"{failures} blocks failed to load in the bench")
+    return seconds, backend_used
+
+
+def link_for_fio(paths, workdir):
+    """Hard links to the block files in one folder: fio's `opendir` reads exactly these files
+    (the same inodes and disk blocks), where a `filename=` list would pass fio's 4 KiB limit."""
+    folder = os.path.join(workdir, "fio-files")
+    os.makedirs(folder)
+    for i, path in enumerate(paths):
+        os.link(path, os.path.join(folder, str(i)))
+    return folder
+
+
+def read_fio(folder, num_files, block_bytes, depth):
+    """fio's read bandwidth (bytes/s) over the same files, one block-sized read per file."""
+    cmd = ["fio", "--output-format=json", "--name=blocks", "--ioengine=io_uring", "--direct=1",
+           "--rw=read", f"--bs={block_bytes}", f"--iodepth={depth}", "--fixedbufs=1",
+           f"--opendir={folder}", f"--size={block_bytes * num_files}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out[out.index("{"):])["jobs"][0]["read"]["bw_bytes"]
+
+
+def run_config(report, args, root, block_kib, depth, keys_paths, layout, has_fio):
+    keys, paths = keys_paths
+    total = layout.full_block_bytes * len(keys)
+    ours, ref = [], []
+    backend, dropped = args.backend, True
+    for _ in range(args.repeat):
+        dropped &= drop_caches()
+        seconds, backend = read_dualkv(root, layout, keys, depth, args.backend)
+        ours.append(total / seconds)
+        if has_fio:
+            dropped &= drop_caches()
+            ref.append(read_fio(paths, len(keys), layout.full_block_bytes, depth))
+    gbps = statistics.median(ours) / 1e9
+    row = {"block_bytes": layout.full_block_bytes, "queue_depth": depth, "backend": backend,
+           "num_blocks": len(keys), "caches_dropped": dropped, "read_gbps": gbps,
+           "us_per_block": 1e6 * layout.full_block_bytes / (gbps * 1e9)}
+    if has_fio:
+        row = with_reference(row, "read_gbps", "fio", statistics.median(ref) / 1e9)
+    report.add(row)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    sizes = FULL_SIZES_KIB if args.full else (args.sizes_kib or DEFAULT_SIZES_KIB)
+    depths = FULL_DEPTHS if args.full else (args.depths or DEFAULT_DEPTHS)
+    has_fio = not args.no_fio and shutil.which("fio") is not None
+    report = Report("bench storage", args.json)
+    if not has_fio and not args.no_fio and not args.json:
+        print("fio not found: dualkv figures only (apt-get install fio)")
+    if not drop_caches() and not args.json:
+        print("cannot drop the page cache here (needs root): O_DIRECT reads bypass it anyway")
+    workdir = tempfile.mkdtemp(prefix="dualkv-bench-", dir=args.dir or os.getcwd())
+    try:
+        for block_kib in sizes:
+            layout = layout_for(block_kib)
+            num_blocks = max(max(depths) * 2, args.total_mib * 1024 // block_kib)
+            root = os.path.join(workdir, f"b{block_kib}")
+            keys, paths = write_blocks(root, layout, num_blocks, args.backend)
+            keys_paths = (keys, link_for_fio(paths, root) if has_fio else None)
+            for depth in depths:
+                run_config(report, args, root, block_kib, depth, keys_paths, layout, has_fio)
+            shutil.rmtree(root)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    report.finish()
+    return 0
