@@ -40,6 +40,7 @@ def parse_args(argv):
     p.add_argument("--pages", type=int, default=128, help="pages a batch (SGLang sends <= 128)")
     p.add_argument("--repeat", type=int, default=3, help="runs per system; the median is kept")
     p.add_argument("--queue-depth", type=int, default=32)
+    p.add_argument("--write-threads", type=int, default=4)
     p.add_argument("--no-fio", action="store_true")
     p.add_argument("--json", action="store_true")
     return p.parse_args(argv)
@@ -55,7 +56,8 @@ def run_preset(report, args, name, workdir, has_fio):
                           **{k: v for k, v in preset.items() if k != "kind"})
     host_indices = pool.alloc(args.pages * pool.page_size)
     pool.kv_buffer.view(-1).view(dtype=torch.uint8).random_()
-    ours = DualKVSide(pool, os.path.join(workdir, f"dualkv-{name}"), args.queue_depth)
+    ours = DualKVSide(pool, os.path.join(workdir, f"dualkv-{name}"), args.queue_depth,
+                      args.write_threads)
     theirs = HiCacheFileSide(pool, os.path.join(workdir, f"hicachefile-{name}"))
     figures = {side: {op: [] for op in ("set_durable", "get_cold", "get_warm")}
                for side in ("dualkv", "HiCacheFile")}
@@ -68,7 +70,8 @@ def run_preset(report, args, name, workdir, has_fio):
             dropped &= drop_caches(system.files(keys))
             figures[side]["get_cold"].append(system.get(keys, host_indices))
             figures[side]["get_warm"].append(system.get(keys, host_indices))
-    fio = fio_figures(ours, host_indices, args, workdir) if has_fio else {}
+    fio = fio_figures(ours, host_indices, args, os.path.join(workdir, f"fio-{name}")) \
+        if has_fio else {}
     base = {"preset": name, "kind": preset["kind"], "layout": args.layout,
             "page_bytes": ours.page_bytes, "pages": args.pages, "io_path": ours.io_path(),
             "store_backend": ours.store_backend(), "caches_dropped": dropped}
@@ -87,7 +90,7 @@ def fio_figures(ours, host_indices, args, workdir) -> dict:
     keys = ours.fresh_keys(args.pages, 99)
     ours.set_durable(keys, host_indices)
     return fio_gbps(ours.files(keys), ours.file_bytes, args.queue_depth,
-                    os.path.join(workdir, "fio"), args.repeat)
+                    workdir, args.repeat)
 
 
 def main(argv=None):

@@ -70,7 +70,8 @@ class DualKVHiCacheStorage(HiCacheStorage):
             model_id=model_namespace(self.storage_config, cfg, geometry.namespace_tag()),
             rank=rank_namespace(self.storage_config), pool_slots=cfg.pool_slots,
             capacity_bytes=cfg.capacity_bytes, queue_depth=cfg.queue_depth,
-            io_backend=cfg.io_backend, direct_io=cfg.direct_io, fsync=cfg.fsync))
+            io_backend=cfg.io_backend, direct_io=cfg.direct_io, fsync=cfg.fsync,
+            num_write_threads=cfg.write_threads))
         self.stats.store_backend = store.backend
         return store
 

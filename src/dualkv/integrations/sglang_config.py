@@ -19,6 +19,7 @@ class SGLangBackendConfig:
     root: str  # block directory (a local disk or a shared filesystem mount)
     pool_slots: int = 32  # store slots: bounce buffers when a page cannot take O_DIRECT
     queue_depth: int = 32  # I/O requests in flight per store
+    write_threads: int = 4  # threads writing pages (each page: one write, fdatasync if fsync)
     io_backend: str = "auto"  # "auto" | "io_uring" | "posix"
     direct_io: bool = True  # O_DIRECT reads and writes where the filesystem allows
     fsync: bool = False  # fdatasync each page before publishing it (checksums catch torn pages)
@@ -30,7 +31,7 @@ class SGLangBackendConfig:
         if not isinstance(self.root, str) or not self.root:
             raise InvalidArgument("dualkv SGLang backend: extra config 'root' (the block "
                                   "directory) is required")
-        for name in ("pool_slots", "queue_depth"):
+        for name in ("pool_slots", "queue_depth", "write_threads"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
                 raise InvalidArgument(f"extra config {name!r} must be a positive integer")
         if not isinstance(self.capacity_bytes, int) or self.capacity_bytes < 0:
@@ -49,7 +50,7 @@ class SGLangBackendConfig:
             raise InvalidArgument(f"unknown dualkv extra config keys {sorted(unknown)}; "
                                   f"known: {sorted(known)}")
         values = {k: v for k, v in extra.items() if k in known}
-        for name in ("pool_slots", "queue_depth", "capacity_bytes"):
+        for name in ("pool_slots", "queue_depth", "write_threads", "capacity_bytes"):
             if name in values:
                 values[name] = _as_int(name, values[name])
         if "timeout_s" in values:
