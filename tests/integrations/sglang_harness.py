@@ -66,13 +66,19 @@ def page_keys_of(tokens, page_size: int) -> list:
 
 
 class ControllerHarness:
+    """`hybrid=True` builds SGLang's HybridCacheController over a one-entry HostPoolGroup: what
+    the server itself builds for a plain (KV-only) model; otherwise the base controller."""
+
     def __init__(self, pool, kind: str, backend: str, extra_config: dict | None,
-                 model_name: str = "test-model"):
+                 model_name: str = "test-model", hybrid: bool = False):
         device = _MLADevicePool(pool.layer_num) if kind == "mla" else _DevicePool(pool.layer_num)
         self.pool = pool
         self.page_size = pool.page_size
-        self.controller = HiCacheController(
-            _Allocator(device), pool, pool.page_size, tp_group=None,
+        self.hybrid = hybrid
+        host = _kv_only_group(pool, device) if hybrid else pool
+        controller_class = _hybrid_controller_class() if hybrid else HiCacheController
+        self.controller = controller_class(
+            _Allocator(device), host, pool.page_size, tp_group=None,
             load_cache_event=threading.Event(), io_backend="direct", storage_backend=backend,
             prefetch_threshold=pool.page_size, model_name=model_name,
             storage_backend_extra_config=dict(extra_config or {}))
@@ -89,7 +95,12 @@ class ControllerHarness:
     def prefetch(self, tokens, rid: str = "req"):
         """Runs a prefetch through the hit-query, I/O and sync threads. Returns (hit tokens
         from the query, tokens completed by the transfer, host indices they landed in)."""
-        self.controller.prefetch(rid, tokens)
+        if self.hybrid:
+            from sglang.srt.mem_cache.base_prefix_cache import CacheRequestHandle
+
+            self.controller.prefetch(CacheRequestHandle(rid=rid, attempt_id=0), tokens)
+        else:
+            self.controller.prefetch(rid, tokens)
         op = self._get(self.controller.prefetch_hit_queue)
         hit = op.storage_hit_count
         if hit == 0:  # a miss: the scheduler revokes it, no transfer and no acks follow
@@ -122,6 +133,20 @@ class ControllerHarness:
 
     def close(self):
         self.controller.detach_storage_backend()
+
+
+def _kv_only_group(pool, device_pool):
+    from sglang.srt.mem_cache.hicache_storage import PoolName
+    from sglang.srt.mem_cache.pool_host.group import HostPoolGroup, PoolEntry
+
+    return HostPoolGroup([PoolEntry(PoolName.KV, pool, device_pool, layer_mapper=lambda i: i,
+                                    is_primary_index_anchor=True)])
+
+
+def _hybrid_controller_class():
+    from sglang.srt.mem_cache.hybrid_cache.hybrid_cache_controller import HybridCacheController
+
+    return HybridCacheController
 
 
 def fill_random(pool, host_indices, seed: int) -> list:

@@ -1,5 +1,6 @@
 """SGLang's real HiCacheController backup and prefetch threads over dualkv, on real MHA and
-MLA host pools in every layout, with interface_v1 on (zero copy) and off (generic pages)."""
+MLA host pools in every layout, with interface_v1 on (zero copy) and off (generic pages), and
+the HybridCacheController that SGLang's server builds for a plain KV-only model."""
 import json
 import os
 import subprocess
@@ -39,10 +40,10 @@ def small_pool(kind, layout, num_pages=24):
 
 @pytest.fixture
 def harness(block_root, request):
-    kind, layout, interface_v1 = request.param
+    kind, layout, interface_v1, *hybrid = request.param
     with one_rank():
         h = ControllerHarness(small_pool(kind, layout), kind, "dynamic",
-                              extra_config(block_root, interface_v1))
+                              extra_config(block_root, interface_v1), hybrid=bool(hybrid))
         yield h
         h.close()
 
@@ -51,8 +52,13 @@ def tokens_of(num_pages, start=1):
     return list(range(start, start + num_pages * PAGE))
 
 
-@pytest.mark.parametrize("harness", [(k, lay, v1) for k, lay in LAYOUTS for v1 in (1, 0)],
-                         indirect=True, ids=lambda p: f"{p[0]}-{p[1]}-v1={p[2]}")
+def case_id(p):
+    return f"{p[0]}-{p[1]}-v1={p[2]}" + ("-hybrid" if len(p) > 3 else "")
+
+
+@pytest.mark.parametrize("harness", [(k, lay, v1) for k, lay in LAYOUTS for v1 in (1, 0)]
+                         + [(k, lay, 1, "hybrid") for k, lay in LAYOUTS],
+                         indirect=True, ids=case_id)
 def test_backup_then_prefetch_is_bit_exact(harness):
     pool, tokens = harness.pool, tokens_of(5)
     src = pool.alloc(len(tokens))
@@ -64,8 +70,9 @@ def test_backup_then_prefetch_is_bit_exact(harness):
     assert all(torch.equal(a, b) for a, b in zip(read_pages(pool, dst), expected))
 
 
-@pytest.mark.parametrize("harness", [("mha", "page_first", 1), ("mla", "layer_first", 0)],
-                         indirect=True, ids=lambda p: f"{p[0]}-{p[1]}-v1={p[2]}")
+@pytest.mark.parametrize("harness", [("mha", "page_first", 1), ("mla", "layer_first", 0),
+                                     ("mha", "layer_first", 1, "hybrid")],
+                         indirect=True, ids=case_id)
 def test_a_partly_stored_prefix_gives_exactly_its_length(harness):
     pool, tokens = harness.pool, tokens_of(6, start=500)
     src = pool.alloc(len(tokens))
@@ -78,7 +85,7 @@ def test_a_partly_stored_prefix_gives_exactly_its_length(harness):
 
 
 @pytest.mark.parametrize("harness", [("mha", "page_first_direct", 1), ("mla", "page_first", 0)],
-                         indirect=True, ids=lambda p: f"{p[0]}-{p[1]}-v1={p[2]}")
+                         indirect=True, ids=case_id)
 def test_a_flipped_byte_ends_the_prefix_at_that_page(harness):
     pool, tokens = harness.pool, tokens_of(5, start=900)
     src = pool.alloc(len(tokens))
@@ -130,7 +137,7 @@ print(json.dumps({"hit": hit, "ok": ok}))
 
 
 @pytest.mark.parametrize("harness", [("mha", "layer_first", 1)], indirect=True,
-                         ids=lambda p: f"{p[0]}-{p[1]}-v1={p[2]}")
+                         ids=case_id)
 def test_another_process_finds_the_pages(harness, tmp_path):
     pool, tokens = harness.pool, tokens_of(4, start=77)
     src = pool.alloc(len(tokens))
