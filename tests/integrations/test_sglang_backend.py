@@ -170,3 +170,23 @@ def test_prefix_keys_link_batches_and_stats_are_sglang_metrics(block_root):
     assert backend.get_stats().prefetch_pgs == []  # drained, as SGLang's collector expects
     backend.clear()
     assert backend.batch_exists(keys) == 0
+
+
+def test_per_pool_v2_calls_store_kv_and_refuse_side_pools(block_root):
+    from sglang.srt.mem_cache.hicache_storage import PoolName, PoolTransfer
+
+    pool = mha_pool()
+    backend = create(storage_config(block_root), pool)
+    indices = pool.alloc(2 * PAGE)
+    pages = fill_random(pool, indices, seed=11)
+    keys = page_keys_of(list(range(2 * PAGE)), PAGE)
+    kv = PoolTransfer(name=PoolName.KV, host_indices=indices, keys=keys)
+    mamba = PoolTransfer(name=PoolName.MAMBA, host_indices=indices, keys=keys)
+    assert backend.batch_set_v2([kv, mamba]) == {PoolName.KV: [True, True],
+                                                 PoolName.MAMBA: [False, False]}
+    assert backend.batch_exists_v2(keys).kv_hit_pages == 2
+    assert backend.batch_exists_v2(keys, [mamba]).kv_hit_pages == 0
+    dst = pool.alloc(2 * PAGE)
+    got = backend.batch_get_v2([PoolTransfer(name=PoolName.KV, host_indices=dst, keys=keys)])
+    assert got == {PoolName.KV: [True, True]}
+    assert all(torch.equal(a, b) for a, b in zip(read_pages(pool, dst), pages))

@@ -23,7 +23,7 @@ from dualkv.integrations.sglang_config import (SGLangBackendConfig, model_namesp
 from dualkv.integrations.sglang_pages import PageGeometry, geometry_of
 from dualkv.integrations.sglang_stats import PageStats
 from dualkv.layout import PAGE_BYTES
-from sglang.srt.mem_cache.hicache_storage import HiCacheStorage
+from sglang.srt.mem_cache.hicache_storage import HiCacheStorage, PoolName, PoolTransferResult
 
 
 class DualKVHiCacheStorage(HiCacheStorage):
@@ -131,6 +131,28 @@ class DualKVHiCacheStorage(HiCacheStorage):
         bases = np.array([t.data_ptr() for t in tensors], dtype=np.int64)
         ptrs = self.geometry.buffer_ptrs(bases)
         return ptrs, bool(np.all(ptrs % PAGE_BYTES == 0) and self.geometry.region_bytes % PAGE_BYTES == 0)
+
+    # -- SGLang's per-pool (v2) calls: the KV pool as above; side pools are not stored -------
+    def batch_exists_v2(self, keys, pool_transfers=None, extra_info=None):
+        if pool_transfers:  # a hit needs every side pool too, and none is stored here
+            return PoolTransferResult.empty()
+        num_hit = self.batch_exists(keys, extra_info)
+        return PoolTransferResult(num_hit, {PoolName.KV: num_hit} if num_hit else {},
+                                  list(range(1, num_hit + 1)))
+
+    def batch_get_v2(self, transfers, extra_info=None) -> dict:
+        return {t.name: self._v2_kv(t, self.batch_get_v1, extra_info) for t in transfers}
+
+    def batch_set_v2(self, transfers, extra_info=None) -> dict:
+        return {t.name: self._v2_kv(t, self.batch_set_v1, extra_info) for t in transfers}
+
+    def _v2_kv(self, transfer, io, extra_info) -> list:
+        keys = list(transfer.keys or [])
+        if transfer.name != PoolName.KV or transfer.host_indices is None:
+            self.stats.log_once(f"v2:{transfer.name}", "dualkv: pool %s is not stored",
+                                str(transfer.name))
+            return [False] * len(keys)
+        return io(keys, transfer.host_indices, extra_info)
 
     # -- existence ----------------------------------------------------------------------------
     def exists(self, key) -> bool:
