@@ -50,6 +50,7 @@ class SGLangBackendConfig:
             raise InvalidArgument(f"unknown dualkv extra config keys {sorted(unknown)}; "
                                   f"known: {sorted(known)}")
         values = {k: v for k, v in extra.items() if k in known}
+        values.setdefault("root", "")  # checked (with a clear message) in __post_init__
         for name in ("pool_slots", "queue_depth", "write_threads", "capacity_bytes"):
             if name in values:
                 values[name] = _as_int(name, values[name])
