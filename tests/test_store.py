@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from dualkv.errors import InvalidArgument, NotFound, TimedOut
+from dualkv.errors import InvalidArgument, NotFound, StorageError, TimedOut
 from dualkv.layout import KVLayout
 from dualkv.store import BlockStore, StoreConfig
 
@@ -254,3 +254,29 @@ def test_empty_batches(block_root):
     assert store.wait(store.load(empty, np.zeros(0, np.int64))).shape == (0,)
     assert store.wait(store.store(empty, np.zeros(0, np.int64))).shape == (0,)
     assert store.match(empty) == 0
+
+
+def test_root_that_cannot_be_a_folder_is_a_storage_error(block_root):
+    import errno
+    import os
+
+    blocker = os.path.join(block_root, "file")
+    open(blocker, "w").close()
+    with pytest.raises(StorageError) as info:
+        open_store(os.path.join(blocker, "store"), KVLayout(2, 64, 16))
+    assert info.value.errno == errno.ENOTDIR
+
+
+@pytest.mark.parametrize("key_bytes", [16, 64])
+def test_other_key_lengths(block_root, key_bytes):
+    store = BlockStore(StoreConfig(block_root, KVLayout(2, 64, 16), key_bytes=key_bytes,
+                                   pool_slots=4, cuda="off"))
+    keys = np.random.default_rng(12).integers(0, 256, (3, key_bytes), dtype=np.uint8)
+    slots = store.pool.alloc(3)
+    assert store.wait(store.store(keys, slots)).all()
+    store.close()
+    store = BlockStore(StoreConfig(block_root, KVLayout(2, 64, 16), key_bytes=key_bytes,
+                                   pool_slots=4, cuda="off"))
+    assert store.match(keys) == 3
+    with pytest.raises(InvalidArgument):
+        store.match(np.zeros((1, 32), np.uint8) if key_bytes != 32 else None)
