@@ -21,12 +21,19 @@ inline uint32_t entry_id(uint64_t entry) { return static_cast<uint32_t>(entry); 
 
 NodeTable::NodeTable(size_t key_bytes)
     : key_bytes_(key_bytes), stride_((sizeof(Node) + key_bytes + 7) & ~size_t{7}) {
-  table_bits_ = kMinTableBits;
-  table_.assign(size_t{1} << table_bits_, kEmpty);
+  allocate_table(kMinTableBits);
+}
+
+void NodeTable::allocate_table(uint32_t bits) {
+  table_bits_ = bits;
+  table_size_ = size_t{1} << bits;
+  table_buffer_ = HugeBuffer(table_size_ * sizeof(uint64_t));
+  table_ = reinterpret_cast<uint64_t*>(table_buffer_.data());
+  std::memset(table_, 0xFF, table_size_ * sizeof(uint64_t));  // every entry kEmpty
 }
 
 size_t NodeTable::memory_bytes() const {
-  return chunks_.size() * kChunkNodes * stride_ + table_.size() * sizeof(uint64_t);
+  return chunks_.size() * kChunkNodes * stride_ + table_size_ * sizeof(uint64_t);
 }
 
 // Keys are usually digests already, but engines may bring their own, so every byte is mixed
@@ -41,14 +48,21 @@ uint64_t NodeTable::hash(const uint8_t* key) const {
   return h;
 }
 
-void NodeTable::prefetch(const uint8_t* key) const {
-  const uint64_t tagged = hash(key) & 0xFFFFFFFF00000000ull;
-  __builtin_prefetch(&table_[home(tagged)]);
+void NodeTable::prefetch_slot(uint64_t key_hash) const {
+  __builtin_prefetch(&table_[home(key_hash)]);
 }
 
-uint32_t NodeTable::find(const uint8_t* key) const {
-  const uint64_t tag = hash(key) >> 32;
-  const size_t mask = table_.size() - 1;
+void NodeTable::prefetch_node(uint64_t key_hash) const {
+  const uint64_t entry = table_[home(key_hash)];
+  if (entry == kEmpty) return;
+  const uint8_t* s = slot(entry_id(entry));
+  __builtin_prefetch(s);
+  __builtin_prefetch(s + sizeof(Node) + key_bytes_ - 1);  // the key's last byte
+}
+
+uint32_t NodeTable::find(const uint8_t* key, uint64_t key_hash) const {
+  const uint64_t tag = key_hash >> 32;
+  const size_t mask = table_size_ - 1;
   for (size_t i = home(tag << 32);; i = (i + 1) & mask) {
     const uint64_t entry = table_[i];
     if (entry == kEmpty) return kNil;
@@ -66,33 +80,44 @@ uint32_t NodeTable::alloc_id() {
   }
   if (next_id_ == kNil) return kNil;
   if ((next_id_ >> kChunkShift) == chunks_.size()) {
-    // new[] without () leaves the chunk uninitialised, so its pages become resident only as
-    // nodes are written: a fresh chunk costs address space, not memory.
-    chunks_.emplace_back(new uint8_t[size_t{kChunkNodes} * stride_]);
+    // Pages become resident only as nodes are written: a fresh chunk costs address space.
+    chunks_.emplace_back(size_t{kChunkNodes} * stride_);
   }
   return next_id_++;
 }
 
 void NodeTable::place(uint64_t entry) {
-  const size_t mask = table_.size() - 1;
+  const size_t mask = table_size_ - 1;
   size_t i = home(entry);
   while (table_[i] != kEmpty) i = (i + 1) & mask;
   table_[i] = entry;
 }
 
 void NodeTable::grow_table() {
-  std::vector<uint64_t> old(size_t{1} << (table_bits_ + 1), kEmpty);
-  old.swap(table_);
-  ++table_bits_;
-  for (uint64_t entry : old) {
-    if (entry != kEmpty) place(entry);
+  HugeBuffer old = std::move(table_buffer_);
+  const auto* old_entries = reinterpret_cast<const uint64_t*>(old.data());
+  const size_t old_size = table_size_;
+  allocate_table(table_bits_ + 1);
+  for (size_t i = 0; i < old_size; ++i) {
+    if (old_entries[i] != kEmpty) place(old_entries[i]);
   }
 }
 
-uint32_t NodeTable::insert(const uint8_t* key) {
-  if ((num_nodes_ + 1) * 4 > table_.size() * 3) {
+uint32_t NodeTable::find_or_insert(const uint8_t* key, bool* inserted) {
+  *inserted = false;
+  if ((num_nodes_ + 1) * 4 > table_size_ * 3) {
     if (table_bits_ >= 32) return kNil;
     grow_table();
+  }
+  const uint64_t tag = hash(key) >> 32;
+  const size_t mask = table_size_ - 1;
+  size_t i = home(tag << 32);
+  for (;; i = (i + 1) & mask) {
+    const uint64_t entry = table_[i];
+    if (entry == kEmpty) break;
+    if ((entry >> 32) == tag && std::memcmp(this->key(entry_id(entry)), key, key_bytes_) == 0) {
+      return entry_id(entry);
+    }
   }
   const uint32_t id = alloc_id();
   if (id == kNil) return kNil;
@@ -102,13 +127,14 @@ uint32_t NodeTable::insert(const uint8_t* key) {
   n.parent = n.first_child = n.next_sibling = n.prev_sibling = kNil;
   n.lru_prev = n.lru_next = kNil;
   std::memcpy(s + sizeof(Node), key, key_bytes_);
-  place((hash(key) & 0xFFFFFFFF00000000ull) | id);
+  table_[i] = (tag << 32) | id;  // the empty slot that ended the probe
   ++num_nodes_;
+  *inserted = true;
   return id;
 }
 
 void NodeTable::erase(uint32_t id) {
-  const size_t mask = table_.size() - 1;
+  const size_t mask = table_size_ - 1;
   const uint64_t tag = hash(key(id)) >> 32;
   size_t i = home(tag << 32);
   while (entry_id(table_[i]) != id) i = (i + 1) & mask;

@@ -21,14 +21,23 @@ Status PrefixIndex::validate_key_bytes(size_t key_bytes) {
 
 // ---- structure -------------------------------------------------------------------------
 
-uint32_t PrefixIndex::add_present(const uint8_t* key, uint64_t block_bytes) {
-  const uint32_t id = table_.insert(key);
+uint32_t PrefixIndex::find_or_add_present(const uint8_t* key, uint64_t block_bytes,
+                                          bool* added) {
+  bool inserted = false;
+  const uint32_t id = table_.find_or_insert(key, &inserted);
+  *added = false;
   if (id == kNil) return kNil;
   Node& n = table_.node(id);
-  n.state = kPresent;
-  n.block_bytes = block_bytes;
-  ++stats_.num_blocks;
-  stats_.bytes += block_bytes;
+  if (inserted) {
+    n.state = kPresent;
+    n.block_bytes = block_bytes;
+    ++stats_.num_blocks;
+    stats_.bytes += block_bytes;
+    *added = true;
+  } else if (n.state == kPlaceholder) {
+    promote(id, block_bytes);
+    *added = true;
+  }
   return id;
 }
 
@@ -47,10 +56,9 @@ void PrefixIndex::promote(uint32_t id, uint64_t block_bytes) {
 }
 
 uint32_t PrefixIndex::find_or_add_placeholder(const uint8_t* key) {
-  uint32_t id = table_.find(key);
-  if (id != kNil) return id;
-  id = table_.insert(key);
-  if (id == kNil) return kNil;
+  bool inserted = false;
+  const uint32_t id = table_.find_or_insert(key, &inserted);
+  if (!inserted) return id;
   Node& n = table_.node(id);
   n.state = kPlaceholder;
   n.lru_next = placeholder_head_;
@@ -142,6 +150,10 @@ void PrefixIndex::append_key(uint32_t id, std::vector<uint8_t>* out) const {
 
 // ---- batch operations --------------------------------------------------------------------
 
+// Lookups of a batch are independent: prefetching the hash slot of key i + 8 overlaps their
+// cache misses instead of paying them one after another.
+constexpr size_t kPrefetchAhead = 8;
+
 static Status out_of_ids() {
   return make_status(Code::kOutOfMemory, "prefix index is full (2^32 - 1 nodes)");
 }
@@ -155,17 +167,13 @@ Status PrefixIndex::insert_chain(const uint8_t* keys, size_t n, const uint8_t* p
     prev = find_or_add_placeholder(parent_key);  // an absent parent leaves the chain orphaned
     if (prev == kNil) return out_of_ids();
   }
+  for (size_t i = 0; i < n && i < kPrefetchAhead; ++i) table_.prefetch(key_at(keys, i));
   for (size_t i = 0; i < n; ++i) {
-    const uint8_t* key = key_at(keys, i);
-    uint32_t id = table_.find(key);
-    if (id == kNil) {
-      id = add_present(key, block_bytes[i]);
-      if (id == kNil) return out_of_ids();
-      lru_push_front(id);
-    } else if (table_.node(id).state == kPlaceholder) {
-      promote(id, block_bytes[i]);
-      lru_push_front(id);
-    }
+    if (i + kPrefetchAhead < n) table_.prefetch(key_at(keys, i + kPrefetchAhead));
+    bool added = false;
+    const uint32_t id = find_or_add_present(key_at(keys, i), block_bytes[i], &added);
+    if (id == kNil) return out_of_ids();
+    if (added) lru_push_front(id);
     if (prev != kNil && can_adopt(id, prev)) link_child(id, prev);
     ids[i] = prev = id;
   }
@@ -185,15 +193,11 @@ Status PrefixIndex::insert_edges(const uint8_t* keys, const uint8_t* parent_keys
   std::lock_guard<std::mutex> lock(mu_);
   std::vector<uint32_t> pending;
   for (size_t i = 0; i < n; ++i) {
-    const uint8_t* key = key_at(keys, i);
-    uint32_t id = table_.find(key);
-    if (id == kNil) {
-      id = add_present(key, block_bytes[i]);
-      if (id == kNil) return out_of_ids();
-      table_.node(id).is_pending = 1;
-      pending.push_back(id);
-    } else if (table_.node(id).state == kPlaceholder) {
-      promote(id, block_bytes[i]);
+    if (i + kPrefetchAhead < n) table_.prefetch(key_at(keys, i + kPrefetchAhead));
+    bool added = false;
+    const uint32_t id = find_or_add_present(key_at(keys, i), block_bytes[i], &added);
+    if (id == kNil) return out_of_ids();
+    if (added) {
       table_.node(id).is_pending = 1;
       pending.push_back(id);
     }
@@ -212,15 +216,12 @@ size_t PrefixIndex::match(const uint8_t* keys, size_t n, bool touch_blocks, bool
   std::lock_guard<std::mutex> lock(mu_);
   std::vector<uint32_t>& ids = scratch_;
   ids.clear();
-  constexpr size_t kPrefetchAhead = 8;
-  for (size_t i = 0; i < n && i < kPrefetchAhead; ++i) table_.prefetch(key_at(keys, i));
   uint32_t prev = kNil;
-  for (size_t i = 0; i < n; ++i) {
-    if (i + kPrefetchAhead < n) table_.prefetch(key_at(keys, i + kPrefetchAhead));
-    const uint32_t id = table_.find(key_at(keys, i));
-    if (!is_present(id) || (i > 0 && table_.node(id).parent != prev)) break;
+  table_.find_each(keys, n, [&](size_t i, uint32_t id) {
+    if (!is_present(id) || (i > 0 && table_.node(id).parent != prev)) return false;
     ids.push_back(prev = id);
-  }
+    return true;
+  });
   const size_t m = ids.size();
   stats_.hits += m;
   stats_.misses += n - m;
@@ -237,7 +238,10 @@ size_t PrefixIndex::match(const uint8_t* keys, size_t n, bool touch_blocks, bool
 
 void PrefixIndex::contains(const uint8_t* keys, size_t n, uint8_t* out) {
   std::lock_guard<std::mutex> lock(mu_);
-  for (size_t i = 0; i < n; ++i) out[i] = is_present(table_.find(key_at(keys, i))) ? 1 : 0;
+  table_.find_each(keys, n, [&](size_t i, uint32_t id) {
+    out[i] = is_present(id) ? 1 : 0;
+    return true;
+  });
 }
 
 Status PrefixIndex::pin(const uint8_t* keys, size_t n, uint8_t* present) {

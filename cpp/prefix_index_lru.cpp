@@ -40,6 +40,28 @@ void PrefixIndex::lru_push_back(uint32_t id) {
   lru_tail_ = id;
 }
 
+// Are ids consecutive in the LRU list, in order (ids[i + 1] right behind ids[i])?
+bool PrefixIndex::is_lru_run(const uint32_t* ids, size_t n) const {
+  for (size_t i = 0; i + 1 < n; ++i) {
+    if (table_.node(ids[i]).lru_next != ids[i + 1]) return false;
+  }
+  return true;
+}
+
+// Moves the run first..last (consecutive, in order) to the front in O(1).
+void PrefixIndex::splice_to_front(uint32_t first, uint32_t last) {
+  if (first == lru_head_) return;
+  const uint32_t before = table_.node(first).lru_prev;  // not kNil: first is not the head
+  const uint32_t after = table_.node(last).lru_next;
+  table_.node(before).lru_next = after;
+  if (after != kNil) table_.node(after).lru_prev = before;
+  else lru_tail_ = before;
+  table_.node(first).lru_prev = kNil;
+  table_.node(last).lru_next = lru_head_;
+  table_.node(lru_head_).lru_prev = last;
+  lru_head_ = first;
+}
+
 // ids: a chain (ids[i]'s parent is ids[i-1] when linked). Moves them to the front deepest
 // first, then every present ancestor of ids[0] up to its root.
 void PrefixIndex::touch(const uint32_t* ids, size_t n) {
@@ -48,8 +70,12 @@ void PrefixIndex::touch(const uint32_t* ids, size_t n) {
     lru_unlink(id);
     lru_push_front(id);
   };
-  for (size_t i = n; i-- > 0;) to_front(ids[i]);
   if (n == 0) return;
+  if (is_lru_run(ids, n)) {
+    splice_to_front(ids[0], ids[n - 1]);  // the common case: the chain was touched together
+  } else {
+    for (size_t i = n; i-- > 0;) to_front(ids[i]);
+  }
   for (uint32_t x = table_.node(ids[0]).parent; is_present(x); x = table_.node(x).parent) {
     to_front(x);
   }

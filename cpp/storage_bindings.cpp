@@ -3,6 +3,9 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
+#include <unistd.h>
+
+#include <fstream>
 
 #include "dualkv/block_io.h"
 #include "dualkv/block_scan.h"
@@ -217,6 +220,13 @@ py::dict probe_backends() {
   }
   d["io_uring"] = s.ok() ? std::string("usable") : "unavailable: " + s.message;
   d["posix"] = std::string("usable");
+  std::ifstream meminfo("/proc/meminfo");
+  std::string line;
+  while (std::getline(meminfo, line)) {
+    if (line.rfind("HugePages_Free:", 0) == 0) {
+      d["huge_pages_free"] = std::stoll(line.substr(15));  // 2 MiB pages the pool could map
+    }
+  }
   d["storage_backend"] = std::string(s.ok() ? "io_uring" : "posix");
   return d;
 }
@@ -257,6 +267,17 @@ void register_storage(py::module_& m) {
         py::gil_scoped_release release;
         io.remove_files(k, n);
       }, py::arg("keys"))
+      .def("exists", [](BlockIO& io, const py::array& keys) {
+        size_t n;
+        const uint8_t* k = keys_arg(keys, io.layout(), &n);
+        py::array_t<bool> out(static_cast<py::ssize_t>(n));
+        bool* o = out.mutable_data();
+        py::gil_scoped_release release;
+        for (size_t i = 0; i < n; ++i) {
+          o[i] = access(io.path_of(k + i * io.layout().key_bytes).c_str(), F_OK) == 0;
+        }
+        return out;
+      }, py::arg("keys"), "Whether each key's block file is on disk (one stat each, no read).")
       .def("path_of", [](BlockIO& io, const py::bytes& key) {
         std::string k = key;
         if (k.size() != io.layout().key_bytes) invalid("key has the wrong length");

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from dualkv.errors import InvalidArgument, NotFound
+from dualkv.errors import InvalidArgument, NotFound, StorageError, TimedOut
 from dualkv.layout import KVLayout
 from dualkv.store import BlockStore, StoreConfig
 
@@ -220,3 +220,100 @@ def test_chain_keys_name_blocks_by_their_tokens(block_root):
         store.chain_keys(np.arange(32, dtype=np.int64) + 2**40)  # not representable as int32
     with pytest.raises(InvalidArgument):
         store.chain_keys(np.ones(32, dtype=np.float32))
+
+
+def test_blocks_of_another_process_join_by_probe_or_refresh(block_root):
+    layout = KVLayout(2, 64, 16)
+    reader, writer = open_store(block_root, layout), open_store(block_root, layout)
+    keys = random_keys(np.random.default_rng(10), 6)
+    writer.wait(writer.store(keys[:4], writer.pool.alloc(4)))
+    assert reader.match(keys) == 0  # its index has not seen them
+    assert reader.match(keys[:2], probe_disk=True) == 2
+    assert reader.match(keys, probe_disk=True) == 4  # stops at the first block not on disk
+    writer.wait(writer.store(keys[4:], writer.pool.alloc(2), parent=keys[3]))
+    assert reader.refresh() == 2
+    assert reader.match(keys) == 6
+
+
+def test_wait_has_a_deadline(block_root):
+    layout = KVLayout(4, 8192, 64)  # 2 MiB blocks
+    store = open_store(block_root, layout, "posix", queue_depth=1, pool_slots=32)
+    keys, slots = random_keys(np.random.default_rng(11), 32), store.pool.alloc(32)
+    store.wait(store.store(keys, slots), timeout=120)
+    handle = store.load(keys, slots)  # 64 MiB through one reader thread
+    with pytest.raises(TimedOut):
+        store.wait(handle, timeout=0.001)
+    store.release(handle, timeout=120)  # waits for what is in flight, then frees
+    with pytest.raises(InvalidArgument):
+        store.wait(store.load(keys[:1], slots[:1]), timeout=-1)
+
+
+def test_empty_batches(block_root):
+    store = open_store(block_root, KVLayout(2, 64, 16))
+    empty = np.zeros((0, 32), np.uint8)
+    assert store.wait(store.load(empty, np.zeros(0, np.int64))).shape == (0,)
+    assert store.wait(store.store(empty, np.zeros(0, np.int64))).shape == (0,)
+    assert store.match(empty) == 0
+
+
+def test_root_that_cannot_be_a_folder_is_a_storage_error(block_root):
+    import errno
+    import os
+
+    blocker = os.path.join(block_root, "file")
+    open(blocker, "w").close()
+    with pytest.raises(StorageError) as info:
+        open_store(os.path.join(blocker, "store"), KVLayout(2, 64, 16))
+    assert info.value.errno == errno.ENOTDIR
+
+
+@pytest.mark.parametrize("key_bytes", [16, 64])
+def test_other_key_lengths(block_root, key_bytes):
+    store = BlockStore(StoreConfig(block_root, KVLayout(2, 64, 16), key_bytes=key_bytes,
+                                   pool_slots=4, cuda="off"))
+    keys = np.random.default_rng(12).integers(0, 256, (3, key_bytes), dtype=np.uint8)
+    slots = store.pool.alloc(3)
+    assert store.wait(store.store(keys, slots)).all()
+    store.close()
+    store = BlockStore(StoreConfig(block_root, KVLayout(2, 64, 16), key_bytes=key_bytes,
+                                   pool_slots=4, cuda="off"))
+    assert store.match(keys) == 3
+    with pytest.raises(InvalidArgument):
+        store.match(np.zeros((1, 32), np.uint8) if key_bytes != 32 else None)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_concurrent_batches_from_threads(block_root, backend):
+    import threading
+
+    layout = KVLayout(4, 512, 16)
+    store = open_store(block_root, layout, backend, queue_depth=4, pool_slots=64)
+    rng = np.random.default_rng(13)
+    keys, src = random_keys(rng, 16), store.pool.alloc(16)
+    fill(store, src, rng)
+    store.wait(store.store(keys, src))
+    want = {i: [layer_bytes(store, s, l) for l in range(4)] for i, s in enumerate(src)}
+    errors = []
+
+    def reader(seed):
+        r = np.random.default_rng(seed)
+        dst = store.pool.alloc(8)
+        for _ in range(20):
+            ids = r.choice(16, 8, replace=False)
+            first = int(r.integers(0, 4))
+            last = int(r.integers(first + 1, 5))
+            handle = store.load(keys[ids], dst, layers=(first, last))
+            if not store.wait(handle, timeout=30).all():
+                errors.append("miss")
+            store.release(handle)
+            for i, slot in zip(ids, dst):
+                for layer in range(first, last):
+                    if layer_bytes(store, slot, layer) != want[i][layer]:
+                        errors.append((i, layer))
+
+    threads = [threading.Thread(target=reader, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []

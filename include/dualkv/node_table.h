@@ -9,8 +9,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
-#include <memory>
 #include <vector>
+
+#include "dualkv/huge_buffer.h"
 
 namespace dualkv {
 
@@ -52,39 +53,64 @@ class NodeTable {
   const Node& node(uint32_t id) const { return *reinterpret_cast<const Node*>(slot(id)); }
   const uint8_t* key(uint32_t id) const { return slot(id) + sizeof(Node); }
 
-  // Node id of key, or kNil.
-  uint32_t find(const uint8_t* key) const;
-  // Adds a node for a key that is not in the table; its Node is zeroed except the links (kNil).
-  // Returns kNil when 2^32 - 1 nodes already exist.
-  uint32_t insert(const uint8_t* key);
+  // Node id of key, or kNil. The two-argument form takes hash(key) computed beforehand.
+  uint32_t find(const uint8_t* key) const { return find(key, hash(key)); }
+  uint32_t find(const uint8_t* key, uint64_t key_hash) const;
+  uint64_t hash(const uint8_t* key) const;
+  // Node id of key; when absent, adds a node (zeroed, links kNil, state kFree for the caller
+  // to set) and sets *inserted. Returns kNil when 2^32 - 1 nodes already exist.
+  uint32_t find_or_insert(const uint8_t* key, bool* inserted);
   // Removes the node's key from the table and frees its id.
   void erase(uint32_t id);
 
-  // Where a key will be looked up; prefetching it lets a batch overlap its cache misses.
-  void prefetch(const uint8_t* key) const;
+  // Looks up keys[0..n) in order, calling visit(i, id) (kNil: absent) until it returns false.
+  // The lookups of a batch are independent, so they are pipelined to overlap their cache
+  // misses: the hash slot of key i + 32 and the node of key i + 16 are fetched while key i is
+  // compared.
+  template <class Visit>
+  void find_each(const uint8_t* keys, size_t n, Visit&& visit) const {
+    constexpr size_t kSlotAhead = 32, kNodeAhead = 16, kRing = 64;  // kRing > kSlotAhead
+    uint64_t hashes[kRing];
+    auto start_lookup = [&](size_t j) {
+      hashes[j % kRing] = hash(keys + j * key_bytes_);
+      prefetch_slot(hashes[j % kRing]);
+    };
+    for (size_t j = 0; j < n && j < kSlotAhead; ++j) start_lookup(j);
+    for (size_t i = 0; i < n; ++i) {
+      if (i + kSlotAhead < n) start_lookup(i + kSlotAhead);
+      if (i + kNodeAhead < n) prefetch_node(hashes[(i + kNodeAhead) % kRing]);
+      if (!visit(i, find(keys + i * key_bytes_, hashes[i % kRing]))) return;
+    }
+  }
+
+  void prefetch(const uint8_t* key) const { prefetch_slot(hash(key)); }
+  void prefetch_slot(uint64_t key_hash) const;
+  void prefetch_node(uint64_t key_hash) const;
 
  private:
   static constexpr uint32_t kChunkShift = 16;
   static constexpr uint32_t kChunkNodes = 1u << kChunkShift;
 
   uint8_t* slot(uint32_t id) const {
-    return chunks_[id >> kChunkShift].get() + size_t(id & (kChunkNodes - 1)) * stride_;
+    return chunks_[id >> kChunkShift].data() + size_t(id & (kChunkNodes - 1)) * stride_;
   }
-  uint64_t hash(const uint8_t* key) const;
   // Hash-table entries: high 32 bits = hash tag, low 32 bits = node id. The home slot is the
   // top bits of the tag, so moving an entry never needs its key.
   size_t home(uint64_t entry) const { return size_t((entry >> 32) >> (32 - table_bits_)); }
   uint32_t alloc_id();
   void grow_table();
+  void allocate_table(uint32_t bits);
   void place(uint64_t entry);
 
   size_t key_bytes_;
   size_t stride_;
-  std::vector<std::unique_ptr<uint8_t[]>> chunks_;
+  std::vector<HugeBuffer> chunks_;
   uint32_t next_id_ = 0;  // ids below it have been handed out at least once
   uint32_t free_head_ = kNil;
   size_t num_nodes_ = 0;
-  std::vector<uint64_t> table_;
+  HugeBuffer table_buffer_;
+  uint64_t* table_ = nullptr;  // 2^table_bits_ entries in table_buffer_
+  size_t table_size_ = 0;
   uint32_t table_bits_ = 0;
 };
 

@@ -77,7 +77,8 @@ class PrefixIndex {
   bool is_present(uint32_t id) const { return id != kNil && table_.node(id).state == kPresent; }
   bool is_evictable(uint32_t id) const;
 
-  uint32_t add_present(const uint8_t* key, uint64_t block_bytes);
+  // The node for key, present or made present (with block_bytes); kNil when the table is full.
+  uint32_t find_or_add_present(const uint8_t* key, uint64_t block_bytes, bool* added);
   void promote(uint32_t id, uint64_t block_bytes);
   uint32_t find_or_add_placeholder(const uint8_t* key);
   bool can_adopt(uint32_t child, uint32_t parent) const;
@@ -90,6 +91,8 @@ class PrefixIndex {
   void lru_unlink(uint32_t id);
   void lru_push_front(uint32_t id);
   void lru_push_back(uint32_t id);
+  bool is_lru_run(const uint32_t* ids, size_t n) const;
+  void splice_to_front(uint32_t first, uint32_t last);
   void touch(const uint32_t* ids, size_t n);
   void place_pending_by_depth(const std::vector<uint32_t>& pending);
 

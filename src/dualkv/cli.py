@@ -9,7 +9,7 @@ import sys
 
 COMMANDS = {
     "info": ("dualkv.commands.info", "what this build and machine can do"),
-    "bench": ("dualkv.commands.bench", "microbenchmarks: dualkv bench NAME --help"),
+    "bench": ("dualkv.commands.bench", "microbenchmarks: dualkv bench NAME [--json] ..."),
     "store": ("dualkv.commands.store", "inspect, verify or clean a block store: info|verify|gc"),
 }
 

@@ -56,14 +56,15 @@ def chain_keys(tokens, block_tokens: int, prior=None) -> np.ndarray:
 def chain_keys_hashlib(tokens: np.ndarray, block_tokens: int, prior: bytes | None) -> np.ndarray:
     """The same chain in pure Python: the fallback, and the bench's reference."""
     num_blocks = len(tokens) // block_tokens
-    data = tokens[: num_blocks * block_tokens].astype("<i4", copy=False).tobytes()
+    data = memoryview(tokens[: num_blocks * block_tokens].astype("<i4", copy=False).tobytes())
     stride = block_tokens * 4
-    keys = np.empty((num_blocks, KEY_BYTES), dtype=np.uint8)
-    previous = prior or b""
-    for i in range(num_blocks):
-        previous = hashlib.sha256(previous + data[i * stride:(i + 1) * stride]).digest()
-        keys[i] = np.frombuffer(previous, dtype=np.uint8)
-    return keys
+    digests, previous = [], prior or b""
+    for start in range(0, num_blocks * stride, stride):
+        h = hashlib.sha256(previous)
+        h.update(data[start:start + stride])
+        previous = h.digest()
+        digests.append(previous)
+    return np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(num_blocks, KEY_BYTES).copy()
 
 
 def as_keys(x, key_bytes: int = KEY_BYTES) -> np.ndarray:

@@ -60,9 +60,29 @@ class BlockStore:
         """Keys of the full blocks of `tokens` (int32), chained after `prior`."""
         return chain_keys(tokens, self.layout.block_tokens, prior)
 
-    def match(self, keys, touch: bool = True) -> int:
-        """Longest stored prefix of the chain `keys`, in blocks."""
-        return int(self.index.match(self._keys(keys), touch, False))
+    def match(self, keys, touch: bool = True, probe_disk: bool = False) -> int:
+        """Longest stored prefix of the chain `keys`, in blocks. With probe_disk, blocks past
+        the indexed prefix whose files exist (written by another process sharing the
+        directory) join the index first: one stat per key, no read; loads still verify."""
+        keys = self._keys(keys)
+        hit = int(self.index.match(keys, touch, False))
+        if not probe_disk or hit == len(keys):
+            return hit
+        on_disk = self.io.exists(keys[hit:])
+        found = len(on_disk) if on_disk.all() else int(np.argmin(on_disk))
+        if found == 0:
+            return hit
+        parent = keys[hit - 1].tobytes() if hit else None
+        self._delete(self.index.insert_chain(keys[hit:hit + found], parent,
+                                             self.layout.full_block_bytes))
+        return int(self.index.match(keys, touch, False))
+
+    def refresh(self) -> int:
+        """Re-reads every block header in the directory and indexes blocks that other
+        processes published since we opened; returns how many blocks the index gained."""
+        before = self.index.stats()["num_blocks"]
+        self._rebuild_index()
+        return int(self.index.stats()["num_blocks"] - before)
 
     def contains(self, keys) -> np.ndarray:
         return self.index.contains(self._keys(keys))

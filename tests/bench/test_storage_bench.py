@@ -8,7 +8,9 @@ def test_storage_bench_prints_one_json_document(tmp_path, capsys):
                   "--total-mib", "1", "--repeat", "1", "--no-fio", "--json"])
     doc = json.loads(capsys.readouterr().out)
     assert doc["command"] == "bench storage"
-    (row,) = doc["results"]
-    assert row["queue_depth"] == 2 and row["block_bytes"] == 256 * 1024 + 4096
-    assert row["read_gbps"] > 0
+    huge, small = doc["results"]  # one row per pool page kind
+    assert small["pages"] == "4KiB"
+    for row in (huge, small):
+        assert row["queue_depth"] == 2 and row["block_bytes"] == 256 * 1024 + 4096
+        assert row["read_gbps"] > 0
     assert list(tmp_path.iterdir()) == []  # the bench cleans up its files

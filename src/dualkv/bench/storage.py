@@ -31,9 +31,12 @@ def parse_args(argv):
     p.add_argument("--sizes-kib", type=int, nargs="+", default=None)
     p.add_argument("--depths", type=int, nargs="+", default=None)
     p.add_argument("--full", action="store_true", help="sizes 256 KiB..8 MiB x depths 1..64")
-    p.add_argument("--total-mib", type=int, default=256, help="bytes read per run")
+    p.add_argument("--total-mib", type=int, default=192, help="MiB read per run")
     p.add_argument("--repeat", type=int, default=3, help="runs per side; the median is kept")
     p.add_argument("--backend", default="auto", choices=["auto", "io_uring", "posix"])
+    p.add_argument("--pages", default="both", choices=["huge", "4k", "both"],
+                   help="pool pages for dualkv: huge (2 MiB when possible, the default of "
+                        "the store) or 4k (like fio's buffers), or a row for each")
     p.add_argument("--no-fio", action="store_true")
     p.add_argument("--json", action="store_true")
     return p.parse_args(argv)
@@ -72,12 +75,12 @@ def write_blocks(root, layout, num_blocks, backend):
     return keys, paths
 
 
-def read_dualkv(root, layout, keys, depth, backend):
+def read_dualkv(root, layout, keys, depth, backend, huge_pages=True):
     """Seconds to load every key, depth blocks per batch, two batches in flight."""
     from dualkv.store import BlockStore, StoreConfig
 
     store = BlockStore(StoreConfig(root, layout, pool_slots=2 * depth, queue_depth=depth,
-                                   io_backend=backend, cuda="off"))
+                                   io_backend=backend, cuda="off", huge_pages=huge_pages))
     halves = [store.pool.alloc(depth), store.pool.alloc(depth)]
     in_flight = []
     failures = 0
@@ -90,11 +93,11 @@ def read_dualkv(root, layout, keys, depth, backend):
     for handle in in_flight:
         failures += int((~store.wait(handle, timeout=600)).sum())
     seconds = time.perf_counter() - start
-    backend_used = store.backend
+    backend_used, pages = store.backend, store.pool.page_kind
     store.close()
     if failures:
         raise RuntimeError(f"{failures} blocks failed to load in the bench")
-    return seconds, backend_used
+    return seconds, backend_used, pages
 
 
 def link_for_fio(paths, workdir):
@@ -116,25 +119,31 @@ def read_fio(folder, num_files, block_bytes, depth):
     return json.loads(out[out.index("{"):])["jobs"][0]["read"]["bw_bytes"]
 
 
-def run_config(report, args, root, block_kib, depth, keys_paths, layout, has_fio):
-    keys, paths = keys_paths
+def run_config(report, args, root, depth, keys_paths, layout, has_fio):
+    """Alternates the sides (each page kind, then fio) `repeat` times; one row per kind."""
+    keys, fio_folder = keys_paths
     total = layout.full_block_bytes * len(keys)
-    ours, ref = [], []
-    backend, dropped = args.backend, True
+    kinds = {"huge": [True], "4k": [False], "both": [True, False]}[args.pages]
+    ours = {huge: [] for huge in kinds}
+    ref, pages, backend, dropped = [], {}, args.backend, True
     for _ in range(args.repeat):
-        dropped &= drop_caches()
-        seconds, backend = read_dualkv(root, layout, keys, depth, args.backend)
-        ours.append(total / seconds)
+        for huge in kinds:
+            dropped &= drop_caches()
+            seconds, backend, pages[huge] = read_dualkv(root, layout, keys, depth,
+                                                        args.backend, huge)
+            ours[huge].append(total / seconds)
         if has_fio:
             dropped &= drop_caches()
-            ref.append(read_fio(paths, len(keys), layout.full_block_bytes, depth))
-    gbps = statistics.median(ours) / 1e9
-    row = {"block_bytes": layout.full_block_bytes, "queue_depth": depth, "backend": backend,
-           "num_blocks": len(keys), "caches_dropped": dropped, "read_gbps": gbps,
-           "us_per_block": 1e6 * layout.full_block_bytes / (gbps * 1e9)}
-    if has_fio:
-        row = with_reference(row, "read_gbps", "fio", statistics.median(ref) / 1e9)
-    report.add(row)
+            ref.append(read_fio(fio_folder, len(keys), layout.full_block_bytes, depth))
+    for huge in kinds:
+        gbps = statistics.median(ours[huge]) / 1e9
+        row = {"block_bytes": layout.full_block_bytes, "queue_depth": depth,
+               "backend": backend, "pages": pages[huge], "num_blocks": len(keys),
+               "caches_dropped": dropped, "read_gbps": gbps,
+               "us_per_block": 1e6 * layout.full_block_bytes / (gbps * 1e9)}
+        if has_fio:
+            row = with_reference(row, "read_gbps", "fio", statistics.median(ref) / 1e9)
+        report.add(row)
 
 
 def main(argv=None):
@@ -156,7 +165,7 @@ def main(argv=None):
             keys, paths = write_blocks(root, layout, num_blocks, args.backend)
             keys_paths = (keys, link_for_fio(paths, root) if has_fio else None)
             for depth in depths:
-                run_config(report, args, root, block_kib, depth, keys_paths, layout, has_fio)
+                run_config(report, args, root, depth, keys_paths, layout, has_fio)
             shutil.rmtree(root)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

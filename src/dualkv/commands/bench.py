@@ -1,12 +1,21 @@
-"""`dualkv bench NAME [args]`: runs dualkv.bench.NAME.main(args)."""
+"""`dualkv bench NAME [args]`: runs dualkv.bench.NAME.main(args) (each bench has its own --help)."""
+import argparse
 import importlib
+import pkgutil
+
+
+def available() -> list[str]:
+    import dualkv.bench
+
+    return sorted(m.name for m in pkgutil.iter_modules(dualkv.bench.__path__) if m.name != "report")
 
 
 def add_arguments(parser):
-    parser.add_argument("name", help="which bench (a module of dualkv.bench), e.g. storage")
-    parser.add_argument("args", nargs="...", help="the bench's own arguments (see --help)")
+    parser.add_argument("name", help="which bench: " + ", ".join(available()))
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="the bench's own arguments")
 
 
 def run(args):
-    module = importlib.import_module(f"dualkv.bench.{args.name}")
-    return module.main(args.args)
+    if args.name not in available():
+        raise SystemExit(f"unknown bench {args.name!r}; available: {', '.join(available())}")
+    return importlib.import_module(f"dualkv.bench.{args.name}").main(args.args)

@@ -1,0 +1,1 @@
+from dualkv.bench.index import main; raise SystemExit(main())

@@ -1,0 +1,1 @@
+from dualkv.bench.keys import main; raise SystemExit(main())

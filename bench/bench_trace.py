@@ -1,0 +1,1 @@
+from dualkv.bench.trace import main; raise SystemExit(main())

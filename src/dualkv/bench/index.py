@@ -1,0 +1,103 @@
+"""`dualkv bench index`: the prefix index's insert rate, match latency from Python, memory per
+block (by RSS) and eviction, at index sizes up to 10 M blocks.
+
+Keys are random 32-byte strings (the same distribution as SHA-256 chain keys), inserted as
+chains of --chain-blocks. Memory is the process RSS growth while the index is built, divided
+by the blocks it holds (the key arrays are allocated before the first reading).
+"""
+import argparse
+import gc
+import os
+import statistics
+import time
+
+import numpy as np
+
+from dualkv.bench.report import Report
+from dualkv.index import PrefixIndex
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def build(keys: np.ndarray, chain_blocks: int, block_bytes: int):
+    """A fresh index holding all keys as chains: (index, wall s, CPU s, RSS growth)."""
+    gc.collect()
+    rss_before = rss_bytes()
+    index = PrefixIndex()
+    start, cpu_start = time.perf_counter(), time.process_time()
+    for first in range(0, len(keys), chain_blocks):
+        index.insert_chain(keys[first:first + chain_blocks], block_bytes=block_bytes)
+    seconds, cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
+    return index, seconds, cpu_s, rss_bytes() - rss_before
+
+
+def match_us(index, chains, repeat: int) -> tuple[float, float, float]:
+    """(wall p50, wall min, CPU p50) µs of one match() over `chains`, taken round-robin (one
+    chain: always cache-warm). CPU time leaves out time the thread was descheduled, which on
+    a shared machine is most of the spread."""
+    for chain in chains[:10]:
+        index.match(chain)
+    wall, cpu = [], []
+    for i in range(repeat):
+        chain = chains[i % len(chains)]
+        w, c = time.perf_counter(), time.thread_time()
+        index.match(chain)
+        cpu.append(time.thread_time() - c)
+        wall.append(time.perf_counter() - w)
+    return statistics.median(wall) * 1e6, min(wall) * 1e6, statistics.median(cpu) * 1e6
+
+
+def bench_size(report, num_blocks: int, chain_blocks: int, block_bytes: int, repeat: int):
+    rng = np.random.default_rng(num_blocks)
+    keys = rng.integers(0, 256, (num_blocks, 32), dtype=np.uint8)
+    index, seconds, cpu_s, rss_growth = build(keys, chain_blocks, block_bytes)
+    stats = index.stats()
+    common = dict(num_blocks=num_blocks, chain_blocks=chain_blocks)
+    report.add(dict(common, op="insert_chain", inserts_per_s=num_blocks / seconds,
+                    ns_per_block=seconds * 1e9 / num_blocks, cpu_inserts_per_s=num_blocks / cpu_s,
+                    load_avg=os.getloadavg()[0]))
+    report.add(dict(common, op="memory", rss_bytes_per_block=rss_growth / num_blocks,
+                    index_bytes_per_block=stats["memory_bytes"] / num_blocks))
+    num_chains = num_blocks // chain_blocks
+    chains = [keys[i * chain_blocks:(i + 1) * chain_blocks] for i in range(num_chains)]
+    spread = rng.permutation(num_chains)[:repeat]
+    for label, picked in (("same (cache-warm)", chains[-1:]),
+                          (f"{len(spread)} different", [chains[i] for i in spread])):
+        p50, low, cpu = match_us(index, picked, repeat)
+        report.add(dict(common, op="match", chains=label, p50_us=p50, min_us=low,
+                        cpu_p50_us=cpu, load_avg=os.getloadavg()[0]))
+    assert_all_found = index.match(chains[0]) == chain_blocks
+    start = time.perf_counter()
+    evicted = index.evict(block_bytes * chain_blocks)
+    evict_s = time.perf_counter() - start
+    report.add(dict(common, op="evict", blocks=len(evicted), us=evict_s * 1e6,
+                    ns_per_block=evict_s * 1e9 / max(1, len(evicted)),
+                    all_matched=assert_all_found))
+    del index, keys, chains
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="dualkv bench index", description=__doc__.splitlines()[0])
+    parser.add_argument("--blocks", default="1000000,10000000",
+                        help="comma-separated index sizes in blocks (default: 1M and 10M)")
+    parser.add_argument("--chain-blocks", type=int, default=1024,
+                        help="blocks per inserted/matched chain (1,024 = a 64K-token prompt)")
+    parser.add_argument("--block-bytes", type=int, default=1 << 20)
+    parser.add_argument("--repeat", type=int, default=200, help="match calls per figure")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    args = parser.parse_args(argv)
+    report = Report("bench index", args.json)
+    for num_blocks in (int(b) for b in args.blocks.split(",")):
+        bench_size(report, num_blocks, args.chain_blocks, args.block_bytes, args.repeat)
+    report.finish()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
