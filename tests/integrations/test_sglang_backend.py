@@ -144,6 +144,7 @@ def test_mla_only_the_storage_writer_writes(block_root):
     assert follower.batch_set_v1(keys, indices) == [True, True]  # skipped, by design
     assert follower.batch_exists(keys) == 0
     assert writer.batch_set_v1(keys, indices) == [True, True]
+    assert follower.batch_exists(keys) == 2  # published by the writer after follower opened
     dst = pool.alloc(2 * PAGE)
     assert follower.batch_get_v1(keys, dst) == [True, True]  # MLA ranks share one namespace
     assert all(torch.equal(a, b) for a, b in zip(read_pages(pool, dst), pages))

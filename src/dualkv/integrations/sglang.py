@@ -169,7 +169,9 @@ class DualKVHiCacheStorage(HiCacheStorage):
 
     def _stored_prefix(self, keys) -> int:
         store_keys = page_keys(keys)
-        num_chained = int(self.store.match(store_keys))  # walks parent links, refreshes LRU
+        # probe_disk: pages that other processes (another server, the MLA writer rank)
+        # published after this store opened join the index; refreshes LRU on the way.
+        num_chained = int(self.store.match(store_keys, probe_disk=True))
         if num_chained == len(keys):
             return num_chained
         # Pages stored without their parent (SGLang passes no prefix_keys by default) are not
