@@ -130,7 +130,8 @@ class DualKVHiCacheStorage(HiCacheStorage):
         """Region addresses inside flat pages, and whether they all allow O_DIRECT."""
         bases = np.array([t.data_ptr() for t in tensors], dtype=np.int64)
         ptrs = self.geometry.buffer_ptrs(bases)
-        return ptrs, bool(np.all(ptrs % PAGE_BYTES == 0) and self.geometry.region_bytes % PAGE_BYTES == 0)
+        is_direct = self.geometry.region_bytes % PAGE_BYTES == 0 and np.all(ptrs % PAGE_BYTES == 0)
+        return ptrs, bool(is_direct)
 
     # -- SGLang's per-pool (v2) calls: the KV pool as above; side pools are not stored -------
     def batch_exists_v2(self, keys, pool_transfers=None, extra_info=None):
@@ -156,7 +157,7 @@ class DualKVHiCacheStorage(HiCacheStorage):
 
     # -- existence ----------------------------------------------------------------------------
     def exists(self, key) -> bool:
-        return self._guarded("exists", 1, lambda: [bool(self.store.contains(page_keys([key]))[0])])[0]
+        return self.batch_exists([key]) == 1
 
     def batch_exists(self, keys, extra_info=None) -> int:
         """Length of the longest stored prefix of `keys`. SGLang's keys are a hash chain, so
