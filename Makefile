@@ -7,13 +7,25 @@ SYS_PACKAGES = pkg-config liburing-dev libucx-dev ucx-utils fio libssl-dev
 NATIVE_SOURCES = $(wildcard cpp/*.cpp include/dualkv/*.h src/dualkv/*.pyx src/dualkv/*/*.pyx)
 PYTEST_ARGS ?=
 
-.PHONY: demo test build sysdeps clean
+# Framework venvs live outside the checkout (scripts/venv.sh), shared by every clone here.
+DUALKV_VENVS ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/dualkv/venvs
+export DUALKV_VENVS
+SGLANG_VENV = $(DUALKV_VENVS)/sglang
+
+.PHONY: demo test test-sglang build sysdeps clean
 
 demo: build
 	$(PYTHON) -m dualkv.cli demo
 
 test: build
 	$(PYTHON) -m pytest -q $(PYTEST_ARGS) tests
+	$(MAKE) --no-print-directory test-sglang
+
+# SGLang's HiCache backend, tested inside SGLang's real classes. SGLang pins its own
+# dependencies, so it runs in its own venv (scripts/venv.sh; dualkv comes from src/).
+test-sglang: build
+	scripts/venv.sh sglang
+	PYTHONPATH=src $(SGLANG_VENV)/bin/python -m pytest -q $(PYTEST_ARGS) tests/integrations/test_sglang*.py
 
 # The native parts (C++ core and Cython), rebuilt in place and incrementally when they change.
 build: .stamp-build

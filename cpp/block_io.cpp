@@ -164,6 +164,7 @@ class ReadOp : public IoCompletion {
       stats.bytes_read += bytes;
       stats.blocks_loaded++;
     }
+    own_.reset();  // a bounce buffer can be megabytes: give it back before the handle is
     batch_->finish_block(index_, is_ok);  // last touch: the batch may be freed right after
   }
 

@@ -107,3 +107,16 @@ def test_truncated_file_is_dropped_on_reopen(block_root):
     assert reopened.stats()["dropped_on_open"] == 1
     assert reopened.match([b"\x11" * 32]) == 0
     assert not os.path.exists(path)
+
+
+@pytest.mark.parametrize("backend", ["io_uring", "posix"])
+def test_file_truncated_under_the_index_is_a_miss(block_root, backend):
+    store = BlockStore(StoreConfig(block_root, LAYOUT, pool_slots=4, cuda="off",
+                                   io_backend=backend))
+    key = b"\x33" * 32
+    slot = store.pool.alloc(1)
+    store.wait(store.store([key], slot))
+    os.truncate(store.io.path_of(key), LAYOUT.layer_offset(2) + 100)  # ends inside layer 2
+    assert store.wait(store.load([key], slot, layers=(0, 2)))[0]  # what is there still reads
+    assert not store.wait(store.load([key], slot))[0]  # a read past the end is a miss
+    assert store.stats()["corrupt"] == 1 and store.match([key]) == 0

@@ -21,3 +21,12 @@ def test_errors_are_python_exceptions_of_the_right_family():
     assert issubclass(dualkv.InvalidArgument, ValueError)
     assert issubclass(dualkv.StorageError, OSError)
     assert issubclass(dualkv.TimedOut, TimeoutError)
+
+
+def test_info_reports_the_storage_backend_this_machine_allows():
+    runtime = dualkv.info()["runtime"]
+    assert runtime["storage_backend"] in ("io_uring", "posix")
+    assert runtime["posix"] == "usable"
+    if not dualkv.info()["build"]["io_uring"]:
+        assert runtime["storage_backend"] == "posix"
+        assert runtime["io_uring"].startswith("unavailable")

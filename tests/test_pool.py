@@ -95,3 +95,31 @@ def test_bad_sizes_are_invalid():
 def test_cuda_registration_when_a_gpu_is_present():
     pool = HostPool(LAYOUT, num_slots=4, cuda="required")
     assert pool.is_cuda_registered
+
+
+def test_small_memlock_limit_says_how_to_raise_it(tmp_path):
+    """io_uring pins the pool; without CAP_IPC_LOCK the pin counts against RLIMIT_MEMLOCK."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0 or not (shutil.which("setpriv") and shutil.which("prlimit")):
+        pytest.skip("dropping CAP_IPC_LOCK needs root, setpriv and prlimit")
+    code = ("from dualkv.layout import KVLayout\n"
+            "from dualkv.store import BlockStore, StoreConfig\n"
+            "from dualkv.errors import OutOfMemory\n"
+            "try:\n"
+            f"    BlockStore(StoreConfig({str(tmp_path)!r}, KVLayout(8, 16384, 64),\n"
+            "               pool_slots=16, io_backend='io_uring', cuda='off'))\n"
+            "except OutOfMemory as exc:\n"
+            "    print('OutOfMemory:', exc)\n")
+    done = subprocess.run(["setpriv", "--inh-caps=-ipc_lock", "--bounding-set=-ipc_lock", "--",
+                           "prlimit", "--memlock=65536", sys.executable, "-c", code],
+                          capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    if "io_uring_queue_init failed" in done.stderr:
+        pytest.skip("io_uring is refused here")
+    assert "OutOfMemory:" in done.stdout, done.stderr
+    assert "RLIMIT_MEMLOCK" in done.stdout and "ulimit -l" in done.stdout
+    assert "CAP_IPC_LOCK" in done.stdout

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from dualkv.errors import InvalidArgument, NotFound, TimedOut
+from dualkv.errors import InvalidArgument, NotFound, StorageError, TimedOut
 from dualkv.layout import KVLayout
 from dualkv.store import BlockStore, StoreConfig
 
@@ -254,3 +254,66 @@ def test_empty_batches(block_root):
     assert store.wait(store.load(empty, np.zeros(0, np.int64))).shape == (0,)
     assert store.wait(store.store(empty, np.zeros(0, np.int64))).shape == (0,)
     assert store.match(empty) == 0
+
+
+def test_root_that_cannot_be_a_folder_is_a_storage_error(block_root):
+    import errno
+    import os
+
+    blocker = os.path.join(block_root, "file")
+    open(blocker, "w").close()
+    with pytest.raises(StorageError) as info:
+        open_store(os.path.join(blocker, "store"), KVLayout(2, 64, 16))
+    assert info.value.errno == errno.ENOTDIR
+
+
+@pytest.mark.parametrize("key_bytes", [16, 64])
+def test_other_key_lengths(block_root, key_bytes):
+    store = BlockStore(StoreConfig(block_root, KVLayout(2, 64, 16), key_bytes=key_bytes,
+                                   pool_slots=4, cuda="off"))
+    keys = np.random.default_rng(12).integers(0, 256, (3, key_bytes), dtype=np.uint8)
+    slots = store.pool.alloc(3)
+    assert store.wait(store.store(keys, slots)).all()
+    store.close()
+    store = BlockStore(StoreConfig(block_root, KVLayout(2, 64, 16), key_bytes=key_bytes,
+                                   pool_slots=4, cuda="off"))
+    assert store.match(keys) == 3
+    with pytest.raises(InvalidArgument):
+        store.match(np.zeros((1, 32), np.uint8) if key_bytes != 32 else None)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_concurrent_batches_from_threads(block_root, backend):
+    import threading
+
+    layout = KVLayout(4, 512, 16)
+    store = open_store(block_root, layout, backend, queue_depth=4, pool_slots=64)
+    rng = np.random.default_rng(13)
+    keys, src = random_keys(rng, 16), store.pool.alloc(16)
+    fill(store, src, rng)
+    store.wait(store.store(keys, src))
+    want = {i: [layer_bytes(store, s, l) for l in range(4)] for i, s in enumerate(src)}
+    errors = []
+
+    def reader(seed):
+        r = np.random.default_rng(seed)
+        dst = store.pool.alloc(8)
+        for _ in range(20):
+            ids = r.choice(16, 8, replace=False)
+            first = int(r.integers(0, 4))
+            last = int(r.integers(first + 1, 5))
+            handle = store.load(keys[ids], dst, layers=(first, last))
+            if not store.wait(handle, timeout=30).all():
+                errors.append("miss")
+            store.release(handle)
+            for i, slot in zip(ids, dst):
+                for layer in range(first, last):
+                    if layer_bytes(store, slot, layer) != want[i][layer]:
+                        errors.append((i, layer))
+
+    threads = [threading.Thread(target=reader, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []

@@ -7,7 +7,7 @@ import json
 import os
 from dataclasses import dataclass
 
-from dualkv.errors import InvalidArgument
+from dualkv.errors import InvalidArgument, StorageError
 from dualkv.layout import KVLayout
 
 META_NAME = "meta.json"
@@ -80,18 +80,20 @@ def open_namespace(cfg: StoreConfig) -> str:
     """Creates the namespace directory and its meta file, or checks the meta file that is
     there: a different layout under the same namespace is an InvalidArgument."""
     directory = cfg.directory
-    os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, META_NAME)
     wanted = layout_record(cfg)
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(exc.errno, f"cannot create the store at {directory}: {exc}") from exc
     try:
         with open(path) as f:
             found = json.load(f)
     except FileNotFoundError:
-        temp = f"{path}.{os.getpid()}.tmp"
-        with open(temp, "w") as f:
-            json.dump(wanted, f, indent=1)
-        os.replace(temp, path)  # atomic: a concurrent opener sees one whole meta file
+        _write_meta(path, wanted)
         return directory
+    except PermissionError as exc:
+        raise StorageError(exc.errno, f"cannot open the store at {directory}: {exc}") from exc
     except (OSError, ValueError) as exc:
         raise InvalidArgument(f"store meta file {path} is unreadable: {exc}") from exc
     keys = ("num_layers", "bytes_per_token_layer", "block_tokens", "key_bytes")
@@ -101,6 +103,16 @@ def open_namespace(cfg: StoreConfig) -> str:
         raise InvalidArgument(f"layout mismatch: the store at {directory} holds {have}, "
                               f"this StoreConfig asks for {want}")
     return directory
+
+
+def _write_meta(path: str, record: dict) -> None:
+    temp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(temp, "w") as f:
+            json.dump(record, f, indent=1)
+        os.replace(temp, path)  # atomic: a concurrent opener sees one whole meta file
+    except OSError as exc:
+        raise StorageError(exc.errno, f"cannot write the store meta file {path}: {exc}") from exc
 
 
 def read_meta(directory: str) -> dict:

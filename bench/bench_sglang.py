@@ -1,0 +1,5 @@
+import sys
+
+from dualkv.bench.sglang import main
+
+sys.exit(main())

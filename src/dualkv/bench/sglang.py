@@ -1,0 +1,110 @@
+"""`dualkv bench sglang`: SGLang's HiCacheFile against dualkv's HiCache backend, on the same
+pages, the same host pool and the same disk, in batches as SGLang's controller issues them.
+
+Per preset (a Llama-8B-shaped MHA page of 8 MiB; a DeepSeek-V3-shaped MLA page of 4.3 MiB):
+- set_durable: one batch written and made durable. dualkv: `batch_set_v1` with `fsync`
+  (fdatasync before each page is published). HiCacheFile: the controller's generic path
+  (`get_data_page` per page, `batch_set`), then fdatasync of every page file.
+- get_cold: the page cache dropped (where permitted; plus fadvise DONTNEED on every file),
+  then one batch read into the host pool: dualkv `batch_get_v1`; HiCacheFile the generic path
+  (`batch_get` into flat pages, `set_from_flat_data_page`).
+- get_warm: the same read again at once.
+fio gives the disk's ceiling: O_DIRECT reads of dualkv's own page files (hard links, one
+page-sized read each, same queue depth) and O_DIRECT writes of the same bytes with a final
+fsync. Runs alternate between the systems; each figure is the median of --repeat runs.
+Needs the SGLang venv (`scripts/venv.sh sglang`): `~/.cache/dualkv/venvs/sglang/bin/python -m dualkv.cli
+bench sglang` with PYTHONPATH=src.
+"""
+import argparse
+import os
+import shutil
+import statistics
+import tempfile
+
+from dualkv.bench.report import Report, with_reference
+from dualkv.bench._sglang_systems import DualKVSide, HiCacheFileSide, drop_caches, fio_gbps
+
+PRESETS = {
+    "mha": dict(kind="mha", num_layers=32, page_size=64, num_kv_heads=8, head_dim=128),
+    "mla": dict(kind="mla", num_layers=61, page_size=64, kv_lora_rank=512, rope_dim=64),
+}
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="dualkv bench sglang", description=__doc__.split("\n")[0])
+    p.add_argument("--dir", default=None, help="a folder on the disk to test (default: a "
+                   "temporary folder under the current directory)")
+    p.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
+    p.add_argument("--layout", default="page_first", help="SGLang host layout "
+                   "(layer_first, page_first, page_first_direct; page_head for MHA)")
+    p.add_argument("--pages", type=int, default=128, help="pages a batch (SGLang sends <= 128)")
+    p.add_argument("--repeat", type=int, default=3, help="runs per system; the median is kept")
+    p.add_argument("--queue-depth", type=int, default=32)
+    p.add_argument("--write-threads", type=int, default=4)
+    p.add_argument("--no-fio", action="store_true")
+    p.add_argument("--json", action="store_true")
+    return p.parse_args(argv)
+
+
+def run_preset(report, args, name, workdir, has_fio):
+    import torch
+
+    from dualkv.integrations.sglang_cpu import make_host_pool
+
+    preset = PRESETS[name]
+    pool = make_host_pool(preset["kind"], args.layout, num_pages=args.pages,
+                          **{k: v for k, v in preset.items() if k != "kind"})
+    host_indices = pool.alloc(args.pages * pool.page_size)
+    pool.kv_buffer.view(-1).view(dtype=torch.uint8).random_()
+    ours = DualKVSide(pool, os.path.join(workdir, f"dualkv-{name}"), args.queue_depth,
+                      args.write_threads)
+    theirs = HiCacheFileSide(pool, os.path.join(workdir, f"hicachefile-{name}"))
+    figures = {side: {op: [] for op in ("set_durable", "get_cold", "get_warm")}
+               for side in ("dualkv", "HiCacheFile")}
+    dropped = True
+    for rep in range(args.repeat):
+        order = [("dualkv", ours), ("HiCacheFile", theirs)]
+        for side, system in order if rep % 2 == 0 else order[::-1]:
+            keys = system.fresh_keys(args.pages, rep)
+            figures[side]["set_durable"].append(system.set_durable(keys, host_indices))
+            dropped &= drop_caches(system.files(keys))
+            figures[side]["get_cold"].append(system.get(keys, host_indices))
+            figures[side]["get_warm"].append(system.get(keys, host_indices))
+    fio = fio_figures(ours, host_indices, args, os.path.join(workdir, f"fio-{name}")) \
+        if has_fio else {}
+    base = {"preset": name, "kind": preset["kind"], "layout": args.layout,
+            "page_bytes": ours.page_bytes, "pages": args.pages, "io_path": ours.io_path(),
+            "store_backend": ours.store_backend(), "caches_dropped": dropped}
+    for op in ("set_durable", "get_cold", "get_warm"):
+        gbps = statistics.median(figures["dualkv"][op])
+        ref = statistics.median(figures["HiCacheFile"][op])
+        report.add(with_reference(dict(base, op=op, gbps=gbps), "gbps", "HiCacheFile", ref))
+        fio_op = {"set_durable": "write", "get_cold": "read"}.get(op)
+        if fio_op in fio:
+            report.add(with_reference(dict(base, op=op, gbps=gbps), "gbps", "fio", fio[fio_op]))
+    ours.close()
+    theirs.close()
+
+
+def fio_figures(ours, host_indices, args, workdir) -> dict:
+    keys = ours.fresh_keys(args.pages, 99)
+    ours.set_durable(keys, host_indices)
+    return fio_gbps(ours.files(keys), ours.file_bytes, args.queue_depth,
+                    workdir, args.repeat)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from dualkv.integrations.sglang_cpu import import_sglang_storage
+
+    import_sglang_storage()
+    has_fio = not args.no_fio and shutil.which("fio") is not None
+    report = Report("bench sglang", args.json)
+    workdir = tempfile.mkdtemp(prefix="dualkv-bench-sglang-", dir=args.dir or os.getcwd())
+    try:
+        for name in args.presets:
+            run_preset(report, args, name, workdir, has_fio)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    report.finish()
+    return 0
