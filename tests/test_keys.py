@@ -146,3 +146,11 @@ def test_as_keys_round_trips_hex_bytes_and_arrays():
 def test_as_keys_rejects_wrong_keys(bad):
     with pytest.raises(InvalidArgument):
         keys.as_keys(bad)
+
+
+def test_hashlib_fallback_without_libcrypto(monkeypatch):
+    tokens = np.arange(64 * 5, dtype=np.int32)
+    expected = keys.chain_keys(tokens, 64, prior=b"p" * 32)
+    monkeypatch.setattr(keys, "_native_chain", None)  # as in a build without libcrypto
+    assert np.array_equal(keys.chain_keys(tokens, 64, prior=b"p" * 32), expected)
+    assert [bytes(k) for k in expected] == reference_chain(tokens, 64, b"p" * 32)
