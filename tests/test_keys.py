@@ -14,7 +14,8 @@ def reference_chain(tokens, block_tokens, prior=b""):
     """key_i = SHA-256(key_{i-1} || block i as little-endian uint32), written from the spec."""
     out, previous = [], prior
     for start in range(0, len(tokens) - block_tokens + 1, block_tokens):
-        block = struct.pack(f"<{block_tokens}i", *(int(t) for t in tokens[start:start + block_tokens]))
+        ids = (int(t) for t in tokens[start:start + block_tokens])
+        block = struct.pack(f"<{block_tokens}i", *ids)
         previous = hashlib.sha256(previous + block).digest()
         out.append(previous)
     return out
