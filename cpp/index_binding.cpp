@@ -17,6 +17,8 @@ namespace dualkv {
 
 namespace {
 
+using Bytes = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
+
 [[noreturn]] void invalid(const std::string& message) {
   throw StatusError(make_status(Code::kInvalidArgument, message));
 }
@@ -131,7 +133,7 @@ void register_index(py::module_& m) {
               const py::object& has_parent_obj, const py::object& block_bytes_obj) {
              py::array keys = keys_arg(keys_obj, self.key_bytes());
              py::array parents = keys_arg(parents_obj, self.key_bytes());
-             auto has_parent = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>::ensure(has_parent_obj);
+             auto has_parent = Bytes::ensure(has_parent_obj);
              const size_t n = num_keys(keys);
              if (num_keys(parents) != n || !has_parent || has_parent.ndim() != 1 ||
                  static_cast<size_t>(has_parent.shape(0)) != n) {

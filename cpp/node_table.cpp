@@ -27,7 +27,7 @@ NodeTable::NodeTable(size_t key_bytes)
 void NodeTable::allocate_table(uint32_t bits) {
   table_bits_ = bits;
   table_size_ = size_t{1} << bits;
-  table_buffer_ = HugeBuffer(table_size_ * sizeof(uint64_t));
+  table_buffer_ = HugeBuffer(table_size_ * sizeof(uint64_t), /*huge=*/true);
   table_ = reinterpret_cast<uint64_t*>(table_buffer_.data());
   std::memset(table_, 0xFF, table_size_ * sizeof(uint64_t));  // every entry kEmpty
 }
@@ -81,7 +81,7 @@ uint32_t NodeTable::alloc_id() {
   if (next_id_ == kNil) return kNil;
   if ((next_id_ >> kChunkShift) == chunks_.size()) {
     // Pages become resident only as nodes are written: a fresh chunk costs address space.
-    chunks_.emplace_back(size_t{kChunkNodes} * stride_);
+    chunks_.emplace_back(size_t{kChunkNodes} * stride_, /*huge=*/true);
   }
   return next_id_++;
 }

@@ -173,7 +173,10 @@ Status PrefixIndex::insert_chain(const uint8_t* keys, size_t n, const uint8_t* p
     bool added = false;
     const uint32_t id = find_or_add_present(key_at(keys, i), block_bytes[i], &added);
     if (id == kNil) return out_of_ids();
-    if (added) lru_push_front(id);
+    // A new block goes right behind its predecessor, so a new chain is already one LRU run
+    // and touch() below moves it in O(1).
+    if (added && i > 0) lru_insert_after(ids[i - 1], id);
+    else if (added) lru_push_front(id);
     if (prev != kNil && can_adopt(id, prev)) link_child(id, prev);
     ids[i] = prev = id;
   }

@@ -31,6 +31,16 @@ void PrefixIndex::lru_push_front(uint32_t id) {
   lru_head_ = id;
 }
 
+void PrefixIndex::lru_insert_after(uint32_t anchor, uint32_t id) {
+  Node& n = table_.node(id);
+  Node& a = table_.node(anchor);
+  n.lru_prev = anchor;
+  n.lru_next = a.lru_next;
+  if (a.lru_next != kNil) table_.node(a.lru_next).lru_prev = id;
+  else lru_tail_ = id;
+  a.lru_next = id;
+}
+
 void PrefixIndex::lru_push_back(uint32_t id) {
   Node& n = table_.node(id);
   n.lru_next = kNil;

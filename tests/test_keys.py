@@ -14,7 +14,8 @@ def reference_chain(tokens, block_tokens, prior=b""):
     """key_i = SHA-256(key_{i-1} || block i as little-endian uint32), written from the spec."""
     out, previous = [], prior
     for start in range(0, len(tokens) - block_tokens + 1, block_tokens):
-        block = struct.pack(f"<{block_tokens}i", *(int(t) for t in tokens[start:start + block_tokens]))
+        ids = (int(t) for t in tokens[start:start + block_tokens])
+        block = struct.pack(f"<{block_tokens}i", *ids)
         previous = hashlib.sha256(previous + block).digest()
         out.append(previous)
     return out
@@ -146,3 +147,11 @@ def test_as_keys_round_trips_hex_bytes_and_arrays():
 def test_as_keys_rejects_wrong_keys(bad):
     with pytest.raises(InvalidArgument):
         keys.as_keys(bad)
+
+
+def test_hashlib_fallback_without_libcrypto(monkeypatch):
+    tokens = np.arange(64 * 5, dtype=np.int32)
+    expected = keys.chain_keys(tokens, 64, prior=b"p" * 32)
+    monkeypatch.setattr(keys, "_native_chain", None)  # as in a build without libcrypto
+    assert np.array_equal(keys.chain_keys(tokens, 64, prior=b"p" * 32), expected)
+    assert [bytes(k) for k in expected] == reference_chain(tokens, 64, b"p" * 32)

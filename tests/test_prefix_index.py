@@ -31,7 +31,8 @@ def test_insert_and_match_prefixes():
     assert index.match(keys[:4]) == 4
     assert index.match(chain(10, b"other")) == 0
     assert index.match(np.concatenate([keys[:6], chain(3, b"x")])) == 6
-    assert index.contains(np.concatenate([keys[3:5], chain(1, b"y")])).tolist() == [True, True, False]
+    found = index.contains(np.concatenate([keys[3:5], chain(1, b"y")]))
+    assert found.tolist() == [True, True, False]
     s = index.stats()
     assert (s["num_blocks"], s["bytes"], len(index)) == (10, 1000, 10)
     assert (s["hits"], s["misses"]) == (10 + 4 + 0 + 6, 0 + 0 + 10 + 3)
@@ -138,7 +139,8 @@ def test_insert_edges_links_children_seen_before_parents():
     edges += [(right[i], right[i - 1] if i else trunk[4]) for i in range(10)]
     order = rng.permutation(len(edges))
     keys = np.stack([edges[i][0] for i in order])
-    parents = np.stack([edges[i][1] if edges[i][1] is not None else np.zeros(32, np.uint8) for i in order])
+    no_parent = np.zeros(32, np.uint8)
+    parents = np.stack([edges[i][1] if edges[i][1] is not None else no_parent for i in order])
     has_parent = np.array([edges[i][1] is not None for i in order])
     index = PrefixIndex()
     index.insert_edges(keys, parents, has_parent, block_bytes=1)
@@ -226,7 +228,8 @@ def test_bad_input_raises_invalid_argument(call):
     assert index.stats()["num_blocks"] == 0
 
 
-@pytest.mark.parametrize("kwargs", [dict(key_bytes=15), dict(key_bytes=65), dict(capacity_bytes=-1)])
+@pytest.mark.parametrize("kwargs", [dict(key_bytes=15), dict(key_bytes=65),
+                                    dict(capacity_bytes=-1)])
 def test_bad_constructor_arguments(kwargs):
     with pytest.raises(InvalidArgument):
         PrefixIndex(**kwargs)

@@ -91,6 +91,7 @@ class PrefixIndex {
   void lru_unlink(uint32_t id);
   void lru_push_front(uint32_t id);
   void lru_push_back(uint32_t id);
+  void lru_insert_after(uint32_t anchor, uint32_t id);
   bool is_lru_run(const uint32_t* ids, size_t n) const;
   void splice_to_front(uint32_t first, uint32_t last);
   void touch(const uint32_t* ids, size_t n);
