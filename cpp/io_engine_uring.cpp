@@ -21,6 +21,10 @@ class UringEngine : public IoEngine {
       std::lock_guard<std::mutex> lock(mu_);
       is_stopping_ = true;
       io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+      while (sqe == nullptr) {  // the ring holds queue_depth + 1 entries: one submit frees one
+        io_uring_submit(&ring_);
+        sqe = io_uring_get_sqe(&ring_);
+      }
       io_uring_prep_nop(sqe);
       io_uring_sqe_set_data(sqe, nullptr);  // the wake-up: a completion without a request
       io_uring_submit(&ring_);
@@ -75,8 +79,10 @@ class UringEngine : public IoEngine {
  private:
   explicit UringEngine(int queue_depth) : queue_depth_(queue_depth) {}
 
-  void prep_locked(IoRequest* r) {
+  // False when the submission queue has no free entry (entries the kernel has not taken yet).
+  bool prep_locked(IoRequest* r) {
     io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+    if (sqe == nullptr) return false;
     char* addr = r->addr + r->num_done_bytes;
     unsigned len = r->len - r->num_done_bytes;
     off_t offset = static_cast<off_t>(r->offset + r->num_done_bytes);
@@ -87,12 +93,12 @@ class UringEngine : public IoEngine {
     }
     io_uring_sqe_set_data(sqe, r);
     ++num_in_ring_;
+    return true;
   }
 
   void fill_ring_locked() {
     bool is_any = false;
-    while (!waiting_.empty() && num_in_ring_ < queue_depth_) {
-      prep_locked(waiting_.front());
+    while (!waiting_.empty() && num_in_ring_ < queue_depth_ && prep_locked(waiting_.front())) {
       waiting_.pop_front();
       is_any = true;
     }

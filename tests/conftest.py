@@ -23,3 +23,20 @@ def block_root(tmp_path):
     root = tmp_path / "blocks"
     root.mkdir()
     return str(root)
+
+
+def _io_uring_reason():
+    from dualkv._native import C
+
+    state = C.probe_backends()["io_uring"]
+    return None if state == "usable" else state
+
+
+@pytest.fixture(params=["io_uring", "posix"])
+def io_backend(request):
+    """Each storage I/O backend; io_uring is skipped where this build or kernel lacks it."""
+    if request.param == "io_uring":
+        reason = _io_uring_reason()
+        if reason:
+            pytest.skip(f"io_uring {reason}")
+    return request.param

@@ -109,10 +109,9 @@ def test_truncated_file_is_dropped_on_reopen(block_root):
     assert not os.path.exists(path)
 
 
-@pytest.mark.parametrize("backend", ["io_uring", "posix"])
-def test_file_truncated_under_the_index_is_a_miss(block_root, backend):
+def test_file_truncated_under_the_index_is_a_miss(block_root, io_backend):
     store = BlockStore(StoreConfig(block_root, LAYOUT, pool_slots=4, cuda="off",
-                                   io_backend=backend))
+                                   io_backend=io_backend))
     key = b"\x33" * 32
     slot = store.pool.alloc(1)
     store.wait(store.store([key], slot))

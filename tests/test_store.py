@@ -6,7 +6,6 @@ from dualkv.errors import InvalidArgument, NotFound, StorageError, TimedOut
 from dualkv.layout import KVLayout
 from dualkv.store import BlockStore, StoreConfig
 
-BACKENDS = ["io_uring", "posix"]
 
 
 def open_store(root, layout, backend="auto", **kw):
@@ -27,14 +26,13 @@ def layer_bytes(store, slot, layer):
     return store.pool.layer_view(slot, layer).tobytes()
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("seed", range(4))
-def test_round_trip_random_layouts_and_layer_ranges(block_root, backend, seed):
+def test_round_trip_random_layouts_and_layer_ranges(block_root, io_backend, seed):
     rng = np.random.default_rng(seed)
     layout = KVLayout(int(rng.integers(1, 9)), int(rng.integers(1, 700)),
                       int(rng.choice([1, 16, 64])))
-    store = open_store(block_root, layout, backend, queue_depth=int(rng.choice([1, 4, 32])))
-    assert store.backend == backend
+    store = open_store(block_root, layout, io_backend, queue_depth=int(rng.choice([1, 4, 32])))
+    assert store.backend == io_backend
     n = 6
     keys, src = random_keys(rng, n), store.pool.alloc(n)
     fill(store, src, rng)
@@ -58,12 +56,11 @@ def test_round_trip_random_layouts_and_layer_ranges(block_root, backend, seed):
         store.pool.free(dst)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("aligned", [True, False])
-def test_load_into_and_store_from_raw_addresses(block_root, backend, aligned):
+def test_load_into_and_store_from_raw_addresses(block_root, io_backend, aligned):
     rng = np.random.default_rng(7)
     layout = KVLayout(4, 256 if aligned else 100, 16)  # 4096-byte Layer Blocks, or odd ones
-    store = open_store(block_root, layout, backend)
+    store = open_store(block_root, layout, io_backend)
     n, lbb = 3, layout.layer_block_bytes
     page = 4096
     raw = np.zeros(n * layout.num_layers * lbb + 2 * page, dtype=np.uint8)
@@ -84,9 +81,8 @@ def test_load_into_and_store_from_raw_addresses(block_root, backend, aligned):
     assert bounced == n * layout.num_layers * lbb + (0 if aligned else n * 2 * lbb)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_missing_block_is_a_miss_not_an_error(block_root, backend):
-    store = open_store(block_root, KVLayout(2, 64, 16), backend)
+def test_missing_block_is_a_miss_not_an_error(block_root, io_backend):
+    store = open_store(block_root, KVLayout(2, 64, 16), io_backend)
     rng = np.random.default_rng(1)
     keys, slots = random_keys(rng, 2), store.pool.alloc(2)
     store.wait(store.store(keys[:1], slots[:1]))
@@ -282,12 +278,11 @@ def test_other_key_lengths(block_root, key_bytes):
         store.match(np.zeros((1, 32), np.uint8) if key_bytes != 32 else None)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_concurrent_batches_from_threads(block_root, backend):
+def test_concurrent_batches_from_threads(block_root, io_backend):
     import threading
 
     layout = KVLayout(4, 512, 16)
-    store = open_store(block_root, layout, backend, queue_depth=4, pool_slots=64)
+    store = open_store(block_root, layout, io_backend, queue_depth=4, pool_slots=64)
     rng = np.random.default_rng(13)
     keys, src = random_keys(rng, 16), store.pool.alloc(16)
     fill(store, src, rng)

@@ -15,6 +15,7 @@ import numpy as np
 from dualkv._native import C
 from dualkv.errors import InvalidArgument, StorageError
 from dualkv.pool import HostPool
+from dualkv.store_args import int64_array, layer_range, parent_key
 from dualkv.store_config import StoreConfig, open_namespace
 from dualkv.keys import as_keys, chain_keys
 
@@ -98,7 +99,7 @@ class BlockStore:
         """Reads Layer Blocks to raw addresses: dst_ptrs is (n, num layers in range) int64."""
         keys = self._keys(keys)
         first, last = self._layers(layers)
-        ptrs = _int64_matrix(dst_ptrs, (len(keys), last - first), "dst_ptrs")
+        ptrs = int64_array(dst_ptrs, (len(keys), last - first), "dst_ptrs")
         return Handle(self.io.load_into(keys, ptrs, first, last), "load", keys)
 
     def store(self, keys, slots, parent=None) -> Handle:
@@ -111,7 +112,7 @@ class BlockStore:
     def store_from(self, keys, src_ptrs, parent=None) -> Handle:
         """Writes blocks gathered from Layer Block addresses: src_ptrs is (n, num_layers)."""
         keys, parent = self._keys(keys), self._parent(parent)
-        ptrs = _int64_matrix(src_ptrs, (len(keys), self.layout.num_layers), "src_ptrs")
+        ptrs = int64_array(src_ptrs, (len(keys), self.layout.num_layers), "src_ptrs")
         return Handle(self.io.store_from(keys, ptrs, parent), "store", keys, parent)
 
     def wait(self, handle: Handle, timeout: float = 60.0, check: bool = True) -> np.ndarray:
@@ -216,34 +217,10 @@ class BlockStore:
         return as_keys(keys, self.cfg.key_bytes)
 
     def _parent(self, parent) -> bytes | None:
-        if parent is None:
-            return None
-        return as_keys([parent] if not isinstance(parent, np.ndarray) or parent.ndim == 1
-                       else parent, self.cfg.key_bytes)[0].tobytes()
+        return parent_key(parent, self.cfg.key_bytes)
 
     def _slots(self, slots, n: int) -> np.ndarray:
-        return _int64_matrix(slots, (n,), "slots")
+        return int64_array(slots, (n,), "slots")
 
     def _layers(self, layers) -> tuple[int, int]:
-        num_layers = self.layout.num_layers
-        if layers is None:
-            return 0, num_layers
-        if isinstance(layers, range) and layers.step == 1:
-            layers = (layers.start, layers.stop)
-        try:
-            first, last = (int(x) for x in layers)
-        except (TypeError, ValueError) as exc:
-            raise InvalidArgument(f"layers must be None or (first, last), got {layers!r}") from exc
-        if not 0 <= first < last <= num_layers:
-            raise InvalidArgument(f"layers [{first}, {last}) outside 0..{num_layers}")
-        return first, last
-
-
-def _int64_matrix(values, shape: tuple, what: str) -> np.ndarray:
-    arr = np.asarray(values)
-    if arr.dtype.kind not in "iu" or arr.shape != shape:
-        raise InvalidArgument(f"{what} must be integers of shape {shape}, got {arr.dtype} "
-                              f"{arr.shape}")
-    if arr.dtype.kind == "u" and arr.size and int(arr.max()) > np.iinfo(np.int64).max:
-        raise InvalidArgument(f"{what} has values beyond int64")
-    return np.ascontiguousarray(arr, dtype=np.int64)
+        return layer_range(layers, self.layout.num_layers)
