@@ -6,10 +6,18 @@ namespace py = pybind11;
 namespace dualkv {
 void register_errors(py::module_& m);
 void register_build_info(py::module_& m);
+void register_traffic(py::module_& m);
+#ifdef DUALKV_HAVE_UCX
+void register_transfer(py::module_& m);
+#endif
 }  // namespace dualkv
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "dualkv native core: memory, I/O, transports, completion tracking";
   dualkv::register_errors(m);
   dualkv::register_build_info(m);
+  dualkv::register_traffic(m);  // before transfer: Agent derives from its BatchPoster
+#ifdef DUALKV_HAVE_UCX
+  dualkv::register_transfer(m);
+#endif
 }
