@@ -39,11 +39,14 @@ class PeerProcess:
         self.hello = self.read(timeout=30)
 
     def read(self, timeout):
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        assert ready, "peer process did not answer in time"
-        line = self.proc.stdout.readline()
-        assert line, "peer process exited"
-        return json.loads(line)
+        deadline = time.monotonic() + timeout
+        while True:  # UCX may print its own warnings on stdout: answers are JSON objects
+            ready, _, _ = select.select([self.proc.stdout], [], [], deadline - time.monotonic())
+            assert ready, "peer process did not answer in time"
+            line = self.proc.stdout.readline()
+            assert line, "peer process exited"
+            if line.startswith("{"):
+                return json.loads(line)
 
     def call(self, timeout=30, **cmd):
         self.proc.stdin.write(json.dumps(cmd) + "\n")
@@ -201,3 +204,94 @@ def test_wait_has_deadline_and_unknown_handle(pair):
     a.release(h)
     with pytest.raises(errors.NotFound):
         a.poll(h)
+
+
+def test_sigkill_of_sender_mid_stream_fails_receiver_fast(remote, agent):
+    region = agent.register(np.zeros(BLOCK * 4, dtype=np.uint8))
+    peer = rendezvous(agent, remote.hello["address"], TOKEN, timeout=10)
+    remote.send(op="stream", num_layers=10**7, block_bytes=BLOCK, request_id=21)
+    agent.wait_notice(21, 50, timeout=10, peer=peer.id)  # the stream is flowing
+    remote.kill()
+    start = time.monotonic()
+    with pytest.raises((errors.PeerDisconnected, errors.TimedOut)):
+        agent.wait_notice(21, 10**7 - 1, timeout=4.0, peer=peer.id)
+    assert time.monotonic() - start < 4.5
+    agent.deregister(region, timeout=2)  # nothing of the dead peer pins local memory
+
+
+def test_sigkill_of_receiver_mid_stream_fails_sender_and_agent_serves_others(remote, agent):
+    local = np.random.default_rng(2).integers(0, 256, BLOCK * 4, dtype=np.uint8)
+    region = agent.register(local)
+    peer = rendezvous(agent, remote.hello["address"], TOKEN, timeout=10)
+    for layer in range(20):
+        agent.wait(agent.put(peer, region, peer.region().id, [0], [0], [BLOCK],
+                             request_id=5, layer=layer), 5)
+    remote.kill()
+    start = time.monotonic()
+    with pytest.raises((errors.PeerDisconnected, errors.TimedOut)):
+        for layer in range(20, 10**6):  # the agent's op deadline (5 s) bounds every batch
+            h = agent.put(peer, region, peer.region().id, [0], [0], [BLOCK],
+                          request_id=5, layer=layer)
+            agent.wait(h, 10)
+            agent.release(h)
+    assert time.monotonic() - start < 7.0
+    with pytest.raises((errors.PeerDisconnected, errors.TimedOut)):
+        agent.check_peer(peer.id)
+    other = PeerProcess("--size", str(BLOCK * NUM_BLOCKS), "--seed", "9", "--token", TOKEN)
+    try:
+        peer2 = rendezvous(agent, other.hello["address"], TOKEN, timeout=10)
+        agent.wait(agent.put(peer2, region, peer2.region().id, [0], [0], [BLOCK],
+                             request_id=6, layer=0), 5)
+        assert other.call(op="wait_notices", request_id=6, num_layers=1, wait_s=5)["order"] == [0]
+    finally:
+        other.kill()
+    agent.disconnect(peer.id)
+    agent.deregister(region, timeout=2)
+
+
+def _ip(*args):
+    subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+@pytest.fixture
+def two_namespaces():
+    """Two network namespaces joined by a veth pair, 10.231.<n>.1 and .2: two test hosts."""
+    import shutil
+
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("needs root and iproute2 to create network namespaces")
+    tag = f"{os.getpid() % 100000}"
+    ns_a, ns_b = f"dkv_a{tag}", f"dkv_b{tag}"
+    subnet = f"10.231.{os.getpid() % 250}"
+    try:
+        _ip("netns", "add", ns_a)
+        _ip("netns", "add", ns_b)
+        _ip("link", "add", f"dkva{tag}", "type", "veth", "peer", "name", f"dkvb{tag}")
+        for ns, dev, host in ((ns_a, f"dkva{tag}", 1), (ns_b, f"dkvb{tag}", 2)):
+            _ip("link", "set", dev, "netns", ns)
+            _ip("-n", ns, "addr", "add", f"{subnet}.{host}/24", "dev", dev)
+            _ip("-n", ns, "link", "set", dev, "up")
+            _ip("-n", ns, "link", "set", "lo", "up")
+    except subprocess.CalledProcessError as exc:
+        for ns in (ns_a, ns_b):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        pytest.skip(f"cannot create network namespaces here: {exc.stderr.decode().strip()}")
+    yield ns_a, ns_b, subnet
+    for ns in (ns_a, ns_b):  # deleting a namespace also deletes its end of the veth pair
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def test_put_get_across_network_namespaces_over_tcp(two_namespaces):
+    ns_a, ns_b, subnet = two_namespaces
+    size = str(BLOCK * NUM_BLOCKS)
+    server = PeerProcess("--size", size, "--seed", "7", "--token", TOKEN, "--tls", "tcp",
+                         "--bind", f"tcp://{subnet}.1:*", prefix=("ip", "netns", "exec", ns_a))
+    try:
+        client = subprocess.run(
+            ["ip", "netns", "exec", ns_b, sys.executable, PEER_SCRIPT, "--connect",
+             server.hello["address"], "--size", size, "--seed", "7", "--token", TOKEN,
+             "--tls", "tcp"], env=peer_env(), capture_output=True, text=True, timeout=60)
+        assert client.returncode == 0, client.stderr
+        assert json.loads(client.stdout.strip().splitlines()[-1]) == {"ok": True}
+    finally:
+        server.kill()

@@ -221,8 +221,10 @@ SHM_PEER_FAILURE_ENV = {"UCX_POSIX_ERROR_HANDLING": "y", "UCX_SYSV_ERROR_HANDLIN
 
 def _known_options(config: TransferConfig) -> list[tuple[str, str]]:
     """UCX settings for this host: IB settings only where an IB transport exists."""
-    for name, value in SHM_PEER_FAILURE_ENV.items():
-        os.environ.setdefault(name, value)
+    tls = set((config.tls or "all").replace("^", "").split(","))
+    if tls & {"all", "sm", "shm", "posix", "sysv"}:
+        for name, value in SHM_PEER_FAILURE_ENV.items():
+            os.environ.setdefault(name, value)
     opts = config.native_options()
     if any(name.startswith("IB_") for name, _ in opts) and "ib" not in C.ucx_components():
         log.info("no InfiniBand transport in UCX here; ignoring ib_sl / ib_traffic_class")
