@@ -5,6 +5,8 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <sched.h>
+
 #include <random>
 
 #include "dualkv/transfer.h"
@@ -97,7 +99,7 @@ void Agent::progress_loop() {
       continue;
     }
     if (now - last_active_ns_.load() < config_.spin_us * 1000) {
-      __builtin_ia32_pause();
+      sched_yield();  // a spinning thread must not starve the others on a small machine
       continue;
     }
     sleep_on_worker();
