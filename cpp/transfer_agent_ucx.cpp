@@ -164,14 +164,34 @@ Status Agent::run_sync(std::function<Status()> fn, int64_t deadline_ns) {
 Status Agent::register_region(uint64_t base, int64_t size, RegionInfo* out) {
   if (base == 0 || size <= 0)
     return make_status(Code::kInvalidArgument, "register needs a non-null address and size > 0");
+  return map_region(base, size, out);
+}
+
+// UCX allocates the memory itself (shared memory on one host), so peers on the same machine
+// reach it with true one-sided copies instead of messages their progress thread must apply.
+Status Agent::alloc_region(int64_t size, RegionInfo* out) {
+  if (size <= 0) return make_status(Code::kInvalidArgument, "alloc needs size > 0");
+  return map_region(0, size, out);
+}
+
+Status Agent::map_region(uint64_t base, int64_t size, RegionInfo* out) {
   return run_sync([this, base, size, out] {
     ucp_mem_map_params_t mp{};
-    mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH;
+    mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH |
+                    UCP_MEM_MAP_PARAM_FIELD_FLAGS;
     mp.address = reinterpret_cast<void*>(base);
     mp.length = size_t(size);
+    mp.flags = base == 0 ? UCP_MEM_MAP_ALLOCATE : 0;
     ucp_mem_h memh = nullptr;
     ucs_status_t s = ucp_mem_map(context_, &mp, &memh);
     if (s != UCS_OK) return ucx_error("ucp_mem_map", s);
+    ucp_mem_attr_t attr{};
+    attr.field_mask = UCP_MEM_ATTR_FIELD_ADDRESS;
+    s = ucp_mem_query(memh, &attr);
+    if (s != UCS_OK) {
+      ucp_mem_unmap(context_, memh);
+      return ucx_error("ucp_mem_query", s);
+    }
     void* packed = nullptr;
     size_t packed_bytes = 0;
     s = ucp_rkey_pack(context_, memh, &packed, &packed_bytes);
@@ -181,7 +201,7 @@ Status Agent::register_region(uint64_t base, int64_t size, RegionInfo* out) {
     }
     auto region = std::make_unique<Region>();
     region->memh = memh;
-    region->info.base = base;
+    region->info.base = reinterpret_cast<uint64_t>(attr.address);
     region->info.size = size;
     region->info.rkey.assign(static_cast<const char*>(packed), packed_bytes);
     ucp_rkey_buffer_release(packed);

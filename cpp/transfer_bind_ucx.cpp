@@ -80,6 +80,11 @@ void register_transfer(py::module_& m) {
         unlocked([&] { return self.register_region(ptr, size, &info); });
         return region_dict(info);
       }, py::arg("ptr"), py::arg("size"))
+      .def("alloc", [](Agent& self, int64_t size) {
+        RegionInfo info;
+        unlocked([&] { return self.alloc_region(size, &info); });
+        return region_dict(info);
+      }, py::arg("size"))
       .def("deregister", [](Agent& self, uint64_t region_id, double timeout_s) {
         int64_t deadline = deadline_after(seconds_or_throw(timeout_s));
         unlocked([&] { return self.deregister_region(region_id, deadline); });

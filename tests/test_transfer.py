@@ -192,6 +192,25 @@ def test_unknown_regions_and_stale_rkey_rejected(pair):
         a.put(peer, ra, rb.id, [0], [0], [BLOCK])
 
 
+def test_ucx_allocated_regions_put_and_get_byte_exact():
+    a, b = Agent(TransferConfig()), Agent(TransferConfig())
+    try:
+        ra, src = a.alloc(BLOCK * 8)
+        rb, dst = b.alloc(BLOCK * 8)
+        src[:] = np.random.default_rng(5).integers(0, 256, src.size, dtype=np.uint8)
+        dst[:] = 0
+        peer = a.connect(b.local_info())
+        a.wait(a.put(peer, ra, rb.id, [0, 3 * BLOCK], [5 * BLOCK, BLOCK], [BLOCK, 2 * BLOCK]), 5)
+        np.testing.assert_array_equal(dst[5 * BLOCK:6 * BLOCK], src[:BLOCK])
+        np.testing.assert_array_equal(dst[BLOCK:3 * BLOCK], src[3 * BLOCK:5 * BLOCK])
+        a.wait(a.get(peer, ra, rb.id, [7 * BLOCK], [5 * BLOCK], [BLOCK]), 5)
+        np.testing.assert_array_equal(src[7 * BLOCK:], src[:BLOCK])
+        a.deregister(ra)
+    finally:
+        a.close()
+        b.close()
+
+
 def test_wait_has_deadline_and_unknown_handle(pair):
     a, b, ra, rb, peer, dst = pair
     with pytest.raises(errors.TimedOut):

@@ -61,6 +61,7 @@ class Agent : public BatchPoster {
   const std::string& worker_address() const { return worker_address_; }
 
   Status register_region(uint64_t base, int64_t size, RegionInfo* out);
+  Status alloc_region(int64_t size, RegionInfo* out);  // freed by deregister_region
   Status deregister_region(uint64_t region_id, int64_t deadline_ns);
   std::vector<RegionInfo> regions();
 
@@ -105,6 +106,8 @@ class Agent : public BatchPoster {
     std::deque<std::shared_ptr<Batch>> in_order;  // progress thread only: notice order
     std::vector<ucp_rkey_h> retired;  // replaced rkeys, destroyed when the endpoint closes
   };
+
+  Status map_region(uint64_t base, int64_t size, RegionInfo* out);
 
   // Progress thread and its command queue.
   void progress_loop();

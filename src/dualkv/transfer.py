@@ -14,6 +14,7 @@ batch's bytes have landed; notices from one peer arrive in submission order.
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 from dataclasses import dataclass, field
@@ -124,6 +125,15 @@ class Agent:
         if buffer is not None:
             self._buffers[region.id] = buffer
         return region
+
+    def alloc(self, size: int) -> tuple[Region, np.ndarray]:
+        """Registered memory allocated by UCX (shared memory on one host), as a zero-copy uint8
+        array. Peers on this machine put/get it one-sided; memory registered from elsewhere is
+        reached through messages the owner's progress thread applies (slower puts). The array
+        must not be used after deregister(), which frees the memory."""
+        region = Region(**self._native.alloc(int(size)))
+        array = np.ctypeslib.as_array((ctypes.c_uint8 * region.size).from_address(region.base))
+        return region, array
 
     def deregister(self, region: Region | int, timeout: float = 10.0) -> None:
         region_id = region.id if isinstance(region, Region) else int(region)
