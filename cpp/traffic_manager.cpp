@@ -40,6 +40,11 @@ void TrafficManager::close() {
   }
   cv_.notify_all();
   thread_.join();
+  // Posted chunks and model batches call back into this object: wait for them (bounded by
+  // the transports' own deadlines) so that nothing runs against a destroyed manager.
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait_for(lock, std::chrono::seconds(60),
+               [this] { return kv_inflight_ == 0 && model_inflight_.load() == 0; });
   for (auto& job : kv_jobs_)
     job->completion->finish(make_status(Code::kUnavailable, "traffic manager closed"));
 }

@@ -134,9 +134,10 @@ def priority(report: Report, args, kv: Pair, model: Pair):
 def token_buckets(report: Report, args):
     node = f"bench{os.getpid()}"
     for gbps in (0.5, 2.0, 8.0):
-        bucket = open_bucket(node, "snic", gbps, burst_bytes=256 * KIB)
+        burst = int(gbps * 1e9 * args.burst_ms / 1e3)
+        bucket = open_bucket(node, "snic", gbps, burst_bytes=burst)
         rate = measure_rate(bucket, int(gbps * 1e9 * 0.25), 256 * KIB)
-        report.add({"test": "token_bucket", "nic": "snic", "cap_gbps": gbps,
+        report.add({"test": "token_bucket", "nic": "snic", "cap_gbps": gbps, "burst_bytes": burst,
                     "measured_gbps": rate / 1e9, "ratio": rate / 1e9 / gbps})
         os.unlink(bucket.path)
 
@@ -149,6 +150,7 @@ def main(argv=None):
     p.add_argument("--seconds", type=float, default=0.4, help="per bandwidth point")
     p.add_argument("--iters", type=int, default=400, help="latency samples")
     p.add_argument("--chunk-kib", type=int, default=512)
+    p.add_argument("--burst-ms", type=float, default=4.0, help="token bucket burst, in ms of cap")
     p.add_argument("--tls", default=None, help="UCX_TLS for both dualkv and ucx_perftest")
     p.add_argument("--skip", nargs="*", default=[], choices=["bw", "lat", "priority", "bucket"])
     p.add_argument("--json", action="store_true")
