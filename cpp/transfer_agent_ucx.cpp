@@ -15,6 +15,7 @@
 namespace dualkv {
 
 Agent::Agent(AgentConfig config) : config_(std::move(config)) {
+  handles_.set_spin_ns(config_.spin_us * 1000);
   std::random_device rd;
   uid_ = (uint64_t(rd()) << 32) ^ rd() ^ uint64_t(now_ns());
   if (uid_ == 0) uid_ = 1;

@@ -276,10 +276,20 @@ void Agent::mark_stale(uint64_t sender_uid, uint64_t region_id) {
 
 Status Agent::wait_notice(int64_t request_id, int64_t layer, uint64_t peer_id, int64_t deadline_ns) {
   wake();  // let the progress thread spin while someone waits
+  auto arrived = [&] {
+    auto it = arrived_set_.find(request_id);
+    return it != arrived_set_.end() && it->second.count(layer) > 0;
+  };
+  for (int64_t until = now_ns() + config_.spin_us * 1000; now_ns() < until;) {
+    {
+      std::lock_guard<std::mutex> lock(notice_mu_);
+      if (arrived()) return Status::Ok();
+    }
+    std::this_thread::yield();  // a notice usually lands sooner than a wake-up would
+  }
   std::unique_lock<std::mutex> lock(notice_mu_);
   while (true) {
-    auto it = arrived_set_.find(request_id);
-    if (it != arrived_set_.end() && it->second.count(layer)) return Status::Ok();
+    if (arrived()) return Status::Ok();
     if (peer_id != 0) {
       Status st = peer_status(peer_id);
       if (!st.ok()) return st;

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <thread>
 #include <unordered_map>
 
 #include "dualkv/clock.h"
@@ -39,7 +40,13 @@ class Completion {
     return done_ ? status_ : make_status(Code::kInProgress, "in progress");
   }
 
-  Status wait(int64_t deadline_ns) {
+  // Spins (yielding the CPU) up to spin_ns before sleeping: a short transfer completes
+  // sooner than a condition-variable wake-up takes.
+  Status wait(int64_t deadline_ns, int64_t spin_ns = 0) {
+    for (int64_t until = now_ns() + spin_ns; spin_ns > 0 && now_ns() < until;) {
+      if (is_done()) break;
+      std::this_thread::yield();
+    }
     std::unique_lock<std::mutex> lock(mu_);
     while (!done_) {
       int64_t left = deadline_ns - now_ns();
@@ -88,8 +95,10 @@ class HandleTable {
 
   Status wait(uint64_t id, int64_t deadline_ns) {
     auto c = find(id);
-    return c ? c->wait(deadline_ns) : unknown(id);
+    return c ? c->wait(deadline_ns, spin_ns_) : unknown(id);
   }
+
+  void set_spin_ns(int64_t spin_ns) { spin_ns_ = spin_ns; }
 
  private:
   static Status unknown(uint64_t id) {
@@ -97,6 +106,7 @@ class HandleTable {
   }
   std::mutex mu_;
   uint64_t next_id_ = 1;
+  int64_t spin_ns_ = 0;
   std::unordered_map<uint64_t, std::shared_ptr<Completion>> table_;
 };
 

@@ -126,6 +126,8 @@ def priority(report: Report, args, kv: Pair, model: Pair):
         kv_gbps = (tm.stats()["kv_bytes"] - kv_before) / (time.perf_counter() - start) / 1e9
         stop.set()
         thread.join()
+        for bucket in (tm.snic, tm.cnic):
+            os.unlink(bucket.path)  # this bench's node only
     report.add({"test": "priority", "model_bytes": 4 * KIB, "chunk_bytes": cfg.chunk_bytes,
                 "idle_p50_us": idle, "busy_p50_us": busy, "kv_gbps": kv_gbps,
                 "increase": busy / idle - 1})
