@@ -54,7 +54,8 @@ def test_bad_copies_and_classes_rejected(node):
 
 
 def test_token_bucket_rate_within_ten_percent(node):
-    bucket = open_bucket(node["node"], "snic", 0.2, burst_bytes=64 * KIB, shm_dir=node["shm_dir"])
+    # a 512 KiB burst absorbs the consumer being descheduled for up to 2.6 ms
+    bucket = open_bucket(node["node"], "snic", 0.2, burst_bytes=512 * KIB, shm_dir=node["shm_dir"])
     rate = measure_rate(bucket, 40 * MIB, 256 * KIB)  # 0.2 s at 0.2 GB/s
     assert abs(rate / 0.2e9 - 1) < 0.10, rate
 
@@ -103,7 +104,7 @@ def test_token_bucket_is_shared_by_the_processes_of_a_node(node):
 def test_capped_kv_copy_takes_its_time(node):
     src = np.ones(16 * MIB, np.uint8)
     dst = np.zeros_like(src)
-    cfg = TrafficConfig(cnic_gbps=0.1, chunk_bytes=256 * KIB, burst_bytes=0, **node)
+    cfg = TrafficConfig(cnic_gbps=0.1, chunk_bytes=256 * KIB, burst_bytes=256 * KIB, **node)
     with TrafficManager(cfg) as tm:
         start = time.perf_counter()
         tm.wait(tm.copy(dst, src), 10)
@@ -154,14 +155,14 @@ def test_kv_put_is_chunked_byte_exact_and_notice_comes_last(agents, node):
 @needs_ucx
 def test_model_messages_do_not_queue_behind_a_kv_stream(agents, node):
     (ka, kb), (ma, mb) = agents["kv"], agents["model"]
-    big, big_dst = np.ones(32 * MIB, np.uint8), np.zeros(32 * MIB, np.uint8)
+    big, big_dst = np.ones(64 * MIB, np.uint8), np.zeros(64 * MIB, np.uint8)
     small, small_dst = np.ones(4096, np.uint8), np.zeros(4096, np.uint8)
     kpeer, kra, krb = _link(ka, kb, big, big_dst)
     mpeer, mra, mrb = _link(ma, mb, small, small_dst)
-    # a 0.2 GB/s CNIC makes the 32 MiB kv stream last ~170 ms, 1.3 ms per 256 KiB chunk
-    cfg = TrafficConfig(cnic_gbps=0.2, chunk_bytes=256 * KIB, burst_bytes=0, **node)
+    # a 0.1 GB/s CNIC makes the 64 MiB kv stream last ~670 ms, 2.6 ms per 256 KiB chunk
+    cfg = TrafficConfig(cnic_gbps=0.1, chunk_bytes=256 * KIB, burst_bytes=0, **node)
     with TrafficManager(cfg, kv_agent=ka, model_agent=ma) as tm:
-        kv = tm.put(kpeer, kra, krb.id, [0], [0], [32 * MIB], request_id=1, layer=0)
+        kv = tm.put(kpeer, kra, krb.id, [0], [0], [64 * MIB], request_id=1, layer=0)
         time.sleep(0.02)
         latencies = []
         for i in range(20):
@@ -171,7 +172,7 @@ def test_model_messages_do_not_queue_behind_a_kv_stream(agents, node):
             latencies.append(time.perf_counter() - start)
         assert not tm.poll(kv), ("kv stream should still be running", latencies)
         tm.wait(kv, 10)
-    assert np.median(latencies) < 0.02, latencies  # far below the ~150 ms kv backlog
+    assert np.median(latencies) < 0.02, latencies  # far below the ~600 ms kv backlog
     assert big_dst.all()
 
 
