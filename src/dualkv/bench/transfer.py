@@ -89,48 +89,54 @@ def notice_latency_us(pair: Pair, size: int, iters: int) -> float:
     return statistics.median(rtts[iters // 10:]) / 2 * 1e6
 
 
-def model_latency_us(tm, model: Pair, iters: int) -> float:
+def model_latency_us(submit, wait, model: Pair, iters: int) -> float:
     times = []
     for i in range(iters):
         start = time.perf_counter()
-        h = tm.put(model.peer_ab, model.ra, model.rb.id, [0], [0], [4 * KIB], request_id=9,
-                   layer=i, cls="model")
-        tm.wait(h, 10)
-        tm.release(h)
+        wait(submit(model.peer_ab, model.ra, model.rb.id, [0], [0], [4 * KIB], request_id=9,
+                    layer=i), 10)
         times.append(time.perf_counter() - start)
     model.b.clear_notices(9)
     return statistics.median(times) * 1e6
 
 
+def kv_stream(submit, wait, kv: Pair, stop: threading.Event):
+    """Two 64 MiB kv jobs in flight until stopped."""
+    pending = []
+    while not stop.is_set() or pending:
+        if not stop.is_set() and len(pending) < 2:
+            pending.append(submit(kv.peer_ab, kv.ra, kv.rb.id, [0], [0], [64 * MIB]))
+        else:
+            wait(pending.pop(0), 30)
+
+
+def priority_row(report, path, model_io, kv_io, kv: Pair, model: Pair, iters, extra):
+    idle = model_latency_us(*model_io, model, iters)
+    stop = threading.Event()
+    thread = threading.Thread(target=kv_stream, args=(*kv_io, kv, stop))
+    thread.start()
+    time.sleep(0.05)
+    busy = model_latency_us(*model_io, model, iters)
+    stop.set()
+    thread.join()
+    report.add({"test": "priority", "path": path, "model_bytes": 4 * KIB, **extra,
+                "idle_p50_us": idle, "busy_p50_us": busy, "increase": busy / idle - 1})
+
+
 def priority(report: Report, args, kv: Pair, model: Pair):
-    node = f"bench{os.getpid()}"
-    cfg = TrafficConfig(node=node, chunk_bytes=args.chunk_kib * KIB)
+    """Model-message latency under a saturating kv stream: through the traffic manager, and
+    with both classes posted straight to their agents (separate UCP contexts only)."""
+    cfg = TrafficConfig(node=f"bench{os.getpid()}", chunk_bytes=args.chunk_kib * KIB)
     with TrafficManager(cfg, kv_agent=kv.a, model_agent=model.a) as tm:
-        idle = model_latency_us(tm, model, args.iters)
-        stop = threading.Event()
+        def model_put(*a, **kw):
+            return tm.put(*a, cls="model", **kw)
 
-        def kv_stream():  # two 64 MiB jobs in flight at all times
-            pending = []
-            while not stop.is_set() or pending:
-                if not stop.is_set() and len(pending) < 2:
-                    pending.append(tm.put(kv.peer_ab, kv.ra, kv.rb.id, [0], [0], [64 * MIB]))
-                else:
-                    tm.wait(pending.pop(0), 30)
-
-        thread = threading.Thread(target=kv_stream)
-        thread.start()
-        time.sleep(0.05)
-        kv_before = tm.stats()["kv_bytes"]
-        start = time.perf_counter()
-        busy = model_latency_us(tm, model, args.iters)
-        kv_gbps = (tm.stats()["kv_bytes"] - kv_before) / (time.perf_counter() - start) / 1e9
-        stop.set()
-        thread.join()
+        priority_row(report, "traffic_manager", (model_put, tm.wait), (tm.put, tm.wait), kv,
+                     model, args.iters, {"chunk_bytes": cfg.chunk_bytes})
         for bucket in (tm.snic, tm.cnic):
             os.unlink(bucket.path)  # this bench's node only
-    report.add({"test": "priority", "model_bytes": 4 * KIB, "chunk_bytes": cfg.chunk_bytes,
-                "idle_p50_us": idle, "busy_p50_us": busy, "kv_gbps": kv_gbps,
-                "increase": busy / idle - 1})
+    priority_row(report, "direct", (model.a.put, model.a.wait), (kv.a.put, kv.a.wait), kv, model,
+                 args.iters, {"chunk_bytes": 64 * MIB})
 
 
 def token_buckets(report: Report, args):
