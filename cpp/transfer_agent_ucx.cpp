@@ -390,8 +390,7 @@ void Agent::close_endpoint(Peer* peer) {
 // ---- shutdown --------------------------------------------------------------------------
 
 void Agent::close() {
-  if (closed_) return;
-  closed_ = true;
+  if (closed_.exchange(true)) return;
   if (thread_.joinable()) {
     stop_.store(true);
     wake();

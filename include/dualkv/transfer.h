@@ -165,7 +165,7 @@ class Agent : public BatchPoster {
   std::unordered_map<int64_t, std::unordered_set<int64_t>> arrived_set_;
 
   HandleTable handles_;
-  bool closed_ = false;
+  std::atomic<bool> closed_{false};
 };
 
 }  // namespace dualkv
