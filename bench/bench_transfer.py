@@ -1,0 +1,3 @@
+from dualkv.bench.transfer import main
+
+raise SystemExit(main())

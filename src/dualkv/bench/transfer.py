@@ -1,0 +1,208 @@
+"""`dualkv bench transfer`: UCX Layer Block put/get bandwidth and per-layer notice latency
+beside ucx_perftest, model-message latency under a saturating kv stream, and token-bucket
+accuracy. Two agents in one process over loopback (shared memory unless --tls says else)."""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import threading
+import time
+
+import numpy as np
+
+from dualkv.bench import ucx_perftest
+from dualkv.bench.report import Report, with_reference
+from dualkv.traffic import TrafficConfig, TrafficManager, measure_rate, open_bucket
+from dualkv.transfer import Agent, TransferConfig
+
+KIB, MIB = 1024, 1024 * 1024
+REGION_BYTES = 256 * MIB  # per side; larger batches reuse slots
+
+
+class Pair:
+    """Two agents of one class joined both ways, each with one registered region."""
+
+    def __init__(self, cls: str, tls: str | None, region_bytes: int):
+        cfg = TransferConfig(traffic_class=cls, tls=tls)
+        self.a, self.b = Agent(cfg), Agent(cfg)
+        self.ra, self.buf_a = self.a.alloc(region_bytes)  # one-sided over shared memory
+        self.rb, self.buf_b = self.b.alloc(region_bytes)
+        self.buf_a[:] = 1
+        self.buf_b[:] = 0
+        self.peer_ab = self.a.connect(self.b.local_info())
+        self.peer_ba = self.b.connect(self.a.local_info())
+
+    def close(self):
+        self.a.close()
+        self.b.close()
+
+
+def slot_offsets(block: int, batch: int, rng) -> np.ndarray:
+    num_slots = max(1, REGION_BYTES // block)
+    return rng.choice(num_slots, batch, replace=batch > num_slots).astype(np.int64) * block
+
+
+def bandwidth(pair: Pair, block: int, batch: int, is_get: bool, seconds: float) -> float:
+    """GB/s of batches of `batch` random Layer Blocks, 4 batches kept in flight."""
+    rng = np.random.default_rng(block + batch)
+    descs = [(slot_offsets(block, batch, rng), slot_offsets(block, batch, rng)) for _ in range(8)]
+    lengths = np.full(batch, block, np.int64)
+    submit = pair.a.get if is_get else pair.a.put
+    inflight, moved, i = [], 0, 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds or i < 8:
+        loc, rem = descs[i % 8]
+        inflight.append(submit(pair.peer_ab, pair.ra, pair.rb.id, loc, rem, lengths))
+        i += 1
+        if len(inflight) == 4:
+            h = inflight.pop(0)
+            pair.a.wait(h, 30)
+            pair.a.release(h)
+            moved += block * batch
+    for h in inflight:
+        pair.a.wait(h, 30)
+        moved += block * batch
+    return moved / (time.perf_counter() - start) / 1e9
+
+
+def notice_latency_us(pair: Pair, size: int, iters: int) -> float:
+    """Median half round trip of put(size) + notice, answered the same way by the peer."""
+    def responder():
+        for i in range(iters):
+            pair.b.wait_notice(1, i, 10)
+            pair.b.release(pair.b.put(pair.peer_ba, pair.rb, pair.ra.id, [0], [0], [size],
+                                      request_id=2, layer=i))
+
+    thread = threading.Thread(target=responder)
+    thread.start()
+    rtts = []
+    for i in range(iters):
+        start = time.perf_counter()
+        pair.a.release(pair.a.put(pair.peer_ab, pair.ra, pair.rb.id, [0], [0], [size],
+                                  request_id=1, layer=i))
+        pair.a.wait_notice(2, i, 10)
+        rtts.append(time.perf_counter() - start)
+    thread.join()
+    pair.a.clear_notices(2)
+    pair.b.clear_notices(1)
+    return statistics.median(rtts[iters // 10:]) / 2 * 1e6
+
+
+def model_latency_us(submit, wait, model: Pair, iters: int) -> float:
+    times = []
+    for i in range(iters):
+        start = time.perf_counter()
+        wait(submit(model.peer_ab, model.ra, model.rb.id, [0], [0], [4 * KIB], request_id=9,
+                    layer=i), 10)
+        times.append(time.perf_counter() - start)
+    model.b.clear_notices(9)
+    return statistics.median(times) * 1e6
+
+
+def kv_stream(submit, wait, kv: Pair, stop: threading.Event):
+    """Two 64 MiB kv jobs in flight until stopped."""
+    pending = []
+    while not stop.is_set() or pending:
+        if not stop.is_set() and len(pending) < 2:
+            pending.append(submit(kv.peer_ab, kv.ra, kv.rb.id, [0], [0], [64 * MIB]))
+        else:
+            wait(pending.pop(0), 30)
+
+
+def priority_row(report, path, model_io, kv_io, kv: Pair, model: Pair, iters, extra):
+    idle = model_latency_us(*model_io, model, iters)
+    stop = threading.Event()
+    thread = threading.Thread(target=kv_stream, args=(*kv_io, kv, stop))
+    thread.start()
+    time.sleep(0.05)
+    busy = model_latency_us(*model_io, model, iters)
+    stop.set()
+    thread.join()
+    report.add({"test": "priority", "path": path, "model_bytes": 4 * KIB, **extra,
+                "idle_p50_us": idle, "busy_p50_us": busy, "increase": busy / idle - 1})
+
+
+def priority(report: Report, args, kv: Pair, model: Pair):
+    """Model-message latency under a saturating kv stream: through the traffic manager, and
+    with both classes posted straight to their agents (separate UCP contexts only)."""
+    cfg = TrafficConfig(node=f"bench{os.getpid()}", chunk_bytes=args.chunk_kib * KIB)
+    with TrafficManager(cfg, kv_agent=kv.a, model_agent=model.a) as tm:
+        def model_put(*a, **kw):
+            return tm.put(*a, cls="model", **kw)
+
+        priority_row(report, "traffic_manager", (model_put, tm.wait), (tm.put, tm.wait), kv,
+                     model, args.iters, {"chunk_bytes": cfg.chunk_bytes})
+        for bucket in (tm.snic, tm.cnic):
+            os.unlink(bucket.path)  # this bench's node only
+    priority_row(report, "direct", (model.a.put, model.a.wait), (kv.a.put, kv.a.wait), kv, model,
+                 args.iters, {"chunk_bytes": 64 * MIB})
+
+
+def token_buckets(report: Report, args):
+    node = f"bench{os.getpid()}"
+    for gbps in (0.5, 2.0, 8.0):
+        burst = int(gbps * 1e9 * args.burst_ms / 1e3)
+        bucket = open_bucket(node, "snic", gbps, burst_bytes=burst)
+        rate = measure_rate(bucket, int(gbps * 1e9 * 0.25), 256 * KIB)
+        report.add({"test": "token_bucket", "nic": "snic", "cap_gbps": gbps, "burst_bytes": burst,
+                    "measured_gbps": rate / 1e9, "ratio": rate / 1e9 / gbps})
+        os.unlink(bucket.path)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="dualkv bench transfer", description=__doc__)
+    p.add_argument("--sizes-kib", type=int, nargs="+", default=[16, 256, 1024, 4096, 16384])
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
+    p.add_argument("--ops", nargs="+", default=["put", "get"], choices=["put", "get"])
+    p.add_argument("--seconds", type=float, default=0.4, help="per bandwidth point")
+    p.add_argument("--iters", type=int, default=400, help="latency samples")
+    p.add_argument("--chunk-kib", type=int, default=512)
+    p.add_argument("--burst-ms", type=float, default=4.0, help="token bucket burst, in ms of cap")
+    p.add_argument("--tls", default=None, help="UCX_TLS for both dualkv and ucx_perftest")
+    p.add_argument("--skip", nargs="*", default=[], choices=["bw", "lat", "priority", "bucket"])
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    report = Report("bench transfer", args.json)
+    kv = Pair("kv", args.tls, REGION_BYTES)
+    try:
+        if "bw" not in args.skip:
+            bandwidth_rows(report, args, kv)
+        if "lat" not in args.skip:
+            latency_row(report, args, kv)
+        if "priority" not in args.skip:
+            model = Pair("model", args.tls, MIB)
+            priority(report, args, kv, model)
+            model.close()
+    finally:
+        kv.close()
+    if "bucket" not in args.skip:
+        token_buckets(report, args)
+    report.finish()
+    return 0
+
+
+def bandwidth_rows(report: Report, args, kv: Pair):
+    for size_kib in args.sizes_kib:
+        ref = perftest("ucp_put_bw", size_kib * KIB, args)
+        for op in args.ops:
+            for batch in args.batches:
+                gbps = bandwidth(kv, size_kib * KIB, batch, op == "get", args.seconds)
+                row = {"test": "bandwidth", "op": op, "block_bytes": size_kib * KIB,
+                       "batch": batch, "tls": args.tls or "default", "gbps": gbps}
+                report.add(with_reference(row, "gbps", "ucx_perftest ucp_put_bw",
+                                          ref and ref["bw_gbps"]))
+
+
+def latency_row(report: Report, args, kv: Pair):
+    ref = perftest("ucp_put_lat", 64 * KIB, args)
+    lat = notice_latency_us(kv, 64 * KIB, args.iters)
+    row = {"test": "notice_latency", "block_bytes": 64 * KIB, "p50_us": lat}
+    report.add(with_reference(row, "p50_us", "ucx_perftest ucp_put_lat", ref and ref["p50_us"]))
+
+
+def perftest(test: str, size: int, args) -> dict | None:
+    if not ucx_perftest.available():
+        return None
+    iters = 2000 if test.endswith("lat") else max(50, min(2000, (256 * MIB) // size))
+    return ucx_perftest.run(test, size, iters, args.tls)

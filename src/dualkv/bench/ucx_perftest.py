@@ -1,0 +1,46 @@
+"""Runs UCX's own `ucx_perftest` (server + client on loopback) as the reference figure for
+`dualkv bench transfer`, with the same UCX_TLS and message size."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+
+MIB = 1024 * 1024
+
+
+def available() -> bool:
+    return shutil.which("ucx_perftest") is not None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(test: str, size: int, iters: int, tls: str | None = None, timeout: float = 120) -> dict:
+    """`test` is ucp_put_bw / ucp_put_lat / ucp_get; returns the Final row as
+    {p50_us, avg_us, bw_gbps} (GB/s = 1e9 bytes/s; ucx_perftest prints MiB/s)."""
+    env = dict(os.environ)
+    if tls:
+        env["UCX_TLS"] = tls
+    port = str(_free_port())
+    server = subprocess.Popen(["ucx_perftest", "-p", port], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)  # the server must listen before the client connects
+        out = subprocess.run(["ucx_perftest", "127.0.0.1", "-p", port, "-t", test, "-s", str(size),
+                              "-n", str(iters)], env=env, capture_output=True, text=True,
+                             timeout=timeout).stdout
+    finally:
+        server.kill()
+        server.wait()
+    final = [line for line in out.splitlines() if line.startswith("Final:")]
+    if not final:
+        raise RuntimeError(f"ucx_perftest {test} printed no result:\n{out[-2000:]}")
+    cols = final[-1].split()
+    return {"p50_us": float(cols[2]), "avg_us": float(cols[3]),
+            "bw_gbps": float(cols[5]) * MIB / 1e9}

@@ -1,0 +1,189 @@
+"""Traffic manager: chunked kv copies and puts land byte-exact with their notice last, model
+work is not queued behind kv work, and shared token buckets hold a node's NIC caps."""
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import dualkv
+from dualkv import errors
+from dualkv._native import C
+from dualkv.traffic import TrafficConfig, TrafficManager, measure_rate, open_bucket
+
+KIB, MIB = 1024, 1024 * 1024
+needs_ucx = pytest.mark.skipif(not hasattr(C, "Agent"), reason="built without UCX")
+
+
+@pytest.fixture
+def node(tmp_path):
+    """A unique emulated node whose buckets live in a temp dir (cleaned up with it)."""
+    return dict(node=f"t{os.getpid()}", shm_dir=str(tmp_path))
+
+
+def test_kv_copy_is_chunked_and_byte_exact(node):
+    rng = np.random.default_rng(0)
+    src = rng.integers(0, 256, 3 * MIB + 123, dtype=np.uint8)
+    dst = np.zeros_like(src)
+    with TrafficManager(TrafficConfig(chunk_bytes=256 * KIB, **node)) as tm:
+        h = tm.copy(dst, src)
+        tm.wait(h, 10)
+        tm.release(h)
+        np.testing.assert_array_equal(dst, src)
+        assert tm.stats()["kv_chunks"] == 13  # ceil((3 MiB + 123) / 256 KiB)
+        small = np.zeros(4096, np.uint8)
+        tm.wait(tm.copy(small, src[:4096], cls="model"), 1)
+        np.testing.assert_array_equal(small, src[:4096])
+
+
+def test_bad_copies_and_classes_rejected(node):
+    with TrafficManager(TrafficConfig(**node)) as tm:
+        with pytest.raises(errors.InvalidArgument, match="null address"):
+            tm.copy_ptrs([0], [1], [10])
+        with pytest.raises(errors.InvalidArgument):
+            tm.copy(np.zeros(10, np.uint8), np.zeros(11, np.uint8))
+        with pytest.raises(errors.InvalidArgument, match="traffic class"):
+            tm.copy(np.zeros(10, np.uint8), np.zeros(10, np.uint8), cls="bulk")
+        tm.snic.acquire(1 << 40, 0)  # an uncapped NIC (0 GB/s) never makes anyone wait
+        with pytest.raises(errors.InvalidArgument):
+            tm.snic.acquire(-1, 0)
+    with pytest.raises(errors.InvalidArgument):
+        TrafficConfig(chunk_bytes=10)
+
+
+def test_token_bucket_rate_within_ten_percent(node):
+    # a 512 KiB burst absorbs the consumer being descheduled for up to 2.6 ms
+    bucket = open_bucket(node["node"], "snic", 0.2, burst_bytes=512 * KIB, shm_dir=node["shm_dir"])
+    rate = measure_rate(bucket, 40 * MIB, 256 * KIB)  # 0.2 s at 0.2 GB/s
+    assert abs(rate / 0.2e9 - 1) < 0.10, rate
+
+
+def test_token_bucket_deadline_takes_nothing(node):
+    bucket = open_bucket(node["node"], "cnic", 0.01, burst_bytes=0, shm_dir=node["shm_dir"])
+    bucket.acquire(1 * MIB, 1.0)  # now ~100 ms of backlog
+    start = time.perf_counter()
+    with pytest.raises(errors.TimedOut):
+        bucket.acquire(10 * MIB, 0.05)  # would need ~1 s: refused at once
+    assert time.perf_counter() - start < 0.05
+    bucket.acquire(64 * KIB, 1.0)  # the refused bytes were not charged
+    assert time.perf_counter() - start < 0.3
+
+
+BUCKET_WORKER = """
+import sys, time
+from dualkv.traffic import open_bucket
+b = open_bucket(sys.argv[1], "snic", 0.1, burst_bytes=65536, shm_dir=sys.argv[2])
+print("ready", flush=True)
+sys.stdin.readline()
+start = time.monotonic()
+for _ in range(64):
+    b.acquire(131072, 5.0)
+print(start, time.monotonic(), flush=True)
+"""
+
+
+def test_token_bucket_is_shared_by_the_processes_of_a_node(node):
+    src = os.path.dirname(os.path.dirname(dualkv.__file__))
+    env = dict(os.environ, PYTHONPATH=src)
+    procs = [subprocess.Popen([sys.executable, "-c", BUCKET_WORKER, node["node"], node["shm_dir"]],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
+             for _ in range(2)]
+    for p in procs:
+        assert p.stdout.readline().strip() == "ready"
+    for p in procs:  # both start together: 2 x 8 MiB through one 0.1 GB/s NIC
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    spans = [tuple(map(float, p.communicate(timeout=30)[0].split())) for p in procs]
+    elapsed = max(end for _, end in spans) - min(start for start, _ in spans)
+    rate = 2 * 64 * 131072 / elapsed
+    assert abs(rate / 0.1e9 - 1) < 0.10, (rate, spans)  # not 2 x 0.1 GB/s: one shared cap
+
+
+def test_capped_kv_copy_takes_its_time(node):
+    src = np.ones(16 * MIB, np.uint8)
+    dst = np.zeros_like(src)
+    cfg = TrafficConfig(cnic_gbps=0.1, chunk_bytes=256 * KIB, burst_bytes=256 * KIB, **node)
+    with TrafficManager(cfg) as tm:
+        start = time.perf_counter()
+        tm.wait(tm.copy(dst, src), 10)
+        rate = src.nbytes / (time.perf_counter() - start)
+    assert abs(rate / 0.1e9 - 1) < 0.10, rate
+
+
+@pytest.fixture
+def agents():
+    from dualkv.transfer import Agent, TransferConfig
+
+    made = {cls: (Agent(TransferConfig(traffic_class=cls)), Agent(TransferConfig(traffic_class=cls)))
+            for cls in ("kv", "model")}
+    yield made
+    for a, b in made.values():
+        a.close()
+        b.close()
+
+
+def _link(a, b, src, dst):
+    ra, rb = a.register(src), b.register(dst)
+    peer = a.connect(b.local_info())
+    b.connect(a.local_info())
+    return peer, ra, rb
+
+
+@needs_ucx
+def test_kv_put_is_chunked_byte_exact_and_notice_comes_last(agents, node):
+    a, b = agents["kv"]
+    rng = np.random.default_rng(3)
+    src = rng.integers(0, 256, 8 * MIB, dtype=np.uint8)
+    dst = np.zeros_like(src)
+    peer, ra, rb = _link(a, b, src, dst)
+    blocks = rng.permutation(32)[:12]
+    with TrafficManager(TrafficConfig(chunk_bytes=256 * KIB, **node), kv_agent=a) as tm:
+        h = tm.put(peer, ra, rb.id, blocks * 256 * KIB, np.arange(12) * 256 * KIB,
+                   np.full(12, 256 * KIB), request_id=9, layer=0, block_bytes=256 * KIB)
+        b.wait_notice(9, 0, timeout=10)
+        expect = src.reshape(32, -1)[blocks].reshape(-1)
+        np.testing.assert_array_equal(dst[:12 * 256 * KIB], expect)  # all bytes before notice
+        tm.wait(h, 10)
+        with pytest.raises(errors.InvalidArgument, match="not a multiple"):
+            tm.put(peer, ra, rb.id, [0], [0], [1000], block_bytes=256 * KIB)
+        with pytest.raises(errors.InvalidArgument, match="no model agent"):
+            tm.put(peer, ra, rb.id, [0], [0], [4096], cls="model")
+
+
+@needs_ucx
+def test_model_messages_do_not_queue_behind_a_kv_stream(agents, node):
+    (ka, kb), (ma, mb) = agents["kv"], agents["model"]
+    big, big_dst = np.ones(64 * MIB, np.uint8), np.zeros(64 * MIB, np.uint8)
+    small, small_dst = np.ones(4096, np.uint8), np.zeros(4096, np.uint8)
+    kpeer, kra, krb = _link(ka, kb, big, big_dst)
+    mpeer, mra, mrb = _link(ma, mb, small, small_dst)
+    # a 0.1 GB/s CNIC makes the 64 MiB kv stream last ~670 ms, 2.6 ms per 256 KiB chunk
+    cfg = TrafficConfig(cnic_gbps=0.1, chunk_bytes=256 * KIB, burst_bytes=0, **node)
+    with TrafficManager(cfg, kv_agent=ka, model_agent=ma) as tm:
+        kv = tm.put(kpeer, kra, krb.id, [0], [0], [64 * MIB], request_id=1, layer=0)
+        time.sleep(0.02)
+        latencies = []
+        for i in range(20):
+            start = time.perf_counter()
+            tm.wait(tm.put(mpeer, mra, mrb.id, [0], [0], [4096], request_id=2, layer=i,
+                           cls="model"), 5)
+            latencies.append(time.perf_counter() - start)
+        assert not tm.poll(kv), ("kv stream should still be running", latencies)
+        tm.wait(kv, 10)
+    assert np.median(latencies) < 0.02, latencies  # far below the ~600 ms kv backlog
+    assert big_dst.all()
+
+
+@pytest.mark.gpu
+def test_host_device_copies_on_cuda(node):
+    import torch
+
+    host = torch.randint(0, 255, (8 * MIB,), dtype=torch.uint8).pin_memory()
+    dev = torch.empty(8 * MIB, dtype=torch.uint8, device="cuda")
+    back = torch.zeros(8 * MIB, dtype=torch.uint8).pin_memory()
+    with TrafficManager(TrafficConfig(**node)) as tm:
+        tm.wait(tm.copy(dev, host), 10)
+        tm.wait(tm.copy(back, dev, cls="model"), 10)
+    assert torch.equal(back, host)
