@@ -10,7 +10,6 @@ void register_key_chain(py::module_& m);
 void register_index(py::module_& m);
 void register_pool(py::module_& m);
 void register_storage(py::module_& m);
-
 void register_traffic(py::module_& m);
 #ifdef DUALKV_HAVE_UCX
 void register_transfer(py::module_& m);
@@ -25,7 +24,6 @@ PYBIND11_MODULE(_C, m) {
   dualkv::register_index(m);
   dualkv::register_pool(m);
   dualkv::register_storage(m);
-
   dualkv::register_traffic(m);  // before transfer: Agent derives from its BatchPoster
 #ifdef DUALKV_HAVE_UCX
   dualkv::register_transfer(m);
