@@ -1,0 +1,88 @@
+"""Multi-turn agentic conversations through prefill + decode + write-back, on both read sides
+and under Basic: generated tokens equal a no-cache greedy recompute, and every Full Block
+written back equals the recomputed KV byte for byte (fp32 on CPU, same ops and op order for
+cached and recomputed tokens; see test notes where a tolerance would be needed)."""
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY, MemoryBlockStore, reference_generate
+from dualkv.engine import LayerBlockCodec, run_turn
+
+MODES = [("dualpath", "pe"), ("dualpath", "de"), ("basic", "pe")]
+
+
+def agentic_turns(seed, num_turns, first_len, vocab):
+    """(appended tokens, generation length) per turn, like the paper's replay (App. A.3)."""
+    rng = np.random.default_rng(seed)
+    turns = [(rng.integers(0, vocab, first_len), int(rng.integers(3, 40)))]
+    for _ in range(num_turns - 1):
+        turns.append((rng.integers(0, vocab, int(rng.integers(1, 50))), int(rng.integers(1, 40))))
+    return turns
+
+
+def stored_kv(store, codec, key, layer):
+    slot = store.pool.alloc(1)
+    try:
+        assert store.wait(store.load(key[None], slot), 5.0).all()
+        return codec.tensor(store.pool.layer_view(int(slot[0]), layer)).clone()
+    finally:
+        store.pool.free(slot)
+
+
+def check_written_back(model, store, codec, seq, num_generated):
+    """Blocks of prompt + generated whose KV is complete are stored, equal to a recompute;
+    the partial last block is not."""
+    bt = codec.block_tokens
+    num_kv_tokens = len(seq) - 1  # the last generated token has no KV yet
+    keys = store.chain_keys(np.asarray(seq, np.int32))
+    assert store.match(keys) == num_kv_tokens // bt
+    _, ref_kvs = model.forward(torch.tensor(seq))
+    for b in range(num_kv_tokens // bt):
+        for layer in range(model.num_layers):
+            got = stored_kv(store, codec, keys[b], layer)
+            want = ref_kvs[layer][b * bt:(b + 1) * bt]
+            assert torch.equal(got, want), (b, layer, (got - want).abs().max())
+
+
+@pytest.mark.parametrize("mode,read_side", MODES)
+@pytest.mark.parametrize("seed,block_tokens,first_len", [(1, 16, 40), (2, 16, 100), (3, 64, 150)])
+def test_conversation_matches_full_recompute(model, mode, read_side, seed, block_tokens, first_len):
+    store = MemoryBlockStore(TINY.layout(block_tokens), pool_slots=64)
+    codec = LayerBlockCodec(TINY, block_tokens)
+    prompt = []
+    for turn, (appended, num_gen) in enumerate(agentic_turns(seed, 4, first_len, TINY.vocab_size)):
+        prompt = prompt + [int(t) for t in appended]
+        result = run_turn(model, store, prompt, num_gen, mode, read_side)
+        assert result.generated == reference_generate(model, prompt, num_gen), f"turn {turn}"
+        assert result.num_cached_blocks == result.num_matched_blocks
+        if turn:
+            assert result.num_cached_blocks == min(stored_blocks, len(prompt) // block_tokens)
+        check_written_back(model, store, codec, prompt + result.generated, num_gen)
+        stored_blocks = (len(prompt) + num_gen - 1) // block_tokens
+        prompt = prompt + result.generated
+    assert store.pool.num_free == store.pool.num_slots  # every buffer and slot came back
+
+
+@pytest.mark.parametrize("mode,read_side", MODES)
+def test_whole_prompt_cached_recomputes_last_block(model, memory_store, mode, read_side):
+    prompt = list(np.random.default_rng(5).integers(0, TINY.vocab_size, 48))  # 3 full blocks
+    first = run_turn(model, memory_store, prompt, 20, mode, read_side)
+    again = run_turn(model, memory_store, prompt, 20, mode, read_side)
+    assert again.num_matched_blocks == 3
+    assert again.generated == first.generated == reference_generate(model, prompt, 20)
+
+
+@pytest.mark.parametrize("mode,read_side", MODES)
+def test_unreadable_block_is_recomputed_not_served(model, memory_store, mode, read_side):
+    rng = np.random.default_rng(9)
+    prompt = [int(t) for t in rng.integers(0, TINY.vocab_size, 70)]
+    first = run_turn(model, memory_store, prompt, 30, mode, read_side)
+    keys = memory_store.chain_keys(np.asarray(prompt, np.int32))
+    memory_store.unreadable.add(bytes(keys[2]))
+    nxt = prompt + first.generated + [int(t) for t in rng.integers(0, TINY.vocab_size, 10)]
+    result = run_turn(model, memory_store, nxt, 10, mode, read_side)
+    assert (result.num_matched_blocks, result.num_cached_blocks) == ((70 + 30 - 1) // 16, 2)
+    assert result.generated == reference_generate(model, nxt, 10)
+    memory_store.unreadable.clear()
+    check_written_back(model, memory_store, LayerBlockCodec(TINY, 16), nxt + result.generated, 10)
