@@ -81,7 +81,10 @@ class Model:
             if tuple(weights[name].shape) != shape:
                 raise InvalidArgument(f"{name} has shape {tuple(weights[name].shape)}, "
                                       f"the config needs {shape}")
-            self.w[name] = weights[name].to(self.device, self.dtype).contiguous()
+            # A fresh, allocator-aligned copy: safetensors' mmap'd tensors sit at arbitrary
+            # offsets, and MKL rounds differently for differently aligned operands.
+            self.w[name] = weights[name].to(self.device, self.dtype).clone(
+                memory_format=torch.contiguous_format)
         for name, value in weights.items():  # optional biases (Qwen2-style q/k/v bias)
             if name.endswith(".bias") and "self_attn" in name:
                 self.w[name] = value.to(self.device, self.dtype).contiguous()
