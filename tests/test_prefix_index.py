@@ -1,0 +1,236 @@
+"""PrefixIndex: chains, match, pins, removal, eviction, rebuild from edges, bad input."""
+import hashlib
+import threading
+
+import numpy as np
+import pytest
+
+from dualkv.errors import InvalidArgument
+from dualkv.index import PrefixIndex
+
+
+def chain(n, seed=b"", prior=b""):
+    """n chained 32-byte keys, like block keys of a prompt (distinct per seed)."""
+    out, previous = [], prior
+    for i in range(n):
+        previous = hashlib.sha256(previous + seed + i.to_bytes(4, "little")).digest()
+        out.append(previous)
+    return np.frombuffer(b"".join(out), dtype=np.uint8).reshape(n, 32)
+
+
+def as_set(keys):
+    return {bytes(k) for k in keys}
+
+
+def test_insert_and_match_prefixes():
+    index = PrefixIndex()
+    keys = chain(10)
+    assert index.insert_chain(keys, block_bytes=100).shape == (0, 32)
+    assert index.match(keys) == 10
+    assert index.match(keys[:4]) == 4
+    assert index.match(chain(10, b"other")) == 0
+    assert index.match(np.concatenate([keys[:6], chain(3, b"x")])) == 6
+    assert index.contains(np.concatenate([keys[3:5], chain(1, b"y")])).tolist() == [True, True, False]
+    s = index.stats()
+    assert (s["num_blocks"], s["bytes"], len(index)) == (10, 1000, 10)
+    assert (s["hits"], s["misses"]) == (10 + 4 + 0 + 6, 0 + 0 + 10 + 3)
+
+
+def test_match_checks_parent_links():
+    index = PrefixIndex()
+    a, b = chain(3, b"a"), chain(3, b"b")
+    index.insert_chain(a)
+    index.insert_chain(b)
+    # Both keys are held, but b[1] hangs under b[0], not under a[0].
+    assert index.match(np.stack([a[0], b[1]])) == 1
+    # A chain under a parent: its first key can start a match on its own.
+    tail = chain(4, b"t", prior=bytes(a[2]))
+    index.insert_chain(tail, parent_key=bytes(a[2]))
+    assert index.match(np.concatenate([a, tail])) == 7
+    assert index.match(tail[1:]) == 3
+
+
+def test_shared_prefix_branches():
+    index = PrefixIndex()
+    trunk = chain(4, b"trunk")
+    left, right = chain(3, b"l"), chain(3, b"r")
+    index.insert_chain(np.concatenate([trunk, left]))
+    index.insert_chain(right, parent_key=trunk[-1])
+    assert index.match(np.concatenate([trunk, right])) == 7
+    assert index.match(np.concatenate([trunk, left])) == 7
+    assert index.stats()["num_blocks"] == 10
+
+
+def test_remove_takes_descendants():
+    index = PrefixIndex()
+    trunk, left, right = chain(4, b"t"), chain(3, b"l"), chain(2, b"r")
+    index.insert_chain(np.concatenate([trunk, left]))
+    index.insert_chain(right, parent_key=trunk[1])
+    removed = index.remove(trunk[2:3])
+    assert bytes(removed[0]) == bytes(trunk[2])
+    assert as_set(removed) == as_set(trunk[2:]) | as_set(left)
+    assert index.match(np.concatenate([trunk, left])) == 2
+    assert index.match(np.concatenate([trunk[:2], right])) == 4
+    assert index.remove(trunk[2:3]).shape == (0, 32)  # already gone
+    assert index.stats()["removed"] == 5
+    assert index.stats()["orphans"] == 0
+
+
+def test_evict_takes_lru_leaves_and_spares_pins():
+    index = PrefixIndex()
+    old, new = chain(3, b"old"), chain(3, b"new")
+    index.insert_chain(old, block_bytes=10)
+    index.insert_chain(new, block_bytes=10)
+    evicted = index.evict(10)
+    assert [bytes(k) for k in evicted] == [bytes(old[2])]  # the oldest leaf, not its parents
+    index.match(old[:2])  # old is now the most recent
+    assert [bytes(k) for k in index.evict(20)] == [bytes(new[2]), bytes(new[1])]
+    assert index.pin(old[1:2]).tolist() == [True]
+    evicted = index.evict(1000)
+    assert as_set(evicted) == {bytes(new[0])}  # old[1] pinned, so old[0] is not a leaf
+    assert index.match(old) == 2
+    index.unpin(old[1:2])
+    assert as_set(index.evict(1000)) == as_set(old[:2])
+    s = index.stats()
+    assert (s["num_blocks"], s["bytes"], s["evictions"], s["evicted_bytes"]) == (0, 0, 6, 60)
+
+
+def test_capacity_evicts_on_insert():
+    index = PrefixIndex(capacity_bytes=50)
+    first, second = chain(4, b"1"), chain(3, b"2")
+    assert index.insert_chain(first, block_bytes=10).shape == (0, 32)
+    evicted = index.insert_chain(second, block_bytes=10)
+    assert [bytes(k) for k in evicted] == [bytes(first[3]), bytes(first[2])]
+    assert index.stats()["bytes"] == 50
+    assert index.match(second) == 3 and index.match(first) == 2
+
+
+def test_match_can_pin_atomically():
+    index = PrefixIndex()
+    keys = chain(5)
+    index.insert_chain(keys, block_bytes=1)
+    assert index.match(np.concatenate([keys[:3], chain(2, b"z")]), pin=True) == 3
+    assert index.stats()["pinned"] == 3
+    assert as_set(index.evict(100)) == as_set(keys[3:])
+    index.unpin(keys[:3])
+    assert index.stats()["pinned"] == 0
+
+
+def test_unpin_errors_change_nothing():
+    index = PrefixIndex()
+    keys = chain(3)
+    index.insert_chain(keys)
+    index.pin(keys[:1])
+    with pytest.raises(InvalidArgument):
+        index.unpin(np.stack([keys[0], keys[1]]))  # keys[1] is not pinned
+    assert index.stats()["pinned"] == 1
+    index.unpin(np.concatenate([keys[:1], chain(1, b"absent")]))  # absent keys are skipped
+    assert index.stats()["pinned"] == 0
+    assert index.pin(chain(1, b"absent")).tolist() == [False]
+
+
+def test_insert_edges_links_children_seen_before_parents():
+    rng = np.random.default_rng(0)
+    trunk, left, right = chain(20, b"t"), chain(15, b"l"), chain(10, b"r")
+    edges = [(trunk[i], trunk[i - 1] if i else None) for i in range(20)]
+    edges += [(left[i], left[i - 1] if i else trunk[-1]) for i in range(15)]
+    edges += [(right[i], right[i - 1] if i else trunk[4]) for i in range(10)]
+    order = rng.permutation(len(edges))
+    keys = np.stack([edges[i][0] for i in order])
+    parents = np.stack([edges[i][1] if edges[i][1] is not None else np.zeros(32, np.uint8) for i in order])
+    has_parent = np.array([edges[i][1] is not None for i in order])
+    index = PrefixIndex()
+    index.insert_edges(keys, parents, has_parent, block_bytes=1)
+    assert index.stats()["orphans"] == 0 and index.stats()["num_blocks"] == 45
+    assert index.match(np.concatenate([trunk, left]), touch=False) == 35
+    assert index.match(np.concatenate([trunk[:5], right]), touch=False) == 15
+    # Eviction still takes leaves only, whatever order the rebuild saw.
+    evicted = index.evict(45)
+    assert len(evicted) == 45 and index.stats()["num_blocks"] == 0
+
+
+def test_missing_parents_leave_orphans_until_dropped():
+    index = PrefixIndex()
+    lost = chain(3, b"lost")
+    under = chain(4, b"u", prior=bytes(lost[2]))
+    index.insert_chain(under, parent_key=lost[2])
+    assert index.stats()["orphans"] == 1
+    assert index.match(under) == 4
+    index.insert_chain(lost)  # the parent shows up: the chain is linked again
+    assert index.stats()["orphans"] == 0
+    assert index.match(np.concatenate([lost, under])) == 7
+    index.remove(lost[:1])
+    index.insert_edges(under, np.stack([lost[2]] + list(under[:-1])), np.ones(4, bool))
+    assert index.stats()["orphans"] == 1
+    assert as_set(index.drop_orphans()) == as_set(under)
+    assert index.stats()["num_blocks"] == 0 and index.stats()["orphans"] == 0
+
+
+def test_keys_in_other_forms_and_lengths():
+    index = PrefixIndex(key_bytes=16)
+    keys = chain(4)[:, :16].copy()
+    index.insert_chain([bytes(k) for k in keys], block_bytes=np.arange(4))
+    assert index.match([k.hex() for k in map(bytes, keys)]) == 4
+    assert index.stats()["bytes"] == 6
+
+
+@pytest.mark.parametrize("call", [
+    lambda ix: ix.match(np.zeros((2, 31), np.uint8)),
+    lambda ix: ix.match(np.zeros((2, 32), np.int64)),
+    lambda ix: ix.match([b"short"]),
+    lambda ix: ix.insert_chain(chain(2), block_bytes=-1),
+    lambda ix: ix.insert_chain(chain(2), block_bytes=np.array([1, -1])),
+    lambda ix: ix.insert_chain(chain(2), block_bytes=np.array([1, 2, 3])),
+    lambda ix: ix.insert_chain(chain(2), block_bytes=np.array([1.5, 2.0])),
+    lambda ix: ix.insert_chain(chain(2), parent_key=b"x" * 31),
+    lambda ix: ix.insert_edges(chain(2), chain(3), np.ones(2, bool)),
+    lambda ix: ix.insert_edges(chain(2), chain(2), np.ones(3, bool)),
+    lambda ix: ix.evict(-1),
+])
+def test_bad_input_raises_invalid_argument(call):
+    index = PrefixIndex()
+    with pytest.raises(InvalidArgument):
+        call(index)
+    assert index.stats()["num_blocks"] == 0
+
+
+@pytest.mark.parametrize("kwargs", [dict(key_bytes=15), dict(key_bytes=65), dict(capacity_bytes=-1)])
+def test_bad_constructor_arguments(kwargs):
+    with pytest.raises(InvalidArgument):
+        PrefixIndex(**kwargs)
+
+
+def test_threads_share_one_index():
+    index = PrefixIndex(capacity_bytes=2000)
+    chains = [chain(50, bytes([t])) for t in range(4)]
+
+    def work(keys):
+        for _ in range(200):
+            index.insert_chain(keys, block_bytes=10)
+            matched = index.match(keys, pin=True)  # others' inserts may have evicted some
+            index.unpin(keys[:matched])
+
+    threads = [threading.Thread(target=work, args=(c,)) for c in chains]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    s = index.stats()
+    assert s["num_blocks"] * 10 == s["bytes"] <= 2000
+    assert s["orphans"] == 0 and s["pinned"] == 0
+
+
+def test_one_million_blocks():
+    index = PrefixIndex()
+    rng = np.random.default_rng(1)
+    keys = rng.integers(0, 256, (1_000_000, 32), dtype=np.uint8)
+    for start in range(0, len(keys), 1000):  # 1,000 chains of 1,000 blocks
+        index.insert_chain(keys[start:start + 1000], block_bytes=4096)
+    s = index.stats()
+    assert s["num_blocks"] == 1_000_000 and s["bytes"] == 4096 * 1_000_000
+    assert s["memory_bytes"] / s["num_blocks"] <= 128
+    assert index.match(keys[500_000:501_000]) == 1000
+    assert index.match(keys[500_500:501_500]) == 500
+    assert len(index.evict(4096 * 10_000)) == 10_000
+    assert not index.contains(keys[:10_000]).any()  # the ten oldest chains, whole
+    assert index.contains(keys[10_000:]).all()
