@@ -12,6 +12,8 @@ torch = pytest.importorskip("torch")
 from dualkv.engine import MemoryPool, Model, ModelConfig  # noqa: E402
 from dualkv.errors import InvalidArgument  # noqa: E402
 
+torch.set_num_threads(1)  # the test machine's cores are shared; one thread avoids OpenMP stalls
+
 TINY = ModelConfig(vocab_size=256, hidden=64, num_layers=3, num_heads=4, num_kv_heads=2,
                    head_dim=16, ffn=128, dtype="fp32")
 
@@ -88,8 +90,62 @@ def memory_store():
     return MemoryBlockStore(TINY.layout(block_tokens=16), pool_slots=128)
 
 
+def native_store(root, layout, pool_slots):
+    """The real dualkv.store.BlockStore, or a skip where the native module is not built."""
+    try:
+        from dualkv.store import BlockStore, StoreConfig
+    except ImportError as exc:
+        pytest.skip(f"native store not built: {exc}")
+    return BlockStore(StoreConfig(root, layout, pool_slots=pool_slots, cuda="off"))
+
+
+@pytest.fixture(params=["memory", "native"])
+def make_store(request, tmp_path):
+    """make_store(block_tokens, pool_slots) -> a fresh store of the parametrized kind."""
+    stores = []
+
+    def make(block_tokens=16, pool_slots=64):
+        layout = TINY.layout(block_tokens)
+        if request.param == "memory":
+            store = MemoryBlockStore(layout, pool_slots)
+        else:
+            store = native_store(str(tmp_path / f"blocks{len(stores)}"), layout, pool_slots)
+        stores.append(store)
+        return store
+    yield make
+    for store in stores:
+        if hasattr(store, "close"):
+            store.close()
+
+
+def make_unreadable(store, key):
+    """The next load of `key` fails verification, as a corrupt block file would."""
+    if isinstance(store, MemoryBlockStore):
+        store.unreadable.add(bytes(key))
+        return
+    with open(store.io.path_of(bytes(key)), "r+b") as f:
+        f.seek(store.layout.layer_offset(1) + 3)
+        byte = f.read(1)[0]
+        f.seek(store.layout.layer_offset(1) + 3)
+        f.write(bytes([byte ^ 0x40]))
+
+
+_REFERENCE = {}
+
+
 def reference_generate(model, prompt, num_tokens):
-    """Greedy tokens by full recompute of the whole sequence for every token (no cache)."""
+    """Greedy tokens by full recompute of the whole sequence for every token (no cache).
+
+    Memoized per (weights, prompt): the same conversation runs under several modes and stores.
+    """
+    key = (tuple(model.w["lm_head.weight"][0, :8].tolist()), tuple(int(t) for t in prompt),
+           num_tokens)
+    if key not in _REFERENCE:
+        _REFERENCE[key] = _recompute(model, prompt, num_tokens)
+    return list(_REFERENCE[key])
+
+
+def _recompute(model, prompt, num_tokens):
     seq = [int(t) for t in prompt]
     for _ in range(num_tokens):
         logits, _ = model.forward(torch.tensor(seq))
