@@ -9,6 +9,8 @@ import sys
 
 COMMANDS = {
     "info": ("dualkv.commands.info", "what this build and machine can do"),
+    "sim": ("dualkv.commands.sim", "simulate a DualPath cluster (offline JCT, online SLO capacity)"),
+    "bench": ("dualkv.commands.bench", "run a benchmark: dualkv bench NAME [args]"),
 }
 
 

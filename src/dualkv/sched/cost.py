@@ -1,0 +1,59 @@
+"""Predicted prefill attention cost: theoretical FLOPs of a (cached, bsz) chunk, and the
+caller's FLOP -> seconds curve (profiled on real hardware, or modelled in the simulator)."""
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+from dualkv.errors import InvalidArgument
+
+
+class FlopCurve:
+    """Seconds for a batch of `flops`, piecewise linear through profiled (flops, seconds)
+    points, extended past the last point with the last segment's slope. Must be increasing."""
+
+    def __init__(self, flops: list[float], seconds: list[float]):
+        if len(flops) < 2 or len(flops) != len(seconds):
+            raise InvalidArgument("a FLOP curve needs at least two (flops, seconds) points")
+        if any(b <= a for a, b in zip(flops, flops[1:])) or any(b < a for a, b in zip(seconds, seconds[1:])):
+            raise InvalidArgument("FLOP curve points must be increasing")
+        self.flops, self.seconds = list(map(float, flops)), list(map(float, seconds))
+
+    @classmethod
+    def linear(cls, flops_per_s: float, overhead_s: float = 0.0) -> "FlopCurve":
+        if not flops_per_s > 0 or overhead_s < 0:
+            raise InvalidArgument("need flops_per_s > 0 and overhead_s >= 0")
+        return cls([0.0, flops_per_s], [overhead_s, overhead_s + 1.0])
+
+    def __call__(self, flops: float) -> float:
+        xs, ys = self.flops, self.seconds
+        i = min(max(bisect.bisect_right(xs, flops) - 1, 0), len(xs) - 2)
+        slope = (ys[i + 1] - ys[i]) / (xs[i + 1] - xs[i])
+        return ys[i] + (flops - xs[i]) * slope
+
+
+@dataclass(frozen=True)
+class AttentionFlops:
+    """FLOPs of prefill attention for `bsz` new tokens after `cached` ones, all layers.
+
+    Dense (GQA): every new token attends to all earlier tokens. Sparse (DSA): it attends to
+    min(position, topk) tokens, plus a lightning indexer that scores every earlier token."""
+
+    num_layers: int
+    flops_per_pair: float  # attention FLOPs per (query, key) pair per layer
+    topk: int = 0  # 0 = dense
+    index_flops_per_pair: float = 0.0
+
+    def __post_init__(self):
+        if self.num_layers < 1 or self.flops_per_pair <= 0 or self.topk < 0 or self.index_flops_per_pair < 0:
+            raise InvalidArgument(f"bad attention shape {self}")
+
+    def __call__(self, cached: int, bsz: int) -> float:
+        # positions of the new tokens: cached+1 .. cached+bsz (causal, itself included)
+        all_pairs = bsz * cached + bsz * (bsz + 1) / 2
+        if self.topk:
+            dense_part = max(0, min(cached + bsz, self.topk) - cached)  # new tokens below topk
+            pairs = dense_part * cached + dense_part * (dense_part + 1) / 2 + (bsz - dense_part) * self.topk
+        else:
+            pairs = all_pairs
+        return self.num_layers * (pairs * self.flops_per_pair + all_pairs * self.index_flops_per_pair)

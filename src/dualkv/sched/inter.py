@@ -1,0 +1,150 @@
+"""The global scheduler: one FIFO queue, PE and DE choice on group fetches, the read side.
+
+An event loop (the simulator, or a real engine cluster) owns time. It calls `submit` when a
+request arrives, and `fetch_for_pe_group` / `fetch_for_de_group` when a group leader fetches,
+passing the group's load report. Requests come back in `FetchResult.placed` once their PE, DE
+and read side are all chosen; the caller then starts the read on the chosen node.
+"""
+from __future__ import annotations
+
+from collections import deque
+from typing import Sequence
+
+from dualkv.errors import InvalidArgument
+from dualkv.sched.config import SchedulerConfig
+from dualkv.sched.request import FetchResult, GroupReport, GroupSpec, Request
+from dualkv.sched.select import LeastLoaded, assign_des, assign_pes, shorter_queue_side
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig, pe_groups: Sequence[GroupSpec],
+                 de_groups: Sequence[GroupSpec]):
+        if not pe_groups or not de_groups:
+            raise InvalidArgument("a scheduler needs at least one PE group and one DE group")
+        self.config = config
+        self.policy = config.policy_spec
+        self.pe_groups = {g.group_id: g for g in pe_groups}
+        self.de_groups = {g.group_id: g for g in de_groups}
+        if len(self.pe_groups) + len(self.de_groups) != len(pe_groups) + len(de_groups) or \
+                set(self.pe_groups) & set(self.de_groups):
+            raise InvalidArgument("group ids must be unique across PE and DE groups")
+        self.read_q = {g.node_id: 0 for g in (*pe_groups, *de_groups)}
+        self.pe_queue: deque[Request] = deque()  # global FIFO, waiting for a PE
+        self.de_queue: deque[Request] = deque()  # waiting for phase 1 (a DE group)
+        self.de_private = {gid: deque() for gid in self.de_groups}
+        self.de_loads = LeastLoaded(self.de_groups)  # reported tokens + private queue
+        self._private_tokens = {gid: 0 for gid in self.de_groups}
+        self._rr_pe = [(g.group_id, e) for g in pe_groups for e in g.engine_ids]
+        self._rr_de = [(g.group_id, e) for g in de_groups for e in g.engine_ids]
+        self._rr_counts = [0, 0, 0]  # next PE, next DE, next read side
+        self._pending_pe = {gid: deque() for gid in self.pe_groups}  # round robin: chosen, not fetched
+        self._pending_de = {gid: deque() for gid in self.de_groups}
+
+    # -- arrivals -------------------------------------------------------------------------
+    def submit(self, request: Request) -> tuple[int, int] | None:
+        """Queue a request. Round-robin policies choose its engines now and return the
+        (PE group, DE group) whose next fetch hands it over; smart policies choose at fetch
+        time and return None (any group may take it)."""
+        if self.policy.is_smart:
+            self.pe_queue.append(request)
+            self.de_queue.append(request)
+            return None
+        gid, engine_id = self._rr_pe[self._rr_counts[0] % len(self._rr_pe)]
+        self._pending_pe[gid].append((request, engine_id))
+        self._rr_counts[0] += 1
+        gid, engine_id = self._rr_de[self._rr_counts[1] % len(self._rr_de)]
+        self._pending_de[gid].append((request, engine_id))
+        self._rr_counts[1] += 1
+        return self._rr_pe[(self._rr_counts[0] - 1) % len(self._rr_pe)][0], gid
+
+    @property
+    def num_waiting(self) -> int:
+        """Requests still waiting for a PE."""
+        return len(self.pe_queue) + sum(len(q) for q in self._pending_pe.values())
+
+    def has_pe_work(self, group_id: int) -> bool:
+        return bool(self.pe_queue) if self.policy.is_smart else bool(self._pending_pe[group_id])
+
+    def has_de_work(self, group_id: int) -> bool:
+        if self.policy.is_smart:
+            return bool(self.de_queue) or bool(self.de_private[group_id])
+        return bool(self._pending_de[group_id])
+
+    def report_read_q(self, node_id: int, read_q: int) -> None:
+        """A read-queue report without a fetch: leaders report every fetch period even when
+        their group has nothing to fetch, so the read-side choice sees fresh queues."""
+        self.read_q[node_id] = read_q
+
+    # -- fetches --------------------------------------------------------------------------
+    def fetch_for_pe_group(self, report: GroupReport) -> FetchResult:
+        """A PE group leader fetches: Algorithm 1 over the global FIFO (smart policies)."""
+        group = self.pe_groups[report.group_id]
+        self.read_q[group.node_id] = report.read_q
+        if self.policy.is_smart:
+            read_qs = [report.read_q] * len(report.engines)
+            picks = assign_pes(self.pe_queue, report.engines, read_qs,
+                               self.config.alpha_tokens, self.config.beta_tokens)
+            pairs = [(r, report.engines[i].engine_id) for r, i in picks]
+        else:
+            pairs = self._drain(self._pending_pe[group.group_id])
+        result = FetchResult()
+        for request, engine_id in pairs:
+            request.pe, request.pe_node = engine_id, group.node_id
+            self._finish(request, result)
+        return result
+
+    def fetch_for_de_group(self, report: GroupReport) -> FetchResult:
+        """A DE group leader fetches: phase 1 drains the global queue into group queues, then
+        phase 2 places this group's queue on its engines (smart policies)."""
+        group = self.de_groups[report.group_id]
+        self.read_q[group.node_id] = report.read_q
+        if self.policy.is_smart:
+            private = self.de_private[group.group_id]
+            woken = []
+            gid = group.group_id
+            self.de_loads.set(gid, sum(e.tok for e in report.engines) + self._private_tokens[gid])
+            while self.de_queue:
+                request = self.de_queue.popleft()
+                gid = self.de_loads.argmin()
+                if gid != group.group_id and not self.de_private[gid]:
+                    woken.append(gid)
+                self.de_private[gid].append(request)
+                self.de_loads.add(gid, request.prompt_tokens)
+                self._private_tokens[gid] += request.prompt_tokens
+            picks = assign_des(private, report.engines, self.config.z_margin)
+            self._private_tokens[group.group_id] -= sum(r.prompt_tokens for r, _ in picks)
+            pairs = [(r, report.engines[i].engine_id) for r, i in picks]
+        else:
+            pairs, woken = self._drain(self._pending_de[group.group_id]), []
+        result = FetchResult(woken_groups=woken)
+        for request, engine_id in pairs:
+            request.de, request.de_node = engine_id, group.node_id
+            self._finish(request, result)
+        return result
+
+    @staticmethod
+    def _drain(pending: deque) -> list[tuple[Request, int]]:
+        """Round robin: the engines were fixed at submit; the fetch hands them over."""
+        pairs = list(pending)
+        pending.clear()
+        return pairs
+
+    def _finish(self, request: Request, result: FetchResult) -> None:
+        result.assigned.append(request)
+        if request.pe < 0 or request.de < 0:
+            return
+        request.read_side = self.choose_read_side(request)
+        if not self.policy.is_io_free:
+            node = request.pe_node if request.read_side == "pe" else request.de_node
+            self.read_q[node] += request.hit_tokens
+        result.placed.append(request)
+
+    def choose_read_side(self, request: Request) -> str:
+        """The read side of a request whose PE and DE are chosen (paper.md §8.4)."""
+        side = self.policy.side
+        if side == "pe" or self.policy.is_io_free:
+            return "pe"
+        if side == "rr":
+            self._rr_counts[2] += 1
+            return "pe" if self._rr_counts[2] % 2 else "de"
+        return shorter_queue_side(self.read_q[request.pe_node], self.read_q[request.de_node])

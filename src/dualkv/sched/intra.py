@@ -1,0 +1,70 @@
+"""Intra-engine batching on a PE (paper.md §8.5): fill the batch in FIFO order while the
+predicted attention time stays within the compute quota; chunk the request that overflows to
+the largest number of tokens that still fits (binary search)."""
+from __future__ import annotations
+
+from collections import deque
+from typing import Callable, NamedTuple
+
+from dualkv.errors import InvalidArgument
+from dualkv.sched.request import Request
+
+
+class Chunk(NamedTuple):
+    request: Request
+    cached: int  # tokens whose KV is available: the hit plus earlier chunks
+    bsz: int  # tokens computed in this pass
+    is_last: bool  # this chunk finishes the request's prefill
+
+
+class PrefillBatcher:
+    """One per PE GPU. `attn_flops(cached, bsz)` gives a chunk's FLOPs, `curve(flops)` the
+    predicted seconds of a batch. quota_s None takes every ready request (no intra-engine
+    scheduling). max_kv_tokens caps sum(cached + bsz) (HBM without layerwise prefill)."""
+
+    def __init__(self, attn_flops: Callable[[int, int], float], curve: Callable[[float], float],
+                 quota_s: float | None = 0.3, max_kv_tokens: int | None = None):
+        if quota_s is not None and quota_s <= 0:
+            raise InvalidArgument(f"quota_s must be > 0 or None, got {quota_s}")
+        if max_kv_tokens is not None and max_kv_tokens <= 0:
+            raise InvalidArgument(f"max_kv_tokens must be > 0 or None, got {max_kv_tokens}")
+        self.attn_flops, self.curve = attn_flops, curve
+        self.quota_s, self.max_kv_tokens = quota_s, max_kv_tokens
+
+    def next_batch(self, queue: deque) -> tuple[list[Chunk], float]:
+        """Pops the requests it finishes from `queue` (a chunked one stays at the head) and
+        returns the chunks with their total attention FLOPs."""
+        chunks, flops, kv = [], 0.0, 0
+        while queue:
+            request = queue[0]
+            cached = request.hit_tokens + request.num_computed
+            left = request.prompt_tokens - cached
+            if self.max_kv_tokens is not None and chunks and kv + cached + left > self.max_kv_tokens:
+                break
+            bsz = left if self._fits(flops, cached, left) else self._largest_fit(flops, cached, left)
+            if bsz == 0:
+                if chunks:
+                    break
+                bsz = 1  # a quota below one token would stall the engine: progress instead
+            flops += self.attn_flops(cached, bsz)
+            kv += cached + bsz
+            request.num_computed += bsz
+            is_last = bsz == left
+            chunks.append(Chunk(request, cached, bsz, is_last))
+            if not is_last:
+                break  # the rest of this request waits for a later pass
+            queue.popleft()
+        return chunks, flops
+
+    def _fits(self, flops: float, cached: int, bsz: int) -> bool:
+        return self.quota_s is None or self.curve(flops + self.attn_flops(cached, bsz)) <= self.quota_s
+
+    def _largest_fit(self, flops: float, cached: int, left: int) -> int:
+        lo, hi = 0, left  # lo fits (0 tokens trivially), hi does not
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if self._fits(flops, cached, mid):
+                lo = mid
+            else:
+                hi = mid
+        return lo

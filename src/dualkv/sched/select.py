@@ -1,0 +1,123 @@
+"""The selection rules of paper.md §8 as pure functions over engine reports.
+
+They mutate the reports they are given (tok, seq, free HBM) as they assign, exactly as the
+paper's pseudo-code updates its counters inside one fetch.
+"""
+from __future__ import annotations
+
+import heapq
+from collections import deque
+
+from dualkv.sched.request import EngineReport, Request
+
+
+def select_pe(engines: list[EngineReport], read_qs: list[int], alpha: float, beta: float) -> int:
+    """Algorithm 1, one step: the index of the engine that takes the next request, or -1.
+
+    C1 (tok > beta) never gets work; C2 (short read queue) comes before C3; inside a class the
+    engine with the fewest unfinished tokens wins (lowest index on ties)."""
+    best2 = best3 = -1
+    for i, e in enumerate(engines):
+        if e.tok > beta:
+            continue  # C1: overloaded
+        if read_qs[i] <= alpha:
+            if best2 < 0 or e.tok < engines[best2].tok:
+                best2 = i
+        elif best3 < 0 or e.tok < engines[best3].tok:
+            best3 = i
+    return best2 if best2 >= 0 else best3
+
+
+def assign_pes(queue: deque, engines: list[EngineReport], read_qs: list[int],
+               alpha: float, beta: float) -> list[tuple[Request, int]]:
+    """Algorithm 1 over the FIFO queue until it empties or every engine is overloaded."""
+    out = []
+    while queue:
+        pick = select_pe(engines, read_qs, alpha, beta)
+        if pick < 0:
+            break
+        request = queue.popleft()
+        engines[pick].tok += request.prompt_tokens
+        engines[pick].seq += 1
+        out.append((request, pick))
+    return out
+
+
+def pick_de_group(group_tokens: dict[int, float]) -> int:
+    """Phase 1: the DE group with the fewest tokens (lowest id on ties)."""
+    return min(group_tokens, key=lambda g: (group_tokens[g], g))
+
+
+class LeastLoaded:
+    """Token totals per group with an O(log n) `argmin` (a lazy heap): phase 1 runs once per
+    request over every DE group, 96 of them at paper scale."""
+
+    def __init__(self, ids):
+        self.tokens = {g: 0 for g in ids}
+        self.heap = [(0, g) for g in sorted(self.tokens)]
+
+    def set(self, g: int, tokens: float) -> None:
+        self.tokens[g] = tokens
+        heapq.heappush(self.heap, (tokens, g))
+        if len(self.heap) > 4 * len(self.tokens) + 64:  # drop stale entries
+            self.heap = [(t, k) for k, t in self.tokens.items()]
+            heapq.heapify(self.heap)
+
+    def add(self, g: int, delta: float) -> None:
+        self.set(g, self.tokens[g] + delta)
+
+    def argmin(self) -> int:
+        """Same answer as pick_de_group(self.tokens)."""
+        heap, tokens = self.heap, self.tokens
+        while heap[0][0] != tokens[heap[0][1]]:
+            heapq.heappop(heap)
+        return heap[0][1]
+
+
+def assign_des(queue: deque, engines: list[EngineReport], z_margin: float) -> list[tuple[Request, int]]:
+    """Phase 2 inside one DE group: HBM fit, then Z = z_margin x mean tokens.
+
+    Below Z the engine with the fewest requests wins (spreads decode batch slots); above it
+    the one with the fewest tokens (least risk of running out of HBM)."""
+    if not queue:
+        return []
+    free_total = sum(e.free_hbm_tokens for e in engines)
+    fit_tokens, fit_need = 0, 0
+    for request in queue:  # R: the longest prefix that fits in the group's free HBM
+        if fit_need + request.hbm_tokens > free_total:
+            break
+        fit_need += request.hbm_tokens
+        fit_tokens += request.prompt_tokens
+    z = z_margin * (fit_tokens + sum(e.tok for e in engines)) / len(engines)
+    out = []
+    while queue:
+        request = queue[0]
+        pick = _pick_de(engines, request, z)
+        if pick < 0:
+            break
+        queue.popleft()
+        e = engines[pick]
+        e.tok += request.prompt_tokens
+        e.seq += 1
+        e.free_hbm_tokens -= request.hbm_tokens
+        out.append((request, pick))
+    return out
+
+
+def _pick_de(engines: list[EngineReport], request: Request, z: float) -> int:
+    low = high = -1
+    need, size = request.hbm_tokens, request.prompt_tokens
+    for i, e in enumerate(engines):
+        if e.free_hbm_tokens < need:
+            continue
+        if e.tok + size <= z:
+            if low < 0 or e.seq < engines[low].seq:
+                low = i
+        elif high < 0 or e.tok < engines[high].tok:
+            high = i
+    return low if low >= 0 else high
+
+
+def shorter_queue_side(pe_read_q: float, de_read_q: float) -> str:
+    """Read where the node read queue is shorter; ties go to the PE (no extra hop)."""
+    return "de" if de_read_q < pe_read_q else "pe"

@@ -1,0 +1,49 @@
+"""The simulated cluster's state: nodes (storage NIC, host buffer), PE GPUs (ready queue,
+batcher) and DE GPUs (HBM, H2D queue). Plain lists indexed by node or engine id, because the
+event loop touches them millions of times."""
+from __future__ import annotations
+
+from collections import deque
+
+from dualkv.sched import FlopCurve, GroupSpec, PrefillBatcher, get_policy
+from dualkv.sim.config import SimConfig
+
+
+class Cluster:
+    def __init__(self, cfg: SimConfig):
+        m, g = cfg.model, cfg.gpus_per_node
+        self.policy = get_policy(cfg.policy)
+        self.num_pe_nodes, self.num_de_nodes, self.g = cfg.num_pe_nodes, cfg.num_de_nodes, g
+        num_nodes = cfg.num_pe_nodes + cfg.num_de_nodes
+        self.num_nodes = num_nodes
+        self.pe_groups = [GroupSpec(n, n, tuple(range(n * g, (n + 1) * g))) for n in range(cfg.num_pe_nodes)]
+        self.de_groups = [GroupSpec(n, n, tuple(range(n * g, (n + 1) * g)))
+                          for n in range(cfg.num_pe_nodes, num_nodes)]
+        num_engines = num_nodes * g
+        # every engine
+        self.seq = [0] * num_engines
+        self.tok = [0] * num_engines
+        # nodes: storage NIC FIFO and host buffer (tokens)
+        self.read_q = [0] * num_nodes
+        self.snic_pending = [deque() for _ in range(num_nodes)]
+        self.snic_busy = [False] * num_nodes
+        self.buf_used = [0] * num_nodes
+        self.buf_cap = int(m.dram_bytes_per_node / m.bytes_per_token)
+        self.blocked: dict[int, set] = {}  # buffer node -> read nodes waiting on it
+        # PE GPUs
+        self.curve = FlopCurve.linear(m.pe_flops_per_s)
+        cap = None if self.policy.is_layerwise else m.pe_hbm_tokens
+        self.batchers = [PrefillBatcher(m.attention, self.curve, cfg.compute_quota_s, cap)
+                         for _ in range(num_engines)]
+        self.ready = [deque() for _ in range(num_engines)]
+        self.pe_busy = [False] * num_nodes
+        # DE GPUs
+        self.de_cap = m.de_hbm_tokens
+        self.de_assigned = [0] * num_engines  # HBM tokens of assigned, unfinished requests
+        self.de_alloc = [0] * num_engines  # HBM tokens allocated (decoding)
+        self.de_wait = [deque() for _ in range(num_engines)]
+        self.h2d_free = [0.0] * num_engines
+
+    def buffer_fits(self, node: int, tokens: int) -> bool:
+        used = self.buf_used[node]
+        return used == 0 or used + tokens <= self.buf_cap  # one oversized request still runs

@@ -1,0 +1,88 @@
+"""Byte accounting over time windows, and the summaries the simulator reports.
+
+Storage-NIC reads are spread over the read's duration, per node. Compute-NIC and DRAM bytes
+(paper.md §6 table) are summed per node class (PE, DE) per window at the end of the request's
+prefill. CNIC and DRAM are accounted, not queued (paper.md §16.1): a utilisation above 1
+means the link would be a bottleneck, which is exactly the §6 bound test.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+# class channels, in tokens (multiplied by bytes per token when summarised)
+PE_CNIC_RD, PE_CNIC_WR, DE_CNIC_RD, DE_CNIC_WR, PE_DRAM, DE_DRAM = range(6)
+CHANNELS = ("pe_cnic_read", "pe_cnic_write", "de_cnic_read", "de_cnic_write", "pe_dram", "de_dram")
+
+
+def path_tokens(side: str, hit: int, miss: int) -> tuple:
+    """Per-request tokens over each channel, following the steps of paper.md §3.1/§3.2."""
+    full = hit + miss
+    if side == "pe":  # steps 3,5 | 4 | 8 | 7,9 | 2,3 | 7,8
+        return (hit + full, hit, full, 2 * full, 2 * hit, 2 * full)
+    # DE path: PE reads only the miss back out; the DE buffer holds hit, then hit + miss
+    return (miss, hit, hit + full, miss + full, 0, 2 * hit + miss + full)
+
+
+class Accounting:
+    def __init__(self, num_nodes: int, window_s: float):
+        self.window_s = window_s
+        self.snic = np.zeros((64, num_nodes))  # read tokens per window per node
+        self.cls = []  # per window: tokens per class channel
+        self.snic_write = np.zeros(num_nodes)  # write-back tokens per node
+        self.num_windows = 0
+
+    def _grow(self, w: int) -> None:
+        if w >= len(self.snic):
+            size = max(w + 1, 2 * len(self.snic))
+            self.snic = np.resize(self.snic, (size, self.snic.shape[1]))
+            self.snic[self.num_windows:] = 0
+        self.num_windows = max(self.num_windows, w + 1)
+
+    def add_read(self, node: int, t0: float, t1: float, tokens: float) -> None:
+        W = self.window_s
+        w0, w1 = int(t0 / W), int(t1 / W)
+        self._grow(w1)
+        if w0 == w1:
+            self.snic[w0, node] += tokens
+            return
+        rate = tokens / (t1 - t0)
+        for w in range(w0, w1 + 1):
+            self.snic[w, node] += rate * (min(t1, (w + 1) * W) - max(t0, w * W))
+
+    def add_class(self, t: float, tokens: tuple) -> None:
+        w = int(t / self.window_s)
+        cls = self.cls
+        while len(cls) <= w:
+            cls.append([0, 0, 0, 0, 0, 0])
+        row = cls[w]
+        row[0] += tokens[0]
+        row[1] += tokens[1]
+        row[2] += tokens[2]
+        row[3] += tokens[3]
+        row[4] += tokens[4]
+        row[5] += tokens[5]
+
+    def class_array(self) -> np.ndarray:
+        out = np.zeros((self.num_windows, len(CHANNELS)))
+        rows = np.array(self.cls[: self.num_windows], dtype=float).reshape(-1, len(CHANNELS))
+        out[: len(rows)] = rows
+        return out
+
+
+def saturated_windows(snic: np.ndarray, frac: float = 0.9) -> np.ndarray:
+    """Windows whose total storage read is within `frac` of the busiest window: where the
+    storage NICs run saturated, the §6 assumption."""
+    total = snic.sum(axis=1)
+    if total.max() <= 0:
+        return np.arange(len(total))
+    return np.flatnonzero(total >= frac * total.max())
+
+
+def percentiles(values, prefix: str, unit_scale: float = 1.0, unit: str = "s") -> dict:
+    if len(values) == 0:
+        return {f"{prefix}_mean_{unit}": None, f"{prefix}_p50_{unit}": None,
+                f"{prefix}_p90_{unit}": None, f"{prefix}_p99_{unit}": None}
+    v = np.asarray(values) * unit_scale
+    p50, p90, p99 = np.percentile(v, [50, 90, 99])
+    return {f"{prefix}_mean_{unit}": float(v.mean()), f"{prefix}_p50_{unit}": float(p50),
+            f"{prefix}_p90_{unit}": float(p90), f"{prefix}_p99_{unit}": float(p99)}

@@ -1,0 +1,81 @@
+"""Offline and online runs, and the SLO capacity search (paper.md §10, §16.5)."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from dualkv.sim.config import SimConfig
+from dualkv.sim.report import summarize
+from dualkv.sim.simulator import Simulator
+from dualkv.sim.workload import Workload, agentic, poisson_arrivals
+
+TTFT_SLO_S, TPOT_SLO_S = 4.0, 0.050
+STEADY_WINDOW_S, STEADY_LOOKBACK_S, STEADY_TOLERANCE = 150.0, 1800.0, 0.05
+
+
+def run_offline(cfg: SimConfig, work: Workload, progress=None) -> tuple[dict, dict]:
+    """All agents start at t = 0; the JCT is the last agent's finish."""
+    sim = Simulator(cfg, replace(work, arrival_s=np.zeros(work.num_agents)), progress).run()
+    row, series = summarize(sim)
+    row["jct_s"] = max(sim.finish_t)
+    row["turns_per_s"] = work.num_turns / row["jct_s"]
+    return row, series
+
+
+class SteadyState:
+    """The paper's stopping rule: stop once the mean TTFT of the last 150 s is within 5% of
+    the mean 30 min earlier (steady), or as soon as it passes the 4 s SLO (overloaded)."""
+
+    def __init__(self):
+        self.history: list[float] = []
+        self.verdict = "end_of_run"
+
+    def __call__(self, sim, now: float) -> bool:
+        at, ttft = np.asarray(sim.ttft_at), np.asarray(sim.ttft)
+        sel = at >= now - STEADY_WINDOW_S
+        mean = float(ttft[sel].mean()) if sel.any() else 0.0
+        self.history.append(mean)
+        if mean > TTFT_SLO_S:
+            self.verdict = "ttft_over_slo"
+            return True
+        back = int(STEADY_LOOKBACK_S / STEADY_WINDOW_S)
+        if len(self.history) > back and mean > 0:
+            old = self.history[-1 - back]
+            if old > 0 and abs(mean - old) / old < STEADY_TOLERANCE:
+                self.verdict = "steady"
+                return True
+        return False
+
+
+def run_online(cfg: SimConfig, maxlen: str, aps: float, max_s: float = 7200.0,
+               workload: Workload | None = None) -> tuple[dict, dict]:
+    """Poisson agent arrivals at `aps` agents/s, each replaying its trajectory from round 0.
+    With `workload` given (e.g. the Mooncake trace), its own arrival times are used."""
+    if workload is None:
+        num_agents = int(aps * max_s) + 1
+        workload = agentic(maxlen, num_agents, cfg.seed, poisson_arrivals(aps, num_agents, cfg.seed),
+                           cfg.block_tokens)
+    stop = SteadyState()
+    sim = Simulator(cfg, workload).run(until=max_s, monitor=stop, monitor_period=STEADY_WINDOW_S)
+    row, series = summarize(sim, since_s=sim.now / 2)
+    row.update(aps=aps, stop=stop.verdict,
+               meets_slo=bool(row["ttft_mean_s"] is not None and row["ttft_mean_s"] <= TTFT_SLO_S
+                              and row["tpot_mean_ms"] is not None and row["tpot_mean_ms"] <= 1000 * TPOT_SLO_S
+                              and stop.verdict != "ttft_over_slo"))
+    return row, series
+
+
+def capacity_search(cfg: SimConfig, maxlen: str, grid, max_s: float = 7200.0, progress=None):
+    """Runs the APS grid in order; capacity is the largest APS that meets the SLO. Stops at
+    the first APS that misses it (load only grows along the grid)."""
+    rows, capacity = [], 0.0
+    for aps in sorted(grid):
+        row, _ = run_online(cfg, maxlen, aps, max_s)
+        rows.append(row)
+        if progress is not None:
+            progress(1)
+        if not row["meets_slo"]:
+            break
+        capacity = aps
+    return capacity, rows

@@ -1,0 +1,316 @@
+"""The discrete-event loop (paper.md §16.2): submit -> fetch (PE, DE, side) -> storage read
+-> layerwise prefill batches -> DE H2D -> analytic decode -> write-back -> next turn.
+
+Decode is analytic per request: at HBM allocation the DE's load fixes TPOT, and the request
+finishes (gen - 1) x TPOT after its H2D. Fetches happen on a global tick of
+`fetch_period_s`, only for groups that can get work (a group sleeps while the queue is empty,
+while all its PEs are above beta, or while its DE queue head does not fit), so an idle or
+saturated cluster costs no events.
+"""
+from __future__ import annotations
+
+import heapq
+
+from dualkv.sched import EngineReport, GroupReport, Request, Scheduler
+from dualkv.sim.cluster import Cluster
+from dualkv.sim.config import SimConfig
+from dualkv.sim.metrics import Accounting, path_tokens
+from dualkv.sim.workload import Workload
+
+ARRIVE, TICK, READ_DONE, FORWARD_DONE, H2D_DONE, DECODE_DONE, MONITOR = range(7)
+
+
+def default_beta(cfg: SimConfig, work: Workload) -> float:
+    """Prompt tokens one PE GPU prefills in 5 s at the workload's mean turn (paper.md §9)."""
+    m = cfg.model
+    hit, prompt = int(work.hit.mean()), int(work.prompt.mean())
+    flops = m.attention(hit, prompt - hit) + m.linear_flops_per_token * (prompt - hit)
+    return 5.0 * m.pe_flops_per_s / flops * prompt
+
+
+def _rotated(groups: set, shift: int) -> list:
+    order = sorted(groups)
+    k = shift % len(order) if order else 0
+    return order[k:] + order[:k]
+
+
+class Simulator:
+    def __init__(self, cfg: SimConfig, work: Workload, progress=None):
+        self.cfg, self.work, self.progress = cfg, work, progress
+        self.c = Cluster(cfg)
+        self.policy = self.c.policy
+        self.sched_cfg = cfg.scheduler_config(default_beta(cfg, work))
+        self.sched = Scheduler(self.sched_cfg, self.c.pe_groups, self.c.de_groups)
+        self.acct = Accounting(self.c.num_nodes, cfg.window_s)
+        self.heap, self.seq_no, self.now = [], 0, 0.0
+        self.pe_awake, self.de_awake, self.pe_full = set(), set(), set()
+        self.tick_armed, self._de_rotor = False, 0
+        self.dirty_read_q = set()
+        self.num_ticks = 0  # nodes whose read queue changed since the last tick
+        n = work.num_agents
+        self.turn = work.start[:-1].tolist()
+        self.end = work.start[1:].tolist()
+        self.submit_t = [0.0] * n
+        self.first_t = [0.0] * n
+        self.finish_t = [0.0] * n
+        self.num_done = 0
+        self.ttft, self.ttst, self.tpot, self.ttft_at = [], [], [], []
+        self.attn_balance = []  # (time, max/avg attention time in the EP group)
+        self.bytes_read = 0
+        self._prompt, self._hit, self._gen = work.prompt.tolist(), work.hit.tolist(), work.gen.tolist()
+        m = cfg.model
+        self.bpt = m.bytes_per_token
+        self.kv_bw = cfg.cnic_bytes_per_s * cfg.cnic_kv_share
+        self.read_s_per_token = 1.0 / m.snic_tokens_per_s
+        self.linear_s_per_token = m.linear_flops_per_token / m.pe_flops_per_s / cfg.gpus_per_node
+        self.tpot_slope = m.tpot_full_s - m.tpot_light_s
+
+    # -- the loop ---------------------------------------------------------------------------
+    def push(self, t: float, kind: int, obj) -> None:
+        self.seq_no += 1
+        heapq.heappush(self.heap, (t, self.seq_no, kind, obj))
+
+    def run(self, until: float = float("inf"), monitor=None, monitor_period: float = 150.0):
+        for a, t in enumerate(self.work.arrival_s.tolist()):
+            self.push(t, ARRIVE, a)
+        if monitor is not None:
+            self.push(monitor_period, MONITOR, monitor_period)
+        heap, pop = self.heap, heapq.heappop
+        handlers = (self.on_arrive, self.on_tick, self.on_read_done, self.on_forward_done,
+                    self.on_h2d_done, self.on_decode_done)
+        while heap:
+            t, _, kind, obj = pop(heap)
+            if t > until:
+                break
+            self.now = t
+            if kind == MONITOR:
+                if monitor(self, t) or self.num_done == self.work.num_agents:
+                    break
+                self.push(t + obj, MONITOR, obj)
+                continue
+            handlers[kind](obj)
+        return self
+
+    # -- arrivals and fetches ---------------------------------------------------------------
+    def on_arrive(self, agent: int) -> None:
+        self.submit(agent)
+
+    def submit(self, agent: int) -> None:
+        i = self.turn[agent]
+        self.submit_t[agent] = self.now
+        request = Request(i, self._prompt[i], self._hit[i], self._gen[i], tag=agent)
+        routed = self.sched.submit(request)
+        if routed is None:
+            if len(self.sched.pe_queue) == 1:
+                self.pe_awake.update(g for g in range(self.c.num_pe_nodes) if g not in self.pe_full)
+            if len(self.sched.de_queue) == 1:  # some DE leader must drain it (phase 1)
+                self._de_rotor = (self._de_rotor + 1) % self.c.num_de_nodes
+                self.de_awake.add(self.c.num_pe_nodes + self._de_rotor)
+        else:
+            self.pe_awake.add(routed[0])
+            self.de_awake.add(routed[1])
+        self.arm_tick()
+
+    def arm_tick(self) -> None:
+        if not self.tick_armed and (self.pe_awake or self.de_awake):
+            period = self.cfg.fetch_period_s
+            self.push((int(self.now / period) + 1) * period, TICK, None)
+            self.tick_armed = True
+
+    def on_tick(self, _) -> None:
+        self.tick_armed = False
+        for node in sorted(self.dirty_read_q):  # every leader reports each period
+            self.sched.report_read_q(node, self.c.read_q[node])
+        self.dirty_read_q.clear()
+        self.num_ticks += 1  # leaders fetch at different phases: rotate who goes first
+        pe, self.pe_awake = self.pe_awake, set()
+        for g in _rotated(pe, self.num_ticks):
+            self.fetch_pe(g)
+        de, self.de_awake = self.de_awake, set()
+        for g in _rotated(de, self.num_ticks):
+            self.fetch_de(g)
+        self.arm_tick()
+
+    def fetch_pe(self, g: int) -> None:
+        c = self.c
+        engines = [EngineReport(e, c.seq[e], c.tok[e]) for e in c.pe_groups[g].engine_ids]
+        result = self.sched.fetch_for_pe_group(GroupReport(g, c.read_q[g], engines))
+        for r in result.assigned:
+            c.seq[r.pe] += 1
+            c.tok[r.pe] += r.prompt_tokens
+        for r in result.placed:
+            self.place(r)
+        if self.sched.has_pe_work(g):  # Algorithm 1 stopped: every engine is above beta
+            self.pe_full.add(g)
+
+    def fetch_de(self, g: int) -> None:
+        c = self.c
+        cap = c.de_cap
+        spec = c.de_groups[g - c.num_pe_nodes]
+        engines = [EngineReport(e, c.seq[e], c.tok[e], cap - c.de_assigned[e]) for e in spec.engine_ids]
+        result = self.sched.fetch_for_de_group(GroupReport(g, c.read_q[g], engines))
+        for r in result.assigned:
+            c.seq[r.de] += 1
+            c.tok[r.de] += r.prompt_tokens
+            c.de_assigned[r.de] += r.hbm_tokens
+        for r in result.placed:
+            self.place(r)
+        self.de_awake.update(result.woken_groups)
+        self.arm_tick()
+
+    # -- storage reads ----------------------------------------------------------------------
+    def place(self, r: Request) -> None:
+        if self.policy.is_io_free:
+            self.make_ready(r)
+            return
+        node = r.pe_node if r.read_side == "pe" else r.de_node
+        self.c.read_q[node] += r.hit_tokens
+        self.c.snic_pending[node].append(r)
+        self.start_reads(node)
+
+    def start_reads(self, node: int) -> None:
+        c = self.c
+        pending = c.snic_pending[node]
+        while pending and not c.snic_busy[node]:
+            r = pending[0]
+            on_pe = r.read_side == "pe"
+            if on_pe and not c.buffer_fits(r.pe_node, r.hit_tokens):
+                c.blocked.setdefault(r.pe_node, set()).add(node)
+                return
+            if not c.buffer_fits(r.de_node, r.prompt_tokens):
+                c.blocked.setdefault(r.de_node, set()).add(node)
+                return
+            pending.popleft()
+            if on_pe:
+                c.buf_used[r.pe_node] += r.hit_tokens
+            c.buf_used[r.de_node] += r.prompt_tokens
+            if r.hit_tokens == 0:
+                self.make_ready(r)
+                continue
+            end = self.now + r.hit_tokens * self.read_s_per_token
+            c.snic_busy[node] = True
+            self.acct.add_read(node, self.now, end, r.hit_tokens)
+            self.push(end, READ_DONE, r)
+
+    def on_read_done(self, r: Request) -> None:
+        node = r.pe_node if r.read_side == "pe" else r.de_node
+        self.c.snic_busy[node] = False
+        self.c.read_q[node] -= r.hit_tokens
+        self.dirty_read_q.add(node)
+        self.bytes_read += r.hit_tokens * self.bpt
+        self.make_ready(r)
+        self.start_reads(node)
+
+    def release_buffer(self, node: int, tokens: int) -> None:
+        self.c.buf_used[node] -= tokens
+        for read_node in sorted(self.c.blocked.pop(node, ())):
+            self.start_reads(read_node)
+
+    # -- prefill ----------------------------------------------------------------------------
+    def make_ready(self, r: Request) -> None:
+        c = self.c
+        c.ready[r.pe].append(r)
+        if not c.pe_busy[r.pe_node]:
+            self.start_forward(r.pe_node)
+
+    def start_forward(self, g: int) -> None:
+        # Layerwise transfers overlap compute: their CNIC bytes are accounted (metrics.py),
+        # not queued, as paper.md §16.1 allows inside the §6 bound.
+        c, kv_bw = self.c, self.kv_bw
+        io = not self.policy.is_io_free and not self.policy.is_layerwise
+        batch, gpu_times, new_tokens = [], [], 0
+        for e in c.pe_groups[g].engine_ids:
+            if not c.ready[e]:
+                gpu_times.append(0.0)
+                continue
+            chunks, flops = c.batchers[e].next_batch(c.ready[e])
+            t = c.curve(flops)
+            if io:  # no layerwise prefill: whole-KV load before and store after the forward
+                load = sum(ch.cached for ch in chunks) * self.bpt / kv_bw
+                store = sum(ch.bsz + (ch.cached if ch.request.read_side == "pe" and
+                                      ch.cached == ch.request.hit_tokens else 0)
+                            for ch in chunks) * self.bpt / kv_bw
+                t += load + store
+            gpu_times.append(t)
+            new_tokens += sum(ch.bsz for ch in chunks)
+            batch.extend(chunks)
+        if not batch:
+            return
+        longest = max(gpu_times)
+        self.attn_balance.append((self.now, longest * len(gpu_times) / sum(gpu_times)))
+        c.pe_busy[g] = True
+        self.push(self.now + longest + new_tokens * self.linear_s_per_token, FORWARD_DONE, (g, batch))
+
+    def on_forward_done(self, item) -> None:
+        g, batch = item
+        c = self.c
+        c.pe_busy[g] = False
+        for ch in batch:
+            if ch.is_last:
+                self.prefill_done(ch.request)
+        self.pe_full.discard(g)
+        if self.sched.has_pe_work(g):
+            self.pe_awake.add(g)
+            self.arm_tick()
+        self.start_forward(g)
+
+    def prefill_done(self, r: Request) -> None:
+        c, a = self.c, r.tag
+        self.first_t[a] = self.now
+        self.ttft.append(self.now - self.submit_t[a])
+        self.ttft_at.append(self.submit_t[a])
+        c.seq[r.pe] -= 1
+        c.tok[r.pe] -= r.prompt_tokens
+        if not self.policy.is_io_free:
+            self.acct.add_class(self.now, path_tokens(r.read_side, r.hit_tokens, r.miss_tokens))
+            if r.read_side == "pe":
+                self.release_buffer(r.pe_node, r.hit_tokens)
+        waiting = c.de_wait[r.de]
+        if waiting or (c.de_alloc[r.de] and c.de_alloc[r.de] + r.hbm_tokens > c.de_cap):
+            waiting.append(r)
+        else:
+            self.allocate(r)
+
+    # -- decode -----------------------------------------------------------------------------
+    def allocate(self, r: Request) -> None:
+        c, m, e = self.c, self.cfg.model, r.de
+        c.de_alloc[e] += r.hbm_tokens
+        tpot = m.tpot_light_s + self.tpot_slope * min(1.0, c.de_alloc[e] / c.de_cap)
+        end = self.now
+        if not self.policy.is_io_free:
+            end = max(self.now, c.h2d_free[e]) + r.prompt_tokens * self.bpt / self.kv_bw
+            c.h2d_free[e] = end
+            self.push(end, H2D_DONE, r)
+        if r.gen_tokens > 1:
+            self.ttst.append(end + tpot - self.first_t[r.tag])
+            self.tpot.append(tpot)
+        self.push(end + (r.gen_tokens - 1) * tpot, DECODE_DONE, r)
+
+    def on_h2d_done(self, r: Request) -> None:
+        self.release_buffer(r.de_node, r.prompt_tokens)
+
+    def on_decode_done(self, r: Request) -> None:
+        c, e, a = self.c, r.de, r.tag
+        c.de_alloc[e] -= r.hbm_tokens
+        c.de_assigned[e] -= r.hbm_tokens
+        c.seq[e] -= 1
+        c.tok[e] -= r.prompt_tokens
+        if not self.policy.is_io_free:
+            block = self.cfg.block_tokens
+            written = (r.prompt_tokens + r.gen_tokens) // block * block - r.hit_tokens
+            self.acct.snic_write[r.de_node] += written
+            self.acct.add_class(self.now, (0, 0, written, 0, 0, 2 * written))
+        waiting = c.de_wait[e]
+        while waiting and (not c.de_alloc[e] or c.de_alloc[e] + waiting[0].hbm_tokens <= c.de_cap):
+            self.allocate(waiting.popleft())
+        if self.sched.has_de_work(r.de_node):
+            self.de_awake.add(r.de_node)
+            self.arm_tick()
+        self.turn[a] += 1
+        if self.turn[a] < self.end[a]:
+            self.submit(a)
+        else:
+            self.finish_t[a] = self.now
+            self.num_done += 1
+            if self.progress is not None:
+                self.progress(1)

@@ -1,0 +1,22 @@
+import json
+
+import pytest
+
+from dualkv.cli import main
+from dualkv.errors import InvalidArgument
+
+
+def test_offline_json_and_plots(tmp_path, capsys):
+    out = tmp_path / "plots"
+    main(["sim", "offline", "--model", "ds27b", "--pe", "1", "--de", "1", "--agents", "8",
+          "--maxlen", "32k", "--policy", "basic,dualpath", "--out", str(out), "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["command"] == "sim offline" and "machine" in doc
+    assert [r["policy"] for r in doc["results"]] == ["basic", "dualpath"]
+    assert all(r["jct_s"] > 0 for r in doc["results"])
+    assert (out / "jct.png").stat().st_size > 0 and (out / "snic_balance.png").exists()
+
+
+def test_bad_policy_is_a_clear_error(tmp_path):
+    with pytest.raises(InvalidArgument):
+        main(["sim", "offline", "--policy", "fastest", "--out", str(tmp_path)])
