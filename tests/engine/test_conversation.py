@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import TINY, make_unreadable, reference_generate
-from dualkv.engine import LayerBlockCodec, run_turn
+from dualkv.engine import LayerBlockCodec, Model, run_turn
 
 MODES = [("dualpath", "pe"), ("dualpath", "de"), ("basic", "pe")]
 
@@ -30,7 +30,7 @@ def stored_kv(store, codec, key, layer):
         store.pool.free(slot)
 
 
-def check_written_back(model, store, codec, seq, num_generated):
+def check_written_back(model, store, codec, seq, num_generated, exact=True):
     """Blocks of prompt + generated whose KV is complete are stored, equal to a recompute;
     the partial last block is not."""
     bt = codec.block_tokens
@@ -42,7 +42,10 @@ def check_written_back(model, store, codec, seq, num_generated):
         for layer in range(model.num_layers):
             got = stored_kv(store, codec, keys[b], layer)
             want = ref_kvs[layer][b * bt:(b + 1) * bt]
-            assert torch.equal(got, want), (b, layer, (got - want).abs().max())
+            if exact:
+                assert torch.equal(got, want), (b, layer, (got - want).abs().max())
+            else:
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("mode,read_side", MODES)
@@ -63,6 +66,23 @@ def test_conversation_matches_full_recompute(model, make_store, mode, read_side,
         stored_blocks = (len(prompt) + num_gen - 1) // block_tokens
         prompt = prompt + result.generated
     assert store.pool.num_free == store.pool.num_slots  # every buffer and slot came back
+
+
+@pytest.mark.parametrize("mode,read_side", MODES)
+def test_plain_model_matches_within_fp_tolerance(make_store, mode, read_side):
+    """Without batch_invariant the engine uses torch's fused attention and unpadded GEMMs:
+    a token's KV then depends in its last bits on how many tokens shared its matmuls (MKL
+    picks kernels by shape), so written-back KV matches a recompute to 1e-5, not bytes."""
+    model = Model.from_seed(TINY, seed=7)
+    store = make_store(16)
+    codec = LayerBlockCodec(TINY, 16)
+    prompt = []
+    for appended, num_gen in agentic_turns(11, 3, 60, TINY.vocab_size):
+        prompt = prompt + [int(t) for t in appended]
+        result = run_turn(model, store, prompt, num_gen, mode, read_side)
+        assert result.generated == reference_generate(model, prompt, num_gen)
+        check_written_back(model, store, codec, prompt + result.generated, num_gen, exact=False)
+        prompt = prompt + result.generated
 
 
 @pytest.mark.parametrize("mode,read_side", MODES)

@@ -6,6 +6,7 @@ buffer. `store` is a `dualkv.store.BlockStore` or anything with its batch API.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,10 +24,13 @@ class TurnResult:
     generated: list[int]      # first token from the prefill, the rest from the decode
     num_matched_blocks: int   # the store's prefix match
     num_cached_blocks: int    # of those, loaded intact and used
+    ttft_s: float = 0.0       # match + read + prefill, until the first token and its KV landed
+    decode_s: float = 0.0     # decode and write-back of the rest
 
 
 def run_turn(model: Model, store, prompt, max_new_tokens: int, mode: str = "dualpath",
              read_side: str = "pe", timeout_s: float = 30.0) -> TurnResult:
+    start = time.perf_counter()
     codec = LayerBlockCodec(model.cfg, store.layout.block_tokens)
     prompt = np.asarray(prompt, dtype=np.int32).reshape(-1)
     keys = store.chain_keys(prompt)
@@ -43,6 +47,7 @@ def run_turn(model: Model, store, prompt, max_new_tokens: int, mode: str = "dual
         finally:
             source.close()
         num_cached = source.num_blocks
+        ttft = time.perf_counter() - start
         writeback = StoreWriteBack(store, codec, num_cached,
                                    keys[num_cached - 1] if num_cached else None)
         generated = decode(model, de_buffer, codec, prompt, first, max_new_tokens,
@@ -51,4 +56,4 @@ def run_turn(model: Model, store, prompt, max_new_tokens: int, mode: str = "dual
         writeback.finish(timeout_s)
     finally:
         de_buffer.free()
-    return TurnResult(generated, num_matched, num_cached)
+    return TurnResult(generated, num_matched, num_cached, ttft, time.perf_counter() - start - ttft)

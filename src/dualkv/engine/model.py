@@ -155,7 +155,9 @@ class Model:
         """Causal GQA attention of queries at positions first_position.. over kv[0:T]."""
         cfg = self.cfg
         n, group = q.shape[0], cfg.num_heads // cfg.num_kv_heads
-        qg = self._pad_rows(q.view(n, cfg.num_kv_heads, group, cfg.head_dim).permute(1, 2, 0, 3))
+        qg = q.view(n, cfg.num_kv_heads, group, cfg.head_dim).permute(1, 2, 0, 3)
+        if self.batch_invariant:
+            qg = self._pad_rows(qg)
         keys = kv[:, 0].permute(1, 0, 2).unsqueeze(1)      # [kv_heads, 1, T, d]
         values = kv[:, 1].permute(1, 0, 2).unsqueeze(1)
         q_pos = torch.arange(first_position, first_position + qg.shape[2], device=q.device)
@@ -164,10 +166,13 @@ class Model:
         return out.permute(2, 0, 1, 3).reshape(n, cfg.num_heads * cfg.head_dim)
 
     def _attend_whole(self, qg, keys, values, q_pos):
-        scores = torch.matmul(qg, keys.transpose(-1, -2)).float() / math.sqrt(self.cfg.head_dim)
-        hidden = torch.arange(keys.shape[2], device=qg.device)[None, :] > q_pos[:, None]
-        probs = scores.masked_fill(hidden, float("-inf")).softmax(-1).to(self.dtype)
-        return torch.matmul(probs, values)
+        """torch's fused attention (flash kernel on CPU and CUDA), K/V heads shared by group."""
+        kv_heads, group, rows, dim = qg.shape
+        visible = torch.arange(keys.shape[2], device=qg.device)[None, :] <= q_pos[:, None]
+        out = F.scaled_dot_product_attention(qg.reshape(kv_heads * group, rows, dim),
+                                             keys[:, 0], values[:, 0], attn_mask=visible,
+                                             enable_gqa=True)
+        return out.view(kv_heads, group, rows, dim)
 
     def _attend_tiled(self, qg, keys, values, q_pos):
         """Online softmax over fixed tiles of ATTN_TILE keys (the last one padded, masked).
