@@ -12,10 +12,11 @@ from dualkv.engine.interfaces import KVSink, KVSource
 from dualkv.engine.kv import LayerBlockCodec
 from dualkv.engine.local import TurnResult, run_turn
 from dualkv.engine.model import Model
-from dualkv.engine.prefill import prefill, prefill_basic, prefill_layerwise
-from dualkv.engine.sources import BufferSink, SlotSource
+from dualkv.engine.prefill import (PrefillItem, prefill, prefill_basic, prefill_batch,
+                                   prefill_layerwise)
+from dualkv.engine.sources import BufferSink, BufferSource, SlotSource
 
-__all__ = ["BlockBuffer", "BufferSink", "EngineConfig", "KVSink", "KVSource",
+__all__ = ["BlockBuffer", "BufferSink", "BufferSource", "EngineConfig", "KVSink", "KVSource",
            "LayerBlockCodec", "MemoryPool", "Model", "ModelConfig", "SlotSource",
-           "StoreWriteBack", "TurnResult", "decode", "prefill", "prefill_basic",
-           "prefill_layerwise", "run_turn"]
+           "PrefillItem", "StoreWriteBack", "TurnResult", "decode", "prefill", "prefill_basic",
+           "prefill_batch", "prefill_layerwise", "run_turn"]

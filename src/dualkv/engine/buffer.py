@@ -72,7 +72,7 @@ class BlockBuffer:
         self.slots = pool.alloc(self.num_blocks) if slots is None else np.asarray(slots, np.int64)
         if len(self.slots) != self.num_blocks:
             raise InvalidArgument(f"{num_tokens} tokens need {self.num_blocks} slots")
-        self._done = [False] * layout.num_layers
+        self._landed = [0] * layout.num_layers  # per layer: KV present for tokens [0, n)
         self._cond = threading.Condition()
 
     def layer_views(self, layer: int, first_block: int = 0, end_block: int | None = None):
@@ -80,21 +80,23 @@ class BlockBuffer:
         end_block = self.num_blocks if end_block is None else end_block
         return [self.pool.layer_view(int(s), layer) for s in self.slots[first_block:end_block]]
 
-    def mark_layer_done(self, layer: int) -> None:
+    def mark_layer_done(self, layer: int, end_token: int | None = None) -> None:
+        """Layer `layer` now holds tokens [0, end_token) (default: all of them)."""
+        end_token = self.num_tokens if end_token is None else end_token
         with self._cond:
-            self._done[layer] = True
+            self._landed[layer] = max(self._landed[layer], end_token)
             self._cond.notify_all()
 
     def is_complete(self) -> bool:
-        return all(self._done)
+        return min(self._landed) >= self.num_tokens
 
     def wait_complete(self, deadline: float) -> None:
-        """Blocks until every layer is marked done, or raises TimedOut at `deadline`."""
+        """Blocks until every layer holds every token, or raises TimedOut at `deadline`."""
         with self._cond:
-            while not all(self._done):
+            while not self.is_complete():
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise TimedOut(f"buffer has {sum(self._done)}/{len(self._done)} layers")
+                    raise TimedOut(f"buffer layers hold {self._landed} of {self.num_tokens} tokens")
                 self._cond.wait(left)
 
     def free(self) -> None:

@@ -64,6 +64,27 @@ class SlotSource:
         self.owns_slots = False
 
 
+class BufferSource:
+    """A KVSource over the first tokens of a BlockBuffer (a chunked prefill's earlier chunks,
+    already in the DE buffer). The count need not be whole blocks."""
+
+    def __init__(self, buffer: BlockBuffer, num_tokens: int):
+        self.buffer, self.num_tokens = buffer, num_tokens
+
+    def prepare(self, deadline: float) -> int:
+        return self.num_tokens
+
+    def wait_layer(self, layer: int, deadline: float):
+        num_blocks = -(-self.num_tokens // self.buffer.layout.block_tokens)
+        return [byte_tensor(v) for v in self.buffer.layer_views(layer, 0, num_blocks)]
+
+    def release_layer(self, layer: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class BufferSink:
     """A KVSink writing layer KV into a BlockBuffer on a worker thread, overlapping compute."""
 
@@ -77,7 +98,7 @@ class BufferSink:
 
     def _write(self, layer, kv, first_token):
         self.codec.scatter(kv, self.buffer.layer_views(layer), first_token)
-        self.buffer.mark_layer_done(layer)
+        self.buffer.mark_layer_done(layer, first_token + kv.shape[0])
 
     def finish(self, deadline: float) -> None:
         done, not_done = wait(self._pending, timeout=max(0.0, deadline - time.monotonic()))
