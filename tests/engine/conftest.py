@@ -151,3 +151,30 @@ def _recompute(model, prompt, num_tokens):
         logits, _ = model.forward(torch.tensor(seq))
         seq.append(int(logits.argmax()))
     return seq[len(prompt):]
+
+
+def stored_kv(store, codec, key, layer):
+    slot = store.pool.alloc(1)
+    try:
+        assert store.wait(store.load(key[None], slot), 5.0).all()
+        return codec.tensor(store.pool.layer_view(int(slot[0]), layer)).clone()
+    finally:
+        store.pool.free(slot)
+
+
+def check_written_back(model, store, codec, seq, num_generated, exact=True):
+    """Blocks of prompt + generated whose KV is complete are stored, equal to a recompute;
+    the partial last block is not."""
+    bt = codec.block_tokens
+    num_kv_tokens = len(seq) - 1  # the last generated token has no KV yet
+    keys = store.chain_keys(np.asarray(seq, np.int32))
+    assert store.match(keys) == num_kv_tokens // bt
+    _, ref_kvs = model.forward(torch.tensor(seq))
+    for b in range(num_kv_tokens // bt):
+        for layer in range(model.num_layers):
+            got = stored_kv(store, codec, keys[b], layer)
+            want = ref_kvs[layer][b * bt:(b + 1) * bt]
+            if exact:
+                assert torch.equal(got, want), (b, layer, (got - want).abs().max())
+            else:
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, reference_generate
+from conftest import TINY, check_written_back, reference_generate
 from dualkv.engine import (BlockBuffer, BufferSink, BufferSource, LayerBlockCodec, PrefillItem,
                            SlotSource, StoreWriteBack, decode, prefill_batch, run_turn)
 
@@ -87,3 +87,30 @@ def test_chunked_prefill_continues_from_the_de_buffer(model, memory_store, read_
             got = codec.tensor(memory_store.pool.layer_view(int(slot[0]), layer))
             assert torch.equal(got, ref[layer][b * BT:(b + 1) * BT])
     memory_store.pool.free(slot)
+
+
+def test_decoder_batches_requests_that_join_and_leave(model, memory_store):
+    from dualkv.engine import Decoder
+
+    codec = LayerBlockCodec(TINY, BT)
+    prompts = [conversation_prompt(model, memory_store, s, n, a)
+               for s, n, a in [(6, 40, 9), (7, 64, 20), (8, 25, 2)]]
+    num_gen = [20, 7, 15]
+    decoder, results, writebacks = Decoder(model, codec), {}, []
+    for rid, prompt in enumerate(prompts):
+        keys, source, buffer = start_request(memory_store, prompt, "pe")
+        sink = BufferSink(buffer, codec)
+        first = prefill_batch(model, [PrefillItem(prompt, source, sink, "pe")], codec)[0]
+        source.close()
+        cached = source.num_blocks
+        writebacks.append(StoreWriteBack(memory_store, codec, cached, keys[cached - 1] if cached else None))
+        decoder.admit(rid, buffer, prompt, first, num_gen[rid], num_cached_blocks=cached,
+                      writeback=writebacks[-1])
+        results.update(decoder.step())  # request rid joins a batch already running
+    while decoder.num_running:
+        results.update(decoder.step())
+    for wb in writebacks:
+        wb.finish()
+    for rid, prompt in enumerate(prompts):
+        assert results[rid] == reference_generate(model, prompt, num_gen[rid])
+        check_written_back(model, memory_store, codec, list(prompt) + results[rid], num_gen[rid])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, make_unreadable, reference_generate
+from conftest import TINY, check_written_back, make_unreadable, reference_generate
 from dualkv.engine import LayerBlockCodec, Model, run_turn
 
 MODES = [("dualpath", "pe"), ("dualpath", "de"), ("basic", "pe")]
@@ -19,33 +19,6 @@ def agentic_turns(seed, num_turns, first_len, vocab):
     for _ in range(num_turns - 1):
         turns.append((rng.integers(0, vocab, int(rng.integers(1, 50))), int(rng.integers(1, 40))))
     return turns
-
-
-def stored_kv(store, codec, key, layer):
-    slot = store.pool.alloc(1)
-    try:
-        assert store.wait(store.load(key[None], slot), 5.0).all()
-        return codec.tensor(store.pool.layer_view(int(slot[0]), layer)).clone()
-    finally:
-        store.pool.free(slot)
-
-
-def check_written_back(model, store, codec, seq, num_generated, exact=True):
-    """Blocks of prompt + generated whose KV is complete are stored, equal to a recompute;
-    the partial last block is not."""
-    bt = codec.block_tokens
-    num_kv_tokens = len(seq) - 1  # the last generated token has no KV yet
-    keys = store.chain_keys(np.asarray(seq, np.int32))
-    assert store.match(keys) == num_kv_tokens // bt
-    _, ref_kvs = model.forward(torch.tensor(seq))
-    for b in range(num_kv_tokens // bt):
-        for layer in range(model.num_layers):
-            got = stored_kv(store, codec, keys[b], layer)
-            want = ref_kvs[layer][b * bt:(b + 1) * bt]
-            if exact:
-                assert torch.equal(got, want), (b, layer, (got - want).abs().max())
-            else:
-                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("mode,read_side", MODES)

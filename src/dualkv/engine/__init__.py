@@ -7,7 +7,7 @@ one whole turn wired in one process (local.py).
 """
 from dualkv.engine.buffer import BlockBuffer, MemoryPool
 from dualkv.engine.config import EngineConfig, ModelConfig
-from dualkv.engine.decode import StoreWriteBack, decode
+from dualkv.engine.decode import Decoder, StoreWriteBack, decode
 from dualkv.engine.interfaces import KVSink, KVSource
 from dualkv.engine.kv import LayerBlockCodec
 from dualkv.engine.local import TurnResult, run_turn
@@ -16,7 +16,7 @@ from dualkv.engine.prefill import (PrefillItem, prefill, prefill_basic, prefill_
                                    prefill_layerwise)
 from dualkv.engine.sources import BufferSink, BufferSource, SlotSource
 
-__all__ = ["BlockBuffer", "BufferSink", "BufferSource", "EngineConfig", "KVSink", "KVSource",
+__all__ = ["BlockBuffer", "BufferSink", "BufferSource", "Decoder", "EngineConfig", "KVSink", "KVSource",
            "LayerBlockCodec", "MemoryPool", "Model", "ModelConfig", "SlotSource",
            "PrefillItem", "StoreWriteBack", "TurnResult", "decode", "prefill", "prefill_basic",
            "prefill_batch", "prefill_layerwise", "run_turn"]
