@@ -10,6 +10,10 @@ void register_pool(py::module_& m);
 void register_storage(py::module_& m);
 void register_key_chain(py::module_& m);
 void register_index(py::module_& m);
+void register_traffic(py::module_& m);
+#ifdef DUALKV_HAVE_UCX
+void register_transfer(py::module_& m);
+#endif
 }  // namespace dualkv
 
 PYBIND11_MODULE(_C, m) {
@@ -20,4 +24,8 @@ PYBIND11_MODULE(_C, m) {
   dualkv::register_storage(m);
   dualkv::register_key_chain(m);
   dualkv::register_index(m);
+  dualkv::register_traffic(m);  // before transfer: Agent derives from its BatchPoster
+#ifdef DUALKV_HAVE_UCX
+  dualkv::register_transfer(m);
+#endif
 }

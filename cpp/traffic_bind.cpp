@@ -1,0 +1,94 @@
+// Bindings of the traffic manager and the shared token buckets (always built: they need no
+// transport; RMA jobs take any BatchPoster, i.e. a UCX Agent when UCX is compiled in).
+#include <pybind11/stl.h>
+
+#include "bind_util.h"
+#include "dualkv/traffic.h"
+
+namespace dualkv {
+
+static std::vector<CopyDesc> copy_descs(const py::array& dst, const py::array& src,
+                                        const py::array& len) {
+  const int64_t* d = int64_column(dst, "dst_ptrs", -1);
+  const int64_t* s = int64_column(src, "src_ptrs", dst.shape(0));
+  const int64_t* l = int64_column(len, "lengths", dst.shape(0));
+  std::vector<CopyDesc> out(dst.shape(0));
+  for (size_t i = 0; i < out.size(); ++i) out[i] = {d[i], s[i], l[i]};
+  return out;
+}
+
+void register_traffic(py::module_& m) {
+  py::class_<BatchPoster, std::shared_ptr<BatchPoster>>(m, "BatchPoster");
+
+  py::class_<TokenBucket, std::shared_ptr<TokenBucket>>(m, "TokenBucket")
+      .def(py::init([](const std::string& path, double bytes_per_s, int64_t burst_bytes) {
+             std::unique_ptr<TokenBucket> bucket;
+             throw_if_error(TokenBucket::open(path, bytes_per_s, burst_bytes, &bucket));
+             return std::shared_ptr<TokenBucket>(std::move(bucket));
+           }), py::arg("path"), py::arg("bytes_per_s"), py::arg("burst_bytes"))
+      .def("acquire", [](TokenBucket& self, int64_t num_bytes, double timeout_s) {
+        int64_t deadline = deadline_after(seconds_or_throw(timeout_s));
+        Status st;
+        {
+          py::gil_scoped_release release;
+          st = self.acquire(num_bytes, deadline);
+        }
+        throw_if_error(st);
+      }, py::arg("num_bytes"), py::arg("timeout"))
+      .def("debit", &TokenBucket::debit, py::arg("num_bytes"))
+      .def_property_readonly("bytes_per_s", &TokenBucket::bytes_per_s)
+      .def_property_readonly("burst_bytes", &TokenBucket::burst_bytes)
+      .def_property_readonly("path", &TokenBucket::path);
+
+  py::class_<TrafficManager, std::shared_ptr<TrafficManager>> tm(m, "TrafficManager");
+  tm.def(py::init([](int64_t chunk_bytes, int kv_window, std::shared_ptr<TokenBucket> cnic) {
+          TrafficConfig config;
+          config.chunk_bytes = chunk_bytes;
+          config.kv_window = kv_window;
+          return std::make_shared<TrafficManager>(config, std::move(cnic));
+        }), py::arg("chunk_bytes"), py::arg("kv_window"), py::arg("cnic") = nullptr)
+      .def("submit_copy", [](TrafficManager& self, py::array dst, py::array src, py::array len,
+                             int cls) {
+        auto descs = copy_descs(dst, src, len);
+        uint64_t handle = 0;
+        Status st;
+        {
+          py::gil_scoped_release release;  // a model-class copy runs right here
+          st = self.submit_copy(std::move(descs), TrafficClass(cls), &handle);
+        }
+        throw_if_error(st);
+        return handle;
+      })
+      .def("submit_rma", [](TrafficManager& self, BatchPoster& poster, uint64_t peer,
+                            uint64_t local_region, uint64_t remote_region, bool is_get,
+                            py::array loc, py::array rem, py::array len, int64_t request_id,
+                            int64_t layer, int64_t block_bytes, int cls) {
+        RmaBatch batch = make_rma_batch(peer, local_region, remote_region, is_get, loc, rem, len,
+                                        request_id, layer);
+        uint64_t handle = 0;
+        Status st;
+        {
+          py::gil_scoped_release release;
+          st = self.submit_rma(&poster, std::move(batch), block_bytes, TrafficClass(cls), &handle);
+        }
+        throw_if_error(st);
+        return handle;
+      })
+      .def("stats", [](TrafficManager& self) {
+        TrafficStats s = self.stats();
+        py::dict d;
+        d["model_bytes"] = s.model_bytes;
+        d["kv_bytes"] = s.kv_bytes;
+        d["kv_chunks"] = s.kv_chunks;
+        d["model_jobs"] = s.model_jobs;
+        d["kv_jobs"] = s.kv_jobs;
+        return d;
+      })
+      .def("close", [](TrafficManager& self) {
+        py::gil_scoped_release release;
+        self.close();
+      });
+  bind_handle_verbs(tm);
+}
+
+}  // namespace dualkv

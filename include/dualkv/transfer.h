@@ -1,0 +1,168 @@
+// Agent: one UCP context + worker per traffic class of an engine process, owned by a native
+// progress thread. Callers register memory once, connect to peers from their worker address
+// and packed rkeys, and submit descriptor batches; every UCP call runs on the progress
+// thread, so the worker is single-threaded and Python never polls.
+#pragma once
+
+#include <ucp/api/ucp.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <unordered_set>
+#include <utility>
+#include <vector>
+
+#include "dualkv/completion.h"
+#include "dualkv/rma.h"
+
+namespace dualkv {
+
+struct AgentConfig {
+  std::string name = "dualkv";
+  // UCX settings applied with ucp_config_modify (e.g. {"TLS","tcp"}, {"IB_SL","1"}); Python
+  // builds them from TransferConfig, C++ never reads the environment.
+  std::vector<std::pair<std::string, std::string>> ucx_options;
+  double op_timeout_s = 30.0;  // a batch unfinished after this fails its peer (TimedOut)
+  int64_t spin_us = 200;       // busy-poll this long after activity before sleeping on the efd
+};
+
+struct RegionInfo {
+  uint64_t id;
+  uint64_t base;
+  int64_t size;
+  std::string rkey;  // packed remote key, opaque bytes
+};
+
+struct NoticeHeader {
+  uint32_t magic;
+  uint32_t kind;
+  uint64_t sender_uid;
+  int64_t request_id;
+  int64_t layer;  // or the revoked region id
+};
+
+class Agent : public BatchPoster {
+ public:
+  explicit Agent(AgentConfig config);
+  ~Agent() override;
+  Status init();
+  void close();
+
+  uint64_t uid() const { return uid_; }
+  const std::string& worker_address() const { return worker_address_; }
+
+  Status register_region(uint64_t base, int64_t size, RegionInfo* out);
+  Status deregister_region(uint64_t region_id, int64_t deadline_ns);
+  std::vector<RegionInfo> regions();
+
+  // Creates (or refreshes) the endpoint to the agent `uid` and imports its regions; regions it
+  // no longer lists become stale.
+  Status connect(uint64_t uid, const std::string& address, const std::vector<RegionInfo>& remote,
+                 uint64_t* peer_id);
+  Status disconnect(uint64_t peer_id, int64_t deadline_ns);
+  Status peer_status(uint64_t peer_id);
+  std::vector<uint64_t> peer_ids();
+
+  Status validate(const RmaBatch& batch, int64_t block_bytes) override;
+  Status post(RmaBatch batch, DoneCallback done) override;
+  Status submit(RmaBatch batch, int64_t block_bytes, uint64_t* handle);
+  HandleTable& handles() { return handles_; }
+
+  Status wait_notice(int64_t request_id, int64_t layer, uint64_t peer_id, int64_t deadline_ns);
+  std::vector<int64_t> notices(int64_t request_id);
+  void clear_notices(int64_t request_id);
+  Status send_notice(uint64_t peer_id, int64_t request_id, int64_t layer, uint64_t* handle);
+
+ private:
+  struct Region {
+    RegionInfo info;
+    ucp_mem_h memh = nullptr;
+    std::atomic<int64_t> inflight{0};
+  };
+  struct RemoteRegion {
+    uint64_t base;
+    int64_t size;
+    std::string packed;
+    ucp_rkey_h rkey = nullptr;
+    bool is_stale = false;
+  };
+  struct Batch;
+  struct Peer {
+    uint64_t id;
+    uint64_t uid;
+    ucp_ep_h ep = nullptr;
+    Status failure;  // ok while connected
+    std::map<uint64_t, RemoteRegion> regions;
+    std::deque<std::shared_ptr<Batch>> in_order;  // progress thread only: notice order
+    std::vector<ucp_rkey_h> retired;  // replaced rkeys, destroyed when the endpoint closes
+  };
+
+  // Progress thread and its command queue.
+  void progress_loop();
+  void run_later(std::function<void()> fn);
+  void wake();
+  void reap_closing();
+  Peer* find_peer(uint64_t peer_id);
+  void send_control(Peer* peer, uint32_t kind, int64_t request_id, int64_t value);
+  Status run_sync(std::function<Status()> fn, int64_t deadline_ns);
+  bool drain_commands();
+  void sleep_on_worker();
+  void check_deadlines();
+
+  // On the progress thread.
+  void start_batch(const std::shared_ptr<Batch>& batch);
+  void complete_in_order(Peer* peer);
+  void finish_batch(Batch* batch, Status status);
+  void fail_peer(Peer* peer, Status why);
+  void close_endpoint(Peer* peer);
+  void record_notice(uint64_t sender_uid, int64_t request_id, int64_t layer);
+  void mark_stale(uint64_t sender_uid, uint64_t region_id);
+  Status import_regions(Peer* peer, const std::vector<RegionInfo>& remote);
+
+  static void on_flushed(void* request, ucs_status_t status, void* user_data);
+  static void on_notice_sent(void* request, ucs_status_t status, void* user_data);
+  static void on_peer_error(void* arg, ucp_ep_h ep, ucs_status_t status);
+  static ucs_status_t on_am(void* arg, const void* header, size_t header_length, void* data,
+                            size_t length, const ucp_am_recv_param_t* param);
+
+  AgentConfig config_;
+  uint64_t uid_;
+  ucp_context_h context_ = nullptr;
+  ucp_worker_h worker_ = nullptr;
+  std::string worker_address_;
+  int worker_fd_ = -1, wake_fd_ = -1, epoll_fd_ = -1;
+
+  std::thread thread_;
+  std::atomic<bool> stop_{false};
+  std::atomic<bool> sleeping_{false};
+  std::atomic<int64_t> last_active_ns_{0};
+  std::mutex cmd_mu_;
+  std::deque<std::function<void()>> commands_;
+  std::vector<void*> closing_;  // ep close requests still running (progress thread only)
+
+  // Tables read by callers (validation) and written by the progress thread.
+  std::mutex state_mu_;
+  std::map<uint64_t, std::unique_ptr<Region>> regions_;
+  std::map<uint64_t, std::unique_ptr<Peer>> peers_;
+  std::vector<std::shared_ptr<Batch>> orphans_;  // batches of removed peers awaiting callbacks
+  uint64_t next_region_id_ = 1, next_peer_id_ = 1;
+
+  std::mutex notice_mu_;
+  std::condition_variable notice_cv_;
+  std::unordered_map<int64_t, std::vector<int64_t>> arrived_;
+  std::unordered_map<int64_t, std::unordered_set<int64_t>> arrived_set_;
+
+  HandleTable handles_;
+  bool closed_ = false;
+};
+
+}  // namespace dualkv

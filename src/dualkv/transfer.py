@@ -1,0 +1,236 @@
+"""One-sided KV transfers between engines over UCX (UCP).
+
+An engine process creates one `Agent` per traffic class (`kv` for Layer Block streams, `model`
+for latency-critical messages); each owns a UCP context, a worker and a native progress
+thread. Memory is registered once (`register`), peers are joined through `dualkv.rendezvous`,
+and every move is one native call per batch of descriptors:
+
+    handle = agent.put(peer, local, remote, local_offsets, remote_offsets, lengths,
+                       request_id=r, layer=l)     # receiver: agent.wait_notice(r, l, timeout)
+    agent.wait(handle, timeout); agent.release(handle)
+
+The receiver of a put (or the caller of a get) records a notice (request_id, layer) once the
+batch's bytes have landed; notices from one peer arrive in submission order.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dualkv._native import C
+from dualkv.errors import InvalidArgument, Unavailable
+
+log = logging.getLogger(__name__)
+
+TRAFFIC_CLASSES = ("model", "kv")
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    """Settings of one agent. `ib_sl` / `ib_traffic_class` put the class on its own InfiniBand
+    service level / RoCE traffic class in production; on machines without IB they are unused.
+    `tls` restricts UCX transports (e.g. "tcp"); None lets UCX choose (shared memory here)."""
+
+    traffic_class: str = "kv"
+    name: str = "dualkv"
+    tls: str | None = None
+    ib_sl: int | None = None
+    ib_traffic_class: int | None = None
+    keepalive_interval_s: float = 1.0
+    op_timeout_s: float = 30.0
+    spin_us: int = 200
+    ucx_options: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+
+    def __post_init__(self):
+        if self.traffic_class not in TRAFFIC_CLASSES:
+            raise InvalidArgument(f"traffic_class must be one of {TRAFFIC_CLASSES}")
+        if self.op_timeout_s <= 0 or self.keepalive_interval_s <= 0:
+            raise InvalidArgument("op_timeout_s and keepalive_interval_s must be > 0")
+        if self.spin_us < 0:
+            raise InvalidArgument("spin_us must be >= 0")
+
+    def native_options(self) -> list[tuple[str, str]]:
+        """UCX settings for ucp_config_modify (names without the UCX_ prefix)."""
+        opts = [("KEEPALIVE_INTERVAL", f"{self.keepalive_interval_s}s")]
+        if self.tls:
+            opts.append(("TLS", self.tls))
+        if self.ib_sl is not None:
+            opts.append(("IB_SL", str(self.ib_sl)))
+        if self.ib_traffic_class is not None:
+            opts.append(("IB_TRAFFIC_CLASS", str(self.ib_traffic_class)))
+        return opts + [(str(k), str(v)) for k, v in self.ucx_options]
+
+
+@dataclass(frozen=True)
+class Region:
+    """A registered memory range; `rkey` is the packed remote key peers import."""
+
+    id: int
+    base: int
+    size: int
+    rkey: bytes
+
+    def as_dict(self) -> dict:
+        return {"id": self.id, "base": self.base, "size": self.size, "rkey": self.rkey}
+
+
+def as_int64(values, name: str) -> np.ndarray:
+    """Descriptor column as a contiguous int64 array; floats or other kinds are refused."""
+    arr = np.asarray(values)
+    if arr.size and arr.dtype.kind not in "iu":
+        raise InvalidArgument(f"{name} must hold integers, got {arr.dtype}")
+    return np.ascontiguousarray(arr.reshape(-1), dtype=np.int64)
+
+
+def buffer_address(buffer) -> tuple[int, int]:
+    """(address, size in bytes) of a numpy array, torch tensor or buffer-protocol object."""
+    if hasattr(buffer, "data_ptr") and hasattr(buffer, "element_size"):  # torch.Tensor
+        return buffer.data_ptr(), buffer.numel() * buffer.element_size()
+    arr = np.asarray(memoryview(buffer).cast("B")) if not isinstance(buffer, np.ndarray) else buffer
+    if not arr.flags.c_contiguous:
+        raise InvalidArgument("only contiguous buffers can be registered")
+    return arr.ctypes.data, arr.nbytes
+
+
+class Agent:
+    """One UCP context + worker + progress thread for one traffic class of an engine."""
+
+    def __init__(self, config: TransferConfig = TransferConfig()):
+        if not hasattr(C, "Agent"):
+            raise Unavailable("this build has no UCX transport (see `dualkv info`)")
+        self.config = config
+        self._native = C.Agent(f"{config.name}-{config.traffic_class}", _known_options(config),
+                               config.op_timeout_s, config.spin_us)
+        self._buffers: dict[int, object] = {}  # registered Python buffers stay alive
+
+    @property
+    def uid(self) -> int:
+        return self._native.uid
+
+    @property
+    def native(self):
+        return self._native
+
+    def register(self, buffer=None, *, ptr: int | None = None, size: int | None = None) -> Region:
+        """Registers memory once: a buffer (numpy, torch, bytearray) or a raw (ptr, size)."""
+        if buffer is not None:
+            ptr, size = buffer_address(buffer)
+        if ptr is None or size is None:
+            raise InvalidArgument("register needs a buffer or ptr= and size=")
+        region = Region(**self._native.register(int(ptr), int(size)))
+        if buffer is not None:
+            self._buffers[region.id] = buffer
+        return region
+
+    def deregister(self, region: Region | int, timeout: float = 10.0) -> None:
+        region_id = region.id if isinstance(region, Region) else int(region)
+        self._native.deregister(region_id, timeout)
+        self._buffers.pop(region_id, None)
+
+    def regions(self) -> list[Region]:
+        return [Region(**r) for r in self._native.regions()]
+
+    def local_info(self) -> dict:
+        """What a peer needs to reach this agent: uid, worker address, regions and rkeys."""
+        return {"uid": self.uid, "traffic_class": self.config.traffic_class,
+                "address": self._native.worker_address,
+                "regions": [r.as_dict() for r in self.regions()]}
+
+    def connect(self, info: dict) -> int:
+        """Creates the endpoint to a peer from its local_info(); refreshes it if known."""
+        return self._native.connect(int(info["uid"]), bytes(info["address"]),
+                                    list(info["regions"]))
+
+    def disconnect(self, peer: int, timeout: float = 5.0) -> None:
+        self._native.disconnect(peer, timeout)
+
+    def peers(self) -> list[int]:
+        """Ids of the endpoints this agent holds (failed ones included until disconnect)."""
+        return list(self._native.peers())
+
+    def check_peer(self, peer: int) -> None:
+        """Raises PeerDisconnected / TimedOut if the peer failed, NotFound if unknown."""
+        self._native.check_peer(peer)
+
+    def put(self, peer: int, local: Region | int, remote: int, local_offsets, remote_offsets, lengths,
+            *, request_id: int = 0, layer: int = -1, block_bytes: int = 0) -> int:
+        """Writes local ranges into the peer's region `remote`; layer >= 0 sends a notice."""
+        return self._submit(peer, local, remote, False, local_offsets, remote_offsets, lengths,
+                            request_id, layer, block_bytes)
+
+    def get(self, peer: int, local: Region | int, remote: int, local_offsets, remote_offsets, lengths,
+            *, request_id: int = 0, layer: int = -1, block_bytes: int = 0) -> int:
+        """Reads the peer's ranges into local memory; layer >= 0 records a local notice."""
+        return self._submit(peer, local, remote, True, local_offsets, remote_offsets, lengths,
+                            request_id, layer, block_bytes)
+
+    def _submit(self, peer, local, remote, is_get, loc, rem, lengths, request_id, layer,
+                block_bytes) -> int:
+        return self._native.submit(_peer_id(peer), _region_id(local), _region_id(remote), is_get,
+                                   as_int64(loc, "local_offsets"), as_int64(rem, "remote_offsets"),
+                                   as_int64(lengths, "lengths"), int(request_id), int(layer),
+                                   int(block_bytes))
+
+    def send_notice(self, peer: int, request_id: int, layer: int) -> int:
+        return self._native.send_notice(peer, request_id, layer)
+
+    def poll(self, handle: int) -> bool:
+        return self._native.poll(handle)
+
+    def wait(self, handle: int, timeout: float) -> None:
+        self._native.wait(handle, timeout)
+
+    def release(self, handle: int) -> None:
+        self._native.release(handle)
+
+    def wait_notice(self, request_id: int, layer: int, timeout: float, peer: int = 0) -> None:
+        """Returns once (request_id, layer) arrived; with `peer`, fails fast if it died."""
+        self._native.wait_notice(request_id, layer, timeout, peer)
+
+    def notices(self, request_id: int) -> np.ndarray:
+        """Layers of a request in arrival order."""
+        return self._native.notices(request_id)
+
+    def clear_notices(self, request_id: int) -> None:
+        self._native.clear_notices(request_id)
+
+    def close(self) -> None:
+        self._native.close()
+        self._buffers.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _region_id(region) -> int:
+    return region.id if isinstance(region, Region) else int(region)
+
+
+# Shared-memory transports detect a dead peer (needed by UCP_ERR_HANDLING_MODE_PEER) only
+# with these switched on; without them UCX falls back to TCP on loopback. UCX 1.13 reads
+# memory-domain settings from the environment only (ucp_config_modify does not reach them),
+# so they are set here, before the first context of the process, unless the user set them.
+SHM_PEER_FAILURE_ENV = {"UCX_POSIX_ERROR_HANDLING": "y", "UCX_SYSV_ERROR_HANDLING": "y"}
+
+
+def _known_options(config: TransferConfig) -> list[tuple[str, str]]:
+    """UCX settings for this host: IB settings only where an IB transport exists."""
+    tls = set((config.tls or "all").replace("^", "").split(","))
+    if tls & {"all", "sm", "shm", "posix", "sysv"}:
+        for name, value in SHM_PEER_FAILURE_ENV.items():
+            os.environ.setdefault(name, value)
+    opts = config.native_options()
+    if any(name.startswith("IB_") for name, _ in opts) and "ib" not in C.ucx_components():
+        log.info("no InfiniBand transport in UCX here; ignoring ib_sl / ib_traffic_class")
+        opts = [(n, v) for n, v in opts if not n.startswith("IB_")]
+    return opts
+
+
+def _peer_id(peer) -> int:
+    return int(getattr(peer, "id", peer))  # a rendezvous.Peer or its id

@@ -1,0 +1,297 @@
+"""Two UCX agents in two processes on loopback: byte-exact put/get of random, non-contiguous
+Layer Blocks, per-layer notices, peer death, bad descriptors and wrong tokens."""
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import dualkv
+from dualkv import errors
+from dualkv._native import C
+
+pytestmark = pytest.mark.skipif(not hasattr(C, "Agent"), reason="built without UCX")
+
+from dualkv.rendezvous import RendezvousServer, rendezvous  # noqa: E402
+from dualkv.transfer import Agent, TransferConfig  # noqa: E402
+
+PEER_SCRIPT = os.path.join(os.path.dirname(__file__), "transfer_peer.py")
+BLOCK = 16 * 1024
+NUM_BLOCKS = 64
+TOKEN = "cluster-secret"
+
+
+def peer_env():
+    src = os.path.dirname(os.path.dirname(dualkv.__file__))
+    return dict(os.environ, PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+class PeerProcess:
+    def __init__(self, *args, prefix=()):
+        self.proc = subprocess.Popen([*prefix, sys.executable, PEER_SCRIPT, *args],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     env=peer_env(), text=True)
+        self.hello = self.read(timeout=30)
+
+    def read(self, timeout):
+        deadline = time.monotonic() + timeout
+        while True:  # UCX may print its own warnings on stdout: answers are JSON objects
+            ready, _, _ = select.select([self.proc.stdout], [], [], deadline - time.monotonic())
+            assert ready, "peer process did not answer in time"
+            line = self.proc.stdout.readline()
+            assert line, "peer process exited"
+            if line.startswith("{"):
+                return json.loads(line)
+
+    def call(self, timeout=30, **cmd):
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        return self.read(timeout)
+
+    def send(self, **cmd):
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def remote():
+    peer = PeerProcess("--size", str(BLOCK * NUM_BLOCKS), "--seed", "7", "--token", TOKEN)
+    yield peer
+    peer.proc.stdin.close()
+    peer.kill()
+
+
+@pytest.fixture
+def agent():
+    a = Agent(TransferConfig(op_timeout_s=5.0, keepalive_interval_s=0.5))
+    yield a
+    a.close()
+
+
+def seeded(seed, size):
+    return np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8)
+
+
+def test_put_then_get_random_noncontiguous_blocks_match_numpy(remote, agent, tmp_path):
+    rng = np.random.default_rng(0)
+    local = rng.integers(0, 256, BLOCK * NUM_BLOCKS, dtype=np.uint8)
+    region = agent.register(local)
+    peer = rendezvous(agent, remote.hello["address"], TOKEN, timeout=10)
+    src = rng.choice(NUM_BLOCKS, 20, replace=False)
+    dst = rng.choice(NUM_BLOCKS, 20, replace=False)
+    handle = agent.put(peer, region, peer.region().id, src * BLOCK, dst * BLOCK,
+                       np.full(20, BLOCK), request_id=3, layer=0, block_bytes=BLOCK)
+    agent.wait(handle, 10)
+    agent.release(handle)
+    assert remote.call(op="wait_notices", request_id=3, num_layers=1, wait_s=5)["order"] == [0]
+    remote.call(op="dump", path=str(tmp_path / "remote.bin"))
+    expect = seeded(7, BLOCK * NUM_BLOCKS).reshape(NUM_BLOCKS, BLOCK)
+    expect[dst] = local.reshape(NUM_BLOCKS, BLOCK)[src]
+    got = np.fromfile(tmp_path / "remote.bin", dtype=np.uint8).reshape(NUM_BLOCKS, BLOCK)
+    np.testing.assert_array_equal(got, expect)
+
+    into = rng.choice(NUM_BLOCKS, 12, replace=False)
+    handle = agent.get(peer, region, peer.region().id, into * BLOCK, dst[:12] * BLOCK,
+                       np.full(12, BLOCK), request_id=4, layer=5)
+    agent.wait(handle, 10)
+    agent.wait_notice(4, 5, timeout=1)  # a get's notice is recorded on the getting side
+    np.testing.assert_array_equal(local.reshape(NUM_BLOCKS, BLOCK)[into], expect[dst[:12]])
+
+
+def test_thousand_layer_notices_arrive_in_order_and_none_lost(remote, agent):
+    local = np.arange(BLOCK * 4, dtype=np.uint8)
+    region = agent.register(local)
+    peer = rendezvous(agent, remote.hello["address"], TOKEN, timeout=10)
+    handles = []
+    for layer in range(1000):  # all in flight at once: order is the agent's promise
+        b = layer % 4
+        handles.append(agent.put(peer, region, peer.region().id, [b * BLOCK], [b * BLOCK],
+                                 [BLOCK], request_id=11, layer=layer))
+    for h in handles:
+        agent.wait(h, 20)
+        agent.release(h)
+    order = remote.call(op="wait_notices", request_id=11, num_layers=1000, wait_s=20)["order"]
+    assert order == list(range(1000))
+
+
+def test_wrong_token_is_refused_and_creates_no_endpoint(remote, agent, caplog):
+    with pytest.raises(errors.PeerDisconnected, match="refused"):
+        rendezvous(agent, remote.hello["address"], "not-the-token", timeout=10)
+    assert agent.peers() == []
+    server_agent = Agent(TransferConfig())
+    with RendezvousServer(server_agent, TOKEN) as server:
+        with pytest.raises(errors.PeerDisconnected):
+            rendezvous(agent, server.address, "wrong", timeout=10)
+        assert server.num_refused == 1 and server.peers == {} and server_agent.peers() == []
+        assert "bad cluster token" in caplog.text
+    server_agent.close()
+
+
+@pytest.fixture
+def pair():
+    a, b = Agent(TransferConfig()), Agent(TransferConfig())
+    src = np.random.default_rng(1).integers(0, 256, BLOCK * 8, dtype=np.uint8)
+    dst = np.zeros(BLOCK * 8, dtype=np.uint8)
+    ra, rb = a.register(src), b.register(dst)
+    peer = a.connect(b.local_info())
+    b.connect(a.local_info())
+    yield a, b, ra, rb, peer, dst
+    a.close()
+    b.close()
+
+
+@pytest.mark.parametrize("loc, rem, length, match", [
+    ([BLOCK * 8 - 100], [0], [BLOCK], "local range"),
+    ([0], [BLOCK * 8], [BLOCK], "remote range"),
+    ([-BLOCK], [0], [BLOCK], "local range"),
+    ([0], [0], [0], "length must be > 0"),
+    ([0], [0], [BLOCK // 2], "not a multiple"),
+    ([0, 0], [0], [BLOCK], "different length"),
+    ([0.5], [0], [BLOCK], "integers"),
+])
+def test_bad_descriptors_rejected_before_posting(pair, loc, rem, length, match):
+    a, b, ra, rb, peer, dst = pair
+    with pytest.raises(errors.InvalidArgument, match=match):
+        a.put(peer, ra, rb.id, loc, rem, length, block_bytes=BLOCK, request_id=1, layer=0)
+    with pytest.raises(errors.TimedOut):
+        b.wait_notice(1, 0, timeout=0.2)
+    assert not dst.any()
+
+
+def test_unknown_regions_and_stale_rkey_rejected(pair):
+    a, b, ra, rb, peer, dst = pair
+    with pytest.raises(errors.InvalidArgument, match="not registered"):
+        a.put(peer, 999, rb.id, [0], [0], [BLOCK])
+    with pytest.raises(errors.InvalidArgument, match="unknown for this peer"):
+        a.put(peer, ra, 999, [0], [0], [BLOCK])
+    with pytest.raises(errors.NotFound):
+        a.put(12345, ra, rb.id, [0], [0], [BLOCK])
+    b.deregister(rb)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # the revocation travels as a notice to the peer
+        try:
+            a.wait(a.put(peer, ra, rb.id, [0], [0], [BLOCK]), 5)
+        except errors.InvalidArgument as exc:
+            assert "stale rkey" in str(exc)
+            break
+        time.sleep(0.01)
+    else:
+        pytest.fail("stale rkey was never rejected")
+    a.connect({**b.local_info()})  # a re-rendezvous without the region says the same
+    with pytest.raises(errors.InvalidArgument, match="stale rkey"):
+        a.put(peer, ra, rb.id, [0], [0], [BLOCK])
+
+
+def test_wait_has_deadline_and_unknown_handle(pair):
+    a, b, ra, rb, peer, dst = pair
+    with pytest.raises(errors.TimedOut):
+        b.wait_notice(77, 0, timeout=0.05)
+    with pytest.raises(errors.NotFound):
+        a.wait(424242, 1)
+    h = a.put(peer, ra, rb.id, [0], [0], [BLOCK])
+    a.wait(h, 5)
+    assert a.poll(h)
+    a.release(h)
+    with pytest.raises(errors.NotFound):
+        a.poll(h)
+
+
+def test_sigkill_of_sender_mid_stream_fails_receiver_fast(remote, agent):
+    region = agent.register(np.zeros(BLOCK * 4, dtype=np.uint8))
+    peer = rendezvous(agent, remote.hello["address"], TOKEN, timeout=10)
+    remote.send(op="stream", num_layers=10**7, block_bytes=BLOCK, request_id=21)
+    agent.wait_notice(21, 50, timeout=10, peer=peer.id)  # the stream is flowing
+    remote.kill()
+    start = time.monotonic()
+    with pytest.raises((errors.PeerDisconnected, errors.TimedOut)):
+        agent.wait_notice(21, 10**7 - 1, timeout=4.0, peer=peer.id)
+    assert time.monotonic() - start < 4.5
+    agent.deregister(region, timeout=2)  # nothing of the dead peer pins local memory
+
+
+def test_sigkill_of_receiver_mid_stream_fails_sender_and_agent_serves_others(remote, agent):
+    local = np.random.default_rng(2).integers(0, 256, BLOCK * 4, dtype=np.uint8)
+    region = agent.register(local)
+    peer = rendezvous(agent, remote.hello["address"], TOKEN, timeout=10)
+    for layer in range(20):
+        agent.wait(agent.put(peer, region, peer.region().id, [0], [0], [BLOCK],
+                             request_id=5, layer=layer), 5)
+    remote.kill()
+    start = time.monotonic()
+    with pytest.raises((errors.PeerDisconnected, errors.TimedOut)):
+        for layer in range(20, 10**6):  # the agent's op deadline (5 s) bounds every batch
+            h = agent.put(peer, region, peer.region().id, [0], [0], [BLOCK],
+                          request_id=5, layer=layer)
+            agent.wait(h, 10)
+            agent.release(h)
+    assert time.monotonic() - start < 7.0
+    with pytest.raises((errors.PeerDisconnected, errors.TimedOut)):
+        agent.check_peer(peer.id)
+    other = PeerProcess("--size", str(BLOCK * NUM_BLOCKS), "--seed", "9", "--token", TOKEN)
+    try:
+        peer2 = rendezvous(agent, other.hello["address"], TOKEN, timeout=10)
+        agent.wait(agent.put(peer2, region, peer2.region().id, [0], [0], [BLOCK],
+                             request_id=6, layer=0), 5)
+        assert other.call(op="wait_notices", request_id=6, num_layers=1, wait_s=5)["order"] == [0]
+    finally:
+        other.kill()
+    agent.disconnect(peer.id)
+    agent.deregister(region, timeout=2)
+
+
+def _ip(*args):
+    subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+@pytest.fixture
+def two_namespaces():
+    """Two network namespaces joined by a veth pair, 10.231.<n>.1 and .2: two test hosts."""
+    import shutil
+
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("needs root and iproute2 to create network namespaces")
+    tag = f"{os.getpid() % 100000}"
+    ns_a, ns_b = f"dkv_a{tag}", f"dkv_b{tag}"
+    subnet = f"10.231.{os.getpid() % 250}"
+    try:
+        _ip("netns", "add", ns_a)
+        _ip("netns", "add", ns_b)
+        _ip("link", "add", f"dkva{tag}", "type", "veth", "peer", "name", f"dkvb{tag}")
+        for ns, dev, host in ((ns_a, f"dkva{tag}", 1), (ns_b, f"dkvb{tag}", 2)):
+            _ip("link", "set", dev, "netns", ns)
+            _ip("-n", ns, "addr", "add", f"{subnet}.{host}/24", "dev", dev)
+            _ip("-n", ns, "link", "set", dev, "up")
+            _ip("-n", ns, "link", "set", "lo", "up")
+    except subprocess.CalledProcessError as exc:
+        for ns in (ns_a, ns_b):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        pytest.skip(f"cannot create network namespaces here: {exc.stderr.decode().strip()}")
+    yield ns_a, ns_b, subnet
+    for ns in (ns_a, ns_b):  # deleting a namespace also deletes its end of the veth pair
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def test_put_get_across_network_namespaces_over_tcp(two_namespaces):
+    ns_a, ns_b, subnet = two_namespaces
+    size = str(BLOCK * NUM_BLOCKS)
+    server = PeerProcess("--size", size, "--seed", "7", "--token", TOKEN, "--tls", "tcp",
+                         "--bind", f"tcp://{subnet}.1:*", prefix=("ip", "netns", "exec", ns_a))
+    try:
+        client = subprocess.run(
+            ["ip", "netns", "exec", ns_b, sys.executable, PEER_SCRIPT, "--connect",
+             server.hello["address"], "--size", size, "--seed", "7", "--token", TOKEN,
+             "--tls", "tcp"], env=peer_env(), capture_output=True, text=True, timeout=60)
+        assert client.returncode == 0, client.stderr
+        assert json.loads(client.stdout.strip().splitlines()[-1]) == {"ok": True}
+    finally:
+        server.kill()
