@@ -4,7 +4,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
 from conftest import TINY, reference_generate
 from dualkv.engine import (BlockBuffer, BufferSink, LayerBlockCodec, SlotSource, decode, prefill,

@@ -35,6 +35,18 @@ class MemoryPool:
     def num_free(self) -> int:
         return len(self._free)
 
+    @property
+    def base_ptr(self) -> int:
+        return self._memory.ctypes.data
+
+    @property
+    def size_bytes(self) -> int:
+        return self._memory.nbytes
+
+    def ptr(self, slot: int) -> int:
+        self._check(slot)
+        return self.base_ptr + slot * self.layout.full_block_bytes
+
     def alloc(self, n: int) -> np.ndarray:
         with self._lock:
             if n > len(self._free):
