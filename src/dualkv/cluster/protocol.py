@@ -1,0 +1,53 @@
+"""Control plane of the local cluster: msgpack dicts over ZeroMQ, every wait with a deadline.
+
+A message is a dict with an "op" (request) or "ok" (reply) field; a failed request replies
+{"ok": False, "error": <exception class name>, "message": ...}, which `Client.call` raises
+again as the same dualkv error class. Bulk data never travels here: KV moves through the
+transfer engine and the store.
+"""
+from __future__ import annotations
+
+import msgpack
+import zmq
+
+from dualkv import errors
+
+ERRORS = {name: getattr(errors, name) for name in
+          ("InvalidArgument", "OutOfMemory", "NotFound", "PeerDisconnected", "TimedOut",
+           "StorageError", "Unavailable")}
+
+
+def pack(message: dict) -> bytes:
+    return msgpack.packb(message, use_bin_type=True)
+
+
+def unpack(data: bytes) -> dict:
+    return msgpack.unpackb(data, raw=False)
+
+
+def error_reply(exc: BaseException) -> dict:
+    name = type(exc).__name__
+    return {"ok": False, "error": name if name in ERRORS else "DualKVError", "message": str(exc)}
+
+
+class Client:
+    """A REQ socket to one engine process."""
+
+    def __init__(self, context: zmq.Context, endpoint: str):
+        self.endpoint = endpoint
+        self.socket = context.socket(zmq.REQ)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.connect(endpoint)
+
+    def call(self, op: str, timeout_s: float = 60.0, **fields) -> dict:
+        self.socket.send(pack({"op": op, **fields}))
+        if not self.socket.poll(int(timeout_s * 1000)):
+            raise errors.TimedOut(f"{self.endpoint} did not answer {op!r} in {timeout_s} s")
+        reply = unpack(self.socket.recv())
+        if not reply.get("ok"):
+            cls = ERRORS.get(reply.get("error"), errors.DualKVError)
+            raise cls(f"{self.endpoint} {op}: {reply.get('message')}")
+        return reply
+
+    def close(self) -> None:
+        self.socket.close(0)
