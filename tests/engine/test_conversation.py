@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, check_written_back, make_unreadable, reference_generate
+from conftest import (TINY, MemoryBlockStore, check_written_back, make_unreadable,
+                      reference_generate)
 from dualkv.engine import LayerBlockCodec, Model, run_turn
 
 MODES = [("dualpath", "pe"), ("dualpath", "de"), ("basic", "pe")]
@@ -55,6 +56,25 @@ def test_plain_model_matches_within_fp_tolerance(make_store, mode, read_side):
         result = run_turn(model, store, prompt, num_gen, mode, read_side)
         assert result.generated == reference_generate(model, prompt, num_gen)
         check_written_back(model, store, codec, prompt + result.generated, num_gen, exact=False)
+        prompt = prompt + result.generated
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode,read_side", MODES)
+def test_cuda_engines_match_cuda_recompute(mode, read_side):
+    """On CUDA the engines compute on the GPU and move KV host<->device; cuBLAS picks kernels
+    by shape, so KV matches a recompute to 1e-4 (fp32, TF32 off), tokens exactly (greedy)."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    model = Model.from_seed(TINY, seed=7, device="cuda")
+    store = MemoryBlockStore(TINY.layout(16), pool_slots=64)
+    codec = LayerBlockCodec(TINY, 16)
+    prompt = []
+    for appended, num_gen in agentic_turns(12, 3, 60, TINY.vocab_size):
+        prompt = prompt + [int(t) for t in appended]
+        result = run_turn(model, store, prompt, num_gen, mode, read_side)
+        assert result.generated == reference_generate(model, prompt, num_gen)
+        check_written_back(model, store, codec, prompt + result.generated, num_gen, exact=False,
+                           tol=1e-4)
         prompt = prompt + result.generated
 
 
