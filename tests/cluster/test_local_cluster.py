@@ -1,6 +1,7 @@
-"""A PE process and a DE process, joined by UCX and ZeroMQ, sharing a block directory: a
-multi-turn conversation on both read sides gives the tokens of a full recompute, and the
-blocks the DE wrote back hold the recomputed KV byte for byte."""
+"""A PE process and two DE processes, joined by UCX and ZeroMQ, sharing a block directory,
+with dualkv.sched placing every request: several multi-turn conversations, run as batches,
+give the tokens of a full recompute, and the blocks the DEs wrote back hold the recomputed KV
+byte for byte."""
 import numpy as np
 import pytest
 
@@ -21,41 +22,42 @@ def reference(model, prompt, num_tokens):
     return seq[len(prompt):]
 
 
-@pytest.fixture
-def cluster(block_root):
-    from dualkv.cluster.local import LocalCluster
-
-    try:
-        with LocalCluster(CFG, block_root, seed=3, block_tokens=BT, timeout_s=120) as c:
-            yield c
-    except Exception as exc:  # a build without UCX, or no IPC sockets
-        if "UCX" in str(exc) or "Unavailable" in type(exc).__name__:
-            pytest.skip(str(exc))
-        raise
-
-
-@pytest.mark.slow
-def test_conversation_across_processes(cluster, block_root):
+def check_blocks(block_root, model, seq):
     from dualkv.store import BlockStore, StoreConfig
 
-    model = Model.from_seed(CFG, seed=3, batch_invariant=True)
-    rng = np.random.default_rng(2)
-    prompt = [int(t) for t in rng.integers(0, CFG.vocab_size, 40)]
-    for turn, side in enumerate(["pe", "de", "pe", "de"]):
-        result = cluster.run_turn(prompt, 10, side)
-        assert result.generated == reference(model, prompt, 10), (turn, side)
-        assert result.num_cached_blocks == result.num_matched_blocks
-        assert (result.num_cached_blocks > 0) == (turn > 0)
-        prompt = prompt + result.generated + [int(t) for t in rng.integers(0, CFG.vocab_size, 9)]
-    seq = prompt[:-9]  # the last turn's prompt + generated tokens
     codec = LayerBlockCodec(CFG, BT)
     _, ref_kv = model.forward(torch.tensor(seq))
     with BlockStore(StoreConfig(block_root, CFG.layout(BT), pool_slots=4, cuda="off")) as store:
         keys = store.chain_keys(np.asarray(seq, np.int32))
-        assert store.match(keys) == (len(seq) - 1) // BT  # rebuilt from the DE's block files
+        assert store.match(keys) == (len(seq) - 1) // BT  # rebuilt from the DEs' block files
         slot = store.pool.alloc(1)
         for b in range(store.match(keys)):
             assert store.wait(store.load(keys[b:b + 1], slot), 10).all()
             for layer in range(CFG.num_layers):
                 got = codec.tensor(store.pool.layer_view(int(slot[0]), layer))
                 assert torch.equal(got, ref_kv[layer][b * BT:(b + 1) * BT]), (b, layer)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["dualpath", "basic"])
+def test_scheduled_conversations_across_processes(block_root, policy):
+    from dualkv.cluster.local import LocalCluster
+
+    model = Model.from_seed(CFG, seed=3, batch_invariant=True)
+    rng = np.random.default_rng(2)
+    prompts = [[int(t) for t in rng.integers(0, CFG.vocab_size, n)] for n in (40, 70, 25)]
+    sides, des = set(), set()
+    with LocalCluster(CFG, block_root, num_de=2, policy=policy, seed=3, block_tokens=BT) as cluster:
+        for turn in range(3):
+            results = cluster.run_batch([(p, 8) for p in prompts])
+            for i, (prompt, result) in enumerate(zip(prompts, results)):
+                assert result.generated == reference(model, prompt, 8), (turn, i, result)
+                assert result.num_cached_blocks == result.num_matched_blocks
+                assert (result.num_cached_blocks > 0) == (turn > 0)
+                sides.add(result.read_side)
+                des.add(result.de)
+                prompts[i] = prompt + result.generated + [int(t) for t in rng.integers(0, 256, 9)]
+    assert des == {0, 1}
+    assert sides == ({"pe", "de"} if policy == "dualpath" else {"pe"})
+    for prompt in prompts:
+        check_blocks(block_root, model, prompt[:-9])

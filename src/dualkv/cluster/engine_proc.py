@@ -17,7 +17,7 @@ import zmq
 
 from dualkv.cluster.protocol import error_reply, pack, unpack
 from dualkv.engine import (BlockBuffer, Decoder, LayerBlockCodec, Model, ModelConfig, PrefillItem,
-                           SlotSource, StoreWriteBack, prefill_batch)
+                           SlotSource, StoreWriteBack, prefill_basic, prefill_batch)
 from dualkv.engine.remote import (RemoteBuffer, RemoteBufferSink, RemoteLayerSource,
                                   stream_hit_layers, wait_landed)
 from dualkv.store import BlockStore, StoreConfig
@@ -63,50 +63,76 @@ class EngineServer:
             num_hit = source.prepare(time.monotonic() + self.timeout_s) // self.codec.block_tokens
             if num_hit:
                 handles = stream_hit_layers(self.agent, buffer, self.pool_region, num_hit,
-                                            msg["pe_peer"], msg["pe_recv_region"], msg["rid"])
+                                            msg["pe_peer"], msg["pe_recv_region"], msg["rid"],
+                                            msg.get("pe_recv_offset", 0))
         self.buffers[msg["rid"]] = (buffer, handles)
         target = RemoteBuffer.of(buffer, 0, self.pool_region)
         return {"slot_offsets": list(target.slot_offsets), "num_hit_blocks": num_hit}
 
     def op_prefill(self, msg):
-        """PE: layerwise prefill, KV put into the DE buffer described in the message."""
-        prompt = np.asarray(msg["prompt"], np.int32)
-        if msg["read_side"] == "de":
-            source = RemoteLayerSource(self.agent, self.recv, msg["num_hit_blocks"],
-                                       self.store.layout, msg["rid"], msg["de_peer"])
-        else:
-            keys = np.frombuffer(msg["hit_keys"], np.uint8).reshape(-1, 32)
-            source = SlotSource.load(self.store, keys)
-        target = RemoteBuffer(msg["de_peer"], msg["de_region"], tuple(msg["slot_offsets"]))
-        sink = RemoteBufferSink(self.agent, self.staging, self.staging_region, target,
-                                self.codec, msg["rid"])
+        """PE: one layerwise forward over every request of the message (Basic: one request
+        after another, whole hit loaded first), KV put into each request's DE buffer."""
+        sources, items = [], []
         try:
-            item = PrefillItem(prompt, source, sink, msg["read_side"])
-            first = prefill_batch(self.model, [item], self.codec, self.timeout_s)[0]
-            num_cached = source.prepare(time.monotonic() + self.timeout_s) // self.codec.block_tokens
+            for req in msg["requests"]:
+                sources.append(self._source(req))
+                target = RemoteBuffer(req["de_peer"], req["de_region"], tuple(req["slot_offsets"]))
+                part = self._staging_part(len(items), len(msg["requests"]))
+                sink = RemoteBufferSink(self.agent, part, self.staging_region, target, self.codec,
+                                        req["rid"], region_offset=part.ctypes.data - self.staging.ctypes.data)
+                items.append(PrefillItem(req["prompt"], sources[-1], sink, req["read_side"]))
+            if msg.get("mode") == "basic":
+                firsts = [prefill_basic(self.model, it.tokens, it.source, it.sink, self.codec,
+                                        self.timeout_s) for it in items]
+            else:
+                firsts = prefill_batch(self.model, items, self.codec, self.timeout_s)
+            deadline = time.monotonic() + self.timeout_s
+            cached = [s.prepare(deadline) // self.codec.block_tokens for s in sources]
         finally:
-            source.close()
-        return {"first_token": first, "num_cached_blocks": num_cached}
+            for source in sources:
+                source.close()
+        return {"results": [{"first_token": f, "num_cached_blocks": c}
+                            for f, c in zip(firsts, cached)]}
+
+    def _source(self, req):
+        if req["read_side"] == "de":
+            return RemoteLayerSource(self.agent, self._recv_part(req), req["num_hit_blocks"],
+                                     self.store.layout, req["rid"], req["de_peer"])
+        keys = np.frombuffer(req["hit_keys"], np.uint8).reshape(-1, 32)
+        return SlotSource.load(self.store, keys)
+
+    def _staging_part(self, index: int, count: int) -> np.ndarray:
+        size = self.staging.nbytes // count
+        return self.staging[index * size:(index + 1) * size]
+
+    def _recv_part(self, req) -> np.ndarray:
+        return self.recv[req.get("recv_offset", 0):]
 
     def op_decode(self, msg):
-        """DE: wait for the prompt KV, decode, write every completed Full Block back."""
-        buffer, handles = self.buffers.pop(msg["rid"])
-        deadline = time.monotonic() + self.timeout_s
-        for handle in handles:
-            self.agent.wait(handle, max(0.0, deadline - time.monotonic()))
-            self.agent.release(handle)
-        wait_landed(self.agent, buffer, msg["rid"], deadline, msg["pe_peer"])
-        cached = msg["num_cached_blocks"]
-        prior = np.frombuffer(msg["prior_key"], np.uint8) if cached else None
-        writeback = StoreWriteBack(self.store, self.codec, cached, prior)
+        """DE: wait for each request's prompt KV, decode them as one batch, write back."""
         decoder = Decoder(self.model, self.codec, self.timeout_s)
-        decoder.admit(msg["rid"], buffer, msg["prompt"], msg["first_token"], msg["max_new_tokens"],
-                      num_cached_blocks=cached, writeback=writeback)
+        writebacks = {}
+        for req in msg["requests"]:
+            rid = req["rid"]
+            buffer, handles = self.buffers.pop(rid)
+            deadline = time.monotonic() + self.timeout_s
+            for handle in handles:
+                self.agent.wait(handle, max(0.0, deadline - time.monotonic()))
+                self.agent.release(handle)
+            wait_landed(self.agent, buffer, rid, deadline, req["pe_peer"])
+            cached = req["num_cached_blocks"]
+            prior = np.frombuffer(req["prior_key"], np.uint8) if cached else None
+            writebacks[rid] = StoreWriteBack(self.store, self.codec, cached, prior)
+            decoder.admit(rid, buffer, req["prompt"], req["first_token"], req["max_new_tokens"],
+                          num_cached_blocks=cached, writeback=writebacks[rid])
         done = {}
         while decoder.num_running:
             done.update(decoder.step())
-        writeback.finish(self.timeout_s)
-        return {"generated": done[msg["rid"]], "num_written_blocks": writeback.next_block}
+        for wb in writebacks.values():
+            wb.finish(self.timeout_s)
+        return {"results": [{"rid": rid, "generated": done[rid],
+                             "num_written_blocks": writebacks[rid].next_block}
+                            for rid in writebacks]}
 
     def serve(self, endpoint: str) -> None:
         socket = zmq.Context.instance().socket(zmq.REP)

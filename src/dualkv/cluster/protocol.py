@@ -40,13 +40,21 @@ class Client:
         self.socket.connect(endpoint)
 
     def call(self, op: str, timeout_s: float = 60.0, **fields) -> dict:
+        self.send(op, **fields)
+        return self.recv(timeout_s)
+
+    def send(self, op: str, **fields) -> None:
+        """Starts a request; `recv` finishes it (lets several engines work at once)."""
+        self._op = op
         self.socket.send(pack({"op": op, **fields}))
+
+    def recv(self, timeout_s: float = 60.0) -> dict:
         if not self.socket.poll(int(timeout_s * 1000)):
-            raise errors.TimedOut(f"{self.endpoint} did not answer {op!r} in {timeout_s} s")
+            raise errors.TimedOut(f"{self.endpoint} did not answer {self._op!r} in {timeout_s} s")
         reply = unpack(self.socket.recv())
         if not reply.get("ok"):
             cls = ERRORS.get(reply.get("error"), errors.DualKVError)
-            raise cls(f"{self.endpoint} {op}: {reply.get('message')}")
+            raise cls(f"{self.endpoint} {self._op}: {reply.get('message')}")
         return reply
 
     def close(self) -> None:

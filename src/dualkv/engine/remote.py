@@ -51,11 +51,12 @@ class RemoteBufferSink:
     """KVSink putting each layer's KV into a remote DE buffer, from a registered staging ring."""
 
     def __init__(self, agent, staging: np.ndarray, staging_region, target: RemoteBuffer,
-                 codec: LayerBlockCodec, request_id: int, depth: int = 2):
-        """`staging` is a uint8 array registered as `staging_region` (offset 0), split into
-        `depth` equal parts; each holds one layer's KV while its put is in flight."""
+                 codec: LayerBlockCodec, request_id: int, depth: int = 2, region_offset: int = 0):
+        """`staging` is a uint8 array registered in `staging_region` at `region_offset`, split
+        into `depth` equal parts; each holds one layer's KV while its put is in flight."""
         self.agent, self.staging, self.region = agent, staging, getattr(staging_region, "id", staging_region)
         self.target, self.codec, self.request_id = target, codec, request_id
+        self.region_offset = region_offset
         self.part_bytes = staging.nbytes // depth
         self._in_flight = [None] * depth  # handle per staging part
         self._next = 0
@@ -73,7 +74,8 @@ class RemoteBufferSink:
         base = part * self.part_bytes
         # the D2H copy on a GPU; kv rows are whole tokens, so its bytes are the wire format
         byte_tensor(self.staging[base:base + nbytes]).copy_(kv.contiguous().view(-1).view(torch.uint8))
-        local, remote, lengths = self._descriptors(layer, first_token, kv.shape[0], base)
+        local, remote, lengths = self._descriptors(layer, first_token, kv.shape[0],
+                                                   self.region_offset + base)
         self._in_flight[part] = self.agent.put(self.target.peer, self.region, self.target.region,
                                                local, remote, lengths,
                                                request_id=self.request_id, layer=layer)
@@ -111,17 +113,18 @@ def wait_landed(agent, buffer: BlockBuffer, request_id: int, deadline: float, pe
 
 
 def stream_hit_layers(agent, buffer: BlockBuffer, local_region, num_blocks: int, peer: int,
-                      remote_region, request_id: int) -> list:
+                      remote_region, request_id: int, remote_offset: int = 0) -> list:
     """DE side of the de read path: puts Layer Block l of the first num_blocks blocks of the
-    buffer into the PE's receive region ([layer][block][layer_block_bytes]), layer by layer,
-    each followed by notice (request_id, l). Returns the handles to wait for and release."""
+    buffer into the PE's receive region at remote_offset ([layer][block][layer_block_bytes]),
+    layer by layer, each followed by notice (request_id, l). Returns the handles to wait for
+    and release."""
     layout, base = buffer.layout, buffer.pool.base_ptr
     lbb = layout.layer_block_bytes
     slot_offsets = [int(buffer.pool.ptr(int(s))) - base for s in buffer.slots[:num_blocks]]
     handles = []
     for layer in range(layout.num_layers):
         local = [off + layout.layer_offset(layer) for off in slot_offsets]
-        remote = [(layer * num_blocks + b) * lbb for b in range(num_blocks)]
+        remote = [remote_offset + (layer * num_blocks + b) * lbb for b in range(num_blocks)]
         handles.append(agent.put(peer, getattr(local_region, "id", local_region),
                                  getattr(remote_region, "id", remote_region), local, remote,
                                  [lbb] * num_blocks, request_id=request_id, layer=layer))
