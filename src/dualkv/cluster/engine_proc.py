@@ -15,6 +15,7 @@ import time
 import numpy as np
 import zmq
 
+from dualkv.cluster.nic import ArrivesAt, SnicQueue
 from dualkv.cluster.protocol import error_reply, pack, unpack
 from dualkv.engine import (BlockBuffer, Decoder, LayerBlockCodec, Model, ModelConfig, PrefillItem,
                            SlotSource, StoreWriteBack, prefill_basic, prefill_batch)
@@ -43,6 +44,7 @@ class EngineServer:
         self.staging_region = self.agent.register(self.staging)
         self.recv_region = self.agent.register(self.recv)
         self.buffers = {}  # DE: request id -> (BlockBuffer, stream handles)
+        self.snic = SnicQueue(args.snic_mbps * 1e6)
         self.timeout_s = args.timeout_s
 
     def op_hello(self, msg):
@@ -57,17 +59,19 @@ class EngineServer:
         streaming it to the PE layer by layer."""
         keys = np.frombuffer(msg["hit_keys"], np.uint8).reshape(-1, 32)
         buffer = BlockBuffer(self.store.pool, self.store.layout, msg["num_tokens"])
-        num_hit, handles = 0, []
+        num_hit, handles, ready_at = 0, [], time.monotonic()
         if msg["read_side"] == "de" and len(keys):
             source = SlotSource.load(self.store, keys, buffer.slots[:len(keys)])
             num_hit = source.prepare(time.monotonic() + self.timeout_s) // self.codec.block_tokens
+            ready_at = self.snic.reserve(len(keys) * self.store.layout.full_block_bytes)
             if num_hit:
                 handles = stream_hit_layers(self.agent, buffer, self.pool_region, num_hit,
                                             msg["pe_peer"], msg["pe_recv_region"], msg["rid"],
                                             msg.get("pe_recv_offset", 0))
         self.buffers[msg["rid"]] = (buffer, handles)
         target = RemoteBuffer.of(buffer, 0, self.pool_region)
-        return {"slot_offsets": list(target.slot_offsets), "num_hit_blocks": num_hit}
+        return {"slot_offsets": list(target.slot_offsets), "num_hit_blocks": num_hit,
+                "ready_at": ready_at}
 
     def op_prefill(self, msg):
         """PE: one layerwise forward over every request of the message (Basic: one request
@@ -96,10 +100,15 @@ class EngineServer:
 
     def _source(self, req):
         if req["read_side"] == "de":
-            return RemoteLayerSource(self.agent, self._recv_part(req), req["num_hit_blocks"],
-                                     self.store.layout, req["rid"], req["de_peer"])
+            source = RemoteLayerSource(self.agent, self._recv_part(req), req["num_hit_blocks"],
+                                       self.store.layout, req["rid"], req["de_peer"])
+            return ArrivesAt(source, req["ready_at"])
         keys = np.frombuffer(req["hit_keys"], np.uint8).reshape(-1, 32)
-        return SlotSource.load(self.store, keys)
+        ready_at = self.snic.reserve(len(keys) * self.store.layout.full_block_bytes)
+        return ArrivesAt(SlotSource.load(self.store, keys), ready_at)
+
+    def op_stats(self, msg):
+        return {"snic_bytes": self.snic.num_bytes}
 
     def _staging_part(self, index: int, count: int) -> np.ndarray:
         size = self.staging.nbytes // count
@@ -162,6 +171,8 @@ def main(argv=None):
     p.add_argument("--max-tokens", type=int, default=8192)
     p.add_argument("--device", default="cpu")
     p.add_argument("--timeout-s", type=float, default=60.0)
+    p.add_argument("--snic-mbps", type=float, default=0.0,
+                   help="emulated storage NIC of this node, MB/s (0: unlimited)")
     args = p.parse_args(argv)
     EngineServer(args).serve(args.endpoint)
     return 0

@@ -53,7 +53,7 @@ class ClusterTurn:
 class LocalCluster:
     def __init__(self, cfg: ModelConfig, root: str, num_de: int = 1, policy: str = "dualpath",
                  seed: int = 0, block_tokens: int = 64, batch_invariant: bool = True,
-                 timeout_s: float = 120.0):
+                 timeout_s: float = 120.0, snic_mbps: float = 0.0):
         if num_de < 1:
             raise InvalidArgument(f"a cluster needs at least one DE, got {num_de}")
         self.cfg, self.block_tokens, self.timeout_s = cfg, block_tokens, timeout_s
@@ -69,7 +69,8 @@ class LocalCluster:
             self.procs[role] = subprocess.Popen(
                 [sys.executable, "-m", "dualkv.cluster.engine_proc", "--role", role[:2],
                  "--endpoint", endpoint, "--root", root, "--model", spec,
-                 "--block-tokens", str(block_tokens)], env=_child_env())
+                 "--block-tokens", str(block_tokens), "--snic-mbps", str(snic_mbps),
+                 "--timeout-s", str(timeout_s)], env=_child_env())
             self.clients[role] = Client(zmq.Context.instance(), endpoint)
         for role in self.roles:
             self.hello[role] = self.clients[role].call("hello", timeout_s)
@@ -144,6 +145,7 @@ class LocalCluster:
         return dict(rid=r.rid, prompt=r.tag["prompt"].tolist(), read_side=r.read_side,
                     hit_keys=r.tag["keys"][:r.hit_tokens // self.block_tokens].tobytes(),
                     num_hit_blocks=opened["num_hit_blocks"], recv_offset=opened["recv_offset"],
+                    ready_at=opened["ready_at"],
                     de_peer=self.de_peer[role], de_region=self.hello[role]["pool_region"],
                     slot_offsets=opened["slot_offsets"])
 
@@ -170,6 +172,11 @@ class LocalCluster:
         first = placed[1]
         return ClusterTurn(first["generated"], r.tag["matched"], first["num_cached_blocks"],
                            r.de - 1, r.read_side)
+
+    def snic_bytes(self) -> dict:
+        """Bytes each node's emulated storage NIC has read, by role."""
+        return {role: self.clients[role].call("stats", self.timeout_s)["snic_bytes"]
+                for role in self.roles}
 
     def close(self) -> None:
         for role, client in self.clients.items():
