@@ -106,3 +106,14 @@ def test_missing_weight_is_named():
     weights = {}
     with pytest.raises(InvalidArgument, match="lacks"):
         Model(ModelConfig(num_layers=1), weights)
+
+
+def test_engine_config_devices():
+    from dualkv.engine import EngineConfig
+
+    assert EngineConfig("cpu").torch_device == torch.device("cpu")
+    assert EngineConfig("auto").torch_device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(InvalidArgument):
+        EngineConfig("tpu9").torch_device
+    with pytest.raises(InvalidArgument):
+        EngineConfig(timeout_s=0)

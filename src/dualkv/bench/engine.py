@@ -73,7 +73,8 @@ def main(argv=None):
                 ttft.append(result.ttft_s)
                 tps.append((args.gen - 1) / result.decode_s)
                 hit = result.num_cached_blocks * args.block_tokens
-            row = dict(mode=name, threads=torch.get_num_threads(), layers=args.layers, hidden=args.hidden, context=args.context,
+            row = dict(mode=name, threads=torch.get_num_threads(), layers=args.layers,
+                       hidden=args.hidden, context=args.context,
                        append=args.append, hit_tokens=hit, device=args.device, dtype=args.dtype,
                        backend=store.backend, ttft_ms=1e3 * statistics.median(ttft[1:]),
                        decode_tokens_per_s=statistics.median(tps[1:]))

@@ -17,8 +17,9 @@ import zmq
 
 from dualkv.cluster.nic import ArrivesAt, SnicQueue
 from dualkv.cluster.protocol import error_reply, pack, unpack
-from dualkv.engine import (BlockBuffer, Decoder, LayerBlockCodec, Model, ModelConfig, PrefillItem,
-                           SlotSource, StoreWriteBack, prefill_basic, prefill_batch)
+from dualkv.engine import (BlockBuffer, Decoder, EngineConfig, LayerBlockCodec, Model,
+                           ModelConfig, PrefillItem, SlotSource, StoreWriteBack, prefill_basic,
+                           prefill_batch)
 from dualkv.engine.remote import (RemoteBuffer, RemoteBufferSink, RemoteLayerSource,
                                   stream_hit_layers, wait_landed)
 from dualkv.store import BlockStore, StoreConfig
@@ -29,9 +30,11 @@ class EngineServer:
     def __init__(self, args):
         spec = json.loads(args.model)
         self.cfg = ModelConfig(**spec["config"])
-        self.model = Model.from_seed(self.cfg, spec["seed"], args.device, spec["batch_invariant"])
-        self.codec = LayerBlockCodec(self.cfg, args.block_tokens)
-        layout = self.cfg.layout(args.block_tokens)
+        engine = EngineConfig(args.device, args.block_tokens, args.timeout_s)
+        self.model = Model.from_seed(self.cfg, spec["seed"], engine.torch_device,
+                                     spec["batch_invariant"])
+        self.codec = LayerBlockCodec(self.cfg, engine.block_tokens)
+        layout = self.cfg.layout(engine.block_tokens)
         self.store = BlockStore(StoreConfig(args.root, layout, pool_slots=args.pool_slots,
                                             cuda="off"))
         self.agent = Agent(TransferConfig(name=f"{args.role}-engine"))
@@ -45,7 +48,7 @@ class EngineServer:
         self.recv_region = self.agent.register(self.recv)
         self.buffers = {}  # DE: request id -> (BlockBuffer, stream handles)
         self.snic = SnicQueue(args.snic_mbps * 1e6)
-        self.timeout_s = args.timeout_s
+        self.timeout_s = engine.timeout_s
 
     def op_hello(self, msg):
         return {"info": self.agent.local_info(), "pool_region": self.pool_region.id,
@@ -82,8 +85,9 @@ class EngineServer:
                 sources.append(self._source(req))
                 target = RemoteBuffer(req["de_peer"], req["de_region"], tuple(req["slot_offsets"]))
                 part = self._staging_part(len(items), len(msg["requests"]))
+                offset = part.ctypes.data - self.staging.ctypes.data
                 sink = RemoteBufferSink(self.agent, part, self.staging_region, target, self.codec,
-                                        req["rid"], region_offset=part.ctypes.data - self.staging.ctypes.data)
+                                        req["rid"], region_offset=offset)
                 items.append(PrefillItem(req["prompt"], sources[-1], sink, req["read_side"]))
             if msg.get("mode") == "basic":
                 firsts = [prefill_basic(self.model, it.tokens, it.source, it.sink, self.codec,
@@ -169,7 +173,7 @@ def main(argv=None):
     p.add_argument("--block-tokens", type=int, default=64)
     p.add_argument("--pool-slots", type=int, default=256)
     p.add_argument("--max-tokens", type=int, default=8192)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help='torch device, or "auto" (CUDA if present)')
     p.add_argument("--timeout-s", type=float, default=60.0)
     p.add_argument("--snic-mbps", type=float, default=0.0,
                    help="emulated storage NIC of this node, MB/s (0: unlimited)")

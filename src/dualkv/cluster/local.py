@@ -53,7 +53,7 @@ class ClusterTurn:
 class LocalCluster:
     def __init__(self, cfg: ModelConfig, root: str, num_de: int = 1, policy: str = "dualpath",
                  seed: int = 0, block_tokens: int = 64, batch_invariant: bool = True,
-                 timeout_s: float = 120.0, snic_mbps: float = 0.0):
+                 timeout_s: float = 120.0, snic_mbps: float = 0.0, device: str = "cpu"):
         if num_de < 1:
             raise InvalidArgument(f"a cluster needs at least one DE, got {num_de}")
         self.cfg, self.block_tokens, self.timeout_s = cfg, block_tokens, timeout_s
@@ -70,14 +70,15 @@ class LocalCluster:
                 [sys.executable, "-m", "dualkv.cluster.engine_proc", "--role", role[:2],
                  "--endpoint", endpoint, "--root", root, "--model", spec,
                  "--block-tokens", str(block_tokens), "--snic-mbps", str(snic_mbps),
-                 "--timeout-s", str(timeout_s)], env=_child_env())
+                 "--timeout-s", str(timeout_s), "--device", device], env=_child_env())
             self.clients[role] = Client(zmq.Context.instance(), endpoint)
         for role in self.roles:
             self.hello[role] = self.clients[role].call("hello", timeout_s)
         pe = self.clients["pe"]
         self.de_peer = {r: pe.call("connect", timeout_s, info=self.hello[r]["info"])["peer"]
                         for r in self.roles[1:]}
-        self.pe_peer = {r: self.clients[r].call("connect", timeout_s, info=self.hello["pe"]["info"])["peer"]
+        pe_info = self.hello["pe"]["info"]
+        self.pe_peer = {r: self.clients[r].call("connect", timeout_s, info=pe_info)["peer"]
                         for r in self.roles[1:]}
         # engine id = node id = group id: 0 the PE, 1.. the DEs
         self.sched = Scheduler(SchedulerConfig(policy), [GroupSpec(0, 0, (0,))],

@@ -75,7 +75,10 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """Where an engine runs and how long it waits for KV before giving up."""
+    """Where an engine runs and how long it waits for KV before giving up.
+
+    device: a torch device string, or "auto" for CUDA where present and CPU otherwise.
+    """
     device: str = "cpu"
     block_tokens: int = 64
     timeout_s: float = 30.0
@@ -85,3 +88,14 @@ class EngineConfig:
             raise InvalidArgument(f"block_tokens must be a positive int, got {self.block_tokens!r}")
         if not self.timeout_s > 0:
             raise InvalidArgument(f"timeout_s must be positive, got {self.timeout_s!r}")
+
+    @property
+    def torch_device(self):
+        import torch
+
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            return torch.device(self.device)
+        except RuntimeError as exc:
+            raise InvalidArgument(f"unknown device {self.device!r}") from exc

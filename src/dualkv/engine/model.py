@@ -61,6 +61,12 @@ def seeded_weights(cfg: ModelConfig, seed: int) -> dict[str, torch.Tensor]:
     return weights
 
 
+def _pad_keys(tile: torch.Tensor) -> torch.Tensor:
+    """Pads [heads, 1, n, d] keys or values with zeros to ATTN_TILE rows."""
+    pad = tile.new_zeros(tile.shape[:2] + (ATTN_TILE - tile.shape[2], tile.shape[3]))
+    return torch.cat((tile, pad), 2)
+
+
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     first, second = x.chunk(2, dim=-1)
     return torch.cat((-second, first), dim=-1)
@@ -188,10 +194,8 @@ class Model:
         acc = torch.zeros(shape + (qg.shape[-1],), device=qg.device)
         for lo in range(0, total, ATTN_TILE):
             k_tile, v_tile = keys[:, :, lo:lo + ATTN_TILE], values[:, :, lo:lo + ATTN_TILE]
-            if k_tile.shape[2] < ATTN_TILE:
-                pad = ATTN_TILE - k_tile.shape[2]
-                k_tile = torch.cat((k_tile, k_tile.new_zeros(k_tile.shape[:2] + (pad, k_tile.shape[3]))), 2)
-                v_tile = torch.cat((v_tile, v_tile.new_zeros(v_tile.shape[:2] + (pad, v_tile.shape[3]))), 2)
+            if k_tile.shape[2] < ATTN_TILE:  # masked zero keys: same tile length every time
+                k_tile, v_tile = _pad_keys(k_tile), _pad_keys(v_tile)
             scores = torch.matmul(qg, k_tile.transpose(-1, -2)).float() * scale
             hidden = torch.arange(lo, lo + ATTN_TILE, device=qg.device)[None, :] > q_pos[:, None]
             scores = scores.masked_fill(hidden, float("-inf"))
@@ -207,7 +211,8 @@ class Model:
         prefix = f"model.layers.{layer}."
         x = x + self._linear(attn, prefix + "self_attn.o_proj")
         h = self._rms_norm(x, prefix + "post_attention_layernorm.weight")
-        gated = F.silu(self._linear(h, prefix + "mlp.gate_proj")) * self._linear(h, prefix + "mlp.up_proj")
+        gate = F.silu(self._linear(h, prefix + "mlp.gate_proj"))
+        gated = gate * self._linear(h, prefix + "mlp.up_proj")
         return x + self._linear(gated, prefix + "mlp.down_proj")
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:

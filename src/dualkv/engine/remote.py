@@ -54,7 +54,8 @@ class RemoteBufferSink:
                  codec: LayerBlockCodec, request_id: int, depth: int = 2, region_offset: int = 0):
         """`staging` is a uint8 array registered in `staging_region` at `region_offset`, split
         into `depth` equal parts; each holds one layer's KV while its put is in flight."""
-        self.agent, self.staging, self.region = agent, staging, getattr(staging_region, "id", staging_region)
+        self.agent, self.staging = agent, staging
+        self.region = getattr(staging_region, "id", staging_region)
         self.target, self.codec, self.request_id = target, codec, request_id
         self.region_offset = region_offset
         self.part_bytes = staging.nbytes // depth

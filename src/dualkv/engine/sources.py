@@ -54,8 +54,7 @@ class SlotSource:
         pass  # slots are read in place and outlive the forward; nothing to recycle per layer
 
     def close(self) -> None:
-        if self.handle is not None:  # abandoned before prepare: let the read finish first
-            self.store.wait(self.handle, 60.0)
+        if self.handle is not None:  # abandoned before prepare: release waits for the read
             self.store.release(self.handle)
             self.handle = None
         if self.owns_slots and self.slots is not None:
