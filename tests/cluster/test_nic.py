@@ -42,3 +42,4 @@ def test_source_waits_for_its_bytes_and_respects_the_deadline():
     assert inner.prepared_at >= ready_at
     with pytest.raises(TimedOut):
         ArrivesAt(ReadySource(), time.monotonic() + 10).prepare(time.monotonic() + 0.1)
+

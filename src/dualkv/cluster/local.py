@@ -71,7 +71,9 @@ class LocalCluster:
                  "--endpoint", endpoint, "--root", root, "--model", spec,
                  "--block-tokens", str(block_tokens), "--snic-mbps", str(snic_mbps),
                  "--timeout-s", str(timeout_s), "--device", device], env=_child_env())
-            self.clients[role] = Client(zmq.Context.instance(), endpoint)
+            proc = self.procs[role]
+            self.clients[role] = Client(zmq.Context.instance(), endpoint,
+                                        is_alive=lambda proc=proc: proc.poll() is None)
         for role in self.roles:
             self.hello[role] = self.clients[role].call("hello", timeout_s)
         pe = self.clients["pe"]

@@ -7,10 +7,14 @@ transfer engine and the store.
 """
 from __future__ import annotations
 
+import time
+
 import msgpack
 import zmq
 
 from dualkv import errors
+
+POLL_SLICE_S = 0.25  # how often a waiting client checks that its engine process lives
 
 ERRORS = {name: getattr(errors, name) for name in
           ("InvalidArgument", "OutOfMemory", "NotFound", "PeerDisconnected", "TimedOut",
@@ -33,8 +37,9 @@ def error_reply(exc: BaseException) -> dict:
 class Client:
     """A REQ socket to one engine process."""
 
-    def __init__(self, context: zmq.Context, endpoint: str):
-        self.endpoint = endpoint
+    def __init__(self, context: zmq.Context, endpoint: str, is_alive=None):
+        """is_alive(): False once the engine process is gone, so a wait ends at once."""
+        self.endpoint, self.is_alive = endpoint, is_alive
         self.socket = context.socket(zmq.REQ)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.connect(endpoint)
@@ -49,8 +54,13 @@ class Client:
         self.socket.send(pack({"op": op, **fields}))
 
     def recv(self, timeout_s: float = 60.0) -> dict:
-        if not self.socket.poll(int(timeout_s * 1000)):
-            raise errors.TimedOut(f"{self.endpoint} did not answer {self._op!r} in {timeout_s} s")
+        deadline = time.monotonic() + timeout_s
+        while not self.socket.poll(int(1000 * max(0.0, min(POLL_SLICE_S,
+                                                           deadline - time.monotonic())))):
+            if self.is_alive is not None and not self.is_alive():
+                raise errors.PeerDisconnected(f"{self.endpoint} died during {self._op!r}")
+            if time.monotonic() >= deadline:
+                raise errors.TimedOut(f"{self.endpoint} did not answer {self._op!r} in {timeout_s} s")
         reply = unpack(self.socket.recv())
         if not reply.get("ok"):
             cls = ERRORS.get(reply.get("error"), errors.DualKVError)
