@@ -61,3 +61,28 @@ def test_scheduled_conversations_across_processes(block_root, policy):
     assert sides == ({"pe", "de"} if policy == "dualpath" else {"pe"})
     for prompt in prompts:
         check_blocks(block_root, model, prompt[:-9])
+
+
+@pytest.mark.slow
+def test_killed_decode_process_is_replaced_and_its_requests_rerun(block_root):
+    """SIGKILL of a DE process between turns: the next batch notices it at once, a fresh DE
+    takes its place, the failed requests are placed again and recomputed from the store, and
+    every result still equals the recompute."""
+    import signal
+
+    from dualkv.cluster.local import LocalCluster
+
+    model = Model.from_seed(CFG, seed=3, batch_invariant=True)
+    rng = np.random.default_rng(5)
+    prompts = [[int(t) for t in rng.integers(0, CFG.vocab_size, n)] for n in (40, 50, 30)]
+    with LocalCluster(CFG, block_root, num_de=2, seed=3, block_tokens=BT) as cluster:
+        for turn in range(2):
+            if turn == 1:
+                cluster.procs["de1"].send_signal(signal.SIGKILL)
+                cluster.procs["de1"].wait()
+            results = cluster.run_batch([(p, 6) for p in prompts])
+            for i, (prompt, result) in enumerate(zip(prompts, results)):
+                assert result.generated == reference(model, prompt, 6), (turn, i)
+                prompts[i] = prompt + result.generated + [int(t) for t in rng.integers(0, 256, 5)]
+        assert cluster.num_restarts == 1
+        assert cluster.procs["de1"].poll() is None

@@ -76,6 +76,19 @@ class EngineServer:
         return {"slot_offsets": list(target.slot_offsets), "num_hit_blocks": num_hit,
                 "ready_at": ready_at}
 
+    def op_drop(self, msg):
+        """DE: frees the buffers of requests that will not be decoded (a failed batch)."""
+        for buffer, handles in self.buffers.values():
+            for handle in handles:  # puts to a PE that may be gone: settle, then free
+                try:
+                    self.agent.wait(handle, 5.0)
+                except Exception:
+                    pass
+                self.agent.release(handle)
+            buffer.free()
+        num_dropped, self.buffers = len(self.buffers), {}
+        return {"num_dropped": num_dropped}
+
     def op_prefill(self, msg):
         """PE: one layerwise forward over every request of the message (Basic: one request
         after another, whole hit loaded first), KV put into each request's DE buffer."""

@@ -26,7 +26,7 @@ import zmq
 
 from dualkv.cluster.protocol import Client
 from dualkv.engine.config import ModelConfig
-from dualkv.errors import InvalidArgument
+from dualkv.errors import InvalidArgument, PeerDisconnected
 from dualkv.keys import chain_keys
 from dualkv.sched import EngineReport, GroupReport, GroupSpec, Request, Scheduler, SchedulerConfig
 
@@ -63,28 +63,49 @@ class LocalCluster:
         self._dir = tempfile.mkdtemp(prefix="dualkv-cluster-")
         self.roles = ["pe"] + [f"de{i}" for i in range(num_de)]
         spec = json.dumps({"config": asdict(cfg), "seed": seed, "batch_invariant": batch_invariant})
-        self.procs, self.clients, self.hello = {}, {}, {}
+        self._argv = ["--root", root, "--model", spec, "--block-tokens", str(block_tokens),
+                      "--snic-mbps", str(snic_mbps), "--timeout-s", str(timeout_s),
+                      "--device", device]
+        self.procs, self.clients, self.hello, self.de_peer, self.pe_peer = {}, {}, {}, {}, {}
+        self.num_restarts = 0
         for role in self.roles:
-            endpoint = f"ipc://{self._dir}/{role}.sock"
-            self.procs[role] = subprocess.Popen(
-                [sys.executable, "-m", "dualkv.cluster.engine_proc", "--role", role[:2],
-                 "--endpoint", endpoint, "--root", root, "--model", spec,
-                 "--block-tokens", str(block_tokens), "--snic-mbps", str(snic_mbps),
-                 "--timeout-s", str(timeout_s), "--device", device], env=_child_env())
-            proc = self.procs[role]
-            self.clients[role] = Client(zmq.Context.instance(), endpoint,
-                                        is_alive=lambda proc=proc: proc.poll() is None)
+            self._spawn(role)
         for role in self.roles:
             self.hello[role] = self.clients[role].call("hello", timeout_s)
-        pe = self.clients["pe"]
-        self.de_peer = {r: pe.call("connect", timeout_s, info=self.hello[r]["info"])["peer"]
-                        for r in self.roles[1:]}
-        pe_info = self.hello["pe"]["info"]
-        self.pe_peer = {r: self.clients[r].call("connect", timeout_s, info=pe_info)["peer"]
-                        for r in self.roles[1:]}
+        for role in self.roles[1:]:
+            self._join(role)
         # engine id = node id = group id: 0 the PE, 1.. the DEs
         self.sched = Scheduler(SchedulerConfig(policy), [GroupSpec(0, 0, (0,))],
                                [GroupSpec(i, i, (i,)) for i in range(1, num_de + 1)])
+
+    def _spawn(self, role: str) -> None:
+        endpoint = f"ipc://{self._dir}/{role}-{self.num_restarts}.sock"
+        proc = self.procs[role] = subprocess.Popen(
+            [sys.executable, "-m", "dualkv.cluster.engine_proc", "--role", role[:2],
+             "--endpoint", endpoint] + self._argv, env=_child_env())
+        self.clients[role] = Client(zmq.Context.instance(), endpoint,
+                                    is_alive=lambda: proc.poll() is None)
+
+    def _join(self, de_role: str) -> None:
+        """UCX rendezvous of the PE and one DE, both ways."""
+        t = self.timeout_s
+        self.de_peer[de_role] = self.clients["pe"].call("connect", t, info=self.hello[de_role]["info"])["peer"]
+        self.pe_peer[de_role] = self.clients[de_role].call("connect", t, info=self.hello["pe"]["info"])["peer"]
+
+    def _recover(self) -> None:
+        """Replaces every DE process that died by a fresh one in its place (same node); a
+        dead PE is fatal: this cluster has only one."""
+        if self.procs["pe"].poll() is not None:
+            raise PeerDisconnected("the prefill engine process died; no PE is left")
+        for role in self.roles[1:]:
+            if self.procs[role].poll() is None:
+                self.clients[role].call("drop", self.timeout_s)  # buffers of the failed batch
+                continue
+            self.clients[role].close()
+            self.num_restarts += 1
+            self._spawn(role)
+            self.hello[role] = self.clients[role].call("hello", self.timeout_s)
+            self._join(role)
 
     def match(self, keys: np.ndarray) -> int:
         return next((i for i, k in enumerate(keys) if k.tobytes() not in self.stored), len(keys))
@@ -92,18 +113,36 @@ class LocalCluster:
     def run_turn(self, prompt, max_new_tokens: int) -> ClusterTurn:
         return self.run_batch([(prompt, max_new_tokens)])[0]
 
-    def run_batch(self, turns) -> list[ClusterTurn]:
-        """Runs (prompt, max_new_tokens) turns of different conversations as one batch."""
+    def run_batch(self, turns, max_retries: int = 2) -> list[ClusterTurn]:
+        """Runs (prompt, max_new_tokens) turns of different conversations as one batch.
+
+        Requests caught by a DE process dying are placed again (the scheduler may pick any
+        DE; the dead one is replaced) and recomputed from what the store holds."""
         requests = [self._submit(np.asarray(p, np.int32), n) for p, n in turns]
-        placed = self._place(len(requests))
-        opened = self._open(placed)
-        firsts = self.clients["pe"].call("prefill", self.timeout_s, mode=self.mode, requests=[
-            self._prefill_request(r, opened[r.rid]) for r in placed])["results"]
-        by_rid = {r.rid: (r, f) for r, f in zip(placed, firsts)}
-        self._decode(by_rid)
+        done = self._execute(requests)
         for node in range(len(self.roles)):  # every read of the batch has finished
             self.sched.report_read_q(node, 0)
-        return [self._result(r, by_rid[r.rid]) for r in requests]
+        failed = [i for i, r in enumerate(requests) if r.rid not in done]
+        if failed:
+            if max_retries <= 0:
+                raise PeerDisconnected(f"{len(failed)} requests failed after every retry")
+            self._recover()
+            retried = self.run_batch([turns[i] for i in failed], max_retries - 1)
+            done.update({requests[i].rid: turn for i, turn in zip(failed, retried)})
+        return [done[r.rid] for r in requests]
+
+    def _execute(self, requests) -> dict:
+        """{rid: ClusterTurn} of the requests that finished; a dead DE fails its requests."""
+        placed = self._place(len(requests))
+        try:
+            opened = self._open(placed)
+            firsts = self.clients["pe"].call("prefill", self.timeout_s, mode=self.mode, requests=[
+                self._prefill_request(r, opened[r.rid]) for r in placed])["results"]
+        except PeerDisconnected:
+            return {}
+        by_rid = {r.rid: (r, f) for r, f in zip(placed, firsts)}
+        self._decode(by_rid)
+        return {rid: self._result(r, f) for rid, (r, f) in by_rid.items() if "generated" in f}
 
     def _submit(self, prompt, max_new_tokens) -> Request:
         self._rid += 1
@@ -164,15 +203,18 @@ class LocalCluster:
         for role, reqs in per_de.items():  # every DE decodes at once
             self.clients[role].send("decode", requests=reqs)
         for role in per_de:
-            for out in self.clients[role].recv(self.timeout_s)["results"]:
+            try:
+                outs = self.clients[role].recv(self.timeout_s)["results"]
+            except PeerDisconnected:
+                continue  # its requests stay without "generated": run_batch retries them
+            for out in outs:
                 r, first = by_rid[out["rid"]]
                 first["generated"] = out["generated"]
                 seq = np.concatenate([r.tag["prompt"], np.asarray(out["generated"], np.int32)])
                 written = chain_keys(seq, self.block_tokens)[:out["num_written_blocks"]]
                 self.stored.update(k.tobytes() for k in written)
 
-    def _result(self, r: Request, placed) -> ClusterTurn:
-        first = placed[1]
+    def _result(self, r: Request, first: dict) -> ClusterTurn:
         return ClusterTurn(first["generated"], r.tag["matched"], first["num_cached_blocks"],
                            r.de - 1, r.read_side)
 
