@@ -1,0 +1,146 @@
+"""Prefill over (cached prefix KV, new tokens): layerwise (DualPath) and Basic (the baseline).
+
+Layerwise: before layer l's attention the engine waits for layer l's Layer Blocks of the hit
+prefix (`KVSource.wait_layer`), attends over cached + new tokens, then hands layer l's KV to
+the `KVSink` — hit + new on the pe read path, new only on the de read path, where the hit KV
+already sits in the DE buffer — and the move runs while layer l+1 computes. A batch of
+requests (or chunks of requests, as `dualkv.sched.PrefillBatcher` forms them) runs as one
+forward: projections and MLP over all new tokens at once, attention per request. Only one
+layer's KV of the batch (plus the one still in flight to the sinks) is held at a time.
+
+Basic: the whole hit KV of every layer is loaded before the forward, all layers' KV are held
+through it, and the prompt KV goes to the sink after the forward: no streaming.
+
+Both leave the sinks finished and return the first generated token (greedy) of every request
+whose prompt they completed.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from dualkv.engine.kv import LayerBlockCodec
+from dualkv.engine.model import Model
+from dualkv.errors import InvalidArgument
+
+READ_SIDES = ("pe", "de")
+
+
+@dataclass
+class PrefillItem:
+    """One request (or chunk of one) in a layerwise prefill batch.
+
+    The source provides the KV of tokens [0, cached); the pass computes [cached, end). The sink
+    gets [0, end) when `send_cached` (pe read path, first chunk: the DE buffer has nothing yet)
+    and [cached, end) otherwise (de read path, or a later chunk).
+    """
+    tokens: Any                  # the whole prompt
+    source: Any                  # KVSource
+    sink: Any                    # KVSink
+    read_side: str = "pe"
+    end: int | None = None       # None: to the end of the prompt
+    first_chunk: bool = True
+
+    def __post_init__(self):
+        if self.read_side not in READ_SIDES:
+            raise InvalidArgument(f"read_side must be one of {READ_SIDES}, got {self.read_side!r}")
+        self.tokens = _prompt(self.tokens)
+        self.end = len(self.tokens) if self.end is None else int(self.end)
+        if not 0 < self.end <= len(self.tokens):
+            raise InvalidArgument(f"chunk end {self.end} outside 1..{len(self.tokens)}")
+
+    @property
+    def send_cached(self) -> bool:
+        return self.read_side == "pe" and self.first_chunk
+
+
+def _prompt(tokens) -> torch.Tensor:
+    tokens = torch.as_tensor(tokens, dtype=torch.int64).reshape(-1)
+    if tokens.numel() == 0:
+        raise InvalidArgument("prefill needs at least one prompt token")
+    return tokens
+
+
+def _cached_tokens(source, end: int, block_tokens: int, deadline: float) -> int:
+    """Usable cached tokens; at least one token is always computed to get the next logits."""
+    cached = source.prepare(deadline)
+    return cached if cached < end else (end - 1) // block_tokens * block_tokens
+
+
+@torch.inference_mode()
+def prefill_batch(model: Model, items: list[PrefillItem], codec: LayerBlockCodec,
+                  timeout_s: float = 30.0) -> list[int | None]:
+    """Layerwise prefill of a batch; per item the first token, or None for a non-final chunk."""
+    deadline = time.monotonic() + timeout_s
+    cached = [_cached_tokens(it.source, it.end, codec.block_tokens, deadline) for it in items]
+    sizes = [it.end - c for it, c in zip(items, cached)]
+    x = model.embed(torch.cat([it.tokens[c:it.end] for it, c in zip(items, cached)]))
+    positions = torch.cat([torch.arange(c, it.end) for it, c in zip(items, cached)])
+    positions = positions.to(model.device)
+    for layer in range(model.num_layers):
+        q, kv_new = model.attention_inputs(layer, x, positions)
+        outs, row = [], 0
+        for it, c, n in zip(items, cached, sizes):
+            kv = torch.empty(model.kv_shape(it.end), dtype=model.dtype, device=model.device)
+            if c:
+                codec.gather(it.source.wait_layer(layer, deadline), kv, c)
+                it.source.release_layer(layer)
+            kv[c:] = kv_new[row:row + n]
+            outs.append(model.attend(q[row:row + n], kv, c))
+            first = 0 if it.send_cached else c
+            it.sink.put_layer(layer, kv[first:], first)  # the sink holds it until it lands
+            row += n
+        x = model.layer_output(layer, x, torch.cat(outs))
+    for it in items:
+        it.sink.finish(deadline)
+    last_rows = torch.tensor(sizes).cumsum(0) - 1
+    firsts = model.logits(x[last_rows.to(model.device)]).argmax(-1).tolist()
+    return [tok if it.end == len(it.tokens) else None for it, tok in zip(items, firsts)]
+
+
+def prefill_layerwise(model: Model, tokens, source, sink, codec: LayerBlockCodec,
+                      read_side: str = "pe", timeout_s: float = 30.0) -> int:
+    """Layerwise prefill (DualPath) of one request; returns the first generated token."""
+    return prefill_batch(model, [PrefillItem(tokens, source, sink, read_side)], codec,
+                         timeout_s)[0]
+
+
+@torch.inference_mode()
+def prefill_basic(model: Model, tokens, source, sink, codec: LayerBlockCodec,
+                  timeout_s: float = 30.0) -> int:
+    """The paper's Basic: whole hit KV loaded first, no layerwise streaming, pe side only."""
+    deadline = time.monotonic() + timeout_s
+    tokens = _prompt(tokens)
+    total = tokens.numel()
+    hit = _cached_tokens(source, total, codec.block_tokens, deadline)
+    kvs = [torch.empty(model.kv_shape(total), dtype=model.dtype, device=model.device)
+           for _ in range(model.num_layers)]
+    if hit:
+        for layer in range(model.num_layers):
+            codec.gather(source.wait_layer(layer, deadline), kvs[layer], hit)
+            source.release_layer(layer)
+    positions = torch.arange(hit, total, device=model.device)
+    x = model.embed(tokens[hit:])
+    for layer in range(model.num_layers):
+        q, kv_new = model.attention_inputs(layer, x, positions)
+        kvs[layer][hit:] = kv_new
+        x = model.layer_output(layer, x, model.attend(q, kvs[layer], hit))
+    for layer in range(model.num_layers):
+        sink.put_layer(layer, kvs[layer], 0)
+    sink.finish(deadline)
+    return int(model.logits(x[-1:])[0].argmax())
+
+
+def prefill(model: Model, tokens, source, sink, codec: LayerBlockCodec, mode: str = "dualpath",
+            read_side: str = "pe", timeout_s: float = 30.0) -> int:
+    """Entry point: mode "dualpath" (layerwise, pe or de read side) or "basic" (pe only)."""
+    if mode == "basic":
+        if read_side != "pe":
+            raise InvalidArgument("Basic reads on the prefill side only (read_side='pe')")
+        return prefill_basic(model, tokens, source, sink, codec, timeout_s)
+    if mode != "dualpath":
+        raise InvalidArgument(f"mode must be 'dualpath' or 'basic', got {mode!r}")
+    return prefill_layerwise(model, tokens, source, sink, codec, read_side, timeout_s)
