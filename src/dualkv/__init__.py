@@ -13,6 +13,6 @@ __all__ = ["KVLayout", "info", "DualKVError", "InvalidArgument", "NotFound", "Ou
 
 def info() -> dict:
     """Which backends this build has and this machine allows (`dualkv info` prints it)."""
-    from dualkv.info import info as _info
+    from dualkv.system_info import info as _info
 
     return _info()

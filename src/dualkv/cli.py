@@ -1,6 +1,7 @@
-"""`dualkv <command>`: each command lives in its own module with `add_arguments` and `run`.
+"""dualkv: KV-cache storage, transfer, scheduling and simulation for DualPath inference.
 
-Modules load only when their command runs, so `dualkv info` never imports torch or the
+Each command lives in its own module under dualkv.commands (`add_arguments`, `run`); modules
+load only when their command runs, so `dualkv info` never imports torch or the
 simulator.
 """
 import argparse
