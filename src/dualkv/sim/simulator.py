@@ -146,7 +146,9 @@ class Simulator:
         c = self.c
         cap = c.de_cap
         spec = c.de_groups[g - c.num_pe_nodes]
-        engines = [EngineReport(e, c.seq[e], c.tok[e], cap - c.de_assigned[e]) for e in spec.engine_ids]
+        # an engine reports the HBM it has free now; requests assigned but not yet decoding
+        # are not reserved (the paper's Z rule is what keeps them from overflowing it)
+        engines = [EngineReport(e, c.seq[e], c.tok[e], cap - c.de_alloc[e]) for e in spec.engine_ids]
         result = self.sched.fetch_for_de_group(GroupReport(g, c.read_q[g], engines))
         for r in result.assigned:
             c.seq[r.de] += 1
