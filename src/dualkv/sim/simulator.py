@@ -123,8 +123,13 @@ class Simulator:
         self.dirty_read_q.clear()
         self.num_ticks += 1  # leaders fetch at different phases: rotate who goes first
         pe, self.pe_awake = self.pe_awake, set()
+        # A PE fetch with nothing to take returns nothing and changes nothing (read queues
+        # are reported above), so it is skipped: the same decisions, fewer calls. DE fetches
+        # always run: their report refreshes the group's load for phase 1.
+        has_pe = self.sched.has_pe_work
         for g in _rotated(pe, self.num_ticks):
-            self.fetch_pe(g)
+            if has_pe(g):
+                self.fetch_pe(g)
         de, self.de_awake = self.de_awake, set()
         for g in _rotated(de, self.num_ticks):
             self.fetch_de(g)
