@@ -2,7 +2,7 @@
 calibration of docs/simulator.md) and the cluster/hardware knobs of paper.md §2, §16.1."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from dualkv.errors import InvalidArgument
 from dualkv.sched import AttentionFlops, SchedulerConfig, get_policy
