@@ -18,6 +18,11 @@ Inter-engine (one `Scheduler` per cluster)::
     # result.assigned: requests now on this group's engines (request.pe / request.de set)
     # result.placed:   requests whose PE, DE and read side ("pe"/"de") are all chosen now;
     #                  start their read on request.pe_node or request.de_node.
+    # result.woken_groups: DE groups whose private queue just got work (wake their leaders).
+    sched.report_read_q(node_id, read_q)   # a leader's report when it has nothing to fetch
+
+`submit` returns the (PE group, DE group) a round-robin policy chose, or None for the smart
+policies (any group may take the request at its next fetch).
 
 `has_pe_work(group_id)` / `has_de_work(group_id)` tell a loop whether a fetch can return
 anything; `read_q` is the scheduler's view of each node's read queue (reports overwrite it,

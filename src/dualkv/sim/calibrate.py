@@ -37,15 +37,16 @@ def one_run(args):
             "wall_s": time.time() - start, **overrides}
 
 
-def fit(model_name: str, rounds: int, pool) -> dict:
-    base = get_preset(model_name)
-    consts = {"snic_tokens_per_s": base.snic_tokens_per_s, "pe_flops_per_s": base.pe_flops_per_s}
+def fit(model_names: list[str], rounds: int, pool) -> dict:
+    consts = {m: {"snic_tokens_per_s": get_preset(m).snic_tokens_per_s,
+                  "pe_flops_per_s": get_preset(m).pe_flops_per_s} for m in model_names}
     for _ in range(rounds):
-        jobs = [(model_name, dict(consts), p, FIT_AGENTS) for p in ("basic", "oracle")]
-        basic, oracle = pool.map(one_run, jobs)
-        print(json.dumps([basic, oracle]), flush=True)
-        consts["snic_tokens_per_s"] *= basic["jct_s"] / basic["ref_jct_s"]
-        consts["pe_flops_per_s"] *= oracle["jct_s"] / oracle["ref_jct_s"]
+        jobs = [(m, dict(consts[m]), p, FIT_AGENTS) for m in model_names for p in ("basic", "oracle")]
+        results = list(pool.map(one_run, jobs))
+        print(json.dumps(results), flush=True)
+        for r in results:
+            name = "snic_tokens_per_s" if r["policy"] == "basic" else "pe_flops_per_s"
+            consts[r["model"]][name] *= r["jct_s"] / r["ref_jct_s"]
     return consts
 
 
@@ -58,15 +59,15 @@ def main(argv=None):
     parser.add_argument("--agents", default="512,1024,2048,4096")
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args(argv)
+    models = args.model.split(",")
     with ProcessPoolExecutor(args.jobs) as pool:
-        for model_name in args.model.split(","):
-            consts = fit(model_name, args.rounds, pool) if args.fit else {}
-            print(json.dumps({"model": model_name, "fitted": consts}), flush=True)
-            if args.table:
-                jobs = [(model_name, consts, p, int(a)) for a in args.agents.split(",") for p in POLICIES]
-                for row in pool.map(one_run, jobs):
-                    row["ratio"] = row["jct_s"] / row["ref_jct_s"]
-                    print(json.dumps(row), flush=True)
+        consts = fit(models, args.rounds, pool) if args.fit else {m: {} for m in models}
+        print(json.dumps({"fitted": consts}), flush=True)
+        if args.table:
+            jobs = [(m, consts[m], p, int(a)) for a in args.agents.split(",") for m in models for p in POLICIES]
+            for row in pool.map(one_run, jobs):
+                row["ratio"] = row["jct_s"] / row["ref_jct_s"]
+                print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 calibration of docs/simulator.md) and the cluster/hardware knobs of paper.md §2, §16.1."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from dualkv.errors import InvalidArgument
 from dualkv.sched import AttentionFlops, SchedulerConfig, get_policy
@@ -37,17 +37,17 @@ PRESETS = {
     "ds660b": ModelPreset(
         "ds660b", 61, 61 * (1152 + 132),
         AttentionFlops(61, _mla_pair_flops(128), topk=2048, index_flops_per_pair=2 * 64 * 128),
-        linear_flops_per_token=74e9, pe_flops_per_s=2.21e14, snic_tokens_per_s=5.50e5,
+        linear_flops_per_token=74e9, pe_flops_per_s=1.83e14, snic_tokens_per_s=5.58e5,
         de_hbm_tokens=800_000, pe_hbm_tokens=600_000, tpot_light_s=0.030, tpot_full_s=0.049),
     "ds27b": ModelPreset(
         "ds27b", 30, 30 * (1152 + 132),
         AttentionFlops(30, _mla_pair_flops(32), topk=1024, index_flops_per_pair=2 * 32 * 64),
-        linear_flops_per_token=7.6e9, pe_flops_per_s=1.12e14, snic_tokens_per_s=1.36e6,
+        linear_flops_per_token=7.6e9, pe_flops_per_s=1.21e14, snic_tokens_per_s=1.36e6,
         de_hbm_tokens=2_500_000, pe_hbm_tokens=2_000_000, tpot_light_s=0.012, tpot_full_s=0.025),
     "qwen32b": ModelPreset(
         "qwen32b", 64, 64 * 8 * 128 * 2 * 2,
         AttentionFlops(64, 2.0 * 2 * 40 * 128),
-        linear_flops_per_token=62e9, pe_flops_per_s=2.21e14, snic_tokens_per_s=1.4e5,
+        linear_flops_per_token=62e9, pe_flops_per_s=1.83e14, snic_tokens_per_s=1.4e5,
         de_hbm_tokens=50_000, pe_hbm_tokens=50_000, tpot_light_s=0.020, tpot_full_s=0.040,
         dram_bytes_per_node=320e9),
 }

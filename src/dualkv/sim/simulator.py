@@ -123,8 +123,13 @@ class Simulator:
         self.dirty_read_q.clear()
         self.num_ticks += 1  # leaders fetch at different phases: rotate who goes first
         pe, self.pe_awake = self.pe_awake, set()
+        # A PE fetch with nothing to take returns nothing and changes nothing (read queues
+        # are reported above), so it is skipped: the same decisions, fewer calls. DE fetches
+        # always run: their report refreshes the group's load for phase 1.
+        has_pe = self.sched.has_pe_work
         for g in _rotated(pe, self.num_ticks):
-            self.fetch_pe(g)
+            if has_pe(g):
+                self.fetch_pe(g)
         de, self.de_awake = self.de_awake, set()
         for g in _rotated(de, self.num_ticks):
             self.fetch_de(g)
@@ -146,7 +151,9 @@ class Simulator:
         c = self.c
         cap = c.de_cap
         spec = c.de_groups[g - c.num_pe_nodes]
-        engines = [EngineReport(e, c.seq[e], c.tok[e], cap - c.de_assigned[e]) for e in spec.engine_ids]
+        # an engine reports the HBM it has free now; requests assigned but not yet decoding
+        # are not reserved (the paper's Z rule is what keeps them from overflowing it)
+        engines = [EngineReport(e, c.seq[e], c.tok[e], cap - c.de_alloc[e]) for e in spec.engine_ids]
         result = self.sched.fetch_for_de_group(GroupReport(g, c.read_q[g], engines))
         for r in result.assigned:
             c.seq[r.de] += 1
