@@ -7,13 +7,14 @@ SYS_PACKAGES = pkg-config liburing-dev libucx-dev ucx-utils fio libssl-dev
 NATIVE_SOURCES = $(wildcard cpp/*.cpp include/dualkv/*.h src/dualkv/*.pyx src/dualkv/*/*.pyx)
 PYTEST_ARGS ?=
 
-.PHONY: demo test build sysdeps install clean
+.PHONY: demo test build sysdeps install clean venv-vllm test-vllm
 
 demo: .stamp-install
 	$(PYTHON) -m dualkv.cli demo
 
 test: .stamp-install
 	$(PYTHON) -m pytest -q $(PYTEST_ARGS) tests
+	$(MAKE) test-vllm
 
 # Rebuild the native parts in place after editing C++ or Cython.
 build: .stamp-install
@@ -42,3 +43,11 @@ sysdeps:
 clean:
 	rm -rf build .stamp-* src/*.egg-info
 	find src -name '*.so' -delete
+
+# vLLM adapter: its own venv (vLLM pins CUDA packages and its own transformers range), built
+# idempotently by scripts/venv_vllm.sh; the tests run there against this checkout's src/.
+venv-vllm:
+	@PYTHON=$(PYTHON) bash scripts/venv_vllm.sh
+
+test-vllm: .stamp-install venv-vllm
+	VLLM_TARGET_DEVICE=cpu .venvs/vllm/bin/python -m pytest -q $(PYTEST_ARGS) tests/integrations/test_vllm*.py
