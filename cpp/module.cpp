@@ -6,10 +6,14 @@ namespace py = pybind11;
 namespace dualkv {
 void register_errors(py::module_& m);
 void register_build_info(py::module_& m);
+void register_pool(py::module_& m);
+void register_storage(py::module_& m);
 }  // namespace dualkv
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "dualkv native core: memory, I/O, transports, completion tracking";
   dualkv::register_errors(m);
   dualkv::register_build_info(m);
+  dualkv::register_pool(m);
+  dualkv::register_storage(m);
 }

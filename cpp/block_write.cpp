@@ -1,0 +1,173 @@
+// Batched stores. Each block is written by a writer thread into a temporary file beside its
+// final name and published with rename(), so a reader sees a whole block or none, whatever
+// happens to the writer. Same key, same bytes (content addressing): concurrent writers race
+// harmlessly, and a block already on disk is not written again.
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+
+#include "dualkv/block_io.h"
+
+namespace dualkv {
+
+namespace {
+
+Status errno_status(const std::string& what, int err) {
+  return make_status(Code::kStorageError, what + ": " + std::strerror(err), err);
+}
+
+int make_parents(const std::string& path) {
+  // <dir>/<aa>/<bb>/<key>.blk: create <dir>/<aa> and <dir>/<aa>/<bb> when missing.
+  size_t last = path.rfind('/');
+  size_t mid = path.rfind('/', last - 1);
+  for (size_t end : {mid, last}) {
+    if (mkdir(path.substr(0, end).c_str(), 0755) != 0 && errno != EEXIST) return errno;
+  }
+  return 0;
+}
+
+int write_fully(int fd, const char* data, size_t len) {
+  size_t done = 0;
+  while (done < len) {
+    ssize_t n = pwrite(fd, data + done, len - done, static_cast<off_t>(done));
+    if (n < 0) {
+      if (errno == EINTR || errno == EAGAIN) continue;
+      return errno;
+    }
+    if (n == 0) return ENOSPC;
+    done += static_cast<size_t>(n);
+  }
+  return 0;
+}
+
+}  // namespace
+
+Status BlockIO::write_block(const uint8_t* key, const char* block, bool* is_skipped) {
+  std::string path = path_of(key);
+  *is_skipped = access(path.c_str(), F_OK) == 0;
+  if (*is_skipped) return Status::Ok();
+  if (int err = make_parents(path)) return errno_status("creating folders for " + path, err);
+  std::string hex = to_hex(key, layout_.key_bytes);
+  std::string temp = path.substr(0, path.rfind('/') + 1) + "." + hex + "." + writer_id_ + "." +
+                     std::to_string(next_temp_++) + ".tmp";
+  int flags = O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC;
+  int fd = -1;
+  bool is_direct = is_direct_write_;
+  if (is_direct) {
+    fd = open(temp.c_str(), flags | O_DIRECT, 0644);
+    if (fd < 0 && errno == EINVAL) is_direct_write_ = is_direct = false;  // e.g. tmpfs
+  }
+  if (!is_direct) fd = open(temp.c_str(), flags, 0644);
+  if (fd < 0) return errno_status("creating " + temp, errno);
+  int err = write_fully(fd, block, layout_.full_block_bytes());
+  if (err == EINVAL && is_direct) {  // filesystems that open O_DIRECT but refuse the write
+    is_direct_write_ = false;
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_DIRECT);
+    err = write_fully(fd, block, layout_.full_block_bytes());
+  }
+  if (err == 0 && options_.fsync && fdatasync(fd) != 0) err = errno;
+  if (close(fd) != 0 && err == 0) err = errno;
+  if (err == 0 && rename(temp.c_str(), path.c_str()) != 0) err = errno;
+  if (err != 0) {
+    unlink(temp.c_str());  // nothing published: the store stays as it was
+    return errno_status("writing block " + hex, err);
+  }
+  return Status::Ok();
+}
+
+namespace {
+
+struct AlignedFree {
+  void operator()(char* p) const { std::free(p); }
+};
+
+void run_store(BlockIO* io, Batch* batch, size_t i, const uint8_t* key, const uint8_t* parent,
+               char* block) {
+  const BlockLayout& layout = io->layout();
+  encode_header(layout, key, parent, block);
+  bool is_skipped = false;
+  Status s = io->write_block(key, block, &is_skipped);
+  BlockIoStats& stats = io->stats();
+  if (!s.ok()) {
+    stats.write_errors++;
+  } else if (is_skipped) {
+    stats.stores_skipped_existing++;
+  } else {
+    stats.blocks_stored++;
+    stats.bytes_written += layout.full_block_bytes();
+  }
+  finish_batch_block(batch, i, s.ok(), s);
+}
+
+}  // namespace
+
+Status BlockIO::store(const uint8_t* keys, size_t n, const int64_t* slots,
+                      const uint8_t* parent, uint64_t* handle) {
+  Status s = check_batch(slots, n, 0, layout_.num_layers);
+  if (!s.ok()) return s;
+  auto batch = make_batch(n);
+  std::vector<uint8_t> chain(keys, keys + n * layout_.key_bytes);
+  std::vector<uint8_t> first_parent;
+  if (parent != nullptr) first_parent.assign(parent, parent + layout_.key_bytes);
+  *handle = add_batch(batch);
+  // The key copies live in the task; the slots stay the caller's until wait() says done.
+  auto shared_keys = std::make_shared<std::vector<uint8_t>>(std::move(chain));
+  auto shared_parent = std::make_shared<std::vector<uint8_t>>(std::move(first_parent));
+  for (size_t i = 0; i < n; ++i) {
+    char* block = pool_->slot_ptr(slots[i]);
+    Batch* b = batch.get();
+    writers_->post([this, b, i, block, shared_keys, shared_parent] {
+      const uint8_t* key = shared_keys->data() + i * layout_.key_bytes;
+      const uint8_t* parent_key = i > 0 ? key - layout_.key_bytes
+                                  : shared_parent->empty() ? nullptr : shared_parent->data();
+      run_store(this, b, i, key, parent_key, block);
+    });
+  }
+  return Status::Ok();
+}
+
+Status BlockIO::store_from(const uint8_t* keys, size_t n, const int64_t* src_ptrs,
+                           const uint8_t* parent, uint64_t* handle) {
+  size_t width = layout_.num_layers;
+  for (size_t i = 0; i < n * width; ++i) {
+    if (src_ptrs[i] == 0) return make_status(Code::kInvalidArgument, "null source address");
+  }
+  auto batch = make_batch(n);
+  auto shared_keys = std::make_shared<std::vector<uint8_t>>(keys, keys + n * layout_.key_bytes);
+  auto shared_parent = std::make_shared<std::vector<uint8_t>>();
+  if (parent != nullptr) shared_parent->assign(parent, parent + layout_.key_bytes);
+  auto sources = std::make_shared<std::vector<int64_t>>(src_ptrs, src_ptrs + n * width);
+  *handle = add_batch(batch);
+  for (size_t i = 0; i < n; ++i) {
+    Batch* b = batch.get();
+    writers_->post([this, b, i, width, shared_keys, shared_parent, sources] {
+      // Gather the Layer Blocks into a page-aligned block image (zero padding), then write it.
+      size_t bytes = layout_.full_block_bytes();
+      std::unique_ptr<char, AlignedFree> block(static_cast<char*>(std::aligned_alloc(4096, bytes)));
+      std::memset(block.get(), 0, bytes);
+      for (size_t l = 0; l < width; ++l) {
+        std::memcpy(block.get() + layout_.layer_offset(static_cast<uint32_t>(l)),
+                    reinterpret_cast<const char*>((*sources)[i * width + l]),
+                    layout_.layer_block_bytes());
+      }
+      stats_.bounce_bytes += width * layout_.layer_block_bytes();
+      const uint8_t* key = shared_keys->data() + i * layout_.key_bytes;
+      const uint8_t* parent_key = i > 0 ? key - layout_.key_bytes
+                                  : shared_parent->empty() ? nullptr : shared_parent->data();
+      run_store(this, b, i, key, parent_key, block.get());
+    });
+  }
+  return Status::Ok();
+}
+
+void BlockIO::remove_files(const uint8_t* keys, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    if (unlink(path_of(keys + i * layout_.key_bytes).c_str()) == 0) stats_.files_removed++;
+  }
+}
+
+}  // namespace dualkv

@@ -1,0 +1,276 @@
+// Python binding of BlockIO (batched block loads/stores with handles) and of the directory
+// scan. Batches cross as contiguous numpy arrays; every blocking call releases the GIL.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "dualkv/block_io.h"
+#include "dualkv/block_scan.h"
+#include "dualkv/crc32c.h"
+
+namespace py = pybind11;
+
+namespace dualkv {
+namespace {
+
+[[noreturn]] void invalid(const std::string& message) {
+  throw StatusError(make_status(Code::kInvalidArgument, message));
+}
+
+// A (n, key_bytes) C-contiguous uint8 array; anything else is refused, never reinterpreted.
+const uint8_t* keys_arg(const py::array& keys, const BlockLayout& layout, size_t* n) {
+  if (keys.dtype().kind() != 'u' || keys.itemsize() != 1 || keys.ndim() != 2 ||
+      static_cast<size_t>(keys.shape(1)) != layout.key_bytes ||
+      !(keys.flags() & py::array::c_style)) {
+    invalid("keys must be a C-contiguous uint8 array of shape (n, " +
+            std::to_string(layout.key_bytes) + ")");
+  }
+  *n = static_cast<size_t>(keys.shape(0));
+  return static_cast<const uint8_t*>(keys.data());
+}
+
+const int64_t* int64_arg(const py::array& a, size_t rows, size_t cols, const char* what) {
+  bool is_shape_ok = cols == 0 ? (a.ndim() == 1 && static_cast<size_t>(a.shape(0)) == rows)
+                               : (a.ndim() == 2 && static_cast<size_t>(a.shape(0)) == rows &&
+                                  static_cast<size_t>(a.shape(1)) == cols);
+  if (a.dtype().kind() != 'i' || a.itemsize() != 8 || !is_shape_ok ||
+      !(a.flags() & py::array::c_style)) {
+    invalid(std::string(what) + " must be a C-contiguous int64 array of shape (" +
+            std::to_string(rows) + (cols ? ", " + std::to_string(cols) : std::string(",")) + ")");
+  }
+  return static_cast<const int64_t*>(a.data());
+}
+
+const uint8_t* parent_arg(const py::object& parent, const BlockLayout& layout,
+                          std::string* holder) {
+  if (parent.is_none()) return nullptr;
+  *holder = py::bytes(parent).cast<std::string>();
+  if (holder->size() != layout.key_bytes) {
+    invalid("parent must be " + std::to_string(layout.key_bytes) + " bytes");
+  }
+  return reinterpret_cast<const uint8_t*>(holder->data());
+}
+
+std::unique_ptr<BlockIO> make_block_io(uint32_t num_layers, uint32_t bytes_per_token_layer,
+                                       uint32_t block_tokens, uint32_t key_bytes,
+                                       const py::bytes& fingerprint,
+                                       std::shared_ptr<HostPool> pool, const std::string& dir,
+                                       const std::string& backend, int queue_depth,
+                                       int num_read_threads, int num_write_threads,
+                                       bool direct_io, bool fsync) {
+  BlockLayout layout;
+  layout.num_layers = num_layers;
+  layout.bytes_per_token_layer = bytes_per_token_layer;
+  layout.block_tokens = block_tokens;
+  layout.key_bytes = key_bytes;
+  std::string fp = fingerprint;
+  if (fp.size() != kFingerprintBytes) invalid("fingerprint must be 16 bytes");
+  std::memcpy(layout.fingerprint, fp.data(), kFingerprintBytes);
+  BlockIoOptions options{dir, backend, queue_depth, num_read_threads, num_write_threads,
+                         direct_io, fsync};
+  std::unique_ptr<BlockIO> io;
+  Status s;
+  {
+    py::gil_scoped_release release;
+    s = BlockIO::create(layout, options, std::move(pool), &io);
+  }
+  throw_if_error(s);
+  return io;
+}
+
+uint64_t load(BlockIO& io, const py::array& keys, const py::array& slots, uint32_t first,
+              uint32_t last) {
+  size_t n;
+  const uint8_t* k = keys_arg(keys, io.layout(), &n);
+  const int64_t* s = int64_arg(slots, n, 0, "slots");
+  uint64_t handle = 0;
+  Status status;
+  {
+    py::gil_scoped_release release;
+    status = io.load(k, n, s, first, last, &handle);
+  }
+  throw_if_error(status);
+  return handle;
+}
+
+uint64_t load_into(BlockIO& io, const py::array& keys, const py::array& dst, uint32_t first,
+                   uint32_t last) {
+  size_t n;
+  const uint8_t* k = keys_arg(keys, io.layout(), &n);
+  if (first >= last || last > io.layout().num_layers) invalid("layers out of range");
+  const int64_t* d = int64_arg(dst, n, last - first, "dst_ptrs");
+  uint64_t handle = 0;
+  Status status;
+  {
+    py::gil_scoped_release release;
+    status = io.load_into(k, n, d, first, last, &handle);
+  }
+  throw_if_error(status);
+  return handle;
+}
+
+uint64_t store(BlockIO& io, const py::array& keys, const py::array& slots,
+               const py::object& parent) {
+  size_t n;
+  const uint8_t* k = keys_arg(keys, io.layout(), &n);
+  const int64_t* s = int64_arg(slots, n, 0, "slots");
+  std::string holder;
+  const uint8_t* p = parent_arg(parent, io.layout(), &holder);
+  uint64_t handle = 0;
+  Status status;
+  {
+    py::gil_scoped_release release;
+    status = io.store(k, n, s, p, &handle);
+  }
+  throw_if_error(status);
+  return handle;
+}
+
+uint64_t store_from(BlockIO& io, const py::array& keys, const py::array& src,
+                    const py::object& parent) {
+  size_t n;
+  const uint8_t* k = keys_arg(keys, io.layout(), &n);
+  const int64_t* s = int64_arg(src, n, io.layout().num_layers, "src_ptrs");
+  std::string holder;
+  const uint8_t* p = parent_arg(parent, io.layout(), &holder);
+  uint64_t handle = 0;
+  Status status;
+  {
+    py::gil_scoped_release release;
+    status = io.store_from(k, n, s, p, &handle);
+  }
+  throw_if_error(status);
+  return handle;
+}
+
+// Returns (ok: bool array, errno, message); errno 0 when every block succeeded or failed
+// without an error worth raising (loads report misses in ok only).
+py::tuple wait(BlockIO& io, uint64_t handle, double timeout_s) {
+  std::vector<uint8_t> ok;
+  Status first_error, status;
+  {
+    py::gil_scoped_release release;
+    status = io.wait(handle, timeout_s, &ok, &first_error);
+  }
+  throw_if_error(status);
+  py::array_t<bool> result(static_cast<py::ssize_t>(ok.size()));
+  for (size_t i = 0; i < ok.size(); ++i) result.mutable_data()[i] = ok[i] != 0;
+  return py::make_tuple(result, first_error.sys_errno, first_error.message);
+}
+
+py::dict stats(BlockIO& io) {
+  BlockIoStats& s = io.stats();
+  py::dict d;
+  d["blocks_loaded"] = s.blocks_loaded.load();
+  d["blocks_stored"] = s.blocks_stored.load();
+  d["stores_skipped_existing"] = s.stores_skipped_existing.load();
+  d["missing"] = s.missing.load();
+  d["corrupt"] = s.corrupt.load();
+  d["read_errors"] = s.read_errors.load();
+  d["write_errors"] = s.write_errors.load();
+  d["bytes_read"] = s.bytes_read.load();
+  d["bytes_written"] = s.bytes_written.load();
+  d["bounce_bytes"] = s.bounce_bytes.load();
+  d["files_removed"] = s.files_removed.load();
+  d["backend"] = io.backend();
+  d["registered_buffers"] = io.has_registered_buffers();
+  d["direct_reads"] = io.is_direct_read();
+  d["direct_writes"] = io.is_direct_write();
+  return d;
+}
+
+py::dict scan(BlockIO& io, bool remove_bad, double remove_temp_after_s) {
+  ScanResult r;
+  Status status;
+  {
+    py::gil_scoped_release release;
+    status = scan_blocks(io.layout(), io.options().dir, remove_bad, remove_temp_after_s, &r);
+  }
+  throw_if_error(status);
+  size_t n = r.has_parent.size(), kb = io.layout().key_bytes;
+  py::array_t<uint8_t> keys({n, kb}), parents({n, kb});
+  py::array_t<bool> has_parent(static_cast<py::ssize_t>(n));
+  std::memcpy(keys.mutable_data(), r.keys.data(), r.keys.size());
+  std::memcpy(parents.mutable_data(), r.parents.data(), r.parents.size());
+  for (size_t i = 0; i < n; ++i) has_parent.mutable_data()[i] = r.has_parent[i] != 0;
+  py::dict d;
+  d["keys"] = keys;
+  d["parents"] = parents;
+  d["has_parent"] = has_parent;
+  d["num_bad"] = r.num_bad;
+  d["num_bad_removed"] = r.num_bad_removed;
+  d["num_temp"] = r.num_temp;
+  d["num_temp_removed"] = r.num_temp_removed;
+  d["num_other"] = r.num_other;
+  d["block_bytes"] = r.block_bytes;
+  d["bad_examples"] = r.bad_examples;
+  return d;
+}
+
+py::dict probe_backends() {
+  py::dict d;
+  std::unique_ptr<IoEngine> engine;
+  Status s;
+  {
+    py::gil_scoped_release release;
+    s = make_uring_engine(4, &engine);
+  }
+  d["io_uring"] = s.ok() ? std::string("usable") : "unavailable: " + s.message;
+  d["posix"] = std::string("usable");
+  d["storage_backend"] = std::string(s.ok() ? "io_uring" : "posix");
+  return d;
+}
+
+}  // namespace
+
+void register_storage(py::module_& m) {
+  py::class_<BlockIO>(m, "BlockIO")
+      .def(py::init(&make_block_io), py::arg("num_layers"), py::arg("bytes_per_token_layer"),
+           py::arg("block_tokens"), py::arg("key_bytes"), py::arg("fingerprint"),
+           py::arg("pool"), py::arg("dir"), py::arg("backend") = "auto",
+           py::arg("queue_depth") = 32, py::arg("num_read_threads") = 4,
+           py::arg("num_write_threads") = 2, py::arg("direct_io") = true,
+           py::arg("fsync") = false)
+      .def("load", &load, py::arg("keys"), py::arg("slots"), py::arg("first"), py::arg("last"))
+      .def("load_into", &load_into, py::arg("keys"), py::arg("dst_ptrs"), py::arg("first"),
+           py::arg("last"))
+      .def("store", &store, py::arg("keys"), py::arg("slots"), py::arg("parent") = py::none())
+      .def("store_from", &store_from, py::arg("keys"), py::arg("src_ptrs"),
+           py::arg("parent") = py::none())
+      .def("wait", &wait, py::arg("handle"), py::arg("timeout"))
+      .def("poll", [](BlockIO& io, uint64_t h) {
+        bool is_done = false;
+        throw_if_error(io.poll(h, &is_done));
+        return is_done;
+      }, py::arg("handle"))
+      .def("release", [](BlockIO& io, uint64_t h, double timeout_s) {
+        Status s;
+        {
+          py::gil_scoped_release release;
+          s = io.release(h, timeout_s);
+        }
+        throw_if_error(s);
+      }, py::arg("handle"), py::arg("timeout"))
+      .def("remove_files", [](BlockIO& io, const py::array& keys) {
+        size_t n;
+        const uint8_t* k = keys_arg(keys, io.layout(), &n);
+        py::gil_scoped_release release;
+        io.remove_files(k, n);
+      }, py::arg("keys"))
+      .def("path_of", [](BlockIO& io, const py::bytes& key) {
+        std::string k = key;
+        if (k.size() != io.layout().key_bytes) invalid("key has the wrong length");
+        return io.path_of(reinterpret_cast<const uint8_t*>(k.data()));
+      }, py::arg("key"))
+      .def("stats", &stats)
+      .def("scan", &scan, py::arg("remove_bad") = true, py::arg("remove_temp_after_s") = -1.0)
+      .def_property_readonly("backend", &BlockIO::backend);
+  m.def("probe_backends", &probe_backends,
+        "Which storage I/O backends this machine allows now (io_uring may be refused).");
+  m.def("crc32c", [](const py::buffer& data, uint32_t crc) {
+    py::buffer_info info = data.request();
+    return crc32c(info.ptr, static_cast<size_t>(info.size * info.itemsize), crc);
+  }, py::arg("data"), py::arg("crc") = 0);
+}
+
+}  // namespace dualkv

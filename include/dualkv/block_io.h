@@ -1,0 +1,110 @@
+// BlockIO: batched loads and stores of Full Blocks (or layer ranges) between block files and
+// memory, tracked by handles. It owns the I/O engine and the writer threads; the pool is
+// shared with whoever else registers it (transfer engine, CUDA).
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "dualkv/block_file.h"
+#include "dualkv/host_pool.h"
+#include "dualkv/io_engine.h"
+#include "dualkv/status.h"
+#include "dualkv/thread_pool.h"
+
+namespace dualkv {
+
+struct BlockIoOptions {
+  std::string dir;              // the namespace directory (created if missing)
+  std::string backend = "auto";  // "auto" | "io_uring" | "posix"
+  int queue_depth = 32;
+  int num_read_threads = 4;     // posix engine
+  int num_write_threads = 2;
+  bool direct_io = true;        // O_DIRECT where the filesystem allows it
+  bool fsync = false;           // fdatasync before publishing (CRCs catch torn blocks anyway)
+};
+
+struct BlockIoStats {
+  std::atomic<uint64_t> blocks_loaded{0}, blocks_stored{0}, stores_skipped_existing{0};
+  std::atomic<uint64_t> missing{0}, corrupt{0}, read_errors{0}, write_errors{0};
+  std::atomic<uint64_t> bytes_read{0}, bytes_written{0}, bounce_bytes{0}, files_removed{0};
+};
+
+struct Batch;  // one handle's blocks: per-block results and a condition to wait on
+std::shared_ptr<Batch> make_batch(size_t num_blocks);
+void finish_batch_block(Batch* batch, size_t i, bool is_ok, const Status& error);
+
+class BlockIO {
+ public:
+  static Status create(const BlockLayout& layout, const BlockIoOptions& options,
+                       std::shared_ptr<HostPool> pool, std::unique_ptr<BlockIO>* out);
+  ~BlockIO();  // waits for every batch in flight
+  BlockIO(const BlockIO&) = delete;
+  BlockIO& operator=(const BlockIO&) = delete;
+
+  // keys: n * key_bytes. Loads read layers [first, last) plus the header and verify both.
+  Status load(const uint8_t* keys, size_t n, const int64_t* slots, uint32_t first,
+              uint32_t last, uint64_t* handle);
+  // dst_ptrs: n * (last - first) addresses, one per Layer Block (layer_block_bytes each).
+  Status load_into(const uint8_t* keys, size_t n, const int64_t* dst_ptrs, uint32_t first,
+                   uint32_t last, uint64_t* handle);
+  // parent: key of the block before keys[0], or nullptr for a chain that starts here.
+  Status store(const uint8_t* keys, size_t n, const int64_t* slots, const uint8_t* parent,
+               uint64_t* handle);
+  // src_ptrs: n * num_layers addresses, one per Layer Block.
+  Status store_from(const uint8_t* keys, size_t n, const int64_t* src_ptrs,
+                    const uint8_t* parent, uint64_t* handle);
+
+  // ok gets one byte per block (1 = done and verified); first_error the first store error.
+  Status wait(uint64_t handle, double timeout_s, std::vector<uint8_t>* ok, Status* first_error);
+  Status poll(uint64_t handle, bool* is_done);
+  Status release(uint64_t handle, double timeout_s);
+  void remove_files(const uint8_t* keys, size_t n);
+
+  const BlockLayout& layout() const { return layout_; }
+  const BlockIoOptions& options() const { return options_; }
+  const char* backend() const { return engine_->name(); }
+  bool is_direct_read() const { return is_direct_read_; }
+  bool is_direct_write() const { return is_direct_write_; }
+  bool has_registered_buffers() const { return engine_->has_registered_buffers(); }
+  BlockIoStats& stats() { return stats_; }
+  std::string path_of(const uint8_t* key) const {
+    return block_path(options_.dir, key, layout_.key_bytes);
+  }
+
+  // Used by the operations (block_io.cpp / block_write.cpp).
+  int open_for_read(const std::string& path);
+  Status write_block(const uint8_t* key, const char* block, bool* is_skipped);
+  HostPool& pool() { return *pool_; }
+  IoEngine& engine() { return *engine_; }
+
+ private:
+  BlockIO(const BlockLayout& layout, const BlockIoOptions& options,
+          std::shared_ptr<HostPool> pool);
+  Status check_batch(const int64_t* slots, size_t n, uint32_t first, uint32_t last) const;
+  uint64_t add_batch(std::shared_ptr<Batch> batch);
+  std::shared_ptr<Batch> find_batch(uint64_t handle);
+
+  BlockLayout layout_;
+  BlockIoOptions options_;
+  std::shared_ptr<HostPool> pool_;
+  BlockIoStats stats_;
+  std::atomic<bool> is_direct_read_{true};
+  std::atomic<bool> is_direct_write_{true};
+  std::string writer_id_;  // random per process: temp names never collide across machines
+  std::atomic<uint64_t> next_temp_{0};
+
+  std::mutex mu_;
+  uint64_t next_handle_ = 1;
+  std::map<uint64_t, std::shared_ptr<Batch>> batches_;
+  std::unique_ptr<IoEngine> engine_;     // destroyed before batches_: drains reads
+  std::unique_ptr<ThreadPool> writers_;  // destroyed first: drains writes
+};
+
+}  // namespace dualkv

@@ -1,0 +1,230 @@
+"""BlockStore: the KV block store = prefix index + block files + host pool, one batch API.
+
+Every method takes a whole batch of blocks and makes one native call (GIL released). Loads and
+stores are asynchronous: they return a Handle; `wait` (with a deadline), `poll` and `release`
+finish it. A stored block becomes visible to `match` when its handle finishes (wait, or a poll
+that sees it done, or release). See docs/store-api.md.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dualkv._native import C
+from dualkv.errors import InvalidArgument, StorageError
+from dualkv.pool import HostPool
+from dualkv.store_config import StoreConfig, open_namespace
+from dualkv.store_index import as_keys, chain_keys, make_index
+
+__all__ = ["BlockStore", "Handle", "StoreConfig"]
+
+
+@dataclass
+class Handle:
+    """One batch in flight. `kind` is "load" or "store"."""
+    id: int
+    kind: str
+    keys: np.ndarray
+    parent: bytes | None = None
+    ok: np.ndarray | None = field(default=None, repr=False)  # set once finished
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.keys)
+
+
+class BlockStore:
+    def __init__(self, cfg: StoreConfig):
+        self.cfg = cfg
+        self.layout = cfg.layout
+        self.namespace = cfg.namespace_bytes.hex()
+        self.directory = open_namespace(cfg)
+        self.pool = HostPool(cfg.layout, cfg.pool_slots, cfg.huge_pages, cfg.cuda)
+        self.io = C.BlockIO(
+            cfg.layout.num_layers, cfg.layout.bytes_per_token_layer, cfg.layout.block_tokens,
+            cfg.key_bytes, cfg.namespace_bytes, self.pool.native, self.directory,
+            cfg.io_backend, cfg.queue_depth, min(cfg.queue_depth, 16), cfg.num_write_threads,
+            cfg.direct_io, cfg.fsync)
+        self.index = make_index(cfg.key_bytes, cfg.capacity_bytes)
+        self._lock = threading.Lock()
+        self._is_closed = False
+        self.num_dropped_on_open = self._rebuild_index()
+
+    @property
+    def backend(self) -> str:
+        return self.io.backend
+
+    def chain_keys(self, tokens, prior=None) -> np.ndarray:
+        if chain_keys is None:
+            raise NotImplementedError("dualkv.keys arrives with the index branch")
+        return chain_keys(tokens, self.layout.block_tokens, prior)
+
+    def match(self, keys, touch: bool = True) -> int:
+        """Longest stored prefix of the chain `keys`, in blocks."""
+        return int(self.index.match(self._keys(keys), touch, False))
+
+    def contains(self, keys) -> np.ndarray:
+        return self.index.contains(self._keys(keys))
+
+    def load(self, keys, slots, layers=None) -> Handle:
+        """Reads Full Blocks (or layers [a, b) plus the header) into pool slots, verified."""
+        keys = self._keys(keys)
+        first, last = self._layers(layers)
+        handle = self.io.load(keys, self._slots(slots, len(keys)), first, last)
+        return Handle(handle, "load", keys)
+
+    def load_into(self, keys, dst_ptrs, layers=None) -> Handle:
+        """Reads Layer Blocks to raw addresses: dst_ptrs is (n, num layers in range) int64."""
+        keys = self._keys(keys)
+        first, last = self._layers(layers)
+        ptrs = _int64_matrix(dst_ptrs, (len(keys), last - first), "dst_ptrs")
+        return Handle(self.io.load_into(keys, ptrs, first, last), "load", keys)
+
+    def store(self, keys, slots, parent=None) -> Handle:
+        """Writes the blocks in pool slots as the chain keys[0..n) under `parent`. The slots'
+        header pages are overwritten; keep the slots untouched until the handle finishes."""
+        keys, parent = self._keys(keys), self._parent(parent)
+        handle = self.io.store(keys, self._slots(slots, len(keys)), parent)
+        return Handle(handle, "store", keys, parent)
+
+    def store_from(self, keys, src_ptrs, parent=None) -> Handle:
+        """Writes blocks gathered from Layer Block addresses: src_ptrs is (n, num_layers)."""
+        keys, parent = self._keys(keys), self._parent(parent)
+        ptrs = _int64_matrix(src_ptrs, (len(keys), self.layout.num_layers), "src_ptrs")
+        return Handle(self.io.store_from(keys, ptrs, parent), "store", keys, parent)
+
+    def wait(self, handle: Handle, timeout: float = 60.0, check: bool = True) -> np.ndarray:
+        """Per block: True = done (and verified, for loads). Raises TimedOut past `timeout`
+        seconds; a failed store raises StorageError (errno kept) unless check=False."""
+        ok, err, message = self.io.wait(handle.id, float(timeout))
+        self._finish(handle, ok)
+        if check and handle.kind == "store" and err:
+            raise StorageError(err, message)
+        return ok
+
+    def poll(self, handle: Handle) -> bool:
+        if handle.ok is not None:
+            return True
+        if not self.io.poll(handle.id):
+            return False
+        ok, _, _ = self.io.wait(handle.id, 0.0)
+        self._finish(handle, ok)
+        return True
+
+    def release(self, handle: Handle, timeout: float = 60.0) -> None:
+        """Frees the handle; waits (up to `timeout`) for blocks still in flight."""
+        if handle.ok is None:
+            self.wait(handle, timeout, check=False)
+        self.io.release(handle.id, float(timeout))
+
+    def pin(self, keys) -> np.ndarray:
+        """Pinned blocks are never evicted. Returns which keys were present (and pinned)."""
+        return self.index.pin(self._keys(keys))
+
+    def unpin(self, keys) -> None:
+        self.index.unpin(self._keys(keys))
+
+    def evict(self, num_bytes: int) -> int:
+        """Deletes least recently used unpinned leaf blocks; returns the bytes freed."""
+        if not isinstance(num_bytes, (int, np.integer)) or num_bytes < 0:
+            raise InvalidArgument(f"num_bytes must be an int >= 0, got {num_bytes!r}")
+        evicted = self.index.evict(int(num_bytes))
+        self._delete(evicted)
+        return len(evicted) * self.layout.full_block_bytes
+
+    def stats(self) -> dict:
+        io, index = self.io.stats(), self.index.stats()
+        return dict(
+            index, **io, pool=self.pool.stats(), dropped_on_open=self.num_dropped_on_open,
+            load_failures=io["missing"] + io["corrupt"] + io["read_errors"],
+            namespace=self.namespace, directory=self.directory)
+
+    def close(self) -> None:
+        """Waits for I/O in flight, then frees the native parts (pool memory included)."""
+        if not self._is_closed:
+            self._is_closed = True
+            self.io = None  # BlockIO's destructor drains every batch
+            self.pool = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- internals -------------------------------------------------------------------------
+    def _finish(self, handle: Handle, ok: np.ndarray) -> None:
+        """Once per handle: failed loads leave the index; stored blocks join it."""
+        with self._lock:
+            if handle.ok is not None:
+                return
+            handle.ok = ok
+            if handle.kind == "load":
+                if not ok.all():
+                    self.index.remove(handle.keys[~ok])
+                return
+            self._insert_stored(handle.keys, handle.parent, ok)
+
+    def _insert_stored(self, keys, parent, ok) -> None:
+        size = self.layout.full_block_bytes
+        prefix = len(ok) if ok.all() else int(np.argmin(ok))
+        evicted = [self.index.insert_chain(keys[:prefix], parent, size)]
+        rest = np.nonzero(ok[prefix:])[0] + prefix  # after a failed block: edges to parents
+        if len(rest):
+            parents = keys[rest - 1]
+            evicted.append(self.index.insert_edges(keys[rest], parents,
+                                                   np.ones(len(rest), np.uint8), size))
+        for keys_out in evicted:
+            self._delete(keys_out)
+
+    def _delete(self, keys) -> None:
+        if len(keys):
+            self.io.remove_files(np.ascontiguousarray(keys))
+
+    def _rebuild_index(self) -> int:
+        found = self.io.scan(remove_bad=True)
+        evicted = self.index.insert_edges(found["keys"], found["parents"],
+                                          found["has_parent"].astype(np.uint8),
+                                          self.layout.full_block_bytes)
+        self._delete(evicted)
+        return int(found["num_bad"])
+
+    def _keys(self, keys) -> np.ndarray:
+        if self._is_closed:
+            raise InvalidArgument("the store is closed")
+        return as_keys(keys, self.cfg.key_bytes)
+
+    def _parent(self, parent) -> bytes | None:
+        if parent is None:
+            return None
+        return as_keys([parent] if not isinstance(parent, np.ndarray) or parent.ndim == 1
+                       else parent, self.cfg.key_bytes)[0].tobytes()
+
+    def _slots(self, slots, n: int) -> np.ndarray:
+        return _int64_matrix(slots, (n,), "slots")
+
+    def _layers(self, layers) -> tuple[int, int]:
+        num_layers = self.layout.num_layers
+        if layers is None:
+            return 0, num_layers
+        if isinstance(layers, range) and layers.step == 1:
+            layers = (layers.start, layers.stop)
+        try:
+            first, last = (int(x) for x in layers)
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgument(f"layers must be None or (first, last), got {layers!r}") from exc
+        if not 0 <= first < last <= num_layers:
+            raise InvalidArgument(f"layers [{first}, {last}) outside 0..{num_layers}")
+        return first, last
+
+
+def _int64_matrix(values, shape: tuple, what: str) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.dtype.kind not in "iu" or arr.shape != shape:
+        raise InvalidArgument(f"{what} must be integers of shape {shape}, got {arr.dtype} "
+                              f"{arr.shape}")
+    if arr.dtype.kind == "u" and arr.size and int(arr.max()) > np.iinfo(np.int64).max:
+        raise InvalidArgument(f"{what} has values beyond int64")
+    return np.ascontiguousarray(arr, dtype=np.int64)

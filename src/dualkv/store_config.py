@@ -1,0 +1,108 @@
+"""StoreConfig and the namespace directory of a store: where blocks of one model live and the
+small meta file that records their layout."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+
+from dualkv.errors import InvalidArgument
+from dualkv.layout import KVLayout
+
+META_NAME = "meta.json"
+IO_BACKENDS = ("auto", "io_uring", "posix")
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    root: str
+    layout: KVLayout
+    model_id: str = ""
+    rank: str = ""                 # parallel rank where the engine shards KV ("tp0", ...)
+    namespace: str = ""            # explicit namespace name; default: model id + layout + rank
+    pool_slots: int = 256          # Full Block slots of the store's host pool
+    capacity_bytes: int = 0        # on-disk bytes kept before LRU eviction; 0 = unbounded
+    queue_depth: int = 32          # reads in flight (io_uring) / reader threads (posix, <= 16)
+    io_backend: str = "auto"       # "auto" picks io_uring when the kernel allows it
+    direct_io: bool = True         # O_DIRECT where the filesystem allows it (not tmpfs)
+    fsync: bool = False            # fdatasync before publishing; CRCs catch torn blocks anyway
+    num_write_threads: int = 2
+    huge_pages: bool = True
+    cuda: str = "auto"             # host-register the pool with CUDA: auto | off | required
+    key_bytes: int = 32
+
+    def __post_init__(self):
+        if not isinstance(self.layout, KVLayout):
+            raise InvalidArgument(f"StoreConfig.layout must be a KVLayout, got {self.layout!r}")
+        if not self.root or not isinstance(self.root, (str, os.PathLike)):
+            raise InvalidArgument("StoreConfig.root must be a directory path")
+        for name in ("pool_slots", "queue_depth", "num_write_threads", "key_bytes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise InvalidArgument(f"StoreConfig.{name} must be a positive int, got {value!r}")
+        if not 1 <= self.queue_depth <= 4096:
+            raise InvalidArgument("StoreConfig.queue_depth must be in 1..4096")
+        if not 16 <= self.key_bytes <= 64:
+            raise InvalidArgument("StoreConfig.key_bytes must be in 16..64")
+        if not isinstance(self.capacity_bytes, int) or self.capacity_bytes < 0:
+            raise InvalidArgument("StoreConfig.capacity_bytes must be an int >= 0")
+        if self.io_backend not in IO_BACKENDS:
+            raise InvalidArgument(f"StoreConfig.io_backend must be one of {IO_BACKENDS}, "
+                                  f"got {self.io_backend!r}")
+        if self.cuda not in ("auto", "off", "required"):
+            raise InvalidArgument("StoreConfig.cuda must be 'auto', 'off' or 'required'")
+
+    @property
+    def namespace_bytes(self) -> bytes:
+        """16 bytes naming the namespace; also written into every block header."""
+        if self.namespace:
+            return hashlib.sha256(f"dualkv-ns-v1|{self.namespace}".encode()).digest()[:16]
+        fingerprint = self.layout.fingerprint(self.model_id)
+        if not self.rank:
+            return fingerprint
+        return hashlib.sha256(fingerprint + f"|rank={self.rank}".encode()).digest()[:16]
+
+    @property
+    def directory(self) -> str:
+        return os.path.join(os.fspath(self.root), self.namespace_bytes.hex())
+
+
+def layout_record(cfg: StoreConfig) -> dict:
+    layout = cfg.layout
+    return {"format": 1, "num_layers": layout.num_layers,
+            "bytes_per_token_layer": layout.bytes_per_token_layer,
+            "block_tokens": layout.block_tokens, "key_bytes": cfg.key_bytes,
+            "model_id": cfg.model_id, "rank": cfg.rank, "namespace": cfg.namespace}
+
+
+def open_namespace(cfg: StoreConfig) -> str:
+    """Creates the namespace directory and its meta file, or checks the meta file that is
+    there: a different layout under the same namespace is an InvalidArgument."""
+    directory = cfg.directory
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, META_NAME)
+    wanted = layout_record(cfg)
+    try:
+        with open(path) as f:
+            found = json.load(f)
+    except FileNotFoundError:
+        temp = f"{path}.{os.getpid()}.tmp"
+        with open(temp, "w") as f:
+            json.dump(wanted, f, indent=1)
+        os.replace(temp, path)  # atomic: a concurrent opener sees one whole meta file
+        return directory
+    except (OSError, ValueError) as exc:
+        raise InvalidArgument(f"store meta file {path} is unreadable: {exc}") from exc
+    keys = ("num_layers", "bytes_per_token_layer", "block_tokens", "key_bytes")
+    if any(found.get(k) != wanted[k] for k in keys):
+        have = {k: found.get(k) for k in keys}
+        want = {k: wanted[k] for k in keys}
+        raise InvalidArgument(f"layout mismatch: the store at {directory} holds {have}, "
+                              f"this StoreConfig asks for {want}")
+    return directory
+
+
+def read_meta(directory: str) -> dict:
+    with open(os.path.join(directory, META_NAME)) as f:
+        return json.load(f)
