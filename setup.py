@@ -2,8 +2,9 @@
 modules that live next to their Python code.
 
 Optional backends follow what the machine has (found with pkg-config): a source file named
-`*_uring.cpp` is built only with liburing, `*_ucx.cpp` only with UCX. Without them the build
-still succeeds and `dualkv info` says which backends are missing.
+`*_uring.cpp` is built only with liburing, `*_ucx.cpp` only with UCX, `*_crypto.cpp` only with
+OpenSSL's libcrypto (SHA-256 key chains; without it dualkv.keys falls back to hashlib). Without
+them the build still succeeds and `dualkv info` says which backends are missing.
 """
 import glob
 import os
@@ -28,9 +29,12 @@ def pkg_config(name):
     return cflags, libs
 
 
+OPTIONAL_BACKENDS = (("uring", "liburing"), ("ucx", "ucx"), ("crypto", "libcrypto"))
+
+
 def optional_backends():
     backends = {}
-    for tag, pc_name in (("uring", "liburing"), ("ucx", "ucx")):
+    for tag, pc_name in OPTIONAL_BACKENDS:
         if os.environ.get(f"DUALKV_NO_{tag.upper()}"):
             continue  # lets us build and test the fallbacks on a machine that has the library
         found = pkg_config(pc_name)
@@ -44,7 +48,7 @@ def native_extension():
     sources, cflags, libs, macros = [], [], [], []
     for path in sorted(glob.glob("cpp/*.cpp")):
         tag = os.path.splitext(path)[0].rsplit("_", 1)[-1]
-        if tag in ("uring", "ucx") and tag not in backends:
+        if tag in dict(OPTIONAL_BACKENDS) and tag not in backends:
             continue
         sources.append(path)
     for tag, (tag_cflags, tag_libs) in backends.items():

@@ -17,6 +17,11 @@ void register_build_info(py::module_& m) {
 #else
   info["ucx"] = false;
 #endif
+#ifdef DUALKV_HAVE_CRYPTO
+  info["crypto"] = true;  // libcrypto SHA-256 for key chains; hashlib otherwise
+#else
+  info["crypto"] = false;
+#endif
   info["compiler"] = __VERSION__;
   m.attr("build_info") = info;
 }

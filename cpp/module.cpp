@@ -8,6 +8,8 @@ void register_errors(py::module_& m);
 void register_build_info(py::module_& m);
 void register_pool(py::module_& m);
 void register_storage(py::module_& m);
+void register_key_chain(py::module_& m);
+void register_index(py::module_& m);
 }  // namespace dualkv
 
 PYBIND11_MODULE(_C, m) {
@@ -16,4 +18,6 @@ PYBIND11_MODULE(_C, m) {
   dualkv::register_build_info(m);
   dualkv::register_pool(m);
   dualkv::register_storage(m);
+  dualkv::register_key_chain(m);
+  dualkv::register_index(m);
 }
