@@ -122,7 +122,7 @@ class DualKVConnector(KVConnectorBase_V1):
     def update_connector_output(self, connector_output):
         meta = connector_output.kv_connector_worker_meta
         if meta is not None:
-            self.scheduler_side.learn_saved(meta.saved_keys)
+            self.scheduler_side.learn_saved(meta.saved)
 
     def request_finished(self, request, block_ids):
         return self.scheduler_side.request_finished(request), None

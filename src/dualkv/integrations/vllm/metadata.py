@@ -38,12 +38,13 @@ class DualKVMetadata(KVConnectorMetadata):
 
 @dataclass
 class DualKVWorkerMetadata(KVConnectorWorkerMetadata):
-    """Keys the worker verified as written: the scheduler's index learns them without a rescan."""
-    saved_keys: list[bytes] = field(default_factory=list)
+    """Blocks the worker verified as written, as (key, parent key or None): the scheduler's
+    index learns them without rescanning the directory."""
+    saved: list[tuple[bytes, bytes | None]] = field(default_factory=list)
 
     def aggregate(self, other: DualKVWorkerMetadata) -> DualKVWorkerMetadata:
         # Tensor-parallel ranks each save their own shard under the same key, possibly in
         # different steps. The scheduler's index is a hint: a shard missing at load time is a
         # load error that vLLM recomputes, so a union is safe.
-        return DualKVWorkerMetadata(self.saved_keys + [k for k in other.saved_keys
-                                                       if k not in set(self.saved_keys)])
+        mine = set(self.saved)
+        return DualKVWorkerMetadata(self.saved + [e for e in other.saved if e not in mine])

@@ -68,19 +68,12 @@ class PagedKV:
 class SlotPages:
     """Torch views of the store's host pool: Layer Block l of every slot as (num_slots, bytes).
 
-    Built once over the pool's memory (slots are equal, evenly spaced runs), so staging a
-    batch of pages is one index copy per layer instead of one call per block.
+    Built once over the pool's memory, so staging a batch of pages is one index copy per layer
+    instead of one call per block.
     """
 
     def __init__(self, pool, layout):
-        num_slots = pool.num_slots
-        base = pool.ptr(0)
-        stride = pool.ptr(1) - base if num_slots > 1 else layout.full_block_bytes
-        if any(pool.ptr(i) != base + i * stride for i in (num_slots - 1, num_slots // 2)):
-            raise InvalidArgument("host pool slots are not evenly spaced")
-        whole = torch.from_numpy(np.ctypeslib.as_array(
-            (np.ctypeslib.ctypes.c_uint8 * (stride * num_slots)).from_address(base)))
-        rows = whole.view(num_slots, stride)
+        rows = pool.tensor()  # (num_slots, slot_bytes) uint8 over the pool, zero-copy
         self._layers = [rows[:, layout.layer_offset(l):layout.layer_offset(l) +
                              layout.layer_block_bytes] for l in range(layout.num_layers)]
 

@@ -94,8 +94,14 @@ class SchedulerSide:
         tracked = self._tracked.pop(request.request_id, None)
         return bool(tracked and tracked.has_saves)
 
-    def learn_saved(self, saved_keys: list[bytes]) -> None:
-        """Blocks the worker wrote become visible to this process's prefix match."""
-        if saved_keys:
-            self.store.refresh(np.frombuffer(b"".join(saved_keys), np.uint8)
-                               .reshape(len(saved_keys), -1))
+    def learn_saved(self, saved: list[tuple[bytes, bytes | None]]) -> None:
+        """Blocks the worker wrote become visible to this process's prefix match (the worker's
+        store has its own index; this one was built from the directory when it opened)."""
+        if not saved:
+            return
+        key_bytes = self.store.cfg.key_bytes
+        keys = np.frombuffer(b"".join(k for k, _ in saved), np.uint8).reshape(-1, key_bytes)
+        parents = np.frombuffer(b"".join(p or bytes(key_bytes) for _, p in saved),
+                                np.uint8).reshape(-1, key_bytes)
+        has_parent = np.array([p is not None for _, p in saved], np.uint8)
+        self.store.index.insert_edges(keys, parents, has_parent, self.store.layout.full_block_bytes)

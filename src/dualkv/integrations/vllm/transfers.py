@@ -144,7 +144,8 @@ class SaveBatch:
                 log.warning("dualkv: writing blocks of %s failed: %s", spec.req_id, exc)
                 ok = np.zeros(len(spec.keys), bool)
             self.store.release(handle)
-            worker.saved_keys.extend(bytes(k) for k in spec.keys[ok])
+            parents = [spec.parent] + [bytes(k) for k in spec.keys[:-1]]
+            worker.saved.extend((bytes(k), p) for k, p, good in zip(spec.keys, parents, ok) if good)
             stats["blocks_saved"] += int(ok.sum())
             stats["bytes_saved"] += int(ok.sum()) * worker.layout.payload_bytes
             stats["save_errors"] += int((~ok).sum())

@@ -41,7 +41,7 @@ class WorkerSide:
         self.saving_req_ids: dict[str, int] = {}    # req_id -> batches still in flight
         self.finished_req_ids: set[str] = set()     # finished in vLLM, waiting on our saves
         self.load_errors: set[int] = set()
-        self.saved_keys: list[bytes] = []
+        self.saved: list[tuple[bytes, bytes | None]] = []  # for the scheduler's index
         self.stats = {"blocks_loaded": 0, "blocks_saved": 0, "bytes_loaded": 0, "bytes_saved": 0,
                       "load_errors": 0, "save_errors": 0, "save_skipped": 0}
 
@@ -135,10 +135,10 @@ class WorkerSide:
         return errors
 
     def take_worker_meta(self) -> DualKVWorkerMetadata | None:
-        if not self.saved_keys:
+        if not self.saved:
             return None
-        keys, self.saved_keys = self.saved_keys, []
-        return DualKVWorkerMetadata(keys)
+        saved, self.saved = self.saved, []
+        return DualKVWorkerMetadata(saved)
 
     def shutdown(self) -> None:
         deadline_s = self.config.timeout_s
