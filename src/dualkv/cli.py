@@ -9,6 +9,7 @@ import sys
 
 COMMANDS = {
     "info": ("dualkv.commands.info", "what this build and machine can do"),
+    "bench": ("dualkv.commands.bench", "microbenchmarks: dualkv bench NAME --help"),
 }
 
 

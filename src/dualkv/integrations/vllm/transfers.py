@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ class LoadBatch:
         batch.keys = np.ascontiguousarray(np.concatenate([s.keys for s in specs]))
         batch.block_ids = np.concatenate([s.block_ids for s in specs]).astype(np.int64)
         batch.layerwise, batch.slots, batch.ok = layerwise, None, None
+        batch.start_s = time.perf_counter()
         num_layers = batch.kv.num_layers
         ranges = [(l, l + 1) for l in range(num_layers)] if layerwise else [(0, num_layers)]
         if worker.load_path == "staged":
@@ -46,6 +48,8 @@ class LoadBatch:
     def _wait(self, index: int) -> None:
         ok = self.store.wait(self.handles[index], self.worker.config.timeout_s)
         self.pending.remove(index)
+        if not self.pending:  # includes model compute between layer waits when layerwise
+            self.worker.stats["load_s"] += time.perf_counter() - self.start_s
         self.ok = ok if self.ok is None else (self.ok & ok)
         if self.slots is not None:
             good = torch.from_numpy(np.flatnonzero(ok))
@@ -82,6 +86,7 @@ class SaveBatch:
         batch.specs, batch.slots = batch._alloc(worker, specs)
         batch.req_ids = {s.req_id for s in specs}
         batch.staged, batch.futures, batch.handles, batch.publish_future = set(), [], [], None
+        batch.start_s = time.perf_counter()
         if batch.specs:
             batch.block_ids = torch.from_numpy(np.concatenate([s.block_ids for s in batch.specs]))
             batch.slot_ids = torch.from_numpy(np.concatenate(batch.slots).astype(np.int64))
@@ -151,3 +156,5 @@ class SaveBatch:
             stats["save_errors"] += int((~ok).sum())
         for slots in self.slots:
             self.store.pool.free(slots)
+        if self.specs:  # until the write was seen verified: at most a step late
+            stats["save_s"] += time.perf_counter() - self.start_s
