@@ -39,6 +39,8 @@ class ConnectorConfig:
         extra = dict(extra or {})
         known = {f.name: f.type for f in fields(cls)}
         unknown = sorted(set(extra) - set(known))
+        if "root" not in extra:
+            raise InvalidArgument("kv_connector_extra_config needs 'root': the block directory")
         if unknown:
             raise InvalidArgument(f"unknown kv_connector_extra_config keys {unknown}; "
                                   f"known: {sorted(known)}")

@@ -23,13 +23,14 @@ from dualkv.integrations.vllm.worker import WorkerSide
 log = logging.getLogger(__name__)
 
 
-def _open_store(config: ConnectorConfig, model_id: str, rank: str, pool_slots: int):
+def _open_store(config: ConnectorConfig, model_id: str, rank: str, pool_slots: int,
+                capacity_bytes: int):
     from dualkv.store import BlockStore, StoreConfig
 
     def open_store(layout):
         return BlockStore(StoreConfig(
             config.root, layout, model_id=model_id, rank=rank, pool_slots=pool_slots,
-            capacity_bytes=config.capacity_bytes, queue_depth=config.queue_depth,
+            capacity_bytes=capacity_bytes, queue_depth=config.queue_depth,
             io_backend=config.io_backend, direct_io=config.direct_io))
     return open_store
 
@@ -47,18 +48,21 @@ class DualKVConnector(KVConnectorBase_V1):
         if role == KVConnectorRole.SCHEDULER:
             hash_block_size = kv_cache_config.hash_block_size or layout.block_tokens
             model_id, rank = namespace_parts(vllm_config, kv_cache_config, self.config, rank=0)
-            store = _open_store(self.config, model_id, rank, 1)(layout)
+            # no pool use and no capacity: only the workers' stores evict (and delete files)
+            store = _open_store(self.config, model_id, rank, 1, 0)(layout)
             self.scheduler_side = SchedulerSide(store, layout.block_tokens,
                                                 layout.block_tokens // hash_block_size, self.config)
         else:
             model_id, rank = namespace_parts(vllm_config, kv_cache_config, self.config)
             self.worker_side = WorkerSide(_open_store(self.config, model_id, rank,
-                                                      self.config.pool_slots),
+                                                      self.config.pool_slots,
+                                                      self.config.capacity_bytes),
                                           self.config, kv_cache_config.num_blocks, layout)
 
     @classmethod
     def requires_piecewise_for_cudagraph(cls, extra_config: dict[str, Any]) -> bool:
-        return ConnectorConfig.from_extra(extra_config).layerwise
+        layerwise = (extra_config or {}).get("layerwise", True)
+        return layerwise if isinstance(layerwise, bool) else str(layerwise).lower() in ("1", "true", "yes")
 
     @property
     def requires_kv_delivery(self) -> bool:
