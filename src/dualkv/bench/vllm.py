@@ -22,8 +22,9 @@ from dualkv.bench.vllm_model import PRESETS, write_llama
 CONFIGS = {  # name -> (connector, extra config)
     "none": ("none", {}),
     "example": ("example", {}),
-    "dualkv": ("dualkv", {"layerwise": True}),
-    "dualkv-whole": ("dualkv", {"layerwise": False}),
+    "dualkv": ("dualkv", {}),  # defaults: layerwise, direct into vLLM's pages
+    # whole blocks into pool slots, one copy per layer: fewer, larger reads; a pure load time
+    "dualkv-staged": ("dualkv", {"layerwise": False, "load_path": "staged"}),
 }
 
 
@@ -39,7 +40,7 @@ def run_engine(workdir, name, model, connector, root, extra, prompts, max_tokens
     cmd = [sys.executable, "-m", "dualkv.bench.vllm_engine", "--model", model, "--connector",
            connector, "--root", root, "--extra", json.dumps(extra), "--prompts", prompts_path,
            "--max-tokens", str(max_tokens), "--block-size", str(block_size), "--out", out,
-           "--max-model-len", str(8192)]
+           "--max-model-len", str(8192), "--warmup"]
     env = dict(os.environ, PYTHONHASHSEED="0")
     done = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, timeout=1800)
