@@ -85,7 +85,7 @@ class SaveBatch:
         batch.worker, batch.store = worker, worker.store
         batch.specs, batch.slots = batch._alloc(worker, specs)
         batch.req_ids = {s.req_id for s in specs}
-        batch.staged, batch.futures, batch.handles, batch.publish_future = set(), [], [], None
+        batch.staged, batch.futures, batch.handles = set(), [], []
         batch.start_s = time.perf_counter()
         if batch.specs:
             batch.block_ids = torch.from_numpy(np.concatenate([s.block_ids for s in batch.specs]))
@@ -114,34 +114,39 @@ class SaveBatch:
             self.worker.kv.gather, layer, self.block_ids, self.worker.slots, self.slot_ids))
 
     def publish(self) -> None:
-        """Stages what save_kv_layer did not, then queues the writes behind the copies."""
+        """Stages what save_kv_layer did not; the writes follow once the copies are done."""
         for layer in range(self.worker.kv.num_layers):
             self.stage_layer(layer)
-        if self.specs:
-            self.publish_future = self.worker.copier.submit(self._write)
 
-    def _write(self) -> None:
+    def is_staged(self) -> bool:
+        return all(f.done() for f in self.futures)
+
+    def wait_staged(self, timeout_s: float) -> None:
         for future in self.futures:
-            future.result()  # copies ran before on this same thread; re-raises their errors
+            future.result(timeout=timeout_s)  # re-raises a failed copy
+
+    def write(self) -> None:
+        """Submits the Full Block writes (on the caller's thread: every store call is made from
+        vLLM's thread); a failed copy writes nothing."""
+        if self.handles or not self.specs:
+            return
+        try:
+            self.wait_staged(self.worker.config.timeout_s)
+        except Exception as exc:
+            log.warning("dualkv: staging for %s failed: %s", sorted(self.req_ids), exc)
+            self.specs, failed = [], self.slots
+            self.worker.stats["save_errors"] += sum(len(s) for s in failed)
+            return
         self.handles = [self.store.store(s.keys, slots, parent=s.parent)
                         for s, slots in zip(self.specs, self.slots)]
 
     def is_done(self) -> bool:
-        if self.publish_future is None:
-            return True
-        return self.publish_future.done() and all(self.store.poll(h) for h in self.handles)
-
-    def wait(self, timeout_s: float) -> None:
-        if self.publish_future is not None:
-            self.publish_future.result(timeout=timeout_s)
+        return all(self.store.poll(h) for h in self.handles) if self.handles or not self.specs \
+            else False
 
     def finish(self) -> None:
         """Verifies the writes, tells the scheduler the keys, frees the slots."""
         worker, stats = self.worker, self.worker.stats
-        try:
-            self.wait(worker.config.timeout_s)
-        except Exception as exc:  # a failed copy: nothing of this batch was written
-            log.warning("dualkv: staging for %s failed: %s", sorted(self.req_ids), exc)
         for spec, handle in zip(self.specs, self.handles):
             try:
                 ok = self.store.wait(handle, worker.config.timeout_s)

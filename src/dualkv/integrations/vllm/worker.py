@@ -95,8 +95,9 @@ class WorkerSide:
 
     def handle_preemptions(self, meta) -> None:
         """Preempted requests' pages are reused right after this: finish reading them first."""
-        if meta.preempted_req_ids and self.saves:
-            self.copier.submit(lambda: None).result(timeout=self.config.timeout_s)
+        if meta.preempted_req_ids:
+            for batch in self.saves:
+                batch.write()  # waits for its copies first
 
     def wait_for_save(self) -> None:
         self._finish_sync_load()
@@ -113,6 +114,9 @@ class WorkerSide:
     # completion -----------------------------------------------------------------------------
     def get_finished(self, finished_req_ids: set[str]):
         self.finished_req_ids |= set(finished_req_ids) & set(self.saving_req_ids)
+        for batch in self.saves:
+            if batch.is_staged():
+                batch.write()
         for batch in [b for b in self.saves if b.is_done()]:
             self.saves.remove(batch)
             batch.finish()
@@ -142,9 +146,8 @@ class WorkerSide:
         return DualKVWorkerMetadata(saved)
 
     def shutdown(self) -> None:
-        deadline_s = self.config.timeout_s
         for batch in self.saves:
-            batch.wait(deadline_s)
+            batch.write()
             batch.finish()
         self.saves.clear()
         self.copier.shutdown(wait=True)
