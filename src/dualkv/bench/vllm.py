@@ -32,7 +32,8 @@ def conversation(index: int, num_tokens: int, vocab: int) -> list[int]:
     return [(index * 7919 + i * 104729) % (vocab - 2) + 1 for i in range(num_tokens)]
 
 
-def run_engine(workdir, name, model, connector, root, extra, prompts, max_tokens, block_size):
+def run_engine(args, workdir, name, model, connector, root, extra, prompts, max_tokens):
+    block_size = args.block_size
     prompts_path = os.path.join(workdir, f"{name}.prompts.json")
     out = os.path.join(workdir, f"{name}.json")
     with open(prompts_path, "w") as f:
@@ -40,7 +41,7 @@ def run_engine(workdir, name, model, connector, root, extra, prompts, max_tokens
     cmd = [sys.executable, "-m", "dualkv.bench.vllm_engine", "--model", model, "--connector",
            connector, "--root", root, "--extra", json.dumps(extra), "--prompts", prompts_path,
            "--max-tokens", str(max_tokens), "--block-size", str(block_size), "--out", out,
-           "--max-model-len", str(8192), "--warmup"]
+           "--max-model-len", str(8192), "--warmup", "--dtype", args.dtype]
     env = dict(os.environ, PYTHONHASHSEED="0")
     done = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, timeout=1800)
@@ -58,14 +59,14 @@ def bench_config(args, workdir, model, name, turn1s, turn2):
     connector, extra = CONFIGS[name]
     root = os.path.join(workdir, f"blocks-{name}")
     os.makedirs(root, exist_ok=True)
-    first = run_engine(workdir, f"{name}-turn1", model, connector, root, extra, turn1s,
-                       args.answer_tokens, args.block_size)
-    later = run_engine(workdir, f"{name}-later", model, connector, root, extra,
-                       [turn2(first["turns"][0]["tokens"]), turn1s[1]], 1, args.block_size)
+    first = run_engine(args, workdir, f"{name}-turn1", model, connector, root, extra, turn1s,
+                       args.answer_tokens)
+    later = run_engine(args, workdir, f"{name}-later", model, connector, root, extra,
+                       [turn2(first["turns"][0]["tokens"]), turn1s[1]], 1)
     saved, loaded = first["stats"], later["stats"]
     next_turn, replay = later["turns"]
     return {
-        "config": name, "preset": args.preset, "context_tokens": args.context,
+        "config": name, "preset": args.preset, "dtype": args.dtype, "context_tokens": args.context,
         "new_tokens": args.new_tokens, "block_tokens": args.block_size,
         "next_turn_prompt_tokens": next_turn["num_prompt_tokens"],
         "next_turn_ttft_s": next_turn["seconds"], "next_turn_tokens_loaded": next_turn["num_cached_tokens"],
@@ -84,6 +85,7 @@ def main(argv=None) -> int:
     parser.add_argument("--new-tokens", type=int, default=200, help="user tokens of the next turn")
     parser.add_argument("--answer-tokens", type=int, default=16)
     parser.add_argument("--block-size", type=int, default=128)
+    parser.add_argument("--dtype", default="float32", help="float32: this CPU has no bf16 math")
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--workdir", default="", help="model, blocks, logs (default: a new temp "
                         "dir; it must be on a real disk for O_DIRECT, not tmpfs)")

@@ -44,7 +44,7 @@ def connector_stats() -> dict:
 def run(args) -> dict:
     from vllm import LLM, SamplingParams
 
-    llm = LLM(model=args.model, skip_tokenizer_init=True, enforce_eager=True, dtype="bfloat16",
+    llm = LLM(model=args.model, skip_tokenizer_init=True, enforce_eager=True, dtype=args.dtype,
               max_model_len=args.max_model_len, seed=0, distributed_executor_backend="uni",
               kv_transfer_config=kv_transfer_config(args.connector, args.root,
                                                     json.loads(args.extra)),
@@ -82,6 +82,7 @@ def main(argv=None) -> int:
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--max-model-len", type=int, default=4096)
     parser.add_argument("--block-size", type=int, default=128)
+    parser.add_argument("--dtype", default="bfloat16", help="model and KV dtype")
     parser.add_argument("--warmup", action="store_true", help="one short untimed prompt first")
     parser.add_argument("--out", required=True, help="where the JSON result goes")
     args = parser.parse_args(argv)
