@@ -86,7 +86,7 @@ class SaveBatch:
         batch.specs, batch.slots = batch._alloc(worker, specs)
         batch.req_ids = {s.req_id for s in specs}
         batch.staged, batch.futures, batch.handles = set(), [], []
-        batch.start_s = time.perf_counter()
+        batch.stage_s, batch.write_start_s, batch.write_done_s = 0.0, None, None
         if batch.specs:
             batch.block_ids = torch.from_numpy(np.concatenate([s.block_ids for s in batch.specs]))
             batch.slot_ids = torch.from_numpy(np.concatenate(batch.slots).astype(np.int64))
@@ -110,8 +110,12 @@ class SaveBatch:
         if not self.specs or layer in self.staged:
             return
         self.staged.add(layer)
-        self.futures.append(self.worker.copier.submit(
-            self.worker.kv.gather, layer, self.block_ids, self.worker.slots, self.slot_ids))
+        self.futures.append(self.worker.copier.submit(self._gather, layer))
+
+    def _gather(self, layer: int) -> None:
+        start = time.perf_counter()
+        self.worker.kv.gather(layer, self.block_ids, self.worker.slots, self.slot_ids)
+        self.stage_s += time.perf_counter() - start
 
     def publish(self) -> None:
         """Stages what save_kv_layer did not; the writes follow once the copies are done."""
@@ -137,12 +141,16 @@ class SaveBatch:
             self.specs, failed = [], self.slots
             self.worker.stats["save_errors"] += sum(len(s) for s in failed)
             return
+        self.write_start_s = time.perf_counter()
         self.handles = [self.store.store(s.keys, slots, parent=s.parent)
                         for s, slots in zip(self.specs, self.slots)]
 
     def is_done(self) -> bool:
-        return all(self.store.poll(h) for h in self.handles) if self.handles or not self.specs \
-            else False
+        if not self.handles:
+            return not self.specs
+        if self.write_done_s is None and all(self.store.poll(h) for h in self.handles):
+            self.write_done_s = time.perf_counter()  # seen at the next poll: at most a layer late
+        return self.write_done_s is not None
 
     def finish(self) -> None:
         """Verifies the writes, tells the scheduler the keys, frees the slots."""
@@ -161,5 +169,6 @@ class SaveBatch:
             stats["save_errors"] += int((~ok).sum())
         for slots in self.slots:
             self.store.pool.free(slots)
-        if self.specs:  # until the write was seen verified: at most a step late
-            stats["save_s"] += time.perf_counter() - self.start_s
+        if self.write_start_s is not None:  # copying out of vLLM's pages + writing the files
+            done_s = self.write_done_s or time.perf_counter()
+            stats["save_s"] += self.stage_s + done_s - self.write_start_s

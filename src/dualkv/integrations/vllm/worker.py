@@ -87,6 +87,8 @@ class WorkerSide:
 
     # saves ----------------------------------------------------------------------------------
     def save_kv_layer(self, layer_name: str) -> None:
+        for batch in self.saves:  # one native poll each: completion times for the stats
+            batch.is_done()
         if self.meta is None or not self.meta.saves:
             return
         if self.step_save is None:
