@@ -13,8 +13,6 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
-import torch
 
 from dualkv.integrations.vllm.metadata import DualKVWorkerMetadata
 from dualkv.integrations.vllm.pages import PagedKV, SlotPages
