@@ -5,14 +5,14 @@ Loads: the store reads each block's Layer Blocks straight into vLLM's pages ("di
 are then copied into the pages ("staged", the path for device memory). Saves: after layer l's
 attention, that layer's pages of the blocks that became full this step are copied into pool
 slots on a copy thread while later layers compute; at the end of the step the slots go to the
-store as Full Blocks (async). The request's pages stay held (request_finished returned True)
-until its writes are verified, then get_finished reports it.
+store as Full Blocks (async; every store call is made from vLLM's thread). The request's pages
+stay held (request_finished returned True) until its writes are verified, then get_finished
+reports it.
 """
 from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-
 
 from dualkv.integrations.vllm.metadata import DualKVWorkerMetadata
 from dualkv.integrations.vllm.pages import PagedKV, SlotPages
