@@ -10,9 +10,8 @@ PYTEST_ARGS ?=
 # Framework venvs live outside the checkout (scripts/venv.sh), shared by every clone here.
 DUALKV_VENVS ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/dualkv/venvs
 export DUALKV_VENVS
-SGLANG_VENV = $(DUALKV_VENVS)/sglang
 
-.PHONY: demo test test-sglang build sysdeps clean
+.PHONY: demo test test-sglang test-vllm build sysdeps clean
 
 demo: build
 	$(PYTHON) -m dualkv.cli demo
@@ -20,12 +19,18 @@ demo: build
 test: build
 	$(PYTHON) -m pytest -q $(PYTEST_ARGS) tests
 	$(MAKE) --no-print-directory test-sglang
+	$(MAKE) --no-print-directory test-vllm
 
-# SGLang's HiCache backend, tested inside SGLang's real classes. SGLang pins its own
-# dependencies, so it runs in its own venv (scripts/venv.sh; dualkv comes from src/).
+# The framework adapters, tested inside the real frameworks. Each framework pins its own
+# dependencies (CUDA builds, clashing transformers ranges), so each runs in its own venv
+# (scripts/venv.sh); dualkv comes from this checkout's src/ with the _C built above.
 test-sglang: build
 	scripts/venv.sh sglang
-	PYTHONPATH=src $(SGLANG_VENV)/bin/python -m pytest -q $(PYTEST_ARGS) tests/integrations/test_sglang*.py
+	PYTHONPATH=$(CURDIR)/src $(DUALKV_VENVS)/sglang/bin/python -m pytest -q $(PYTEST_ARGS) tests/integrations/test_sglang*.py
+
+test-vllm: build
+	scripts/venv.sh vllm
+	PYTHONPATH=$(CURDIR)/src VLLM_TARGET_DEVICE=cpu $(DUALKV_VENVS)/vllm/bin/python -m pytest -q $(PYTEST_ARGS) tests/integrations/test_vllm*.py
 
 # The native parts (C++ core and Cython), rebuilt in place and incrementally when they change.
 build: .stamp-build

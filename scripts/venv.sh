@@ -17,8 +17,9 @@ here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(dirname "$here")"
 specs="$here/venv"
 case "$name" in
-  sglang) ;;
-  *) echo "usage: scripts/venv.sh sglang   (unknown venv: '${name}')" >&2; exit 2 ;;
+  sglang) import_check="from dualkv.integrations.sglang_cpu import import_sglang_storage; import_sglang_storage()" ;;
+  vllm) import_check="import vllm; from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorBase_V1; from vllm.v1.core.sched.scheduler import Scheduler" ;;
+  *) echo "usage: scripts/venv.sh sglang|vllm   (unknown venv: '${name}')" >&2; exit 2 ;;
 esac
 
 if ! python="$(${PYTHON:-python3} -c 'import sys; print(sys.executable)')"; then
@@ -59,7 +60,7 @@ step "install the light dependency list $specs/$name.txt" \
   "${pip[@]}" -c "$specs/constraints.txt" -r "$specs/$name.txt"
 step "check torch is still the CPU 2.13.0 build" "$venv/bin/python" -c \
   "import torch, sys; v = torch.__version__; print(v); sys.exit(not v.startswith('2.13.0') or torch.version.cuda is not None)"
-step "check that SGLang's HiCache classes import" env PYTHONPATH="$repo/src" "$venv/bin/python" -c \
-  "from dualkv.integrations.sglang_cpu import import_sglang_storage; import_sglang_storage()"
+step "check that $name's classes import" env PYTHONPATH="$repo/src" VLLM_TARGET_DEVICE=cpu \
+  "$venv/bin/python" -c "$import_check"
 echo "$want" > "$stamp"
 echo "venv $name: ready ($venv)"

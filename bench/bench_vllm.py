@@ -1,0 +1,5 @@
+import sys
+
+from dualkv.bench.vllm import main
+
+sys.exit(main())

@@ -1,0 +1,174 @@
+"""One step's batch of loads or saves against the store: few native calls, per-block results."""
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import torch
+
+from dualkv.errors import OutOfMemory, StorageError
+
+log = logging.getLogger(__name__)
+
+
+class LoadBatch:
+    """Blocks of one or more requests loaded together; per layer when layerwise."""
+
+    @classmethod
+    def submit(cls, worker, specs, layerwise: bool) -> LoadBatch:
+        batch = cls()
+        batch.worker, batch.store, batch.kv = worker, worker.store, worker.kv
+        batch.keys = np.ascontiguousarray(np.concatenate([s.keys for s in specs]))
+        batch.block_ids = np.concatenate([s.block_ids for s in specs]).astype(np.int64)
+        batch.layerwise, batch.slots, batch.ok = layerwise, None, None
+        batch.start_s = time.perf_counter()
+        num_layers = batch.kv.num_layers
+        ranges = [(l, l + 1) for l in range(num_layers)] if layerwise else [(0, num_layers)]
+        if worker.load_path == "staged":
+            batch.slots = worker.store.pool.alloc(len(batch.block_ids))
+            batch.handles = [batch.store.load(batch.keys, batch.slots, layers=r) for r in ranges]
+        else:
+            ptrs = batch.kv.page_ptrs(batch.block_ids)
+            batch.handles = [batch.store.load_into(batch.keys, np.ascontiguousarray(ptrs[:, a:b]),
+                                                   layers=(a, b)) for a, b in ranges]
+        batch.ranges = ranges
+        batch.pending = list(range(len(ranges)))
+        return batch
+
+    def wait_layer(self, layer: int) -> None:
+        index = layer if self.layerwise else 0
+        if index in self.pending:
+            self._wait(index)
+
+    def wait_all(self) -> None:
+        for index in list(self.pending):
+            self._wait(index)
+
+    def _wait(self, index: int) -> None:
+        ok = self.store.wait(self.handles[index], self.worker.config.timeout_s)
+        self.pending.remove(index)
+        if not self.pending:  # includes model compute between layer waits when layerwise
+            self.worker.stats["load_s"] += time.perf_counter() - self.start_s
+        self.ok = ok if self.ok is None else (self.ok & ok)
+        if self.slots is not None:
+            good = torch.from_numpy(np.flatnonzero(ok))
+            block_ids = torch.from_numpy(self.block_ids)[good]
+            slot_ids = torch.from_numpy(np.asarray(self.slots, np.int64))[good]
+            for layer in range(*self.ranges[index]):
+                self.kv.scatter(layer, block_ids, self.worker.slots, slot_ids)
+
+    def is_done(self) -> bool:
+        return all(self.store.poll(self.handles[i]) for i in self.pending)
+
+    def close(self) -> None:
+        """Counts the outcome; failed blocks go to vLLM, which recomputes them."""
+        stats = self.worker.stats
+        ok = self.ok if self.ok is not None else np.zeros(len(self.block_ids), bool)
+        failed = self.block_ids[~ok]
+        self.worker.load_errors.update(int(b) for b in failed)
+        stats["load_errors"] += len(failed)
+        stats["blocks_loaded"] += int(ok.sum())
+        stats["bytes_loaded"] += int(ok.sum()) * self.worker.layout.payload_bytes
+        for handle in self.handles:
+            self.store.release(handle)
+        if self.slots is not None:
+            self.store.pool.free(self.slots)
+
+
+class SaveBatch:
+    """Blocks that became full in one step: staged to pool slots layer by layer, then written."""
+
+    @classmethod
+    def start(cls, worker, specs) -> SaveBatch:
+        batch = cls()
+        batch.worker, batch.store = worker, worker.store
+        batch.specs, batch.slots = batch._alloc(worker, specs)
+        batch.req_ids = {s.req_id for s in specs}
+        batch.staged, batch.futures, batch.handles = set(), [], []
+        batch.stage_s, batch.write_start_s, batch.write_done_s = 0.0, None, None
+        if batch.specs:
+            batch.block_ids = torch.from_numpy(np.concatenate([s.block_ids for s in batch.specs]))
+            batch.slot_ids = torch.from_numpy(np.concatenate(batch.slots).astype(np.int64))
+        return batch
+
+    @staticmethod
+    def _alloc(worker, specs):
+        """Pool slots per request chain; a chain that does not fit is left unsaved (a miss)."""
+        kept, slots = [], []
+        for spec in specs:
+            try:
+                slots.append(np.asarray(worker.store.pool.alloc(len(spec.block_ids)), np.int64))
+                kept.append(spec)
+            except OutOfMemory:
+                worker.stats["save_skipped"] += len(spec.block_ids)
+                log.warning("dualkv: host pool full, %d blocks of %s not saved",
+                            len(spec.block_ids), spec.req_id)
+        return kept, slots
+
+    def stage_layer(self, layer: int) -> None:
+        if not self.specs or layer in self.staged:
+            return
+        self.staged.add(layer)
+        self.futures.append(self.worker.copier.submit(self._gather, layer))
+
+    def _gather(self, layer: int) -> None:
+        start = time.perf_counter()
+        self.worker.kv.gather(layer, self.block_ids, self.worker.slots, self.slot_ids)
+        self.stage_s += time.perf_counter() - start
+
+    def publish(self) -> None:
+        """Stages what save_kv_layer did not; the writes follow once the copies are done."""
+        for layer in range(self.worker.kv.num_layers):
+            self.stage_layer(layer)
+
+    def is_staged(self) -> bool:
+        return all(f.done() for f in self.futures)
+
+    def wait_staged(self, timeout_s: float) -> None:
+        for future in self.futures:
+            future.result(timeout=timeout_s)  # re-raises a failed copy
+
+    def write(self) -> None:
+        """Submits the Full Block writes (on the caller's thread: every store call is made from
+        vLLM's thread); a failed copy writes nothing."""
+        if self.handles or not self.specs:
+            return
+        try:
+            self.wait_staged(self.worker.config.timeout_s)
+        except Exception as exc:
+            log.warning("dualkv: staging for %s failed: %s", sorted(self.req_ids), exc)
+            self.specs, failed = [], self.slots
+            self.worker.stats["save_errors"] += sum(len(s) for s in failed)
+            return
+        self.write_start_s = time.perf_counter()
+        self.handles = [self.store.store(s.keys, slots, parent=s.parent)
+                        for s, slots in zip(self.specs, self.slots)]
+
+    def is_done(self) -> bool:
+        if not self.handles:
+            return not self.specs
+        if self.write_done_s is None and all(self.store.poll(h) for h in self.handles):
+            self.write_done_s = time.perf_counter()  # seen at the next poll: at most a layer late
+        return self.write_done_s is not None
+
+    def finish(self) -> None:
+        """Verifies the writes, tells the scheduler the keys, frees the slots."""
+        worker, stats = self.worker, self.worker.stats
+        for spec, handle in zip(self.specs, self.handles):
+            try:
+                ok = self.store.wait(handle, worker.config.timeout_s)
+            except StorageError as exc:
+                log.warning("dualkv: writing blocks of %s failed: %s", spec.req_id, exc)
+                ok = np.zeros(len(spec.keys), bool)
+            self.store.release(handle)
+            parents = [spec.parent] + [bytes(k) for k in spec.keys[:-1]]
+            worker.saved.extend((bytes(k), p) for k, p, good in zip(spec.keys, parents, ok) if good)
+            stats["blocks_saved"] += int(ok.sum())
+            stats["bytes_saved"] += int(ok.sum()) * worker.layout.payload_bytes
+            stats["save_errors"] += int((~ok).sum())
+        for slots in self.slots:
+            self.store.pool.free(slots)
+        if self.write_start_s is not None:  # copying out of vLLM's pages + writing the files
+            done_s = self.write_done_s or time.perf_counter()
+            stats["save_s"] += self.stage_s + done_s - self.write_start_s

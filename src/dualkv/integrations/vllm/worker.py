@@ -1,0 +1,156 @@
+"""Worker side: loads from the store into vLLM's pages (layer by layer), saves out of them.
+
+Loads: the store reads each block's Layer Blocks straight into vLLM's pages ("direct": one
+`load_into` per layer, so layer l can run as soon as its pages are in) or into pool slots that
+are then copied into the pages ("staged", the path for device memory). Saves: after layer l's
+attention, that layer's pages of the blocks that became full this step are copied into pool
+slots on a copy thread while later layers compute; at the end of the step the slots go to the
+store as Full Blocks (async; every store call is made from vLLM's thread). The request's pages
+stay held (request_finished returned True) until its writes are verified, then get_finished
+reports it.
+"""
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+from dualkv.integrations.vllm.metadata import DualKVWorkerMetadata
+from dualkv.integrations.vllm.pages import PagedKV, SlotPages
+from dualkv.integrations.vllm.transfers import LoadBatch, SaveBatch
+
+log = logging.getLogger(__name__)
+
+
+class WorkerSide:
+    def __init__(self, open_store, config, num_blocks: int, layout):
+        self.open_store = open_store  # layout -> BlockStore, called once at registration
+        self.config = config
+        self.num_blocks = num_blocks
+        self.layout = layout
+        self.store = None
+        self.kv: PagedKV | None = None
+        self.slots: SlotPages | None = None
+        self.copier = ThreadPoolExecutor(1, thread_name_prefix="dualkv-stage")
+        self.meta = None
+        self.sync_load: LoadBatch | None = None
+        self.async_loads: dict[str, LoadBatch] = {}
+        self.step_save: SaveBatch | None = None
+        self.saves: list[SaveBatch] = []            # staged, being written
+        self.saving_req_ids: dict[str, int] = {}    # req_id -> batches still in flight
+        self.finished_req_ids: set[str] = set()     # finished in vLLM, waiting on our saves
+        self.load_errors: set[int] = set()
+        self.saved: list[tuple[bytes, bytes | None]] = []  # for the scheduler's index
+        self.stats = {"blocks_loaded": 0, "blocks_saved": 0, "bytes_loaded": 0, "bytes_saved": 0,
+                      "load_errors": 0, "save_errors": 0, "save_skipped": 0,
+                      "load_s": 0.0, "save_s": 0.0}
+
+    # registration -------------------------------------------------------------------------
+    def register_kv_caches(self, kv_caches: dict) -> None:
+        if self.kv is not None:
+            raise RuntimeError("register_kv_caches called twice; vLLM registers its pages once")
+        kv = PagedKV(kv_caches, self.num_blocks, self.layout.layer_block_bytes)
+        if kv.num_layers != self.layout.num_layers:
+            raise RuntimeError(f"{kv.num_layers} KV layers registered, layout has "
+                               f"{self.layout.num_layers}")
+        self.kv = kv
+        self.store = self.open_store(self.layout)
+        self.slots = SlotPages(self.store.pool, self.layout)
+        if not kv.is_host and self.config.load_path == "direct":
+            log.info("dualkv: KV pages are on %s: loads go through pool slots", kv.device)
+
+    @property
+    def load_path(self) -> str:
+        return self.config.load_path if self.kv.is_host else "staged"
+
+    # loads ----------------------------------------------------------------------------------
+    def start_load_kv(self, meta) -> None:
+        self.meta = meta
+        sync_specs = [s for s in meta.loads if not s.is_async]
+        for spec in meta.loads:
+            if spec.is_async:
+                self.async_loads[spec.req_id] = LoadBatch.submit(
+                    self, [spec], layerwise=False)
+        if sync_specs:
+            self.sync_load = LoadBatch.submit(self, sync_specs, self.config.layerwise)
+
+    def wait_for_layer_load(self, layer_name: str) -> None:
+        if self.sync_load is not None:
+            self.sync_load.wait_layer(self.kv.layer_of[layer_name])
+
+    def _finish_sync_load(self) -> None:
+        if self.sync_load is not None:
+            self.sync_load.wait_all()
+            self.sync_load.close()
+            self.sync_load = None
+
+    # saves ----------------------------------------------------------------------------------
+    def save_kv_layer(self, layer_name: str) -> None:
+        for batch in self.saves:  # one native poll each: completion times for the stats
+            batch.is_done()
+        if self.meta is None or not self.meta.saves:
+            return
+        if self.step_save is None:
+            self.step_save = SaveBatch.start(self, self.meta.saves)
+        self.step_save.stage_layer(self.kv.layer_of[layer_name])
+
+    def handle_preemptions(self, meta) -> None:
+        """Preempted requests' pages are reused right after this: finish reading them first."""
+        if meta.preempted_req_ids:
+            for batch in self.saves:
+                batch.write()  # waits for its copies first
+
+    def wait_for_save(self) -> None:
+        self._finish_sync_load()
+        if self.meta is not None and self.meta.saves and self.step_save is None:
+            self.step_save = SaveBatch.start(self, self.meta.saves)
+        if self.step_save is not None:
+            self.step_save.publish()
+            self.saves.append(self.step_save)
+            for req_id in self.step_save.req_ids:
+                self.saving_req_ids[req_id] = self.saving_req_ids.get(req_id, 0) + 1
+            self.step_save = None
+        self.meta = None
+
+    # completion -----------------------------------------------------------------------------
+    def get_finished(self, finished_req_ids: set[str]):
+        self.finished_req_ids |= set(finished_req_ids) & set(self.saving_req_ids)
+        for batch in self.saves:
+            if batch.is_staged():
+                batch.write()
+        for batch in [b for b in self.saves if b.is_done()]:
+            self.saves.remove(batch)
+            batch.finish()
+            for req_id in batch.req_ids:
+                self.saving_req_ids[req_id] -= 1
+        done_sending = {r for r in self.finished_req_ids if self.saving_req_ids[r] == 0}
+        for req_id in done_sending:
+            del self.saving_req_ids[req_id]
+        self.finished_req_ids -= done_sending
+        done_recving = set()
+        for req_id, batch in list(self.async_loads.items()):
+            if batch.is_done():
+                batch.wait_all()
+                batch.close()
+                del self.async_loads[req_id]
+                done_recving.add(req_id)
+        return done_sending or None, done_recving or None
+
+    def take_load_errors(self) -> set[int]:
+        errors, self.load_errors = self.load_errors, set()
+        return errors
+
+    def take_worker_meta(self) -> DualKVWorkerMetadata | None:
+        if not self.saved:
+            return None
+        saved, self.saved = self.saved, []
+        return DualKVWorkerMetadata(saved)
+
+    def shutdown(self) -> None:
+        for batch in self.saves:
+            batch.write()
+            batch.finish()
+        self.saves.clear()
+        self.copier.shutdown(wait=True)
+        if self.store is not None:
+            self.store.close()
+            self.store = None

@@ -1,0 +1,121 @@
+"""DualKVConnector inside vLLM's real Scheduler (built from its module path by vLLM's factory),
+with the worker side called in the model runner's order. Runs in ~/.cache/dualkv/venvs/vllm (make test-vllm);
+the main suite skips it."""
+import pytest
+
+pytest.importorskip("vllm")
+
+from vllm.v1.request import RequestStatus  # noqa: E402
+
+from dualkv.integrations.vllm.keys import block_keys  # noqa: E402
+from vllm_harness import BLOCK, Harness, expected_kv, write_model_config  # noqa: E402
+
+PROMPT = [(7 * i + 3) % 900 + 1 for i in range(5 * BLOCK + 5)]  # 5 full blocks and a tail
+TURN2 = PROMPT + [11, 12, 13] + [(5 * i) % 900 + 1 for i in range(20)]
+MODES = [dict(), dict(async_load=True), dict(load_path="staged"), dict(layerwise=False),
+         dict(async_load=True, load_path="staged")]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return write_model_config(str(tmp_path_factory.mktemp("tiny-llama")))
+
+
+def first_turn(model_dir, root, **mode):
+    h = Harness(model_dir, root, **mode)
+    h.add("turn1", PROMPT, max_tokens=3)
+    h.run()
+    stats = dict(h.worker.worker_side.stats)
+    assert_nothing_left(h)
+    h.close()
+    return stats
+
+
+def assert_nothing_left(h):
+    """No request, block, slot or transfer outlives the requests (vLLM's own leak checks too)."""
+    s = h.scheduler
+    assert not s.requests and not s.waiting and not s.running and not s.finished_recving_kv_req_ids
+    pool = s.kv_cache_manager.block_pool
+    assert pool.free_block_queue.num_free_blocks == pool.num_gpu_blocks - 1
+    assert all(b.ref_cnt == 0 for b in pool.blocks)
+    side = h.worker.worker_side
+    assert not side.saves and not side.saving_req_ids and not side.async_loads
+    assert side.sync_load is None and side.step_save is None
+    assert side.store.pool.num_free == side.store.pool.num_slots
+    sched = h.connector.scheduler_side
+    assert not sched._tracked and not sched._matched and not sched._loads
+
+
+def assert_kv_correct(h, req_id, upto):
+    for pos in range(upto):
+        for layer in range(2):
+            assert h.page(req_id, pos, layer).equal(
+                expected_kv(layer, pos, h.requests[req_id].all_token_ids[pos])), (pos, layer)
+
+
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: "-".join(f"{k}={v}" for k, v in m.items())
+                         or "sync-layerwise-direct")
+def test_later_turn_loads_prefix_instead_of_computing(model_dir, block_root, mode):
+    saved = first_turn(model_dir, block_root, **mode)
+    assert saved["blocks_saved"] == 5 and saved["save_errors"] == 0
+
+    h = Harness(model_dir, block_root, **mode)  # a fresh engine: empty local prefix cache
+    request = h.add("turn2", TURN2, max_tokens=3)
+    assert h.connector.get_num_new_matched_tokens(request, 0) == (5 * BLOCK, bool(
+        mode.get("async_load")))
+    h.step()
+    while not h.computed_positions["turn2"]:  # async: the request waits for its load
+        h.step()
+    assert h.computed_positions["turn2"][0] == 5 * BLOCK  # the loaded tokens are not recomputed
+    assert_kv_correct(h, "turn2", 5 * BLOCK)
+    h.run()
+    stats = h.worker.worker_side.stats
+    assert stats["load_errors"] == 0
+    assert stats["bytes_loaded"] == saved["bytes_saved"] == 5 * h.connector.scheduler_side.store.layout.payload_bytes
+    assert_nothing_left(h)
+    h.close()
+
+
+@pytest.mark.parametrize("async_load", [False, True])
+def test_corrupt_block_is_reported_and_recomputed(model_dir, block_root, async_load):
+    first_turn(model_dir, block_root, async_load=async_load)
+    h = Harness(model_dir, block_root, async_load=async_load)
+    request = h.add("turn2", TURN2, max_tokens=3)
+    bad_key = bytes(block_keys(request.block_hashes, 2, 3)[0])
+    path = h.worker.worker_side.store.io.path_of(bad_key)
+    with open(path, "r+b") as f:  # flip bytes inside layer 1's Layer Block
+        f.seek(h.worker.worker_side.layout.layer_offset(1) + 100)
+        f.write(b"\xff" * 64)
+    for _ in range(50):  # until the load, its failure and the recompute are through
+        out = h.step()
+        if h.computed_positions["turn2"] and "turn2" not in [r.req_id for r in out.scheduled_new_reqs]:
+            break
+    stats = h.worker.worker_side.stats
+    assert stats["load_errors"] == 1 and stats["blocks_loaded"] == 4
+    positions = set(h.computed_positions["turn2"])
+    assert set(range(2 * BLOCK, len(TURN2))) <= positions  # from the bad block on: recomputed
+    assert not positions & set(range(2 * BLOCK))            # before it: loaded, not recomputed
+    assert_kv_correct(h, "turn2", len(TURN2))
+    h.run()
+    assert_nothing_left(h)
+    h.close()
+
+
+def test_aborted_and_preempted_requests_leave_nothing_behind(model_dir, block_root):
+    # 12 pages for two requests that need 7 each once they decode: vLLM must preempt one.
+    h = Harness(model_dir, block_root, num_blocks=13, max_batched_tokens=512)
+    h.add("a", PROMPT, max_tokens=30)
+    h.add("b", [t + 1 for t in PROMPT], max_tokens=30)
+    h.add("c", [t + 2 for t in PROMPT], max_tokens=30)
+    h.step()
+    h.scheduler.finish_requests("c", RequestStatus.FINISHED_ABORTED)
+    num_preemptions = 0
+    for _ in range(300):
+        if not h.scheduler.has_requests():
+            break
+        out = h.step()
+        num_preemptions += len(out.preempted_req_ids or ())
+    assert num_preemptions > 0
+    assert h.worker.worker_side.stats["save_errors"] == 0
+    assert_nothing_left(h)
+    h.close()

@@ -1,0 +1,169 @@
+"""Drives vLLM's real Scheduler and a worker-side connector the way vLLM's model runner does,
+with a stand-in model whose KV is a known function of (layer, position, token): a block that
+was loaded can be checked against what computing it would have written."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from vllm import SamplingParams  # noqa: E402
+from vllm.config import (CacheConfig, DeviceConfig, KVTransferConfig, ModelConfig,  # noqa: E402
+                         SchedulerConfig, VllmConfig)
+from vllm.distributed.kv_transfer.kv_connector.factory import KVConnectorFactory  # noqa: E402
+from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorRole  # noqa: E402
+from vllm.forward_context import get_forward_context, set_forward_context  # noqa: E402
+from vllm.utils.hashing import sha256  # noqa: E402
+from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash  # noqa: E402
+from vllm.v1.core.sched.scheduler import Scheduler  # noqa: E402
+from vllm.v1.kv_cache_interface import (FullAttentionSpec, KVCacheConfig,  # noqa: E402
+                                        KVCacheGroupSpec)
+from vllm.v1.outputs import KVConnectorOutput, ModelRunnerOutput  # noqa: E402
+from vllm.v1.request import Request  # noqa: E402
+from vllm.v1.structured_output import StructuredOutputManager  # noqa: E402
+
+BLOCK = 16
+NUM_LAYERS, HEADS, HEAD_DIM = 2, 2, 32
+LAYERS = [f"model.layers.{i}.self_attn.attn" for i in range(NUM_LAYERS)]
+EOS = 999
+
+
+def write_model_config(directory: str) -> str:
+    from transformers import LlamaConfig
+
+    LlamaConfig(vocab_size=1000, hidden_size=HEADS * HEAD_DIM * 2, intermediate_size=256,
+                num_hidden_layers=NUM_LAYERS, num_attention_heads=HEADS * 2,
+                num_key_value_heads=HEADS, head_dim=HEAD_DIM,
+                max_position_embeddings=4096).save_pretrained(directory)
+    return directory
+
+
+class Harness:
+    def __init__(self, model_dir: str, root: str, num_blocks: int = 64, async_load=False,
+                 layerwise=True, load_path="direct", max_batched_tokens: int = 256):
+        extra = {"root": root, "async_load": async_load, "layerwise": layerwise,
+                 "load_path": load_path, "pool_slots": 64, "timeout_s": 20}
+        self.config = VllmConfig(
+            model_config=ModelConfig(model=model_dir, dtype="bfloat16", seed=0,
+                                     skip_tokenizer_init=True, max_model_len=2048),
+            scheduler_config=SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=max_batched_tokens,
+                                             max_model_len=2048, enable_chunked_prefill=True,
+                                             is_encoder_decoder=False),
+            cache_config=CacheConfig(block_size=BLOCK, enable_prefix_caching=True),
+            kv_transfer_config=KVTransferConfig(
+                kv_connector="DualKVConnector", kv_connector_module_path="dualkv.integrations.vllm",
+                kv_role="kv_both", kv_load_failure_policy="recompute",
+                kv_connector_extra_config=extra),
+            device_config=DeviceConfig("cpu"))
+        self.config.cache_config.num_gpu_blocks = num_blocks
+        self.kv_cache_config = KVCacheConfig(
+            num_blocks=num_blocks, kv_cache_tensors=[],
+            kv_cache_groups=[KVCacheGroupSpec(LAYERS, FullAttentionSpec(
+                block_size=BLOCK, num_kv_heads=HEADS, head_size=HEAD_DIM, dtype=torch.bfloat16))])
+        self.scheduler = Scheduler(vllm_config=self.config, kv_cache_config=self.kv_cache_config,
+                                   structured_output_manager=StructuredOutputManager(self.config),
+                                   block_size=BLOCK, log_stats=True)
+        self.worker = KVConnectorFactory.create_connector(self.config, KVConnectorRole.WORKER,
+                                                          self.kv_cache_config)
+        # the CPU backend's pages: [num_blocks, kv_heads, block_size, 2 * head_dim] per layer
+        self.kv = {name: torch.zeros(num_blocks, HEADS, BLOCK, 2 * HEAD_DIM, dtype=torch.bfloat16)
+                   for name in LAYERS}
+        self.worker.register_kv_caches(self.kv)
+        self.requests: dict[str, Request] = {}
+        self.computed_positions: dict[str, list[int]] = {}  # positions the "model" computed
+        self.outputs: dict[str, list[int]] = {}
+        init_none_hash(sha256)
+
+    @property
+    def connector(self):
+        return self.scheduler.connector
+
+    def add(self, req_id: str, tokens: list[int], max_tokens: int = 4) -> Request:
+        params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
+        params.update_from_generation_config({}, EOS)
+        request = Request(request_id=req_id, prompt_token_ids=list(tokens), sampling_params=params,
+                          pooling_params=None, block_hasher=get_request_block_hasher(BLOCK, sha256))
+        self.requests[req_id] = request
+        self.computed_positions[req_id] = []
+        self.outputs[req_id] = []
+        self.scheduler.add_request(request)
+        return request
+
+    def step(self):
+        out = self.scheduler.schedule()
+        meta = out.kv_connector_metadata
+        self.worker.handle_preemptions(meta)
+        self.worker.bind_connector_metadata(meta)
+        with set_forward_context(None, self.config):
+            if out.has_sync_kv_loads:
+                self.worker.start_load_kv(get_forward_context())
+            for name in LAYERS:  # the model: attention layer by layer
+                self.worker.wait_for_layer_load(name)
+                self._compute_layer(out, name)
+                self.worker.save_kv_layer(name, self.kv[name], None)
+            if not out.has_sync_kv_loads:
+                self.worker.start_load_kv(get_forward_context())
+            self.worker.wait_for_save()
+            sending, recving = self.worker.get_finished(out.finished_req_ids)
+            conn_out = KVConnectorOutput(
+                finished_sending=sending, finished_recving=recving,
+                invalid_block_ids=self.worker.get_block_ids_with_load_errors(),
+                kv_connector_worker_meta=self.worker.build_connector_worker_meta())
+            self.worker.clear_connector_metadata()
+        self.scheduler.update_from_output(out, self._runner_output(out, conn_out))
+        return out
+
+    def _scheduled(self, out):
+        for new in out.scheduled_new_reqs:
+            yield new.req_id, new.num_computed_tokens
+        cached = out.scheduled_cached_reqs
+        yield from zip(cached.req_ids, cached.num_computed_tokens)
+
+    def _compute_layer(self, out, name):
+        layer = LAYERS.index(name)
+        for req_id, num_computed in self._scheduled(out):
+            request = self.requests[req_id]
+            block_ids = self.scheduler.kv_cache_manager.get_block_ids(req_id)[0]
+            for pos in range(num_computed, num_computed + out.num_scheduled_tokens[req_id]):
+                page = self.kv[name][block_ids[pos // BLOCK]]
+                page[:, pos % BLOCK] = expected_kv(layer, pos, request.all_token_ids[pos])
+                if layer == 0:
+                    self.computed_positions[req_id].append(pos)
+
+    def _runner_output(self, out, conn_out):
+        req_ids, sampled = [], []
+        for req_id, num_computed in self._scheduled(out):
+            request = self.requests[req_id]
+            req_ids.append(req_id)
+            done = num_computed + out.num_scheduled_tokens[req_id] >= request.num_tokens
+            token = 1 + (sum(request.all_token_ids) % 500) if done else None
+            sampled.append([token] if done else [])
+            if done:
+                self.outputs[req_id].append(token)
+        return ModelRunnerOutput(req_ids=req_ids, req_id_to_index={r: i for i, r in enumerate(req_ids)},
+                                 sampled_token_ids=sampled, logprobs=None, prompt_logprobs_dict={},
+                                 pooler_output=None, kv_connector_output=conn_out)
+
+    def run(self, max_steps: int = 200):
+        for _ in range(max_steps):
+            if not self.scheduler.has_requests():
+                return
+            self.step()
+        raise AssertionError("requests did not finish")
+
+    def page(self, req_id: str, pos: int, layer: int) -> torch.Tensor:
+        block_ids = self.scheduler.kv_cache_manager.get_block_ids(req_id)[0]
+        return self.kv[LAYERS[layer]][block_ids[pos // BLOCK]][:, pos % BLOCK]
+
+    def close(self):
+        self.worker.shutdown()
+        self.scheduler.shutdown()
+
+
+def expected_kv(layer: int, pos: int, token: int) -> torch.Tensor:
+    """The stand-in model's KV of one token in one layer: distinct per (layer, pos, token)."""
+    base = (layer * 7919 + pos * 31 + token * 131) % 2039
+    values = torch.arange(2 * HEAD_DIM, dtype=torch.float32) + base
+    return torch.stack([values + h for h in range(HEADS)]).to(torch.bfloat16)
