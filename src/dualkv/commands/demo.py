@@ -7,12 +7,12 @@ import os
 def add_arguments(parser):
     parser.add_argument("--policies", default="basic,dualpath,oracle")
     parser.add_argument("--num-de", type=int, default=2)
-    parser.add_argument("--agents", type=int, default=4)
+    parser.add_argument("--agents", type=int, default=6)
     parser.add_argument("--rounds", type=int, default=2, help="timed rounds after the first")
     parser.add_argument("--context", type=int, default=1024, help="tokens stored per agent")
     parser.add_argument("--append", type=int, default=32, help="tokens appended per round")
     parser.add_argument("--gen", type=int, default=4, help="tokens generated per turn (>= 2)")
-    parser.add_argument("--snic-mbps", type=float, default=0.1,
+    parser.add_argument("--snic-mbps", type=float, default=0.2,
                         help="emulated storage NIC per node, MB/s (the scarce resource)")
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--hidden", type=int, default=64)
