@@ -4,8 +4,9 @@ The preset is the demo's model as the simulator sees it: bytes per token = what 
 storage NIC charges per hit token (a Full Block with its header page / block_tokens), SNIC
 rate = the demo's --snic-mbps, 1 PE + num_de DE nodes of one GPU each. The two compute
 constants are calibrated on the Oracle run of the same invocation (no I/O there): PE FLOP/s =
-the timed turns' prefill FLOPs / Oracle's prefill seconds, TPOT = Oracle's measured TPOT. The
-workload is the timed turns exactly as the cluster ran them (prompt, hit, generated tokens).
+the timed turns' prefill FLOPs / Oracle's prefill seconds, TPOT = Oracle's decode seconds per
+round (its slowest DE: rounds are synchronous batches) / (gen - 1). The workload is the timed
+turns exactly as the cluster ran them (prompt, hit, generated tokens).
 """
 from __future__ import annotations
 
@@ -33,14 +34,13 @@ def _linear_flops_per_token(cfg) -> float:
     return 2.0 * cfg.num_layers * per_layer
 
 
-def demo_preset(args, cfg, work: Workload, oracle: dict, oracle_prefill_s: float) -> ModelPreset:
+def demo_preset(args, cfg, work: Workload, oracle_prefill_s: float, tpot_s: float) -> ModelPreset:
     layout = cfg.layout(args.block_tokens)
     bytes_per_token = layout.full_block_bytes // args.block_tokens
     attention = AttentionFlops(cfg.num_layers, 2.0 * 2 * cfg.num_heads * cfg.head_dim)
     linear = _linear_flops_per_token(cfg)
     miss = work.prompt - work.hit
     flops = sum(attention(int(h), int(m)) for h, m in zip(work.hit, miss)) + linear * miss.sum()
-    tpot_s = oracle["tpot_p50_ms"] / 1e3
     return ModelPreset("demo", cfg.num_layers, bytes_per_token, attention, linear,
                        pe_flops_per_s=flops / oracle_prefill_s,
                        snic_tokens_per_s=args.snic_mbps * 1e6 / bytes_per_token,
@@ -50,9 +50,12 @@ def demo_preset(args, cfg, work: Workload, oracle: dict, oracle_prefill_s: float
 
 def predict(args, cfg, timed_by_policy: dict, rows: dict) -> dict:
     """{policy: simulated turns/s} for the demo's configuration."""
+    oracle = [t for _, t in timed_by_policy["oracle"]]  # round-major
     work = timed_workload(args, timed_by_policy["oracle"])
-    prefill_s = sum(t.ttft_s for _, t in timed_by_policy["oracle"]) / args.agents
-    preset = demo_preset(args, cfg, work, rows["oracle"], prefill_s)
+    rounds = [oracle[r * args.agents:(r + 1) * args.agents] for r in range(args.rounds)]
+    prefill_s = sum(batch[0].ttft_s for batch in rounds)
+    decode_s = sum(max(t.decode_s for t in batch) for batch in rounds) / args.rounds
+    preset = demo_preset(args, cfg, work, prefill_s, decode_s / (args.gen - 1))
     out = {}
     for policy in rows:
         sim_cfg = SimConfig(preset, policy, num_pe_nodes=1, num_de_nodes=args.num_de,
