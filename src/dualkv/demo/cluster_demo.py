@@ -64,6 +64,7 @@ def _row(args, policy, snic_mbps, jct, before, after, timed) -> dict:
                 jct_s=jct, turns_per_s=len(timed) / jct,
                 snic_mb=[round(b / 1e6, 3) for b in read],
                 snic_max_avg=max(read) / (sum(read) / len(read)) if sum(read) else None,
-                ttft_p50_s=float(np.percentile(ttft, 50)), ttft_p90_s=float(np.percentile(ttft, 90)),
+                ttft_p50_s=float(np.percentile(ttft, 50)),
+                ttft_p90_s=float(np.percentile(ttft, 90)),
                 tpot_p50_ms=1e3 * float(np.percentile(tpot, 50)),
                 tpot_p90_ms=1e3 * float(np.percentile(tpot, 90)))
