@@ -12,7 +12,7 @@ COMMANDS = {
     "info": ("dualkv.commands.info", "what this build and machine can do"),
     "bench": ("dualkv.commands.bench", "microbenchmarks: dualkv bench NAME --help"),
     "store": ("dualkv.commands.store", "inspect, verify or clean a block store: info|verify|gc"),
-    "demo": ("dualkv.commands.demo", "the main job: replay an agentic trace through the store"),
+    "demo": ("dualkv.commands.demo", "the main job: Basic vs DualPath vs Oracle on a local 1P2D cluster (demo store: trace replay)"),
     "sim": ("dualkv.commands.sim", "simulate a DualPath cluster (offline JCT, online SLO capacity)"),
 }
 

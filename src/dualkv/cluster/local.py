@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -48,6 +49,8 @@ class ClusterTurn:
     num_cached_blocks: int
     de: int            # the DE process (0-based) that decoded it
     read_side: str
+    ttft_s: float = 0.0    # batch start -> the PE's prefill reply (one batch: one first token time)
+    decode_s: float = 0.0  # first token -> its DE's decode reply (all its generated tokens)
 
 
 class LocalCluster:
@@ -133,6 +136,7 @@ class LocalCluster:
 
     def _execute(self, requests) -> dict:
         """{rid: ClusterTurn} of the requests that finished; a dead DE fails its requests."""
+        start = time.monotonic()
         placed = self._place(len(requests))
         try:
             opened = self._open(placed)
@@ -140,6 +144,9 @@ class LocalCluster:
                 self._prefill_request(r, opened[r.rid]) for r in placed])["results"]
         except PeerDisconnected:
             return {}
+        first_at = time.monotonic()
+        for f in firsts:
+            f["ttft_s"] = first_at - start
         by_rid = {r.rid: (r, f) for r, f in zip(placed, firsts)}
         self._decode(by_rid)
         return {rid: self._result(r, f) for rid, (r, f) in by_rid.items() if "generated" in f}
@@ -200,6 +207,7 @@ class LocalCluster:
                 max_new_tokens=r.gen_tokens, num_cached_blocks=cached,
                 prior_key=r.tag["keys"][cached - 1].tobytes() if cached else b"",
                 pe_peer=self.pe_peer[self._de_role(r)]))
+        first_at = time.monotonic()
         for role, reqs in per_de.items():  # every DE decodes at once
             self.clients[role].send("decode", requests=reqs)
         for role in per_de:
@@ -207,16 +215,18 @@ class LocalCluster:
                 outs = self.clients[role].recv(self.timeout_s)["results"]
             except PeerDisconnected:
                 continue  # its requests stay without "generated": run_batch retries them
+            done_at = time.monotonic()
             for out in outs:
                 r, first = by_rid[out["rid"]]
                 first["generated"] = out["generated"]
+                first["decode_s"] = done_at - first_at
                 seq = np.concatenate([r.tag["prompt"], np.asarray(out["generated"], np.int32)])
                 written = chain_keys(seq, self.block_tokens)[:out["num_written_blocks"]]
                 self.stored.update(k.tobytes() for k in written)
 
     def _result(self, r: Request, first: dict) -> ClusterTurn:
         return ClusterTurn(first["generated"], r.tag["matched"], first["num_cached_blocks"],
-                           r.de - 1, r.read_side)
+                           r.de - 1, r.read_side, first["ttft_s"], first["decode_s"])
 
     def snic_bytes(self) -> dict:
         """Bytes each node's emulated storage NIC has read, by role."""

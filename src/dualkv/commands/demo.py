@@ -1,75 +1,93 @@
-"""`dualkv demo`: replay an agentic trace through the block store and read it back beside fio."""
+"""`dualkv demo`: the main job — an agentic workload on a local 1 PE + 2 DE cluster under
+Basic, DualPath and Oracle, beside the simulator's prediction. `dualkv demo store`: the block
+store trace replay (dualkv.demo.store_command)."""
 import os
-import random
-import shutil
-import tempfile
 
 
 def add_arguments(parser):
-    parser.add_argument("--trace", default=None, help="trace file (default: the Mooncake "
-                        "conversation trace in ../shared/data, or $DUALKV_TRACE)")
-    parser.add_argument("--requests", type=int, default=400, help="trace requests to replay")
-    parser.add_argument("--batch", type=int, default=32, help="blocks per load/store call; "
-                        "also the queue depth of the cold re-read and of fio")
-    parser.add_argument("--reread-blocks", type=int, default=4096,
-                        help="blocks re-read cold by dualkv and fio, side by side")
-    parser.add_argument("--dir", default=None, help="block directory (default: a temporary "
-                        "folder under the current directory, removed afterwards)")
-    parser.add_argument("--no-fio", action="store_true")
+    parser.add_argument("--policies", default="basic,dualpath,oracle")
+    parser.add_argument("--num-de", type=int, default=2)
+    parser.add_argument("--agents", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=2, help="timed rounds after the first")
+    parser.add_argument("--context", type=int, default=1024, help="tokens stored per agent")
+    parser.add_argument("--append", type=int, default=32, help="tokens appended per round")
+    parser.add_argument("--gen", type=int, default=4, help="tokens generated per turn (>= 2)")
+    parser.add_argument("--snic-mbps", type=float, default=0.2,
+                        help="emulated storage NIC per node, MB/s (the scarce resource)")
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--block-tokens", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--root", default=None, help="parent of the block directories")
+    parser.add_argument("--out", default="demo-out", help="where the PNG figure goes")
+    parser.add_argument("--no-sim", action="store_true", help="skip the simulator's prediction")
     parser.add_argument("--json", action="store_true")
+    sub = parser.add_subparsers(dest="what")
+    from dualkv.demo import store_command
+
+    store_command.add_arguments(sub.add_parser("store", help=store_command.__doc__))
 
 
 def run(args):
+    if args.what == "store":
+        from dualkv.demo import store_command
+
+        return store_command.run(args)
+    return _run_cluster(args)
+
+
+def _check(args):
+    from dualkv.errors import InvalidArgument
+
+    policies = args.policies.split(",")
+    unknown = set(policies) - {"basic", "dualpath", "oracle"}
+    if unknown:
+        raise InvalidArgument(f"unknown policies {sorted(unknown)}; use basic, dualpath, oracle")
+    if args.gen < 2 or args.agents < 1 or args.rounds < 1 or args.context < args.block_tokens:
+        raise InvalidArgument("need --gen >= 2, --agents >= 1, --rounds >= 1 and --context >= "
+                              "--block-tokens")
+    if not args.snic_mbps > 0:
+        raise InvalidArgument(f"--snic-mbps must be > 0, got {args.snic_mbps}")
+    return policies
+
+
+def _run_cluster(args):
     from tqdm import tqdm
 
     from dualkv.bench.report import Report, with_reference
-    from dualkv.demo.store_replay import cold_reread, demo_layout, open_store, replay
-    from dualkv.workloads.mooncake import load_trace
+    from dualkv.demo.cluster_demo import demo_model, run_policy
+    from dualkv.demo.cluster_predict import plot, predict
 
-    requests = load_trace(args.trace, limit=args.requests)
-    workdir = args.dir or tempfile.mkdtemp(prefix="dualkv-demo-", dir=os.getcwd())
-    report = Report("demo", args.json)
-    try:
-        root, layout = os.path.join(workdir, "blocks"), demo_layout()
-        store = open_store(root, layout, args.batch)
-        with tqdm(total=len(requests), desc="replaying trace", disable=args.json) as bar:
-            figures = replay(store, requests, args.batch, progress=bar)
-        if figures.wrong_blocks:
-            raise SystemExit(f"{figures.wrong_blocks} loaded Layer Blocks had wrong bytes")
-        keys = _stored_keys(store, requests, args.reread_blocks)
-        with_fio = not args.no_fio and shutil.which("fio") is not None
-        backend = store.backend
-        store.close()
-        reread = cold_reread(root, layout, keys, args.batch, workdir, with_fio)
-        row = {
-            "requests": figures.num_requests, "backend": backend,
-            "block_bytes": layout.full_block_bytes, "queue_depth": args.batch,
-            "blocks": figures.blocks_seen, "hit_ratio": figures.hit_ratio,
-            "load_gbps": figures.bytes_loaded / max(figures.load_seconds, 1e-9) / 1e9,
-            "store_gbps": figures.bytes_stored / max(figures.store_seconds, 1e-9) / 1e9,
-            "reread_blocks": len(keys), "reread_gbps": reread["reread_gbps"],
-        }
-        if with_fio:
-            row = with_reference(row, "reread_gbps", "fio", reread["fio_gbps"])
+    policies, cfg = _check(args), demo_model(args)
+    report, rows, timed = Report("demo", args.json), {}, {}
+    total = len(policies) * args.agents * (args.rounds + 1)
+    with tqdm(total=total, desc="demo turns", disable=args.json) as bar:
+        for policy in policies:
+            bar.set_postfix_str(policy)
+            rows[policy], timed[policy] = run_policy(args, policy, cfg, bar.update)
+    if not args.no_sim and "oracle" in rows:
+        for policy, tps in predict(args, cfg, timed, rows).items():
+            rows[policy]["sim_turns_per_s"] = tps
+    basic = rows.get("basic")
+    for policy, row in rows.items():
+        if basic is not None and policy != "basic":
+            row = rows[policy] = with_reference(row, "turns_per_s", "basic", basic["turns_per_s"])
+            if row.get("sim_turns_per_s") and basic.get("sim_turns_per_s"):
+                row["sim_ratio"] = row["sim_turns_per_s"] / basic["sim_turns_per_s"]
         report.add(row)
-    finally:
-        if args.dir is None:
-            shutil.rmtree(workdir, ignore_errors=True)
+    os.makedirs(args.out, exist_ok=True)
+    figure = plot(list(rows.values()), os.path.join(args.out, "demo.png"))
+    if not args.json:
+        _summary(rows, figure)
     report.finish()
     return 0
 
 
-def _stored_keys(store, requests, limit):
-    """Up to `limit` distinct stored block keys in random order (a non-sequential re-read)."""
-    import numpy as np
-
-    from dualkv.workloads.mooncake import request_tokens
-
-    unique = {}
-    for request in requests:
-        chain = store.chain_keys(request_tokens(request))
-        for key in chain[:store.match(chain, touch=False)]:
-            unique.setdefault(key.tobytes(), key)
-    picked = list(unique.values())
-    random.Random(0).shuffle(picked)
-    return np.array(picked[:limit], dtype=np.uint8).reshape(-1, store.cfg.key_bytes)
+def _summary(rows, figure):
+    dp = rows.get("dualpath", {})
+    if dp.get("ratio"):
+        line = f"DualPath / Basic throughput: measured {dp['ratio']:.2f}x"
+        if dp.get("sim_ratio"):
+            line += f", simulator {dp['sim_ratio']:.2f}x ({dp['ratio'] / dp['sim_ratio'] - 1:+.0%})"
+        print(line)
+    print(f"figure: {figure}")

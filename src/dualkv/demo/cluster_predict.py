@@ -1,0 +1,100 @@
+"""The simulator's prediction for the demo's configuration, and the demo's figure.
+
+The preset is the demo's model as the simulator sees it: bytes per token = what the emulated
+storage NIC charges per hit token (a Full Block with its header page / block_tokens), SNIC
+rate = the demo's --snic-mbps, 1 PE + num_de DE nodes of one GPU each. The two compute
+constants are calibrated on the Oracle run of the same invocation (no I/O there): PE FLOP/s =
+the timed turns' prefill FLOPs / Oracle's prefill seconds, TPOT = Oracle's decode seconds per
+round (its slowest DE: rounds are synchronous batches) / (gen - 1). The workload is the timed
+turns exactly as the cluster ran them (prompt, hit, generated tokens).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from dualkv.sched import AttentionFlops
+from dualkv.sim.config import ModelPreset, SimConfig
+from dualkv.sim.run import run_offline
+from dualkv.sim.workload import Workload
+
+
+def timed_workload(args, timed) -> Workload:
+    """The timed turns, agent-major (turn r of agent a is timed[r * agents + a])."""
+    order = [r * args.agents + a for a in range(args.agents) for r in range(args.rounds)]
+    prompt = np.array([timed[i][0] for i in order], np.int64)
+    hit = np.array([timed[i][1].num_cached_blocks * args.block_tokens for i in order], np.int64)
+    gen = np.array([len(timed[i][1].generated) for i in order], np.int64)
+    start = np.arange(0, len(order) + 1, args.rounds, dtype=np.int64)
+    return Workload("demo", prompt, hit, gen, start, np.zeros(args.agents))
+
+
+def _linear_flops_per_token(cfg) -> float:
+    per_layer = cfg.hidden * cfg.head_dim * (2 * cfg.num_heads + 2 * cfg.num_kv_heads) \
+        + 3 * cfg.hidden * cfg.ffn
+    return 2.0 * cfg.num_layers * per_layer
+
+
+def demo_preset(args, cfg, work: Workload, oracle_prefill_s: float, tpot_s: float) -> ModelPreset:
+    layout = cfg.layout(args.block_tokens)
+    bytes_per_token = layout.full_block_bytes // args.block_tokens
+    attention = AttentionFlops(cfg.num_layers, 2.0 * 2 * cfg.num_heads * cfg.head_dim)
+    linear = _linear_flops_per_token(cfg)
+    miss = work.prompt - work.hit
+    flops = sum(attention(int(h), int(m)) for h, m in zip(work.hit, miss)) + linear * miss.sum()
+    return ModelPreset("demo", cfg.num_layers, bytes_per_token, attention, linear,
+                       pe_flops_per_s=flops / oracle_prefill_s,
+                       snic_tokens_per_s=args.snic_mbps * 1e6 / bytes_per_token,
+                       de_hbm_tokens=10**7, pe_hbm_tokens=10**7,
+                       tpot_light_s=tpot_s, tpot_full_s=tpot_s, dram_bytes_per_node=64e9)
+
+
+def predict(args, cfg, timed_by_policy: dict, rows: dict) -> dict:
+    """{policy: simulated turns/s} for the demo's configuration."""
+    oracle = [t for _, t in timed_by_policy["oracle"]]  # round-major
+    work = timed_workload(args, timed_by_policy["oracle"])
+    rounds = [oracle[r * args.agents:(r + 1) * args.agents] for r in range(args.rounds)]
+    prefill_s = sum(batch[0].ttft_s for batch in rounds)
+    decode_s = sum(max(t.decode_s for t in batch) for batch in rounds) / args.rounds
+    preset = demo_preset(args, cfg, work, prefill_s, decode_s / (args.gen - 1))
+    out = {}
+    for policy in rows:
+        sim_cfg = SimConfig(preset, policy, num_pe_nodes=1, num_de_nodes=args.num_de,
+                            gpus_per_node=1, cnic_bytes_per_s=5e9, dram_bytes_per_s=20e9,
+                            block_tokens=args.block_tokens)
+        out[policy] = run_offline(sim_cfg, work)[0]["turns_per_s"]
+    return out
+
+
+def plot(rows: list[dict], path: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["policy"] for r in rows]
+    x = np.arange(len(rows))
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    axes[0].bar(x - 0.2, [r["turns_per_s"] for r in rows], 0.4, label="measured")
+    axes[0].bar(x + 0.2, [r.get("sim_turns_per_s") or 0 for r in rows], 0.4, label="simulator")
+    axes[0].set_ylabel("turns/s")
+    axes[0].legend()
+    num_nodes = len(rows[0]["snic_mb"])
+    for n in range(num_nodes):
+        label = "PE node" if n == 0 else f"DE node {n}"
+        axes[1].bar(x + (n - (num_nodes - 1) / 2) * 0.25, [r["snic_mb"][n] for r in rows], 0.25,
+                    label=label)
+    axes[1].set_ylabel("storage-NIC MB read (timed rounds)")
+    axes[1].legend()
+    axes[2].bar(x - 0.2, [r["ttft_p50_s"] for r in rows], 0.4, label="p50")
+    axes[2].bar(x + 0.2, [r["ttft_p90_s"] for r in rows], 0.4, label="p90")
+    axes[2].set_ylabel("TTFT (s)")
+    axes[2].legend()
+    for ax in axes:
+        ax.set_xticks(x, names)
+    r = rows[0]
+    fig.suptitle(f"dualkv demo: 1P{r['num_de']}D local cluster, {r['agents']} agents x "
+                 f"{r['rounds']} rounds, {r['context']}-token context, SNIC {r['snic_mbps']} MB/s")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
