@@ -4,6 +4,7 @@ was loaded can be checked against what computing it would have written."""
 from __future__ import annotations
 
 import os
+import time
 
 os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -146,12 +147,16 @@ class Harness:
                                  sampled_token_ids=sampled, logprobs=None, prompt_logprobs_dict={},
                                  pooler_output=None, kv_connector_output=conn_out)
 
-    def run(self, max_steps: int = 200):
-        for _ in range(max_steps):
-            if not self.scheduler.has_requests():
-                return
-            self.step()
-        raise AssertionError("requests did not finish")
+    def run(self, timeout_s: float = 120.0):
+        """Steps like an engine loop until every request is done. Async loads and saves finish
+        on the store's threads, so the deadline is in seconds, not steps: on a loaded machine a
+        few hundred idle steps can pass before one write lands."""
+        deadline = time.monotonic() + timeout_s
+        while self.scheduler.has_requests():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"requests did not finish within {timeout_s} s")
+            if self.step().total_num_scheduled_tokens == 0:
+                time.sleep(0.002)  # only waiting on async transfers: don't spin the CPU
 
     def page(self, req_id: str, pos: int, layer: int) -> torch.Tensor:
         block_ids = self.scheduler.kv_cache_manager.get_block_ids(req_id)[0]
