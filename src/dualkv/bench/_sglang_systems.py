@@ -7,6 +7,8 @@ import statistics
 import subprocess
 import time
 
+from dualkv.bench.storage import drop_caches as drop_page_cache
+
 
 def _storage_config(model_name: str, extra_config: dict):
     from sglang.srt.mem_cache.hicache_storage import HiCacheStorageConfig
@@ -127,13 +129,7 @@ def drop_caches(files) -> bool:
         fd = os.open(path, os.O_RDONLY)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         os.close(fd)
-    try:
-        os.sync()
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("3\n")
-        return True
-    except OSError:
-        return False
+    return drop_page_cache()
 
 
 def fio_gbps(files, file_bytes: int, depth: int, workdir: str, repeat: int) -> dict:
