@@ -25,6 +25,8 @@ from dualkv.integrations.sglang_stats import PageStats
 from dualkv.layout import PAGE_BYTES
 from sglang.srt.mem_cache.hicache_storage import HiCacheStorage, PoolName, PoolTransferResult
 
+MAX_IO_DEPTH = 4096  # the io_uring engine's limit on reads in flight
+
 
 class DualKVHiCacheStorage(HiCacheStorage):
     def __init__(self, storage_config, kwargs=None):
@@ -65,11 +67,15 @@ class DualKVHiCacheStorage(HiCacheStorage):
         from dualkv.store import BlockStore, StoreConfig
 
         cfg = self.config
+        layout = geometry.kv_layout()
+        # queue_depth counts pages, like fio's iodepth counts files: each page costs the store
+        # one header read plus one read per region, so the ring holds that many per page.
+        io_depth = min(MAX_IO_DEPTH, cfg.queue_depth * (1 + layout.num_layers))
         store = BlockStore(StoreConfig(
-            cfg.root, geometry.kv_layout(),
+            cfg.root, layout,
             model_id=model_namespace(self.storage_config, cfg, geometry.namespace_tag()),
             rank=rank_namespace(self.storage_config), pool_slots=cfg.pool_slots,
-            capacity_bytes=cfg.capacity_bytes, queue_depth=cfg.queue_depth,
+            capacity_bytes=cfg.capacity_bytes, queue_depth=io_depth,
             io_backend=cfg.io_backend, direct_io=cfg.direct_io, fsync=cfg.fsync,
             num_write_threads=cfg.write_threads))
         self.stats.store_backend = store.backend

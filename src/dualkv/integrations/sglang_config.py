@@ -18,7 +18,7 @@ KEY_BYTES = 32
 class SGLangBackendConfig:
     root: str  # block directory (a local disk or a shared filesystem mount)
     pool_slots: int = 32  # store slots: bounce buffers when a page cannot take O_DIRECT
-    queue_depth: int = 32  # I/O requests in flight per store
+    queue_depth: int = 32  # pages read in flight (each: a header read + one per region)
     write_threads: int = 4  # threads writing pages (each page: one write, fdatasync if fsync)
     io_backend: str = "auto"  # "auto" | "io_uring" | "posix"
     direct_io: bool = True  # O_DIRECT reads and writes where the filesystem allows
