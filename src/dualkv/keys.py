@@ -95,12 +95,14 @@ def to_hex(keys) -> list[str]:
     return [text[i:i + width] for i in range(0, len(text), width)]
 
 
-def _one_key(key, key_bytes: int, index: int) -> np.ndarray:
+def _one_key(key, key_bytes: int, what) -> np.ndarray:
+    """One key from bytes, a hex string or a 1-D uint8 array; `what` names it in errors."""
+    name = what if isinstance(what, str) else f"key {what}"
     if isinstance(key, str):
         try:
             raw = bytes.fromhex(key)
         except ValueError as exc:
-            raise InvalidArgument(f"key {index} is not a hex string: {key!r}") from exc
+            raise InvalidArgument(f"{name} is not a hex string: {key!r}") from exc
     elif isinstance(key, np.ndarray):
         raw = key.tobytes() if key.dtype == np.uint8 and key.ndim == 1 else None
     elif isinstance(key, (bytes, bytearray, memoryview)):
@@ -108,10 +110,10 @@ def _one_key(key, key_bytes: int, index: int) -> np.ndarray:
     else:
         raw = None
     if raw is None:
-        raise InvalidArgument(f"key {index} must be bytes, a hex string or a 1-D uint8 array, "
+        raise InvalidArgument(f"{name} must be bytes, a hex string or a 1-D uint8 array, "
                               f"got {type(key).__name__}")
     if len(raw) != key_bytes:
-        raise InvalidArgument(f"key {index} has {len(raw)} bytes, expected {key_bytes}")
+        raise InvalidArgument(f"{name} has {len(raw)} bytes, expected {key_bytes}")
     return np.frombuffer(raw, dtype=np.uint8)
 
 
@@ -139,21 +141,7 @@ def _as_block_tokens(block_tokens) -> int:
 
 
 def _as_prior(prior) -> bytes | None:
+    """The digest the chain continues from: None (or empty, as SGLang's "") for none."""
     if prior is None or (isinstance(prior, (bytes, str)) and len(prior) == 0):
         return None
-    if isinstance(prior, str):
-        try:
-            prior = bytes.fromhex(prior)
-        except ValueError as exc:
-            raise InvalidArgument(f"prior is not a hex string: {prior!r}") from exc
-    elif isinstance(prior, np.ndarray):
-        if prior.dtype != np.uint8:
-            raise InvalidArgument(f"prior must be uint8 bytes, got {prior.dtype}")
-        prior = prior.tobytes()
-    elif isinstance(prior, (bytes, bytearray, memoryview)):
-        prior = bytes(prior)
-    else:
-        raise InvalidArgument(f"prior must be 32 bytes or None, got {type(prior).__name__}")
-    if len(prior) != KEY_BYTES:
-        raise InvalidArgument(f"prior must be {KEY_BYTES} bytes, got {len(prior)}")
-    return prior
+    return _one_key(prior, KEY_BYTES, "prior").tobytes()
