@@ -9,18 +9,15 @@ namespace {
 constexpr uint64_t kEmpty = ~uint64_t{0};  // id kNil: no real entry ever has it
 constexpr uint32_t kMinTableBits = 4;
 
-inline uint64_t load_word(const uint8_t* p, size_t n) {
-  uint64_t word = 0;
-  std::memcpy(&word, p, n);
-  return word;
-}
-
 inline uint32_t entry_id(uint64_t entry) { return static_cast<uint32_t>(entry); }
 
 }  // namespace
 
 NodeTable::NodeTable(size_t key_bytes)
-    : key_bytes_(key_bytes), stride_((sizeof(Node) + key_bytes + 7) & ~size_t{7}) {
+    : key_bytes_(key_bytes),
+      key_words_(key_bytes / 8),
+      whole_words_(key_bytes % 8 == 0),
+      stride_((sizeof(Node) + key_bytes + 7) & ~size_t{7}) {
   allocate_table(kMinTableBits);
 }
 
@@ -34,42 +31,6 @@ void NodeTable::allocate_table(uint32_t bits) {
 
 size_t NodeTable::memory_bytes() const {
   return chunks_.size() * kChunkNodes * stride_ + table_size_ * sizeof(uint64_t);
-}
-
-// Keys are usually digests already, but engines may bring their own, so every byte is mixed
-// (a multiply-xorshift per 8-byte word; four rounds for a 32-byte key).
-uint64_t NodeTable::hash(const uint8_t* key) const {
-  uint64_t h = 0x9E3779B97F4A7C15ull ^ key_bytes_;
-  for (size_t i = 0; i < key_bytes_; i += 8) {
-    const size_t n = key_bytes_ - i < 8 ? key_bytes_ - i : 8;
-    h = (h ^ load_word(key + i, n)) * 0xBF58476D1CE4E5B9ull;
-    h ^= h >> 31;
-  }
-  return h;
-}
-
-void NodeTable::prefetch_slot(uint64_t key_hash) const {
-  __builtin_prefetch(&table_[home(key_hash)]);
-}
-
-void NodeTable::prefetch_node(uint64_t key_hash) const {
-  const uint64_t entry = table_[home(key_hash)];
-  if (entry == kEmpty) return;
-  const uint8_t* s = slot(entry_id(entry));
-  __builtin_prefetch(s);
-  __builtin_prefetch(s + sizeof(Node) + key_bytes_ - 1);  // the key's last byte
-}
-
-uint32_t NodeTable::find(const uint8_t* key, uint64_t key_hash) const {
-  const uint64_t tag = key_hash >> 32;
-  const size_t mask = table_size_ - 1;
-  for (size_t i = home(tag << 32);; i = (i + 1) & mask) {
-    const uint64_t entry = table_[i];
-    if (entry == kEmpty) return kNil;
-    if ((entry >> 32) == tag && std::memcmp(this->key(entry_id(entry)), key, key_bytes_) == 0) {
-      return entry_id(entry);
-    }
-  }
 }
 
 uint32_t NodeTable::alloc_id() {
@@ -115,7 +76,7 @@ uint32_t NodeTable::find_or_insert(const uint8_t* key, bool* inserted) {
   for (;; i = (i + 1) & mask) {
     const uint64_t entry = table_[i];
     if (entry == kEmpty) break;
-    if ((entry >> 32) == tag && std::memcmp(this->key(entry_id(entry)), key, key_bytes_) == 0) {
+    if ((entry >> 32) == tag && key_equals(entry_id(entry), key)) {
       return entry_id(entry);
     }
   }
