@@ -2,7 +2,14 @@
 fio (ioengine=io_uring, direct=1) on the same files, block size and queue depth.
 
 Each configuration writes a set of block files once, then alternates dualkv and fio runs
-(page cache dropped before each where permitted) and reports the median of each.
+(page cache dropped before each where permitted) and reports the median of each, and the
+median of the per-round ratios: this virtual disk's speed drifts by up to 3x within a minute,
+so a dualkv run is only compared with the fio run made right after it.
+
+Queue depth means the same on both sides: the reads in flight (fio's iodepth, the store's
+`queue_depth`). By default the store gets every block in one `load` call, as a prefill asks
+for its whole hit prefix; `--batch N` instead paces N blocks per call from Python, two calls
+in flight, to show what a caller's loop adds.
 """
 import argparse
 import json
@@ -32,7 +39,9 @@ def parse_args(argv):
     p.add_argument("--depths", type=int, nargs="+", default=None)
     p.add_argument("--full", action="store_true", help="sizes 256 KiB..8 MiB x depths 1..64")
     p.add_argument("--total-mib", type=int, default=192, help="MiB read per run")
-    p.add_argument("--repeat", type=int, default=3, help="runs per side; the median is kept")
+    p.add_argument("--repeat", type=int, default=5, help="runs per side; the median is kept")
+    p.add_argument("--batch", type=int, default=0,
+                   help="blocks per load call, two calls in flight (default 0: all in one call)")
     p.add_argument("--backend", default="auto", choices=["auto", "io_uring", "posix"])
     p.add_argument("--pages", default="both", choices=["huge", "4k", "both"],
                    help="pool pages for dualkv: huge (2 MiB when possible, the default of "
@@ -75,21 +84,25 @@ def write_blocks(root, layout, num_blocks, backend):
     return keys, paths
 
 
-def read_dualkv(root, layout, keys, depth, backend, huge_pages=True):
-    """Seconds to load every key, depth blocks per batch, two batches in flight."""
+def read_dualkv(root, layout, keys, depth, backend, huge_pages=True, batch=0):
+    """Seconds to load every key with `depth` reads in flight: in one load call (batch 0), or
+    `batch` blocks per call with two calls in flight."""
     from dualkv.store import BlockStore, StoreConfig
 
-    store = BlockStore(StoreConfig(root, layout, pool_slots=2 * depth, queue_depth=depth,
+    batch = batch or len(keys)
+    num_slots = len(keys) if batch >= len(keys) else 2 * batch
+    store = BlockStore(StoreConfig(root, layout, pool_slots=num_slots, queue_depth=depth,
                                    io_backend=backend, cuda="off", huge_pages=huge_pages))
-    halves = [store.pool.alloc(depth), store.pool.alloc(depth)]
+    slots = store.pool.alloc(num_slots)
     in_flight = []
     failures = 0
     start = time.perf_counter()
-    for i, first in enumerate(range(0, len(keys), depth)):
+    for i, first in enumerate(range(0, len(keys), batch)):
         if len(in_flight) == 2:
             failures += int((~store.wait(in_flight.pop(0), timeout=600)).sum())
-        chunk = keys[first:first + depth]
-        in_flight.append(store.load(chunk, halves[i % 2][:len(chunk)]))
+        chunk = keys[first:first + batch]
+        base = 0 if num_slots == len(keys) else (i % 2) * batch
+        in_flight.append(store.load(chunk, slots[base:base + len(chunk)]))
     for handle in in_flight:
         failures += int((~store.wait(handle, timeout=600)).sum())
     seconds = time.perf_counter() - start
@@ -125,24 +138,27 @@ def run_config(report, args, root, depth, keys_paths, layout, has_fio):
     total = layout.full_block_bytes * len(keys)
     kinds = {"huge": [True], "4k": [False], "both": [True, False]}[args.pages]
     ours = {huge: [] for huge in kinds}
+    ratios = {huge: [] for huge in kinds}
     ref, pages, backend, dropped = [], {}, args.backend, True
     for _ in range(args.repeat):
         for huge in kinds:
             dropped &= drop_caches()
             seconds, backend, pages[huge] = read_dualkv(root, layout, keys, depth,
-                                                        args.backend, huge)
+                                                        args.backend, huge, args.batch)
             ours[huge].append(total / seconds)
-        if has_fio:
-            dropped &= drop_caches()
-            ref.append(read_fio(fio_folder, len(keys), layout.full_block_bytes, depth))
+            if has_fio:  # fio right after, so both see the disk in the same mood
+                dropped &= drop_caches()
+                ref.append(read_fio(fio_folder, len(keys), layout.full_block_bytes, depth))
+                ratios[huge].append(ours[huge][-1] / ref[-1])
     for huge in kinds:
         gbps = statistics.median(ours[huge]) / 1e9
         row = {"block_bytes": layout.full_block_bytes, "queue_depth": depth,
                "backend": backend, "pages": pages[huge], "num_blocks": len(keys),
-               "caches_dropped": dropped, "read_gbps": gbps,
+               "batch": args.batch or len(keys), "caches_dropped": dropped, "read_gbps": gbps,
                "us_per_block": 1e6 * layout.full_block_bytes / (gbps * 1e9)}
         if has_fio:
             row = with_reference(row, "read_gbps", "fio", statistics.median(ref) / 1e9)
+            row["ratio_of_rounds"] = statistics.median(ratios[huge])
         report.add(row)
 
 
