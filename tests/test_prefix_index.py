@@ -208,6 +208,26 @@ def test_keys_in_other_forms_and_lengths():
     assert index.stats()["bytes"] == 6
 
 
+@pytest.mark.parametrize("key_bytes", [16, 20, 32, 33, 63, 64])
+def test_every_key_length_matches_exactly(key_bytes):
+    """Whole-word and tail-byte keys take different hash and compare paths: keys that differ
+    only in their last byte, or only in one middle word, must stay distinct blocks."""
+    rng = np.random.default_rng(key_bytes)
+    base = rng.integers(0, 256, (300, key_bytes), dtype=np.uint8)
+    last_byte = base.copy()
+    last_byte[:, -1] ^= 1
+    middle = base.copy()
+    middle[:, key_bytes // 2] ^= 0x80
+    index = PrefixIndex(key_bytes=key_bytes)
+    index.insert_chain(base, block_bytes=1)
+    assert index.match(base) == 300
+    assert index.match(last_byte) == 0 and index.match(middle) == 0
+    index.insert_chain(last_byte, block_bytes=1)
+    assert index.stats()["num_blocks"] == 600
+    assert index.contains(middle).sum() == 0
+    assert index.match(np.concatenate([last_byte[:100], base[100:]])) == 100
+
+
 @pytest.mark.parametrize("call", [
     lambda ix: ix.match(np.zeros((2, 31), np.uint8)),
     lambda ix: ix.match(np.zeros((2, 32), np.int64)),

@@ -3,8 +3,9 @@ drives it (cache_controller.py: `_page_set_zero_copy` / `_page_get_zero_copy` wi
 interface_v1, `_generic_page_set` / `_generic_page_get` otherwise), and fio as the ceiling."""
 import json
 import os
-import statistics
+import shutil
 import subprocess
+import tempfile
 import time
 
 from dualkv.bench.storage import drop_caches as drop_page_cache
@@ -132,24 +133,35 @@ def drop_caches(files) -> bool:
     return drop_page_cache()
 
 
-def fio_gbps(files, file_bytes: int, depth: int, workdir: str, repeat: int) -> dict:
+def fio_read_gbps(files, file_bytes: int, depth: int, workdir: str) -> float:
     """fio's O_DIRECT read GB/s over these files (hard links: the same disk blocks, one
-    file-sized read each) and its O_DIRECT write GB/s of as many bytes, with a final fsync."""
-    links = os.path.join(workdir, "read")
-    os.makedirs(links)
-    for i, path in enumerate(files):
-        os.link(path, os.path.join(links, str(i)))
-    common = ["--output-format=json", "--ioengine=io_uring", "--direct=1", f"--bs={file_bytes}",
-              f"--iodepth={depth}", f"--size={file_bytes * len(files)}"]
-    reads, writes = [], []
-    for _ in range(repeat):
+    file-sized read each), page cache dropped first."""
+    links = tempfile.mkdtemp(prefix="fio-read-", dir=workdir)
+    try:
+        for i, path in enumerate(files):
+            os.link(path, os.path.join(links, str(i)))
         drop_caches(files)
-        reads.append(_fio(common + ["--name=read", "--rw=read", f"--opendir={links}"], "read"))
-        target = os.path.join(workdir, "write.dat")
-        writes.append(_fio(common + ["--name=write", "--rw=write", "--end_fsync=1",
-                                     f"--filename={target}"], "write"))
-        os.remove(target)
-    return {"read": statistics.median(reads), "write": statistics.median(writes)}
+        return _fio(_fio_common(file_bytes, depth, len(files)) +
+                    ["--name=read", "--rw=read", f"--opendir={links}"], "read")
+    finally:
+        shutil.rmtree(links, ignore_errors=True)
+
+
+def fio_write_gbps(num_files: int, file_bytes: int, depth: int, workdir: str) -> float:
+    """fio's O_DIRECT write GB/s of as many bytes to one file, with a final fsync."""
+    target = os.path.join(workdir, "fio-write.dat")
+    try:
+        return _fio(_fio_common(file_bytes, depth, num_files) +
+                    ["--name=write", "--rw=write", "--end_fsync=1", f"--filename={target}"],
+                    "write")
+    finally:
+        if os.path.exists(target):
+            os.remove(target)
+
+
+def _fio_common(file_bytes: int, depth: int, num_files: int) -> list:
+    return ["--output-format=json", "--ioengine=io_uring", "--direct=1", f"--bs={file_bytes}",
+            f"--iodepth={depth}", f"--size={file_bytes * num_files}"]
 
 
 def _fio(cmd, kind) -> float:

@@ -11,7 +11,9 @@ Per preset (a Llama-8B-shaped MHA page of 8 MiB; a DeepSeek-V3-shaped MLA page o
 - get_warm: the same read again at once.
 fio gives the disk's ceiling: O_DIRECT reads of dualkv's own page files (hard links, one
 page-sized read each, same queue depth) and O_DIRECT writes of the same bytes with a final
-fsync. Runs alternate between the systems; each figure is the median of --repeat runs.
+fsync, run right after dualkv's reads in every round (the disk's speed drifts, so the
+median of the per-round ratios, `ratio_of_rounds`, is the figure to read). Runs alternate
+between the systems; each figure is the median of --repeat runs.
 Needs the SGLang venv (`scripts/venv.sh sglang`): `~/.cache/dualkv/venvs/sglang/bin/python -m dualkv.cli
 bench sglang` with PYTHONPATH=src.
 """
@@ -22,7 +24,8 @@ import statistics
 import tempfile
 
 from dualkv.bench.report import Report, with_reference
-from dualkv.bench._sglang_systems import DualKVSide, HiCacheFileSide, drop_caches, fio_gbps
+from dualkv.bench._sglang_systems import (DualKVSide, HiCacheFileSide, drop_caches, fio_read_gbps,
+                                         fio_write_gbps)
 
 PRESETS = {
     "mha": dict(kind="mha", num_layers=32, page_size=64, num_kv_heads=8, head_dim=128),
@@ -61,6 +64,7 @@ def run_preset(report, args, name, workdir, has_fio):
     theirs = HiCacheFileSide(pool, os.path.join(workdir, f"hicachefile-{name}"))
     figures = {side: {op: [] for op in ("set_durable", "get_cold", "get_warm")}
                for side in ("dualkv", "HiCacheFile")}
+    fio = {"read": [], "write": [], "read_ratio": []}
     dropped = True
     for rep in range(args.repeat):
         order = [("dualkv", ours), ("HiCacheFile", theirs)]
@@ -70,8 +74,14 @@ def run_preset(report, args, name, workdir, has_fio):
             dropped &= drop_caches(system.files(keys))
             figures[side]["get_cold"].append(system.get(keys, host_indices))
             figures[side]["get_warm"].append(system.get(keys, host_indices))
-    fio = fio_figures(ours, host_indices, args, os.path.join(workdir, f"fio-{name}")) \
-        if has_fio else {}
+            if side == "dualkv" and has_fio:
+                # fio reads the same files right after: this disk's speed drifts by up to 3x
+                # within a minute, so only a ratio taken within the round means something.
+                fio["read"].append(fio_read_gbps(system.files(keys), ours.file_bytes,
+                                                 args.queue_depth, workdir))
+                fio["read_ratio"].append(figures[side]["get_cold"][-1] / fio["read"][-1])
+                fio["write"].append(fio_write_gbps(args.pages, ours.file_bytes,
+                                                   args.queue_depth, workdir))
     base = {"preset": name, "kind": preset["kind"], "layout": args.layout,
             "page_bytes": ours.page_bytes, "pages": args.pages, "io_path": ours.io_path(),
             "store_backend": ours.store_backend(), "caches_dropped": dropped}
@@ -80,17 +90,14 @@ def run_preset(report, args, name, workdir, has_fio):
         ref = statistics.median(figures["HiCacheFile"][op])
         report.add(with_reference(dict(base, op=op, gbps=gbps), "gbps", "HiCacheFile", ref))
         fio_op = {"set_durable": "write", "get_cold": "read"}.get(op)
-        if fio_op in fio:
-            report.add(with_reference(dict(base, op=op, gbps=gbps), "gbps", "fio", fio[fio_op]))
+        if has_fio and fio_op:
+            row = with_reference(dict(base, op=op, gbps=gbps), "gbps", "fio",
+                                 statistics.median(fio[fio_op]))
+            if fio_op == "read":
+                row["ratio_of_rounds"] = statistics.median(fio["read_ratio"])
+            report.add(row)
     ours.close()
     theirs.close()
-
-
-def fio_figures(ours, host_indices, args, workdir) -> dict:
-    keys = ours.fresh_keys(args.pages, 99)
-    ours.set_durable(keys, host_indices)
-    return fio_gbps(ours.files(keys), ours.file_bytes, args.queue_depth,
-                    workdir, args.repeat)
 
 
 def main(argv=None):
