@@ -69,7 +69,7 @@ class NodeTable {
   // compared.
   template <class Visit>
   void find_each(const uint8_t* keys, size_t n, Visit&& visit) const {
-    constexpr size_t kSlotAhead = 32, kNodeAhead = 16, kRing = 64;  // kRing > kSlotAhead
+    constexpr size_t kSlotAhead = 64, kNodeAhead = 32, kRing = 128;  // kRing > kSlotAhead
     uint64_t hashes[kRing];
     auto start_lookup = [&](size_t j) {
       hashes[j % kRing] = hash(keys + j * key_bytes_);
