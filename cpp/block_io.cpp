@@ -92,21 +92,22 @@ class ReadOp : public IoCompletion {
 
   void set_copy_out(std::vector<char*> dst) { copy_out_ = std::move(dst); }
 
-  // Opens the file and submits; a missing file finishes the op at once.
-  void start() {
+  // Opens the block file; false (and the op finished as a miss) when it cannot be opened.
+  bool open_file() {
     fd_ = io_->open_for_read(io_->path_of(key_));
-    if (fd_ < 0) {
-      (errno == ENOENT ? io_->stats().missing : io_->stats().read_errors)++;
-      batch_->finish_block(index_, false);
-      return;
-    }
+    if (fd_ >= 0) return true;
+    (errno == ENOENT ? io_->stats().missing : io_->stats().read_errors)++;
+    batch_->finish_block(index_, false);
+    return false;
+  }
+
+  // The requests of an opened op, ready for the engine.
+  void take_requests(std::vector<IoRequest*>* out) {
     num_remaining_ = static_cast<int>(requests_.size());
-    std::vector<IoRequest*> ptrs;
     for (auto& r : requests_) {
       r.fd = fd_;
-      ptrs.push_back(&r);
+      out->push_back(&r);
     }
-    io_->engine().submit(ptrs.data(), ptrs.size());
   }
 
   void on_io_done(IoRequest*, int error) override {
@@ -185,7 +186,45 @@ class ReadOp : public IoCompletion {
 
 bool is_page_aligned(int64_t ptr) { return (ptr & 4095) == 0; }
 
+constexpr int kNumOpeners = 4;
+constexpr size_t kMinParallelOpens = 8;
+
+// Every block file of the batch is opened before its first read is submitted, the opens
+// spread over a few threads. After the inode cache is dropped each open reads an inode from
+// disk; interleaved with the submissions, those small reads queued behind the batch's large
+// ones and held back every later submission (128 blocks of 4.3 MiB read at 0.24-0.59x fio
+// with cold inodes against 0.74-1.09x with warm ones). All reads then go in one submit.
+void start_reads(ThreadPool& openers, IoEngine& engine, const std::vector<ReadOp*>& ops) {
+  std::vector<uint8_t> is_open(ops.size(), 0);
+  if (ops.size() < kMinParallelOpens) {
+    for (size_t i = 0; i < ops.size(); ++i) is_open[i] = ops[i]->open_file();
+  } else {
+    std::mutex mu;
+    std::condition_variable cv;
+    int num_left = kNumOpeners;
+    auto open_share = [&](int share) {
+      for (size_t i = share; i < ops.size(); i += kNumOpeners + 1) is_open[i] = ops[i]->open_file();
+    };
+    for (int share = 0; share < kNumOpeners; ++share) {
+      openers.post([&, share] {
+        open_share(share);
+        std::lock_guard<std::mutex> lock(mu);
+        if (--num_left == 0) cv.notify_one();
+      });
+    }
+    open_share(kNumOpeners);  // this thread takes a share too
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return num_left == 0; });  // opens finish: no deadline needed
+  }
+  std::vector<IoRequest*> requests;
+  for (size_t i = 0; i < ops.size(); ++i) {
+    if (is_open[i]) ops[i]->take_requests(&requests);
+  }
+  if (!requests.empty()) engine.submit(requests.data(), requests.size());
+}
+
 }  // namespace
+
 
 BlockIO::BlockIO(const BlockLayout& layout, const BlockIoOptions& options,
                  std::shared_ptr<HostPool> pool)
@@ -228,6 +267,7 @@ Status BlockIO::create(const BlockLayout& layout, const BlockIoOptions& options,
   }
   Status s = io->engine_->register_pool(*io->pool_);
   if (!s.ok()) return s;
+  io->openers_.reset(new ThreadPool(kNumOpeners));
   io->writers_.reset(new ThreadPool(options.num_write_threads));
   *out = std::move(io);
   return Status::Ok();
@@ -299,7 +339,7 @@ Status BlockIO::load(const uint8_t* keys, size_t n, const int64_t* slots, uint32
     batch->ops.push_back(std::move(op));
   }
   *handle = add_batch(batch);
-  for (ReadOp* op : ops) op->start();
+  start_reads(*openers_, *engine_, ops);
   return Status::Ok();
 }
 
@@ -334,7 +374,7 @@ Status BlockIO::load_into(const uint8_t* keys, size_t n, const int64_t* dst_ptrs
     batch->ops.push_back(std::move(op));
   }
   *handle = add_batch(batch);
-  for (ReadOp* op : ops) op->start();
+  start_reads(*openers_, *engine_, ops);
   return Status::Ok();
 }
 

@@ -104,6 +104,7 @@ class BlockIO {
   uint64_t next_handle_ = 1;
   std::map<uint64_t, std::shared_ptr<Batch>> batches_;
   std::unique_ptr<IoEngine> engine_;     // destroyed before batches_: drains reads
+  std::unique_ptr<ThreadPool> openers_;  // opens a batch's block files in parallel
   std::unique_ptr<ThreadPool> writers_;  // destroyed first: drains writes
 };
 
