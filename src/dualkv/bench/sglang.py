@@ -11,8 +11,9 @@ Per preset (a Llama-8B-shaped MHA page of 8 MiB; a DeepSeek-V3-shaped MLA page o
 - get_warm: the same read again at once.
 fio gives the disk's ceiling: O_DIRECT reads of dualkv's own page files (hard links, one
 page-sized read each, same queue depth) and O_DIRECT writes of the same bytes with a final
-fsync, run right after dualkv's reads in every round (the disk's speed drifts, so the
-median of the per-round ratios, `ratio_of_rounds`, is the figure to read). Runs alternate
+fsync, run next to dualkv's cold get in every round, after it in even rounds and before it in
+odd ones (the disk's speed drifts and dips right after a large write, so the median of the
+per-round ratios, `ratio_of_rounds`, is the figure to read). Runs alternate
 between the systems; each figure is the median of --repeat runs.
 Needs the SGLang venv (`scripts/venv.sh sglang`): `~/.cache/dualkv/venvs/sglang/bin/python -m dualkv.cli
 bench sglang` with PYTHONPATH=src.
@@ -71,14 +72,18 @@ def run_preset(report, args, name, workdir, has_fio):
         for side, system in order if rep % 2 == 0 else order[::-1]:
             keys = system.fresh_keys(args.pages, rep)
             figures[side]["set_durable"].append(system.set_durable(keys, host_indices))
+            # fio reads the same files next to dualkv's cold get, first in every other round:
+            # the disk's speed drifts by up to 3x within a minute and is slower just after a
+            # large write, so only a ratio taken within the round, in both orders, is fair.
+            is_fio_first = side == "dualkv" and has_fio and rep % 2 == 1
+            if is_fio_first:
+                fio["read"].append(fio_read(system, keys, args, workdir))
             dropped &= drop_caches(system.files(keys))
             figures[side]["get_cold"].append(system.get(keys, host_indices))
             figures[side]["get_warm"].append(system.get(keys, host_indices))
             if side == "dualkv" and has_fio:
-                # fio reads the same files right after: this disk's speed drifts by up to 3x
-                # within a minute, so only a ratio taken within the round means something.
-                fio["read"].append(fio_read_gbps(system.files(keys), ours.file_bytes,
-                                                 args.queue_depth, workdir))
+                if not is_fio_first:
+                    fio["read"].append(fio_read(system, keys, args, workdir))
                 fio["read_ratio"].append(figures[side]["get_cold"][-1] / fio["read"][-1])
                 fio["write"].append(fio_write_gbps(args.pages, ours.file_bytes,
                                                    args.queue_depth, workdir))
@@ -98,6 +103,10 @@ def run_preset(report, args, name, workdir, has_fio):
             report.add(row)
     ours.close()
     theirs.close()
+
+
+def fio_read(system, keys, args, workdir) -> float:
+    return fio_read_gbps(system.files(keys), system.file_bytes, args.queue_depth, workdir)
 
 
 def main(argv=None):
