@@ -7,6 +7,7 @@
 
 #include <sched.h>
 
+#include <chrono>
 #include <random>
 
 #include "dualkv/transfer.h"
@@ -45,7 +46,7 @@ Status Agent::init() {
 
   ucp_worker_params_t wparams{};
   wparams.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
-  wparams.thread_mode = UCS_THREAD_MODE_SINGLE;  // only the progress thread touches it
+  wparams.thread_mode = UCS_THREAD_MODE_SERIALIZED;  // every call holds worker_mu_
   s = ucp_worker_create(context_, &wparams, &worker_);
   if (s != UCS_OK) return ucx_error("ucp_worker_create", s);
 
@@ -85,15 +86,32 @@ Status Agent::init() {
 
 // ---- progress thread -------------------------------------------------------------------
 
+bool Agent::progress_worker() {
+  bool busy = false;
+  while (ucp_worker_progress(worker_) != 0) busy = true;
+  return busy;
+}
+
 void Agent::progress_loop() {
   int64_t last_check = 0;
   while (!stop_.load()) {
-    bool busy = drain_commands();
-    while (ucp_worker_progress(worker_) != 0) busy = true;
-    int64_t now = now_ns();
-    if (now - last_check > 1000000) {  // deadlines and orphan cleanup, once a millisecond
-      check_deadlines();
-      last_check = now;
+    bool busy;
+    int64_t now;
+    {
+      std::lock_guard<std::recursive_mutex> lock(worker_mu_);
+      busy = drain_commands();
+      // A notice waiter is progressing the worker itself: competing with it for the lock (and,
+      // on a small machine, for the core) would only delay the notice it waits for.
+      if (num_drivers_.load() == 0) busy |= progress_worker();
+      now = now_ns();
+      if (now - last_check > 1000000) {  // deadlines and orphan cleanup, once a millisecond
+        check_deadlines();
+        last_check = now;
+      }
+    }
+    if (num_drivers_.load() > 0) {
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
+      continue;
     }
     if (busy) {
       last_active_ns_.store(now);
@@ -116,7 +134,12 @@ void Agent::sleep_on_worker() {
       return;
     }
   }
-  if (ucp_worker_arm(worker_) == UCS_OK) {
+  ucs_status_t armed;
+  {
+    std::lock_guard<std::recursive_mutex> lock(worker_mu_);
+    armed = ucp_worker_arm(worker_);
+  }
+  if (armed == UCS_OK) {
     epoll_event events[2];
     epoll_wait(epoll_fd_, events, 2, 5);  // wakes at least every 5 ms for deadline checks
   }
@@ -396,6 +419,7 @@ void Agent::close() {
     wake();
     thread_.join();
   }
+  std::lock_guard<std::recursive_mutex> lock(worker_mu_);  // notice waiters stop driving
   if (worker_ != nullptr) {
     drain_commands();
     for (auto& [id, peer] : peers_) {
@@ -404,7 +428,7 @@ void Agent::close() {
     }
     int64_t until = now_ns() + 1000000000LL;  // close requests finish within a second
     while (!closing_.empty() && now_ns() < until) {
-      ucp_worker_progress(worker_);
+      progress_worker();
       reap_closing();
     }
     for (auto& [id, region] : regions_) ucp_mem_unmap(context_, region->memh);
