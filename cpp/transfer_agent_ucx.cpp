@@ -1,13 +1,13 @@
 // Agent lifecycle: UCP context and worker, the progress thread that owns the worker, memory
 // registration, and peers (endpoints with peer error handling and their imported rkeys).
 // The data path (batches, notices) is in transfer_batch_ucx.cpp.
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <sched.h>
 
-#include <chrono>
 #include <random>
 
 #include "dualkv/transfer.h"
@@ -110,7 +110,7 @@ void Agent::progress_loop() {
       }
     }
     if (num_drivers_.load() > 0) {
-      std::this_thread::sleep_for(std::chrono::microseconds(100));
+      wait_for_wake(1);  // a waking thread would preempt the driver: wake rarely
       continue;
     }
     if (busy) {
@@ -122,6 +122,25 @@ void Agent::progress_loop() {
       continue;
     }
     sleep_on_worker();
+  }
+}
+
+// Sleeps up to timeout_ms or until wake(), without arming the worker (a notice waiter is
+// progressing it).
+void Agent::wait_for_wake(int timeout_ms) {
+  sleeping_.store(true);
+  bool has_commands;
+  {
+    std::lock_guard<std::mutex> lock(cmd_mu_);
+    has_commands = !commands_.empty();
+  }
+  if (!has_commands) {
+    pollfd pfd{wake_fd_, POLLIN, 0};
+    poll(&pfd, 1, timeout_ms);
+  }
+  sleeping_.store(false);
+  uint64_t value;
+  while (read(wake_fd_, &value, sizeof(value)) > 0) {
   }
 }
 
@@ -344,6 +363,7 @@ Status Agent::disconnect(uint64_t peer_id, int64_t deadline_ns) {
     close_endpoint(peer);
     std::lock_guard<std::mutex> lock(state_mu_);
     for (auto& batch : peer->in_order) orphans_.push_back(batch);
+    num_pending_.fetch_sub(int64_t(peer->in_order.size()));
     peers_.erase(peer_id);
     return Status::Ok();
   }, deadline_ns);

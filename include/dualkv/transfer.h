@@ -124,6 +124,7 @@ class Agent : public BatchPoster {
   Status run_sync(std::function<Status()> fn, int64_t deadline_ns);
   bool drain_commands();
   void sleep_on_worker();
+  void wait_for_wake(int timeout_ms);
   void check_deadlines();
 
   // Under worker_mu_ (the progress thread, a submitting caller or a notice waiter).
@@ -163,6 +164,7 @@ class Agent : public BatchPoster {
   // callback run inside progress may post the next batch (the traffic manager does).
   std::recursive_mutex worker_mu_;
   std::atomic<int> num_drivers_{0};  // notice waiters progressing the worker themselves
+  std::atomic<int64_t> num_pending_{0};  // batches queued on peers, not finished yet
   std::atomic<uint64_t> notice_seq_{0};  // bumped per recorded notice: cheap spin check
 
   // Tables read by callers (validation) and written by the progress thread.

@@ -80,6 +80,9 @@ class Region:
 
 def as_int64(values, name: str) -> np.ndarray:
     """Descriptor column as a contiguous int64 array; floats or other kinds are refused."""
+    if type(values) is np.ndarray and values.dtype == np.int64 and values.ndim == 1 \
+            and values.flags.c_contiguous:
+        return values  # the hot path of a per-layer put: no conversion, no copy
     arr = np.asarray(values)
     if arr.size and arr.dtype.kind not in "iu":
         raise InvalidArgument(f"{name} must hold integers, got {arr.dtype}")
@@ -243,4 +246,6 @@ def _known_options(config: TransferConfig) -> list[tuple[str, str]]:
 
 
 def _peer_id(peer) -> int:
+    if type(peer) is int:  # the per-layer hot path: getattr's miss would raise inside
+        return peer
     return int(getattr(peer, "id", peer))  # a rendezvous.Peer or its id

@@ -12,6 +12,7 @@ import time
 import numpy as np
 
 from dualkv.bench import ucx_perftest
+from dualkv.bench.transfer_latency import notice_latency_us
 from dualkv.bench.report import Report, with_reference
 from dualkv.traffic import TrafficConfig, TrafficManager, measure_rate, open_bucket
 from dualkv.transfer import Agent, TransferConfig
@@ -38,15 +39,21 @@ class Pair:
         self.b.close()
 
 
-def slot_offsets(block: int, batch: int, rng) -> np.ndarray:
+def slot_offsets(block: int, batch: int, rng, pattern: str) -> np.ndarray:
+    if pattern == "reuse":  # ucx_perftest's pattern: one buffer, the same bytes every time
+        return np.zeros(batch, np.int64)
     num_slots = max(1, REGION_BYTES // block)
     return rng.choice(num_slots, batch, replace=batch > num_slots).astype(np.int64) * block
 
 
-def bandwidth(pair: Pair, block: int, batch: int, is_get: bool, seconds: float) -> float:
-    """GB/s of batches of `batch` random Layer Blocks, 4 batches kept in flight."""
+def bandwidth(pair: Pair, block: int, batch: int, is_get: bool, seconds: float,
+              pattern: str) -> float:
+    """GB/s of batches of `batch` Layer Blocks, 4 batches kept in flight: random slots of a
+    256 MiB region (the KV-cache case, mostly out of cache), or offset 0 over and over
+    ("reuse", cache-resident up to the cache size, as ucx_perftest moves its one buffer)."""
     rng = np.random.default_rng(block + batch)
-    descs = [(slot_offsets(block, batch, rng), slot_offsets(block, batch, rng)) for _ in range(8)]
+    descs = [(slot_offsets(block, batch, rng, pattern), slot_offsets(block, batch, rng, pattern))
+             for _ in range(8)]
     lengths = np.full(batch, block, np.int64)
     submit = pair.a.get if is_get else pair.a.put
     inflight, moved, i = [], 0, 0
@@ -64,29 +71,6 @@ def bandwidth(pair: Pair, block: int, batch: int, is_get: bool, seconds: float) 
         pair.a.wait(h, 30)
         moved += block * batch
     return moved / (time.perf_counter() - start) / 1e9
-
-
-def notice_latency_us(pair: Pair, size: int, iters: int) -> float:
-    """Median half round trip of put(size) + notice, answered the same way by the peer."""
-    def responder():
-        for i in range(iters):
-            pair.b.wait_notice(1, i, 10)
-            pair.b.release(pair.b.put(pair.peer_ba, pair.rb, pair.ra.id, [0], [0], [size],
-                                      request_id=2, layer=i))
-
-    thread = threading.Thread(target=responder)
-    thread.start()
-    rtts = []
-    for i in range(iters):
-        start = time.perf_counter()
-        pair.a.release(pair.a.put(pair.peer_ab, pair.ra, pair.rb.id, [0], [0], [size],
-                                  request_id=1, layer=i))
-        pair.a.wait_notice(2, i, 10)
-        rtts.append(time.perf_counter() - start)
-    thread.join()
-    pair.a.clear_notices(2)
-    pair.b.clear_notices(1)
-    return statistics.median(rtts[iters // 10:]) / 2 * 1e6
 
 
 def model_latency_us(submit, wait, model: Pair, iters: int) -> float:
@@ -156,7 +140,10 @@ def main(argv=None):
     p.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
     p.add_argument("--ops", nargs="+", default=["put", "get"], choices=["put", "get"])
     p.add_argument("--seconds", type=float, default=0.4, help="per bandwidth point")
-    p.add_argument("--iters", type=int, default=400, help="latency samples")
+    p.add_argument("--iters", type=int, default=400, help="latency samples per repetition")
+    p.add_argument("--reps", type=int, default=5, help="latency repetitions (median of each)")
+    p.add_argument("--patterns", nargs="+", default=["random", "reuse"],
+                   choices=["random", "reuse"], help="bandwidth buffer patterns")
     p.add_argument("--chunk-kib", type=int, default=512)
     p.add_argument("--burst-ms", type=float, default=4.0, help="token bucket burst, in ms of cap")
     p.add_argument("--tls", default=None, help="UCX_TLS for both dualkv and ucx_perftest")
@@ -169,7 +156,7 @@ def main(argv=None):
         if "bw" not in args.skip:
             bandwidth_rows(report, args, kv)
         if "lat" not in args.skip:
-            latency_row(report, args, kv)
+            latency_row(report, args)
         if "priority" not in args.skip:
             model = Pair("model", args.tls, MIB)
             priority(report, args, kv, model)
@@ -187,18 +174,30 @@ def bandwidth_rows(report: Report, args, kv: Pair):
         ref = perftest("ucp_put_bw", size_kib * KIB, args)
         for op in args.ops:
             for batch in args.batches:
-                gbps = bandwidth(kv, size_kib * KIB, batch, op == "get", args.seconds)
-                row = {"test": "bandwidth", "op": op, "block_bytes": size_kib * KIB,
-                       "batch": batch, "tls": args.tls or "default", "gbps": gbps}
-                report.add(with_reference(row, "gbps", "ucx_perftest ucp_put_bw",
-                                          ref and ref["bw_gbps"]))
+                for pattern in args.patterns:
+                    gbps = bandwidth(kv, size_kib * KIB, batch, op == "get", args.seconds,
+                                     pattern)
+                    row = {"test": "bandwidth", "op": op, "block_bytes": size_kib * KIB,
+                           "batch": batch, "pattern": pattern, "tls": args.tls or "default",
+                           "gbps": gbps}
+                    report.add(with_reference(row, "gbps", "ucx_perftest ucp_put_bw",
+                                              ref and ref["bw_gbps"]))
 
 
-def latency_row(report: Report, args, kv: Pair):
-    ref = perftest("ucp_put_lat", 64 * KIB, args)
-    lat = notice_latency_us(kv, 64 * KIB, args.iters)
-    row = {"test": "notice_latency", "block_bytes": 64 * KIB, "p50_us": lat}
-    report.add(with_reference(row, "p50_us", "ucx_perftest ucp_put_lat", ref and ref["p50_us"]))
+def latency_row(report: Report, args):
+    """Both figures are one-way: half the round trip of a 64 KiB ping-pong between two
+    processes (perftest: put + poll on the buffer's last byte; dualkv: put + notice +
+    wait_notice), each the median over --reps runs, alternated so load hits both alike."""
+    ours, refs = [], []
+    for _ in range(args.reps):
+        ref = perftest("ucp_put_lat", 64 * KIB, args)
+        refs.append(ref and ref["p50_us"])
+        ours += notice_latency_us(64 * KIB, args.iters, 1, args.tls)
+    ref_p50 = statistics.median(refs) if None not in refs else None
+    row = {"test": "notice_latency", "block_bytes": 64 * KIB, "p50_us": statistics.median(ours),
+           "runs_us": [round(x, 2) for x in ours],
+           "ref_runs_us": [x if x is None else round(x, 2) for x in refs]}
+    report.add(with_reference(row, "p50_us", "ucx_perftest ucp_put_lat", ref_p50))
 
 
 def perftest(test: str, size: int, args) -> dict | None:
