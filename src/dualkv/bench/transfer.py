@@ -9,16 +9,14 @@ import statistics
 import threading
 import time
 
-import numpy as np
-
 from dualkv.bench import ucx_perftest
-from dualkv.bench.transfer_latency import notice_latency_us
 from dualkv.bench.report import Report, with_reference
+from dualkv.bench.transfer_bandwidth import REGION_BYTES, bandwidth_rows
+from dualkv.bench.transfer_latency import notice_latency_us
 from dualkv.traffic import TrafficConfig, TrafficManager, measure_rate, open_bucket
 from dualkv.transfer import Agent, TransferConfig
 
 KIB, MIB = 1024, 1024 * 1024
-REGION_BYTES = 256 * MIB  # per side; larger batches reuse slots
 
 
 class Pair:
@@ -37,40 +35,6 @@ class Pair:
     def close(self):
         self.a.close()
         self.b.close()
-
-
-def slot_offsets(block: int, batch: int, rng, pattern: str) -> np.ndarray:
-    if pattern == "reuse":  # ucx_perftest's pattern: one buffer, the same bytes every time
-        return np.zeros(batch, np.int64)
-    num_slots = max(1, REGION_BYTES // block)
-    return rng.choice(num_slots, batch, replace=batch > num_slots).astype(np.int64) * block
-
-
-def bandwidth(pair: Pair, block: int, batch: int, is_get: bool, seconds: float,
-              pattern: str) -> float:
-    """GB/s of batches of `batch` Layer Blocks, 4 batches kept in flight: random slots of a
-    256 MiB region (the KV-cache case, mostly out of cache), or offset 0 over and over
-    ("reuse", cache-resident up to the cache size, as ucx_perftest moves its one buffer)."""
-    rng = np.random.default_rng(block + batch)
-    descs = [(slot_offsets(block, batch, rng, pattern), slot_offsets(block, batch, rng, pattern))
-             for _ in range(8)]
-    lengths = np.full(batch, block, np.int64)
-    submit = pair.a.get if is_get else pair.a.put
-    inflight, moved, i = [], 0, 0
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds or i < 8:
-        loc, rem = descs[i % 8]
-        inflight.append(submit(pair.peer_ab, pair.ra, pair.rb.id, loc, rem, lengths))
-        i += 1
-        if len(inflight) == 4:
-            h = inflight.pop(0)
-            pair.a.wait(h, 30)
-            pair.a.release(h)
-            moved += block * batch
-    for h in inflight:
-        pair.a.wait(h, 30)
-        moved += block * batch
-    return moved / (time.perf_counter() - start) / 1e9
 
 
 def model_latency_us(submit, wait, model: Pair, iters: int) -> float:
@@ -141,7 +105,8 @@ def main(argv=None):
     p.add_argument("--ops", nargs="+", default=["put", "get"], choices=["put", "get"])
     p.add_argument("--seconds", type=float, default=0.4, help="per bandwidth point")
     p.add_argument("--iters", type=int, default=400, help="latency samples per repetition")
-    p.add_argument("--reps", type=int, default=5, help="latency repetitions (median of each)")
+    p.add_argument("--reps", type=int, default=3,
+                   help="repetitions of every figure and of its reference; medians reported")
     p.add_argument("--patterns", nargs="+", default=["random", "reuse"],
                    choices=["random", "reuse"], help="bandwidth buffer patterns")
     p.add_argument("--chunk-kib", type=int, default=512)
@@ -169,39 +134,21 @@ def main(argv=None):
     return 0
 
 
-def bandwidth_rows(report: Report, args, kv: Pair):
-    for size_kib in args.sizes_kib:
-        ref = perftest("ucp_put_bw", size_kib * KIB, args)
-        for op in args.ops:
-            for batch in args.batches:
-                for pattern in args.patterns:
-                    gbps = bandwidth(kv, size_kib * KIB, batch, op == "get", args.seconds,
-                                     pattern)
-                    row = {"test": "bandwidth", "op": op, "block_bytes": size_kib * KIB,
-                           "batch": batch, "pattern": pattern, "tls": args.tls or "default",
-                           "gbps": gbps}
-                    report.add(with_reference(row, "gbps", "ucx_perftest ucp_put_bw",
-                                              ref and ref["bw_gbps"]))
-
-
 def latency_row(report: Report, args):
     """Both figures are one-way: half the round trip of a 64 KiB ping-pong between two
     processes (perftest: put + poll on the buffer's last byte; dualkv: put + notice +
-    wait_notice), each the median over --reps runs, alternated so load hits both alike."""
-    ours, refs = [], []
+    wait_notice, through the Python API and driven from C++), each the median over --reps
+    runs, alternated so that load hits all three alike."""
+    runs = {"python": [], "native": []}
+    refs = []
     for _ in range(args.reps):
-        ref = perftest("ucp_put_lat", 64 * KIB, args)
+        ref = ucx_perftest.reference("ucp_put_lat", 64 * KIB, args.tls)
         refs.append(ref and ref["p50_us"])
-        ours += notice_latency_us(64 * KIB, args.iters, 1, args.tls)
+        for api in runs:
+            runs[api] += notice_latency_us(64 * KIB, args.iters, 1, args.tls, api == "native")
     ref_p50 = statistics.median(refs) if None not in refs else None
-    row = {"test": "notice_latency", "block_bytes": 64 * KIB, "p50_us": statistics.median(ours),
-           "runs_us": [round(x, 2) for x in ours],
-           "ref_runs_us": [x if x is None else round(x, 2) for x in refs]}
-    report.add(with_reference(row, "p50_us", "ucx_perftest ucp_put_lat", ref_p50))
-
-
-def perftest(test: str, size: int, args) -> dict | None:
-    if not ucx_perftest.available():
-        return None
-    iters = 2000 if test.endswith("lat") else max(50, min(2000, (256 * MIB) // size))
-    return ucx_perftest.run(test, size, iters, args.tls)
+    for api, ours in runs.items():
+        row = {"test": "notice_latency", "api": api, "block_bytes": 64 * KIB,
+               "p50_us": statistics.median(ours), "runs_us": [round(x, 2) for x in ours],
+               "ref_runs_us": [x if x is None else round(x, 2) for x in refs]}
+        report.add(with_reference(row, "p50_us", "ucx_perftest ucp_put_lat", ref_p50))

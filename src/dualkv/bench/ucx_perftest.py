@@ -44,3 +44,13 @@ def run(test: str, size: int, iters: int, tls: str | None = None, timeout: float
     cols = final[-1].split()
     return {"p50_us": float(cols[2]), "avg_us": float(cols[3]),
             "bw_gbps": float(cols[5]) * MIB / 1e9}
+
+
+def reference(test: str, size: int, tls: str | None = None, seconds: float = 0.3) -> dict | None:
+    """`run` as `dualkv bench transfer` uses it, or None without the tool. Bandwidth runs last
+    about `seconds` at 8 GB/s, like the dualkv figure beside them (a run of a few
+    milliseconds swings with every scheduler hiccup on a shared host)."""
+    if not available():
+        return None
+    iters = 2000 if test.endswith("lat") else max(50, min(200000, int(seconds * 8e9 / size)))
+    return run(test, size, iters, tls)
