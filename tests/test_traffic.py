@@ -3,6 +3,7 @@ work is not queued behind kv work, and shared token buckets hold a node's NIC ca
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -174,6 +175,49 @@ def test_model_messages_do_not_queue_behind_a_kv_stream(agents, node):
         tm.wait(kv, 10)
     assert np.median(latencies) < 0.02, latencies  # far below the ~600 ms kv backlog
     assert big_dst.all()
+
+
+@needs_ucx
+def test_kv_keeps_its_min_share_under_saturating_model_traffic(agents, node):
+    (ka, kb), (ma, mb) = agents["kv"], agents["model"]
+    kv_src, kv_dst = np.ones(4 * MIB, np.uint8), np.zeros(4 * MIB, np.uint8)
+    m_src, m_dst = np.ones(MIB, np.uint8), np.zeros(MIB, np.uint8)
+    kpeer, kra, krb = _link(ka, kb, kv_src, kv_dst)
+    # registered (not UCX-allocated) memory: a model put stays in flight until the peer's
+    # progress thread applied it, so three of them keep model work in flight at all times
+    mpeer, mra, mrb = _link(ma, mb, m_src, m_dst)
+    cfg = TrafficConfig(chunk_bytes=256 * KIB, kv_min_share=0.2, **node)
+    model_done = []
+    with TrafficManager(cfg, kv_agent=ka, model_agent=ma) as tm:
+        stop = threading.Event()
+
+        def saturate():
+            pending = [tm.put(mpeer, mra, mrb.id, [0], [0], [MIB], cls="model") for _ in range(3)]
+            while pending:
+                h = pending.pop(0)
+                tm.wait(h, 10)
+                tm.release(h)
+                model_done.append(time.perf_counter())
+                if not stop.is_set():
+                    pending.append(tm.put(mpeer, mra, mrb.id, [0], [0], [MIB], cls="model"))
+
+        thread = threading.Thread(target=saturate)
+        thread.start()
+        try:
+            time.sleep(0.05)
+            start = time.perf_counter()
+            kv = tm.put(kpeer, kra, krb.id, [0], [0], [4 * MIB])
+            tm.wait(kv, 20)  # without a kv share: starved until the model stream stops
+            end = time.perf_counter()
+        finally:
+            stop.set()
+            thread.join()
+        stats = tm.stats()
+    num_model = sum(start <= t <= end for t in model_done)
+    assert stats["kv_chunks_beside_model"] > 0, stats
+    assert kv_dst.all()
+    kv_share = 4 * MIB / (4 * MIB + num_model * MIB)
+    assert kv_share >= 0.1, (kv_share, num_model, end - start)  # configured 0.2
 
 
 @pytest.mark.gpu
