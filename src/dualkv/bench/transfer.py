@@ -107,6 +107,9 @@ def main(argv=None):
     p.add_argument("--iters", type=int, default=400, help="latency samples per repetition")
     p.add_argument("--reps", type=int, default=3,
                    help="repetitions of every figure and of its reference; medians reported")
+    p.add_argument("--pin", choices=["auto", "on", "off"], default="auto",
+                   help="latency: pin the two processes (ours and perftest's) to two CPUs; "
+                        "auto = when two are available")
     p.add_argument("--patterns", nargs="+", default=["random", "reuse"],
                    choices=["random", "reuse"], help="bandwidth buffer patterns")
     p.add_argument("--chunk-kib", type=int, default=512)
@@ -138,17 +141,30 @@ def latency_row(report: Report, args):
     """Both figures are one-way: half the round trip of a 64 KiB ping-pong between two
     processes (perftest: put + poll on the buffer's last byte; dualkv: put + notice +
     wait_notice, through the Python API and driven from C++), each the median over --reps
-    runs, alternated so that load hits all three alike."""
+    runs, alternated so that load hits all three alike; with --pin both tools' two processes
+    are pinned to CPUs 0 and 1."""
+    cpus = _pin_cpus(args.pin)
     runs = {"python": [], "native": []}
     refs = []
     for _ in range(args.reps):
-        ref = ucx_perftest.reference("ucp_put_lat", 64 * KIB, args.tls)
+        ref = ucx_perftest.reference("ucp_put_lat", 64 * KIB, args.tls, cpus=cpus)
         refs.append(ref and ref["p50_us"])
         for api in runs:
-            runs[api] += notice_latency_us(64 * KIB, args.iters, 1, args.tls, api == "native")
+            runs[api] += notice_latency_us(64 * KIB, args.iters, 1, args.tls, api == "native",
+                                           cpus)
     ref_p50 = statistics.median(refs) if None not in refs else None
     for api, ours in runs.items():
         row = {"test": "notice_latency", "api": api, "block_bytes": 64 * KIB,
-               "p50_us": statistics.median(ours), "runs_us": [round(x, 2) for x in ours],
+               "pinned": cpus is not None, "p50_us": statistics.median(ours),
+               "runs_us": [round(x, 2) for x in ours],
                "ref_runs_us": [x if x is None else round(x, 2) for x in refs]}
         report.add(with_reference(row, "p50_us", "ucx_perftest ucp_put_lat", ref_p50))
+
+
+def _pin_cpus(pin: str) -> tuple[int, int] | None:
+    allowed = sorted(os.sched_getaffinity(0))
+    if pin == "off" or (pin == "auto" and len(allowed) < 2):
+        return None
+    if len(allowed) < 2:
+        raise SystemExit("--pin on needs two CPUs")
+    return allowed[0], allowed[1]

@@ -9,11 +9,16 @@ A's round trip / 2, so it holds one put + one notice + one wait on each side, th
 public Python API (`Agent.put`, `release`, `wait_notice`). The two agents live in separate
 processes, as perftest's server and client do, so no GIL is shared between them.
 
+`cpus=(a, b)` pins A and B to one CPU each for the measurement (`ucx_perftest -c` alike):
+left free, the scheduler often stacks two spinning processes on one core of a small shared
+host, and every message then waits for the peer's time slice.
+
 `native=True` runs the same loop in C++ (`Agent.pingpong`: the same submit / notice /
 wait_notice calls), which separates the transport's share from the Python calls' share."""
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import statistics
 import time
 
@@ -35,7 +40,10 @@ def _descs(size: int):
     return np.full(1, size, np.int64), np.zeros(1, np.int64), np.full(1, size, np.int64)
 
 
-def _responder(conn, tls: str | None, size: int, iters: int, reps: int, native: bool):
+def _responder(conn, tls: str | None, size: int, iters: int, reps: int, native: bool,
+               cpu: int | None):
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
     agent, region = _agent(tls, size)
     try:
         conn.send(agent.local_info())
@@ -60,14 +68,17 @@ def _responder(conn, tls: str | None, size: int, iters: int, reps: int, native: 
 
 
 def notice_latency_us(size: int, iters: int, reps: int, tls: str | None = None,
-                      native: bool = False) -> list[float]:
+                      native: bool = False, cpus: tuple[int, int] | None = None) -> list[float]:
     """Median one-way latency (half round trip, µs) of each of `reps` runs of `iters` pings;
     the first tenth of every run is warm-up and not counted."""
     ctx = mp.get_context("spawn")  # a forked child would share this process' UCX state
     conn, child_conn = ctx.Pipe()
-    proc = ctx.Process(target=_responder, args=(child_conn, tls, size, iters, reps, native),
-                       daemon=True)
+    proc = ctx.Process(target=_responder, daemon=True,
+                       args=(child_conn, tls, size, iters, reps, native, cpus and cpus[1]))
     proc.start()
+    affinity = os.sched_getaffinity(0)
+    if cpus:
+        os.sched_setaffinity(0, {cpus[0]})
     agent, region = _agent(tls, size)
     try:
         info = _recv(conn, proc)
@@ -90,6 +101,7 @@ def notice_latency_us(size: int, iters: int, reps: int, tls: str | None = None,
         if proc.is_alive():
             proc.kill()
         agent.close()
+        os.sched_setaffinity(0, affinity)
 
 
 def _python_pings(agent, peer, region, remote, size, iters) -> list[float]:
