@@ -307,7 +307,7 @@ Status Agent::wait_notice(int64_t request_id, int64_t layer, uint64_t peer_id, i
     std::lock_guard<std::mutex> lock(notice_mu_);
     if (arrived()) return Status::Ok();
   }
-  if (config_.spin_us > 0 && drive_until_notice(arrived)) return Status::Ok();
+  if (config_.spin_us > 0 && drive_until_notice(arrived, deadline_ns)) return Status::Ok();
   std::unique_lock<std::mutex> lock(notice_mu_);
   while (true) {
     if (arrived()) return Status::Ok();
@@ -324,11 +324,12 @@ Status Agent::wait_notice(int64_t request_id, int64_t layer, uint64_t peer_id, i
 }
 
 template <class Arrived>
-bool Agent::drive_until_notice(const Arrived& arrived) {
+bool Agent::drive_until_notice(const Arrived& arrived, int64_t deadline_ns) {
   num_drivers_.fetch_add(1);
   uint64_t seen = ~uint64_t(0);
   bool found = false;
-  const int64_t start = now_ns(), until = start + config_.spin_us * 1000;
+  const int64_t start = now_ns();
+  const int64_t until = std::min(start + config_.spin_us * 1000, deadline_ns);
   const int64_t hot_until = start + std::min<int64_t>(config_.spin_us, kHotSpinUs) * 1000;
   for (int64_t i = 0; !found; ++i) {
     if (worker_mu_.try_lock()) {

@@ -130,7 +130,7 @@ class Agent : public BatchPoster {
   // Under worker_mu_ (the progress thread, a submitting caller or a notice waiter).
   bool progress_worker();
   template <class Arrived>
-  bool drive_until_notice(const Arrived& arrived);
+  bool drive_until_notice(const Arrived& arrived, int64_t deadline_ns);
   void start_batch(const std::shared_ptr<Batch>& batch);
   void complete_in_order(Peer* peer);
   void finish_batch(Batch* batch, Status status);
