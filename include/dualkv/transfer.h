@@ -127,10 +127,13 @@ class Agent : public BatchPoster {
   void wait_for_wake(int timeout_ms);
   void check_deadlines();
 
-  // Under worker_mu_ (the progress thread, a submitting caller or a notice waiter).
-  bool progress_worker();
+  // A notice waiter progresses the worker (try-locking worker_mu_) until `arrived()`, for at
+  // most spin_us; false if it did not arrive by then.
   template <class Arrived>
   bool drive_until_notice(const Arrived& arrived, int64_t deadline_ns);
+
+  // Under worker_mu_ (the progress thread, a submitting caller or a notice waiter).
+  bool progress_worker();
   void start_batch(const std::shared_ptr<Batch>& batch);
   void complete_in_order(Peer* peer);
   void finish_batch(Batch* batch, Status status);
@@ -167,7 +170,7 @@ class Agent : public BatchPoster {
   std::atomic<int64_t> num_pending_{0};  // batches queued on peers, not finished yet
   std::atomic<uint64_t> notice_seq_{0};  // bumped per recorded notice: cheap spin check
 
-  // Tables read by callers (validation) and written by the progress thread.
+  // Tables read by callers (validation) and written under worker_mu_.
   std::mutex state_mu_;
   std::map<uint64_t, std::unique_ptr<Region>> regions_;
   std::map<uint64_t, std::unique_ptr<Peer>> peers_;
