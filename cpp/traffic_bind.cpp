@@ -41,12 +41,15 @@ void register_traffic(py::module_& m) {
       .def_property_readonly("path", &TokenBucket::path);
 
   py::class_<TrafficManager, std::shared_ptr<TrafficManager>> tm(m, "TrafficManager");
-  tm.def(py::init([](int64_t chunk_bytes, int kv_window, std::shared_ptr<TokenBucket> cnic) {
+  tm.def(py::init([](int64_t chunk_bytes, int kv_window, std::shared_ptr<TokenBucket> cnic,
+                     double kv_min_share) {
           TrafficConfig config;
           config.chunk_bytes = chunk_bytes;
           config.kv_window = kv_window;
+          config.kv_min_share = kv_min_share;
           return std::make_shared<TrafficManager>(config, std::move(cnic));
-        }), py::arg("chunk_bytes"), py::arg("kv_window"), py::arg("cnic") = nullptr)
+        }), py::arg("chunk_bytes"), py::arg("kv_window"), py::arg("cnic") = nullptr,
+         py::arg("kv_min_share") = 0.1)
       .def("submit_copy", [](TrafficManager& self, py::array dst, py::array src, py::array len,
                              int cls) {
         auto descs = copy_descs(dst, src, len);
@@ -78,6 +81,7 @@ void register_traffic(py::module_& m) {
         TrafficStats s = self.stats();
         py::dict d;
         d["model_bytes"] = s.model_bytes;
+        d["kv_chunks_beside_model"] = s.kv_chunks_beside_model;
         d["kv_bytes"] = s.kv_bytes;
         d["kv_chunks"] = s.kv_chunks;
         d["model_jobs"] = s.model_jobs;

@@ -27,6 +27,7 @@ TrafficManager::TrafficManager(TrafficConfig config, std::shared_ptr<TokenBucket
     : config_(config), cnic_(std::move(cnic)) {
   config_.chunk_bytes = std::max<int64_t>(config_.chunk_bytes, 4096);
   config_.kv_window = std::max(config_.kv_window, 1);
+  config_.kv_min_share = std::clamp(config_.kv_min_share, 0.0, 0.9);
   thread_ = std::thread([this] { dispatch_loop(); });
 }
 
@@ -109,9 +110,7 @@ Status TrafficManager::submit_rma(BatchPoster* poster, RmaBatch batch, int64_t b
       model_done();
       return st;
     }
-    std::lock_guard<std::mutex> lock(mu_);
-    stats_.model_bytes += bytes;
-    stats_.model_jobs++;
+    earn_kv_credit(bytes);
   } else {
     auto job = std::make_shared<Job>();
     job->poster = poster;
@@ -126,6 +125,28 @@ Status TrafficManager::submit_rma(BatchPoster* poster, RmaBatch batch, int64_t b
   }
   *handle = handles_.add(completion);
   return Status::Ok();
+}
+
+constexpr int64_t kCreditChunks = 64;
+
+// Under saturating model traffic kv would never see model_inflight_ == 0: model bytes earn it
+// the right to post beside them, so kv keeps at least kv_min_share of the bytes.
+void TrafficManager::earn_kv_credit(int64_t model_bytes) {
+  bool is_ready;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stats_.model_bytes += model_bytes;
+    stats_.model_jobs++;
+    if (kv_jobs_.empty()) return;  // an idle kv class saves up nothing
+    // The cap bounds the catch-up after the dispatcher was slow to react; chunks in flight
+    // stay bounded by kv_window whatever the credit.
+    double share = config_.kv_min_share;
+    int64_t cap = kCreditChunks * config_.chunk_bytes * config_.kv_window;
+    bool was_short = pending_bytes_ < 0 || kv_credit_ < pending_bytes_;
+    kv_credit_ = std::min<int64_t>(cap, kv_credit_ + int64_t(model_bytes * share / (1 - share)));
+    is_ready = was_short && pending_bytes_ >= 0 && kv_credit_ >= pending_bytes_;
+  }
+  if (is_ready) cv_.notify_all();  // only at the crossing: no wake-up per model message
 }
 
 void TrafficManager::model_done() {
@@ -179,16 +200,23 @@ void TrafficManager::dispatch_loop() {
         pending_job = job;
         pending_bytes = pending.poster ? pending.rma.num_bytes() : 0;
         for (auto& c : pending.copies) pending_bytes += c.length;
+        pending_bytes_ = pending_bytes;
         ready_ns = cnic_ ? cnic_->reserve(pending_bytes) : 0;
         job->inflight++;  // counted from the cut, so the job cannot finish before it posts
         break;
       }
     }
-    bool may_post = pending_job && kv_inflight_ < config_.kv_window &&
-                    model_inflight_.load() == 0 && now_ns() >= ready_ns;
-    if (may_post) {
+    bool is_model_busy = model_inflight_.load() > 0;
+    bool may_go = pending_job && kv_inflight_ < config_.kv_window &&
+                  (!is_model_busy || kv_credit_ >= pending_bytes);
+    if (may_go && now_ns() >= ready_ns) {
       auto job = std::move(pending_job);
       pending_job.reset();
+      pending_bytes_ = -1;
+      if (is_model_busy) {
+        kv_credit_ -= pending_bytes;
+        stats_.kv_chunks_beside_model++;
+      }
       kv_inflight_++;
       stats_.kv_bytes += pending_bytes;
       stats_.kv_chunks++;
@@ -198,7 +226,7 @@ void TrafficManager::dispatch_loop() {
       lock.lock();
       continue;
     }
-    if (pending_job && kv_inflight_ < config_.kv_window && model_inflight_.load() == 0)
+    if (may_go)
       cv_.wait_for(lock, std::chrono::nanoseconds(std::max<int64_t>(ready_ns - now_ns(), 0)));
     else
       cv_.wait_for(lock, std::chrono::milliseconds(50));
@@ -232,6 +260,7 @@ void TrafficManager::chunk_done(const std::shared_ptr<Job>& job, const Status& s
     if (job->is_cut && job->inflight == 0) {
       job->completion->finish(job->status);
       kv_jobs_.erase(std::find(kv_jobs_.begin(), kv_jobs_.end(), job));
+      if (kv_jobs_.empty()) kv_credit_ = 0;  // credit is for queued work, not saved up
     }
   }
   cv_.notify_all();

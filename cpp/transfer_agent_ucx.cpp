@@ -1,11 +1,9 @@
-// Agent lifecycle: UCP context and worker, the progress thread that owns the worker, memory
-// registration, and peers (endpoints with peer error handling and their imported rkeys).
-// The data path (batches, notices) is in transfer_batch_ucx.cpp.
+// Agent lifecycle: UCP context and worker, memory registration, and peers (endpoints with
+// peer error handling and their imported rkeys). The progress thread is in
+// transfer_progress_ucx.cpp, the data path (batches, notices) in transfer_batch_ucx.cpp.
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
-
-#include <sched.h>
 
 #include <random>
 
@@ -45,7 +43,7 @@ Status Agent::init() {
 
   ucp_worker_params_t wparams{};
   wparams.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
-  wparams.thread_mode = UCS_THREAD_MODE_SINGLE;  // only the progress thread touches it
+  wparams.thread_mode = UCS_THREAD_MODE_SERIALIZED;  // every call holds worker_mu_
   s = ucp_worker_create(context_, &wparams, &worker_);
   if (s != UCS_OK) return ucx_error("ucp_worker_create", s);
 
@@ -81,83 +79,6 @@ Status Agent::init() {
   last_active_ns_ = now_ns();
   thread_ = std::thread([this] { progress_loop(); });
   return Status::Ok();
-}
-
-// ---- progress thread -------------------------------------------------------------------
-
-void Agent::progress_loop() {
-  int64_t last_check = 0;
-  while (!stop_.load()) {
-    bool busy = drain_commands();
-    while (ucp_worker_progress(worker_) != 0) busy = true;
-    int64_t now = now_ns();
-    if (now - last_check > 1000000) {  // deadlines and orphan cleanup, once a millisecond
-      check_deadlines();
-      last_check = now;
-    }
-    if (busy) {
-      last_active_ns_.store(now);
-      continue;
-    }
-    if (now - last_active_ns_.load() < config_.spin_us * 1000) {
-      sched_yield();  // a spinning thread must not starve the others on a small machine
-      continue;
-    }
-    sleep_on_worker();
-  }
-}
-
-void Agent::sleep_on_worker() {
-  sleeping_.store(true);
-  {
-    std::lock_guard<std::mutex> lock(cmd_mu_);
-    if (!commands_.empty()) {
-      sleeping_.store(false);
-      return;
-    }
-  }
-  if (ucp_worker_arm(worker_) == UCS_OK) {
-    epoll_event events[2];
-    epoll_wait(epoll_fd_, events, 2, 5);  // wakes at least every 5 ms for deadline checks
-  }
-  sleeping_.store(false);
-  uint64_t value;
-  while (read(wake_fd_, &value, sizeof(value)) > 0) {
-  }
-}
-
-void Agent::wake() {
-  last_active_ns_.store(now_ns());
-  if (sleeping_.load()) {
-    uint64_t one = 1;
-    ssize_t ignored = write(wake_fd_, &one, sizeof(one));
-    (void)ignored;
-  }
-}
-
-void Agent::run_later(std::function<void()> fn) {
-  {
-    std::lock_guard<std::mutex> lock(cmd_mu_);
-    commands_.push_back(std::move(fn));
-  }
-  wake();
-}
-
-bool Agent::drain_commands() {
-  std::deque<std::function<void()>> batch;
-  {
-    std::lock_guard<std::mutex> lock(cmd_mu_);
-    batch.swap(commands_);
-  }
-  for (auto& fn : batch) fn();
-  return !batch.empty();
-}
-
-Status Agent::run_sync(std::function<Status()> fn, int64_t deadline_ns) {
-  if (closed_ || !thread_.joinable()) return make_status(Code::kUnavailable, "agent is closed");
-  auto done = std::make_shared<Completion>();
-  run_later([done, fn = std::move(fn)] { done->finish(fn()); });
-  return done->wait(deadline_ns);
 }
 
 // ---- memory ----------------------------------------------------------------------------
@@ -321,6 +242,7 @@ Status Agent::disconnect(uint64_t peer_id, int64_t deadline_ns) {
     close_endpoint(peer);
     std::lock_guard<std::mutex> lock(state_mu_);
     for (auto& batch : peer->in_order) orphans_.push_back(batch);
+    num_pending_.fetch_sub(int64_t(peer->in_order.size()));
     peers_.erase(peer_id);
     return Status::Ok();
   }, deadline_ns);
@@ -396,6 +318,7 @@ void Agent::close() {
     wake();
     thread_.join();
   }
+  std::lock_guard<std::recursive_mutex> lock(worker_mu_);  // notice waiters stop driving
   if (worker_ != nullptr) {
     drain_commands();
     for (auto& [id, peer] : peers_) {
@@ -404,7 +327,7 @@ void Agent::close() {
     }
     int64_t until = now_ns() + 1000000000LL;  // close requests finish within a second
     while (!closing_.empty() && now_ns() < until) {
-      ucp_worker_progress(worker_);
+      progress_worker();
       reap_closing();
     }
     for (auto& [id, region] : regions_) ucp_mem_unmap(context_, region->memh);

@@ -6,6 +6,7 @@
 #include <uct/api/uct.h>
 
 #include "dualkv/transfer.h"
+#include "dualkv/transfer_pingpong.h"
 
 namespace dualkv {
 
@@ -132,6 +133,18 @@ void register_transfer(py::module_& m) {
         return out;
       })
       .def("clear_notices", &Agent::clear_notices)
+      .def("pingpong", [](Agent& self, uint64_t peer, uint64_t local_region,
+                          uint64_t remote_region, int64_t size, int64_t iters, bool is_initiator,
+                          double timeout_s) {
+        PingPong pp{peer, local_region, remote_region, size, iters, is_initiator};
+        int64_t deadline = deadline_after(seconds_or_throw(timeout_s));
+        std::vector<int64_t> rtt_ns;
+        unlocked([&] { return run_pingpong(self, pp, deadline, &rtt_ns); });
+        py::array_t<int64_t> out(rtt_ns.size());
+        std::copy(rtt_ns.begin(), rtt_ns.end(), out.mutable_data());
+        return out;
+      }, py::arg("peer"), py::arg("local_region"), py::arg("remote_region"), py::arg("size"),
+         py::arg("iters"), py::arg("is_initiator"), py::arg("timeout"))
       .def("close", [](Agent& self) {
         py::gil_scoped_release release;
         self.close();

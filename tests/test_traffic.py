@@ -3,6 +3,7 @@ work is not queued behind kv work, and shared token buckets hold a node's NIC ca
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -174,6 +175,52 @@ def test_model_messages_do_not_queue_behind_a_kv_stream(agents, node):
         tm.wait(kv, 10)
     assert np.median(latencies) < 0.02, latencies  # far below the ~600 ms kv backlog
     assert big_dst.all()
+
+
+@needs_ucx
+def test_kv_is_not_starved_by_saturating_model_traffic(agents, node):
+    (ka, kb), (ma, mb) = agents["kv"], agents["model"]
+    (kra, kv_src), (krb, kv_dst) = ka.alloc(4 * MIB), kb.alloc(4 * MIB)
+    kv_src[:], kv_dst[:] = 1, 0
+    kpeer = ka.connect(kb.local_info())  # UCX-allocated: a kv chunk completes as it is posted
+    # registered (not UCX-allocated) memory: a model put stays in flight until the peer's
+    # progress thread applied it, so three of them keep model work in flight at all times
+    mpeer, mra, mrb = _link(ma, mb, np.ones(MIB, np.uint8), np.zeros(MIB, np.uint8))
+    cfg = TrafficConfig(chunk_bytes=256 * KIB, kv_min_share=0.2, **node)
+    model_done = []
+    with TrafficManager(cfg, kv_agent=ka, model_agent=ma) as tm:
+        stop = threading.Event()
+
+        def saturate():
+            pending = [tm.put(mpeer, mra, mrb.id, [0], [0], [MIB], cls="model") for _ in range(3)]
+            while pending:
+                h = pending.pop(0)
+                tm.wait(h, 10)
+                tm.release(h)
+                model_done.append(time.perf_counter())
+                if not stop.is_set():
+                    pending.append(tm.put(mpeer, mra, mrb.id, [0], [0], [MIB], cls="model"))
+
+        thread = threading.Thread(target=saturate)
+        thread.start()
+        try:
+            time.sleep(0.05)
+            start = time.perf_counter()
+            kv = tm.put(kpeer, kra, krb.id, [0], [0], [4 * MIB])
+            tm.wait(kv, 20)  # without a kv share: starved until the model stream stops
+            end = time.perf_counter()
+        finally:
+            stop.set()
+            thread.join()
+        stats = tm.stats()
+    # Measured here: with the floor 5-53 ms and a kv share of 0.18-0.27 in 7 of 8 runs; with
+    # kv_min_share=0 the put took 0.24-4 s while 0.7-12 GiB of model moved (share < 0.7%), its
+    # chunks slipping through gaps between model puts. How many chunks go beside model work
+    # depends on how often this loaded host leaves such gaps, so only "some" is asserted.
+    num_model = sum(start <= t <= end for t in model_done)
+    assert kv_dst.all()
+    assert stats["kv_chunks_beside_model"] > 0, stats  # never without the floor
+    assert end - start < 1.0, (end - start, num_model, stats)
 
 
 @pytest.mark.gpu

@@ -39,9 +39,10 @@ struct RmaBatch {
 
 using DoneCallback = std::function<void(const Status&)>;
 
-// Implemented by the UCX agent. validate() answers synchronously; post() returns at once and
-// calls `done` exactly once, from the transport's progress thread, when the batch (and its
-// notice) completed or failed.
+// Implemented by the UCX agent. validate() answers synchronously; post() calls `done` exactly
+// once when the batch (and its notice) completed or failed: often inside post() itself, on the
+// caller's thread (over shared memory a batch completes inline), else later from the thread
+// that progresses the transport. A caller must not hold a lock that `done` takes.
 class BatchPoster {
  public:
   virtual ~BatchPoster() = default;

@@ -1,7 +1,10 @@
 // TrafficManager: the one door of a node's bulk moves. `model` work is posted at once from
 // the caller's thread; `kv` work is cut into chunks that a dispatcher thread posts one window
 // at a time, only while no model work is in flight, each chunk paid for in the node's CNIC
-// token bucket. A model message therefore waits behind at most `kv_window` chunks.
+// token bucket. A model message therefore waits behind at most `kv_window` chunks. So that
+// saturating model traffic cannot starve kv, every model byte earns kv a credit of
+// kv_min_share / (1 - kv_min_share) bytes while kv has work queued (capped at 64 windows of
+// chunks); a chunk whose bytes are covered is posted even while model work is in flight.
 #pragma once
 
 #include <atomic>
@@ -24,6 +27,7 @@ enum class TrafficClass : int { kModel = 0, kKv = 1 };
 struct TrafficConfig {
   int64_t chunk_bytes = 512 * 1024;
   int kv_window = 1;  // kv chunks in flight at once
+  double kv_min_share = 0.1;  // kv's floor of the bytes while model traffic saturates
 };
 
 // A host memory copy (host<->host, or host<->device where the device memory is host-mapped).
@@ -35,6 +39,7 @@ struct CopyDesc {
 
 struct TrafficStats {
   int64_t model_bytes = 0, kv_bytes = 0, kv_chunks = 0, model_jobs = 0, kv_jobs = 0;
+  int64_t kv_chunks_beside_model = 0;  // posted on credit while model work was in flight
 };
 
 class TrafficManager {
@@ -57,6 +62,7 @@ class TrafficManager {
   void post_chunk(const std::shared_ptr<Job>& job, Job chunk, bool is_failed);
   void chunk_done(const std::shared_ptr<Job>& job, const Status& status);
   void model_done();
+  void earn_kv_credit(int64_t model_bytes);
 
   TrafficConfig config_;
   std::shared_ptr<TokenBucket> cnic_;
@@ -66,6 +72,8 @@ class TrafficManager {
   std::condition_variable cv_;
   std::deque<std::shared_ptr<Job>> kv_jobs_;
   int kv_inflight_ = 0;
+  int64_t kv_credit_ = 0;     // bytes kv may post beside model work (kv_min_share)
+  int64_t pending_bytes_ = -1;  // the cut chunk waiting to be posted, -1 if none
   std::atomic<int> model_inflight_{0};
   bool stop_ = false;
   TrafficStats stats_;

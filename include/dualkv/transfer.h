@@ -1,7 +1,10 @@
-// Agent: one UCP context + worker per traffic class of an engine process, owned by a native
+// Agent: one UCP context + worker per traffic class of an engine process, with a native
 // progress thread. Callers register memory once, connect to peers from their worker address
-// and packed rkeys, and submit descriptor batches; every UCP call runs on the progress
-// thread, so the worker is single-threaded and Python never polls.
+// and packed rkeys, and submit descriptor batches. The worker is serialized by `worker_mu_`:
+// a submitting thread posts its puts/gets and the notice itself (over shared memory they
+// complete inline, no thread hand-off), a thread waiting for a notice progresses the worker
+// itself for `spin_us`, and the progress thread completes everything else, so Python never
+// polls.
 #pragma once
 
 #include <ucp/api/ucp.h>
@@ -32,7 +35,9 @@ struct AgentConfig {
   // builds them from TransferConfig, C++ never reads the environment.
   std::vector<std::pair<std::string, std::string>> ucx_options;
   double op_timeout_s = 30.0;  // a batch unfinished after this fails its peer (TimedOut)
-  int64_t spin_us = 200;       // busy-poll this long after activity before sleeping on the efd
+  // Busy-poll this long (the progress thread after activity, a notice waiter before it sleeps
+  // on the condition variable) instead of paying a thread wake-up per message.
+  int64_t spin_us = 200;
 };
 
 struct RegionInfo {
@@ -103,7 +108,7 @@ class Agent : public BatchPoster {
     ucp_ep_h ep = nullptr;
     Status failure;  // ok while connected
     std::map<uint64_t, RemoteRegion> regions;
-    std::deque<std::shared_ptr<Batch>> in_order;  // progress thread only: notice order
+    std::deque<std::shared_ptr<Batch>> in_order;  // under worker_mu_: notice order
     std::vector<ucp_rkey_h> retired;  // replaced rkeys, destroyed when the endpoint closes
   };
 
@@ -119,9 +124,16 @@ class Agent : public BatchPoster {
   Status run_sync(std::function<Status()> fn, int64_t deadline_ns);
   bool drain_commands();
   void sleep_on_worker();
+  void wait_for_wake(int timeout_ms);
   void check_deadlines();
 
-  // On the progress thread.
+  // A notice waiter progresses the worker (try-locking worker_mu_) until `arrived()`, for at
+  // most spin_us; false if it did not arrive by then.
+  template <class Arrived>
+  bool drive_until_notice(const Arrived& arrived, int64_t deadline_ns);
+
+  // Under worker_mu_ (the progress thread, a submitting caller or a notice waiter).
+  bool progress_worker();
   void start_batch(const std::shared_ptr<Batch>& batch);
   void complete_in_order(Peer* peer);
   void finish_batch(Batch* batch, Status status);
@@ -150,9 +162,15 @@ class Agent : public BatchPoster {
   std::atomic<int64_t> last_active_ns_{0};
   std::mutex cmd_mu_;
   std::deque<std::function<void()>> commands_;
-  std::vector<void*> closing_;  // ep close requests still running (progress thread only)
+  std::vector<void*> closing_;  // ep close requests still running (under worker_mu_)
+  // Serializes every call on worker_ (UCS_THREAD_MODE_SERIALIZED). Recursive: a completion
+  // callback run inside progress may post the next batch (the traffic manager does).
+  std::recursive_mutex worker_mu_;
+  std::atomic<int> num_drivers_{0};  // notice waiters progressing the worker themselves
+  std::atomic<int64_t> num_pending_{0};  // batches queued on peers, not finished yet
+  std::atomic<uint64_t> notice_seq_{0};  // bumped per recorded notice: cheap spin check
 
-  // Tables read by callers (validation) and written by the progress thread.
+  // Tables read by callers (validation) and written under worker_mu_.
   std::mutex state_mu_;
   std::map<uint64_t, std::unique_ptr<Region>> regions_;
   std::map<uint64_t, std::unique_ptr<Peer>> peers_;

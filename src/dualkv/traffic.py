@@ -32,6 +32,7 @@ class TrafficConfig:
     node: str = "node0"
     chunk_bytes: int = 512 * 1024
     kv_window: int = 1
+    kv_min_share: float = 0.1  # kv's floor of the bytes while model traffic saturates
     snic_gbps: float = 0.0
     cnic_gbps: float = 0.0
     burst_bytes: int = 1 << 20
@@ -42,6 +43,8 @@ class TrafficConfig:
             raise InvalidArgument("chunk_bytes must be within 4 KiB .. 1 GiB")
         if self.kv_window < 1 or self.burst_bytes < 0:
             raise InvalidArgument("kv_window must be >= 1 and burst_bytes >= 0")
+        if not 0 <= self.kv_min_share <= 0.9:
+            raise InvalidArgument("kv_min_share must be within 0 .. 0.9")
         if self.snic_gbps < 0 or self.cnic_gbps < 0:
             raise InvalidArgument("NIC caps must be >= 0 GB/s (0 = uncapped)")
         if not self.node or "/" in self.node:
@@ -66,7 +69,8 @@ class TrafficManager:
         self.cnic = open_bucket(config.node, "cnic", config.cnic_gbps, config.burst_bytes,
                                 config.shm_dir)
         self.agents = {"kv": kv_agent, "model": model_agent}
-        self._native = C.TrafficManager(config.chunk_bytes, config.kv_window, self.cnic)
+        self._native = C.TrafficManager(config.chunk_bytes, config.kv_window, self.cnic,
+                                        kv_min_share=config.kv_min_share)
         self._cuda = None  # created on the first device copy
         self._cuda_ids = itertools.count(1 << 62)
 

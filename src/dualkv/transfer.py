@@ -78,8 +78,14 @@ class Region:
         return {"id": self.id, "base": self.base, "size": self.size, "rkey": self.rkey}
 
 
+_INT64 = np.dtype(np.int64)
+
+
 def as_int64(values, name: str) -> np.ndarray:
     """Descriptor column as a contiguous int64 array; floats or other kinds are refused."""
+    if type(values) is np.ndarray and values.dtype is _INT64 and values.ndim == 1 \
+            and values.flags.c_contiguous:
+        return values  # the hot path of a per-layer put: no conversion, no copy
     arr = np.asarray(values)
     if arr.size and arr.dtype.kind not in "iu":
         raise InvalidArgument(f"{name} must hold integers, got {arr.dtype}")
@@ -168,19 +174,20 @@ class Agent:
     def put(self, peer: int, local: Region | int, remote: int, local_offsets, remote_offsets, lengths,
             *, request_id: int = 0, layer: int = -1, block_bytes: int = 0) -> int:
         """Writes local ranges into the peer's region `remote`; layer >= 0 sends a notice."""
-        return self._submit(peer, local, remote, False, local_offsets, remote_offsets, lengths,
-                            request_id, layer, block_bytes)
+        # Per layer on the hot path: one Python frame, the conversions inlined (~2.8 us of
+        # wrapper before, on a 2.6 us native call).
+        return self._native.submit(_peer_id(peer), _region_id(local), _region_id(remote), False,
+                                   as_int64(local_offsets, "local_offsets"),
+                                   as_int64(remote_offsets, "remote_offsets"),
+                                   as_int64(lengths, "lengths"), int(request_id), int(layer),
+                                   int(block_bytes))
 
     def get(self, peer: int, local: Region | int, remote: int, local_offsets, remote_offsets, lengths,
             *, request_id: int = 0, layer: int = -1, block_bytes: int = 0) -> int:
         """Reads the peer's ranges into local memory; layer >= 0 records a local notice."""
-        return self._submit(peer, local, remote, True, local_offsets, remote_offsets, lengths,
-                            request_id, layer, block_bytes)
-
-    def _submit(self, peer, local, remote, is_get, loc, rem, lengths, request_id, layer,
-                block_bytes) -> int:
-        return self._native.submit(_peer_id(peer), _region_id(local), _region_id(remote), is_get,
-                                   as_int64(loc, "local_offsets"), as_int64(rem, "remote_offsets"),
+        return self._native.submit(_peer_id(peer), _region_id(local), _region_id(remote), True,
+                                   as_int64(local_offsets, "local_offsets"),
+                                   as_int64(remote_offsets, "remote_offsets"),
                                    as_int64(lengths, "lengths"), int(request_id), int(layer),
                                    int(block_bytes))
 
@@ -243,4 +250,6 @@ def _known_options(config: TransferConfig) -> list[tuple[str, str]]:
 
 
 def _peer_id(peer) -> int:
+    if type(peer) is int:  # the per-layer hot path: getattr's miss would raise inside
+        return peer
     return int(getattr(peer, "id", peer))  # a rendezvous.Peer or its id

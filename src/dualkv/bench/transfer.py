@@ -9,15 +9,14 @@ import statistics
 import threading
 import time
 
-import numpy as np
-
 from dualkv.bench import ucx_perftest
 from dualkv.bench.report import Report, with_reference
+from dualkv.bench.transfer_bandwidth import REGION_BYTES, bandwidth_rows
+from dualkv.bench.transfer_latency import notice_latency_us
 from dualkv.traffic import TrafficConfig, TrafficManager, measure_rate, open_bucket
 from dualkv.transfer import Agent, TransferConfig
 
 KIB, MIB = 1024, 1024 * 1024
-REGION_BYTES = 256 * MIB  # per side; larger batches reuse slots
 
 
 class Pair:
@@ -36,57 +35,6 @@ class Pair:
     def close(self):
         self.a.close()
         self.b.close()
-
-
-def slot_offsets(block: int, batch: int, rng) -> np.ndarray:
-    num_slots = max(1, REGION_BYTES // block)
-    return rng.choice(num_slots, batch, replace=batch > num_slots).astype(np.int64) * block
-
-
-def bandwidth(pair: Pair, block: int, batch: int, is_get: bool, seconds: float) -> float:
-    """GB/s of batches of `batch` random Layer Blocks, 4 batches kept in flight."""
-    rng = np.random.default_rng(block + batch)
-    descs = [(slot_offsets(block, batch, rng), slot_offsets(block, batch, rng)) for _ in range(8)]
-    lengths = np.full(batch, block, np.int64)
-    submit = pair.a.get if is_get else pair.a.put
-    inflight, moved, i = [], 0, 0
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds or i < 8:
-        loc, rem = descs[i % 8]
-        inflight.append(submit(pair.peer_ab, pair.ra, pair.rb.id, loc, rem, lengths))
-        i += 1
-        if len(inflight) == 4:
-            h = inflight.pop(0)
-            pair.a.wait(h, 30)
-            pair.a.release(h)
-            moved += block * batch
-    for h in inflight:
-        pair.a.wait(h, 30)
-        moved += block * batch
-    return moved / (time.perf_counter() - start) / 1e9
-
-
-def notice_latency_us(pair: Pair, size: int, iters: int) -> float:
-    """Median half round trip of put(size) + notice, answered the same way by the peer."""
-    def responder():
-        for i in range(iters):
-            pair.b.wait_notice(1, i, 10)
-            pair.b.release(pair.b.put(pair.peer_ba, pair.rb, pair.ra.id, [0], [0], [size],
-                                      request_id=2, layer=i))
-
-    thread = threading.Thread(target=responder)
-    thread.start()
-    rtts = []
-    for i in range(iters):
-        start = time.perf_counter()
-        pair.a.release(pair.a.put(pair.peer_ab, pair.ra, pair.rb.id, [0], [0], [size],
-                                  request_id=1, layer=i))
-        pair.a.wait_notice(2, i, 10)
-        rtts.append(time.perf_counter() - start)
-    thread.join()
-    pair.a.clear_notices(2)
-    pair.b.clear_notices(1)
-    return statistics.median(rtts[iters // 10:]) / 2 * 1e6
 
 
 def model_latency_us(submit, wait, model: Pair, iters: int) -> float:
@@ -156,7 +104,14 @@ def main(argv=None):
     p.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
     p.add_argument("--ops", nargs="+", default=["put", "get"], choices=["put", "get"])
     p.add_argument("--seconds", type=float, default=0.4, help="per bandwidth point")
-    p.add_argument("--iters", type=int, default=400, help="latency samples")
+    p.add_argument("--iters", type=int, default=400, help="latency samples per repetition")
+    p.add_argument("--reps", type=int, default=3,
+                   help="repetitions of every figure and of its reference; medians reported")
+    p.add_argument("--pin", choices=["auto", "on", "off"], default="auto",
+                   help="latency: pin the two processes (ours and perftest's) to two CPUs; "
+                        "auto = when two are available")
+    p.add_argument("--patterns", nargs="+", default=["random", "reuse"],
+                   choices=["random", "reuse"], help="bandwidth buffer patterns")
     p.add_argument("--chunk-kib", type=int, default=512)
     p.add_argument("--burst-ms", type=float, default=4.0, help="token bucket burst, in ms of cap")
     p.add_argument("--tls", default=None, help="UCX_TLS for both dualkv and ucx_perftest")
@@ -169,7 +124,7 @@ def main(argv=None):
         if "bw" not in args.skip:
             bandwidth_rows(report, args, kv)
         if "lat" not in args.skip:
-            latency_row(report, args, kv)
+            latency_row(report, args)
         if "priority" not in args.skip:
             model = Pair("model", args.tls, MIB)
             priority(report, args, kv, model)
@@ -182,27 +137,34 @@ def main(argv=None):
     return 0
 
 
-def bandwidth_rows(report: Report, args, kv: Pair):
-    for size_kib in args.sizes_kib:
-        ref = perftest("ucp_put_bw", size_kib * KIB, args)
-        for op in args.ops:
-            for batch in args.batches:
-                gbps = bandwidth(kv, size_kib * KIB, batch, op == "get", args.seconds)
-                row = {"test": "bandwidth", "op": op, "block_bytes": size_kib * KIB,
-                       "batch": batch, "tls": args.tls or "default", "gbps": gbps}
-                report.add(with_reference(row, "gbps", "ucx_perftest ucp_put_bw",
-                                          ref and ref["bw_gbps"]))
+def latency_row(report: Report, args):
+    """Both figures are one-way: half the round trip of a 64 KiB ping-pong between two
+    processes (perftest: put + poll on the buffer's last byte; dualkv: put + notice +
+    wait_notice, through the Python API and driven from C++), each the median over --reps
+    runs, alternated so that load hits all three alike; with --pin both tools' two processes
+    are pinned to CPUs 0 and 1."""
+    cpus = _pin_cpus(args.pin)
+    runs = {"python": [], "native": []}
+    refs = []
+    for _ in range(args.reps):
+        ref = ucx_perftest.reference("ucp_put_lat", 64 * KIB, args.tls, cpus=cpus)
+        refs.append(ref and ref["p50_us"])
+        for api in runs:
+            runs[api] += notice_latency_us(64 * KIB, args.iters, 1, args.tls, api == "native",
+                                           cpus)
+    ref_p50 = statistics.median(refs) if None not in refs else None
+    for api, ours in runs.items():
+        row = {"test": "notice_latency", "api": api, "block_bytes": 64 * KIB,
+               "pinned": cpus is not None, "p50_us": statistics.median(ours),
+               "runs_us": [round(x, 2) for x in ours],
+               "ref_runs_us": [x if x is None else round(x, 2) for x in refs]}
+        report.add(with_reference(row, "p50_us", "ucx_perftest ucp_put_lat", ref_p50))
 
 
-def latency_row(report: Report, args, kv: Pair):
-    ref = perftest("ucp_put_lat", 64 * KIB, args)
-    lat = notice_latency_us(kv, 64 * KIB, args.iters)
-    row = {"test": "notice_latency", "block_bytes": 64 * KIB, "p50_us": lat}
-    report.add(with_reference(row, "p50_us", "ucx_perftest ucp_put_lat", ref and ref["p50_us"]))
-
-
-def perftest(test: str, size: int, args) -> dict | None:
-    if not ucx_perftest.available():
+def _pin_cpus(pin: str) -> tuple[int, int] | None:
+    allowed = sorted(os.sched_getaffinity(0))
+    if pin == "off" or (pin == "auto" and len(allowed) < 2):
         return None
-    iters = 2000 if test.endswith("lat") else max(50, min(2000, (256 * MIB) // size))
-    return ucx_perftest.run(test, size, iters, args.tls)
+    if len(allowed) < 2:
+        raise SystemExit("--pin on needs two CPUs")
+    return allowed[0], allowed[1]
