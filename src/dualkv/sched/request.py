@@ -61,15 +61,30 @@ class GroupSpec:
             raise InvalidArgument(f"group {self.group_id} has no engines")
 
 
-@dataclass(slots=True)
 class EngineReport:
     """What one engine reports on a group fetch (paper.md §8.1). The scheduler updates the
-    copy it is given while it assigns within the fetch."""
+    copy it is given while it assigns within the fetch. A plain class, not a dataclass, so
+    request.pxd can compile it to a C struct-backed type (the selection loops read it often)."""
 
-    engine_id: int
-    seq: int  # unfinished requests
-    tok: int  # their total prompt tokens
-    free_hbm_tokens: float = float("inf")  # DEs: HBM left for KV, in tokens
+    __slots__ = ("engine_id", "seq", "tok", "free_hbm_tokens")
+
+    def __init__(self, engine_id: int, seq: int, tok: int, free_hbm_tokens: float = float("inf")):
+        self.engine_id = engine_id
+        self.seq = seq  # unfinished requests
+        self.tok = tok  # their total prompt tokens
+        self.free_hbm_tokens = free_hbm_tokens  # DEs: HBM left for KV, in tokens
+
+    def __eq__(self, other):
+        if not isinstance(other, EngineReport):
+            return NotImplemented
+        return (self.engine_id, self.seq, self.tok, self.free_hbm_tokens) == \
+            (other.engine_id, other.seq, other.tok, other.free_hbm_tokens)
+
+    __hash__ = None  # mutable, like the dataclass it replaces
+
+    def __repr__(self):
+        return (f"EngineReport(engine_id={self.engine_id}, seq={self.seq}, tok={self.tok}, "
+                f"free_hbm_tokens={self.free_hbm_tokens})")
 
 
 @dataclass(slots=True)

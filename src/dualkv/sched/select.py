@@ -17,14 +17,16 @@ def select_pe(engines: list[EngineReport], read_qs: list[int], alpha: float, bet
     C1 (tok > beta) never gets work; C2 (short read queue) comes before C3; inside a class the
     engine with the fewest unfinished tokens wins (lowest index on ties)."""
     best2 = best3 = -1
-    for i, e in enumerate(engines):
+    tok2 = tok3 = 0  # the winners' tok (valid once best2 / best3 >= 0)
+    for i in range(len(engines)):
+        e = engines[i]
         if e.tok > beta:
             continue  # C1: overloaded
         if read_qs[i] <= alpha:
-            if best2 < 0 or e.tok < engines[best2].tok:
-                best2 = i
-        elif best3 < 0 or e.tok < engines[best3].tok:
-            best3 = i
+            if best2 < 0 or e.tok < tok2:
+                best2, tok2 = i, e.tok
+        elif best3 < 0 or e.tok < tok3:
+            best3, tok3 = i, e.tok
     return best2 if best2 >= 0 else best3
 
 
@@ -37,8 +39,9 @@ def assign_pes(queue: deque, engines: list[EngineReport], read_qs: list[int],
         if pick < 0:
             break
         request = queue.popleft()
-        engines[pick].tok += request.prompt_tokens
-        engines[pick].seq += 1
+        e = engines[pick]
+        e.tok += request.prompt_tokens
+        e.seq += 1
         out.append((request, pick))
     return out
 
@@ -81,14 +84,17 @@ def assign_des(queue: deque, engines: list[EngineReport], z_margin: float) -> li
     the one with the fewest tokens (least risk of running out of HBM)."""
     if not queue:
         return []
-    free_total = sum(e.free_hbm_tokens for e in engines)
+    free_total, group_tok = 0.0, 0
+    for e in engines:
+        free_total += e.free_hbm_tokens
+        group_tok += e.tok
     fit_tokens, fit_need = 0, 0
     for request in queue:  # R: the longest prefix that fits in the group's free HBM
         if fit_need + request.hbm_tokens > free_total:
             break
         fit_need += request.hbm_tokens
         fit_tokens += request.prompt_tokens
-    z = z_margin * (fit_tokens + sum(e.tok for e in engines)) / len(engines)
+    z = z_margin * (fit_tokens + group_tok) / len(engines)
     out = []
     while queue:
         request = queue[0]
@@ -106,15 +112,17 @@ def assign_des(queue: deque, engines: list[EngineReport], z_margin: float) -> li
 
 def _pick_de(engines: list[EngineReport], request: Request, z: float) -> int:
     low = high = -1
+    low_seq = high_tok = 0  # the winners' seq / tok (valid once low / high >= 0)
     need, size = request.hbm_tokens, request.prompt_tokens
-    for i, e in enumerate(engines):
+    for i in range(len(engines)):
+        e = engines[i]
         if e.free_hbm_tokens < need:
             continue
         if e.tok + size <= z:
-            if low < 0 or e.seq < engines[low].seq:
-                low = i
-        elif high < 0 or e.tok < engines[high].tok:
-            high = i
+            if low < 0 or e.seq < low_seq:
+                low, low_seq = i, e.seq
+        elif high < 0 or e.tok < high_tok:
+            high, high_tok = i, e.tok
     return low if low >= 0 else high
 
 
