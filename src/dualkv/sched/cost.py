@@ -26,6 +26,9 @@ class FlopCurve:
         return cls([0.0, flops_per_s], [overhead_s, overhead_s + 1.0])
 
     def __call__(self, flops: float) -> float:
+        return self.seconds_for(flops)
+
+    def seconds_for(self, flops: float) -> float:
         xs, ys = self.flops, self.seconds
         i = min(max(bisect.bisect_right(xs, flops) - 1, 0), len(xs) - 2)
         slope = (ys[i + 1] - ys[i]) / (xs[i + 1] - xs[i])
@@ -49,11 +52,19 @@ class AttentionFlops:
             raise InvalidArgument(f"bad attention shape {self}")
 
     def __call__(self, cached: int, bsz: int) -> float:
-        # positions of the new tokens: cached+1 .. cached+bsz (causal, itself included)
-        all_pairs = bsz * cached + bsz * (bsz + 1) / 2
-        if self.topk:
-            dense_part = max(0, min(cached + bsz, self.topk) - cached)  # new tokens below topk
-            pairs = dense_part * cached + dense_part * (dense_part + 1) / 2 + (bsz - dense_part) * self.topk
-        else:
-            pairs = all_pairs
-        return self.num_layers * (pairs * self.flops_per_pair + all_pairs * self.index_flops_per_pair)
+        return attention_flops(self.num_layers, self.flops_per_pair, self.topk,
+                               self.index_flops_per_pair, cached, bsz)
+
+
+def attention_flops(num_layers: int, flops_per_pair: float, topk: int, index_flops_per_pair: float,
+                    cached: int, bsz: int) -> float:
+    """AttentionFlops(num_layers, flops_per_pair, topk, index_flops_per_pair)(cached, bsz), as a
+    function with C types in cost.pxd: the batcher's binary search calls it ~15 times a chunk."""
+    # positions of the new tokens: cached+1 .. cached+bsz (causal, itself included)
+    all_pairs = bsz * cached + bsz * (bsz + 1) / 2
+    if topk:
+        dense_part = max(0, min(cached + bsz, topk) - cached)  # new tokens below topk
+        pairs = dense_part * cached + dense_part * (dense_part + 1) / 2 + (bsz - dense_part) * topk
+    else:
+        pairs = all_pairs
+    return num_layers * (pairs * flops_per_pair + all_pairs * index_flops_per_pair)

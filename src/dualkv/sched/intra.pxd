@@ -4,6 +4,12 @@ cimport cython
 from dualkv.sched.request cimport Request
 
 
+cdef class Chunk:
+    cdef public Request request
+    cdef public long long cached, bsz
+    cdef public bint is_last
+
+
 cdef class PrefillBatcher:
     cdef public object attn_flops, curve, quota_s, max_kv_tokens
 

@@ -4,17 +4,36 @@ the largest number of tokens that still fits (binary search)."""
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable, NamedTuple
+from typing import Callable
 
 from dualkv.errors import InvalidArgument
 from dualkv.sched.request import Request
 
 
-class Chunk(NamedTuple):
-    request: Request
-    cached: int  # tokens whose KV is available: the hit plus earlier chunks
-    bsz: int  # tokens computed in this pass
-    is_last: bool  # this chunk finishes the request's prefill
+class Chunk:
+    """One request's share of a batch. A plain class (compiled by intra.pxd) rather than a
+    NamedTuple, whose constructor runs as interpreted Python; it still unpacks like one."""
+
+    __slots__ = ("request", "cached", "bsz", "is_last")
+
+    def __init__(self, request: Request, cached: int, bsz: int, is_last: bool):
+        self.request = request
+        self.cached = cached  # tokens whose KV is available: the hit plus earlier chunks
+        self.bsz = bsz  # tokens computed in this pass
+        self.is_last = is_last  # this chunk finishes the request's prefill
+
+    def __iter__(self):
+        return iter((self.request, self.cached, self.bsz, self.is_last))
+
+    def __eq__(self, other):
+        if not isinstance(other, Chunk):
+            return NotImplemented
+        return tuple(self) == tuple(other)
+
+    __hash__ = None
+
+    def __repr__(self):
+        return f"Chunk(request={self.request!r}, cached={self.cached}, bsz={self.bsz}, is_last={self.is_last})"
 
 
 class PrefillBatcher:

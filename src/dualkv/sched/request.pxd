@@ -10,3 +10,11 @@ cdef class Request:
 cdef class EngineReport:
     cdef public long long engine_id, seq, tok
     cdef public double free_hbm_tokens
+
+
+cdef class GroupReport:
+    cdef public object group_id, read_q, engines
+
+
+cdef class FetchResult:
+    cdef public list assigned, placed, woken_groups

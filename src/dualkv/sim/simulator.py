@@ -44,8 +44,8 @@ class Simulator:
         self.heap, self.seq_no, self.now = [], 0, 0.0
         self.pe_awake, self.de_awake, self.pe_full = set(), set(), set()
         self.tick_armed, self._de_rotor = False, 0
-        self.dirty_read_q = set()
-        self.num_ticks = 0  # nodes whose read queue changed since the last tick
+        self.dirty_read_q = set()  # nodes whose read queue changed since the last tick
+        self.num_ticks = 0
         n = work.num_agents
         self.turn = work.start[:-1].tolist()
         self.end = work.start[1:].tolist()
@@ -63,6 +63,10 @@ class Simulator:
         self.read_s_per_token = 1.0 / m.snic_tokens_per_s
         self.linear_s_per_token = m.linear_flops_per_token / m.pe_flops_per_s / cfg.gpus_per_node
         self.tpot_slope = m.tpot_full_s - m.tpot_light_s
+        self.tpot_light = m.tpot_light_s
+        self.io_free, self.layerwise = self.policy.is_io_free, self.policy.is_layerwise
+        self.block = cfg.block_tokens
+        self.period = cfg.fetch_period_s
 
     # -- the loop ---------------------------------------------------------------------------
     def push(self, t: float, kind: int, obj) -> None:
@@ -75,19 +79,29 @@ class Simulator:
         if monitor is not None:
             self.push(monitor_period, MONITOR, monitor_period)
         heap, pop = self.heap, heapq.heappop
-        handlers = (self.on_arrive, self.on_tick, self.on_read_done, self.on_forward_done,
-                    self.on_h2d_done, self.on_decode_done)
+        num_agents = self.work.num_agents
         while heap:
             t, _, kind, obj = pop(heap)
             if t > until:
                 break
             self.now = t
-            if kind == MONITOR:
-                if monitor(self, t) or self.num_done == self.work.num_agents:
+            # an if-chain rather than a table of bound methods: compiled, it is a C switch
+            if kind == DECODE_DONE:
+                self.on_decode_done(obj)
+            elif kind == READ_DONE:
+                self.on_read_done(obj)
+            elif kind == FORWARD_DONE:
+                self.on_forward_done(obj)
+            elif kind == H2D_DONE:
+                self.on_h2d_done(obj)
+            elif kind == TICK:
+                self.on_tick(obj)
+            elif kind == ARRIVE:
+                self.on_arrive(obj)
+            else:  # MONITOR
+                if monitor(self, t) or self.num_done == num_agents:
                     break
                 self.push(t + obj, MONITOR, obj)
-                continue
-            handlers[kind](obj)
         return self
 
     # -- arrivals and fetches ---------------------------------------------------------------
@@ -101,7 +115,9 @@ class Simulator:
         routed = self.sched.submit(request)
         if routed is None:
             if len(self.sched.pe_queue) == 1:
-                self.pe_awake.update(g for g in range(self.c.num_pe_nodes) if g not in self.pe_full)
+                for g in range(self.c.num_pe_nodes):
+                    if g not in self.pe_full:
+                        self.pe_awake.add(g)
             if len(self.sched.de_queue) == 1:  # some DE leader must drain it (phase 1)
                 self._de_rotor = (self._de_rotor + 1) % self.c.num_de_nodes
                 self.de_awake.add(self.c.num_pe_nodes + self._de_rotor)
@@ -112,7 +128,7 @@ class Simulator:
 
     def arm_tick(self) -> None:
         if not self.tick_armed and (self.pe_awake or self.de_awake):
-            period = self.cfg.fetch_period_s
+            period = self.period
             self.push((int(self.now / period) + 1) * period, TICK, None)
             self.tick_armed = True
 
@@ -126,9 +142,9 @@ class Simulator:
         # A PE fetch with nothing to take returns nothing and changes nothing (read queues
         # are reported above), so it is skipped: the same decisions, fewer calls. DE fetches
         # always run: their report refreshes the group's load for phase 1.
-        has_pe = self.sched.has_pe_work
+        sched = self.sched
         for g in _rotated(pe, self.num_ticks):
-            if has_pe(g):
+            if sched.has_pe_work(g):
                 self.fetch_pe(g)
         de, self.de_awake = self.de_awake, set()
         for g in _rotated(de, self.num_ticks):
@@ -166,7 +182,7 @@ class Simulator:
 
     # -- storage reads ----------------------------------------------------------------------
     def place(self, r: Request) -> None:
-        if self.policy.is_io_free:
+        if self.io_free:
             self.make_ready(r)
             return
         node = r.pe_node if r.read_side == "pe" else r.de_node
@@ -223,22 +239,26 @@ class Simulator:
         # Layerwise transfers overlap compute: their CNIC bytes are accounted (metrics.py),
         # not queued, as paper.md §16.1 allows inside the §6 bound.
         c, kv_bw = self.c, self.kv_bw
-        io = not self.policy.is_io_free and not self.policy.is_layerwise
+        io = not self.io_free and not self.layerwise
         batch, gpu_times, new_tokens = [], [], 0
         for e in c.pe_groups[g].engine_ids:
             if not c.ready[e]:
                 gpu_times.append(0.0)
                 continue
-            chunks, flops = c.batchers[e].next_batch(c.ready[e])
+            batcher = c.batchers[e]
+            chunks, flops = batcher.next_batch(c.ready[e])
             t = c.curve(flops)
             if io:  # no layerwise prefill: whole-KV load before and store after the forward
-                load = sum(ch.cached for ch in chunks) * self.bpt / kv_bw
-                store = sum(ch.bsz + (ch.cached if ch.request.read_side == "pe" and
-                                      ch.cached == ch.request.hit_tokens else 0)
-                            for ch in chunks) * self.bpt / kv_bw
-                t += load + store
+                loaded = stored = 0
+                for ch in chunks:
+                    loaded += ch.cached
+                    stored += ch.bsz
+                    if ch.request.read_side == "pe" and ch.cached == ch.request.hit_tokens:
+                        stored += ch.cached
+                t += loaded * self.bpt / kv_bw + stored * self.bpt / kv_bw
             gpu_times.append(t)
-            new_tokens += sum(ch.bsz for ch in chunks)
+            for ch in chunks:
+                new_tokens += ch.bsz
             batch.extend(chunks)
         if not batch:
             return
@@ -267,7 +287,7 @@ class Simulator:
         self.ttft_at.append(self.submit_t[a])
         c.seq[r.pe] -= 1
         c.tok[r.pe] -= r.prompt_tokens
-        if not self.policy.is_io_free:
+        if not self.io_free:
             self.acct.add_class(self.now, path_tokens(r.read_side, r.hit_tokens, r.miss_tokens))
             if r.read_side == "pe":
                 self.release_buffer(r.pe_node, r.hit_tokens)
@@ -279,11 +299,11 @@ class Simulator:
 
     # -- decode -----------------------------------------------------------------------------
     def allocate(self, r: Request) -> None:
-        c, m, e = self.c, self.cfg.model, r.de
+        c, e = self.c, r.de
         c.de_alloc[e] += r.hbm_tokens
-        tpot = m.tpot_light_s + self.tpot_slope * min(1.0, c.de_alloc[e] / c.de_cap)
+        tpot = self.tpot_light + self.tpot_slope * min(1.0, c.de_alloc[e] / c.de_cap)
         end = self.now
-        if not self.policy.is_io_free:
+        if not self.io_free:
             end = max(self.now, c.h2d_free[e]) + r.prompt_tokens * self.bpt / self.kv_bw
             c.h2d_free[e] = end
             self.push(end, H2D_DONE, r)
@@ -301,8 +321,8 @@ class Simulator:
         c.de_assigned[e] -= r.hbm_tokens
         c.seq[e] -= 1
         c.tok[e] -= r.prompt_tokens
-        if not self.policy.is_io_free:
-            block = self.cfg.block_tokens
+        if not self.io_free:
+            block = self.block
             written = (r.prompt_tokens + r.gen_tokens) // block * block - r.hit_tokens
             self.acct.snic_write[r.de_node] += written
             self.acct.add_class(self.now, (0, 0, written, 0, 0, 2 * written))
