@@ -7,10 +7,12 @@ cdef class Accounting:
     cdef public object snic, snic_write
     cdef public list cls
     cdef public Py_ssize_t num_windows
+    cdef double[:, ::1] _snic_view
 
     cpdef _grow(self, Py_ssize_t w)
 
-    @cython.locals(W=double, w0=Py_ssize_t, w1=Py_ssize_t, rate=double, w=Py_ssize_t)
+    @cython.locals(W=double, w0=Py_ssize_t, w1=Py_ssize_t, rate=double, w=Py_ssize_t,
+                   view="double[:, ::1]")
     cpdef add_read(self, Py_ssize_t node, double t0, double t1, double tokens)
 
     @cython.locals(w=Py_ssize_t, row=list)

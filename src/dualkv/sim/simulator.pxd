@@ -3,6 +3,7 @@
 cimport cython
 # C names differ from the .py's Python names (a .py import may not rebind a cimported name)
 from dualkv.sched.request cimport Request as CRequest
+from dualkv.sched.request cimport EngineReport as CEngineReport, GroupReport as CGroupReport
 from dualkv.sched.inter cimport Scheduler as CScheduler
 from dualkv.sched.intra cimport PrefillBatcher as CBatcher
 from dualkv.sim.cluster cimport Cluster as CCluster
@@ -21,13 +22,15 @@ cdef class Simulator:
     cdef public set pe_awake, de_awake, pe_full, dirty_read_q
     cdef public bint tick_armed, io_free, layerwise
     cdef public list turn, end, submit_t, first_t, finish_t, ttft, ttst, tpot, ttft_at
-    cdef public list attn_balance, _prompt, _hit, _gen
+    cdef public list attn_balance, _prompt, _hit, _gen, group_reports
     cdef public object bytes_read
 
     cpdef push(self, double t, int kind, obj)
 
-    @cython.locals(t=double, kind=int, num_agents=Py_ssize_t)
     cpdef run(self, double until=*, monitor=*, double monitor_period=*)
+
+    @cython.locals(t=double, kind=int, num_agents=Py_ssize_t)
+    cpdef _loop(self, double until, monitor)
 
     cpdef on_arrive(self, agent)
 
@@ -39,10 +42,11 @@ cdef class Simulator:
     @cython.locals(sched=CScheduler)
     cpdef on_tick(self, _)
 
-    @cython.locals(c=CCluster, r=CRequest, e=Py_ssize_t)
+    @cython.locals(c=CCluster, r=CRequest, e=Py_ssize_t, report=CGroupReport, er=CEngineReport)
     cpdef fetch_pe(self, g)
 
-    @cython.locals(c=CCluster, r=CRequest, e=Py_ssize_t, cap=cython.longlong)
+    @cython.locals(c=CCluster, r=CRequest, e=Py_ssize_t, cap=cython.longlong, report=CGroupReport,
+                   er=CEngineReport)
     cpdef fetch_de(self, g)
 
     @cython.locals(node=Py_ssize_t)

@@ -8,6 +8,7 @@ while all its PEs are above beta, or while its DE queue head does not fit), so a
 saturated cluster costs no events.
 """
 
+import gc
 import heapq
 
 from dualkv.sched import EngineReport, GroupReport, Request, Scheduler
@@ -67,6 +68,11 @@ class Simulator:
         self.io_free, self.layerwise = self.policy.is_io_free, self.policy.is_layerwise
         self.block = cfg.block_tokens
         self.period = cfg.fetch_period_s
+        # One report per engine and per group, refilled before each fetch: the scheduler uses
+        # a report only during the fetch it is passed to, so reuse saves allocations only.
+        engine_reports = [EngineReport(e, 0, 0) for e in range(len(self.c.seq))]
+        self.group_reports = [GroupReport(s.group_id, 0, [engine_reports[e] for e in s.engine_ids])
+                              for s in (*self.c.pe_groups, *self.c.de_groups)]
 
     # -- the loop ---------------------------------------------------------------------------
     def push(self, t: float, kind: int, obj) -> None:
@@ -78,6 +84,18 @@ class Simulator:
             self.push(t, ARRIVE, a)
         if monitor is not None:
             self.push(monitor_period, MONITOR, monitor_period)
+        # The loop allocates millions of short-lived, acyclic objects; the cyclic collector's
+        # passes over them would find nothing, so it is paused for the run.
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            self._loop(until, monitor)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        return self
+
+    def _loop(self, until: float, monitor) -> None:
         heap, pop = self.heap, heapq.heappop
         num_agents = self.work.num_agents
         while heap:
@@ -102,7 +120,6 @@ class Simulator:
                 if monitor(self, t) or self.num_done == num_agents:
                     break
                 self.push(t + obj, MONITOR, obj)
-        return self
 
     # -- arrivals and fetches ---------------------------------------------------------------
     def on_arrive(self, agent: int) -> None:
@@ -153,8 +170,12 @@ class Simulator:
 
     def fetch_pe(self, g: int) -> None:
         c = self.c
-        engines = [EngineReport(e, c.seq[e], c.tok[e]) for e in c.pe_groups[g].engine_ids]
-        result = self.sched.fetch_for_pe_group(GroupReport(g, c.read_q[g], engines))
+        report = self.group_reports[g]
+        report.read_q = c.read_q[g]
+        for er in report.engines:
+            e = er.engine_id
+            er.seq, er.tok = c.seq[e], c.tok[e]
+        result = self.sched.fetch_for_pe_group(report)
         for r in result.assigned:
             c.seq[r.pe] += 1
             c.tok[r.pe] += r.prompt_tokens
@@ -166,11 +187,14 @@ class Simulator:
     def fetch_de(self, g: int) -> None:
         c = self.c
         cap = c.de_cap
-        spec = c.de_groups[g - c.num_pe_nodes]
         # an engine reports the HBM it has free now; requests assigned but not yet decoding
         # are not reserved (the paper's Z rule is what keeps them from overflowing it)
-        engines = [EngineReport(e, c.seq[e], c.tok[e], cap - c.de_alloc[e]) for e in spec.engine_ids]
-        result = self.sched.fetch_for_de_group(GroupReport(g, c.read_q[g], engines))
+        report = self.group_reports[g]
+        report.read_q = c.read_q[g]
+        for er in report.engines:
+            e = er.engine_id
+            er.seq, er.tok, er.free_hbm_tokens = c.seq[e], c.tok[e], cap - c.de_alloc[e]
+        result = self.sched.fetch_for_de_group(report)
         for r in result.assigned:
             c.seq[r.de] += 1
             c.tok[r.de] += r.prompt_tokens
