@@ -71,8 +71,9 @@ def cython_extensions():
     # A plain .py with a .pxd beside it is compiled too (Cython "augmenting .pxd"): the .pxd
     # adds C types to the hot loops while the .py stays the one source, and runs as Python
     # wherever no build exists (the framework venvs). The extension shadows the .py on import.
+    # (A .pxd that declares a .pyx belongs to the .pyx: its .py is the uncompiled twin.)
     pyx += sorted(p[:-4] + ".py" for p in glob.glob("src/dualkv/**/*.pxd", recursive=True)
-                  if os.path.exists(p[:-4] + ".py"))
+                  if os.path.exists(p[:-4] + ".py") and not os.path.exists(p[:-4] + ".pyx"))
     exts = [
         Extension(
             os.path.splitext(os.path.relpath(p, "src"))[0].replace(os.sep, "."),

@@ -8,6 +8,7 @@ from dualkv.sched.inter cimport Scheduler as CScheduler
 from dualkv.sched.intra cimport PrefillBatcher as CBatcher
 from dualkv.sim.cluster cimport Cluster as CCluster
 from dualkv.sim.metrics cimport Accounting as CAccounting
+from dualkv.sim.events cimport EventQueue as CEventQueue
 
 
 cdef class Simulator:
@@ -15,8 +16,8 @@ cdef class Simulator:
     cdef public CCluster c
     cdef public CScheduler sched
     cdef public CAccounting acct
-    cdef public list heap
-    cdef public long long seq_no, num_ticks, num_done, _de_rotor, bpt, block
+    cdef public CEventQueue events
+    cdef public long long num_ticks, num_done, _de_rotor, bpt, block
     cdef public double now, kv_bw, read_s_per_token, linear_s_per_token, tpot_slope, tpot_light
     cdef public double period
     cdef public set pe_awake, de_awake, pe_full, dirty_read_q
@@ -29,7 +30,7 @@ cdef class Simulator:
 
     cpdef run(self, double until=*, monitor=*, double monitor_period=*)
 
-    @cython.locals(t=double, kind=int, num_agents=Py_ssize_t)
+    @cython.locals(t=double, kind=int, num_agents=Py_ssize_t, events=CEventQueue)
     cpdef _loop(self, double until, monitor)
 
     cpdef on_arrive(self, agent)

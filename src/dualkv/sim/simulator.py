@@ -9,11 +9,11 @@ saturated cluster costs no events.
 """
 
 import gc
-import heapq
 
 from dualkv.sched import EngineReport, GroupReport, Request, Scheduler
 from dualkv.sim.cluster import Cluster
 from dualkv.sim.config import SimConfig
+from dualkv.sim.events import EventQueue
 from dualkv.sim.metrics import Accounting, path_tokens
 from dualkv.sim.workload import Workload
 
@@ -42,7 +42,7 @@ class Simulator:
         self.sched_cfg = cfg.scheduler_config(default_beta(cfg, work))
         self.sched = Scheduler(self.sched_cfg, self.c.pe_groups, self.c.de_groups)
         self.acct = Accounting(self.c.num_nodes, cfg.window_s)
-        self.heap, self.seq_no, self.now = [], 0, 0.0
+        self.events, self.now = EventQueue(), 0.0
         self.pe_awake, self.de_awake, self.pe_full = set(), set(), set()
         self.tick_armed, self._de_rotor = False, 0
         self.dirty_read_q = set()  # nodes whose read queue changed since the last tick
@@ -76,8 +76,7 @@ class Simulator:
 
     # -- the loop ---------------------------------------------------------------------------
     def push(self, t: float, kind: int, obj) -> None:
-        self.seq_no += 1
-        heapq.heappush(self.heap, (t, self.seq_no, kind, obj))
+        self.events.push(t, kind, obj)
 
     def run(self, until: float = float("inf"), monitor=None, monitor_period: float = 150.0):
         for a, t in enumerate(self.work.arrival_s.tolist()):
@@ -96,10 +95,10 @@ class Simulator:
         return self
 
     def _loop(self, until: float, monitor) -> None:
-        heap, pop = self.heap, heapq.heappop
+        events = self.events
         num_agents = self.work.num_agents
-        while heap:
-            t, _, kind, obj = pop(heap)
+        while len(events):
+            t, kind, obj = events.pop()
             if t > until:
                 break
             self.now = t
