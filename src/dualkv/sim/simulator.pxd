@@ -40,15 +40,15 @@ cdef class Simulator:
 
     cpdef arm_tick(self)
 
-    @cython.locals(sched=CScheduler)
+    @cython.locals(sched=CScheduler, node=Py_ssize_t)
     cpdef on_tick(self, _)
 
     @cython.locals(c=CCluster, r=CRequest, e=Py_ssize_t, report=CGroupReport, er=CEngineReport)
-    cpdef fetch_pe(self, g)
+    cpdef fetch_pe(self, Py_ssize_t g)
 
     @cython.locals(c=CCluster, r=CRequest, e=Py_ssize_t, cap=cython.longlong, report=CGroupReport,
                    er=CEngineReport)
-    cpdef fetch_de(self, g)
+    cpdef fetch_de(self, Py_ssize_t g)
 
     @cython.locals(node=Py_ssize_t)
     cpdef place(self, CRequest r)
