@@ -86,7 +86,9 @@ def cython_extensions():
     ]
     # annotation_typing off: a .py's annotations are documentation, never C types or checks
     # (only its .pxd types it), so compiled and pure-Python runs accept the same arguments.
-    directives = {"annotation_typing": False}
+    # nonecheck on: None where a typed object is expected raises AttributeError, as in Python,
+    # instead of crashing.
+    directives = {"annotation_typing": False, "nonecheck": True}
     return cythonize(exts, language_level=3, quiet=True, compiler_directives=directives) if exts else []
 
 

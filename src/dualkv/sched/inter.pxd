@@ -1,7 +1,7 @@
 # Compiles inter.py's Scheduler as a C-backed class: its fields are read on every submit and
 # fetch, and the simulator calls has_pe_work / has_de_work for many groups per tick.
 cimport cython
-from dualkv.sched.request cimport EngineReport, Request
+from dualkv.sched.request cimport EngineReport, FetchResult, GroupReport, Request
 from dualkv.sched.select cimport LeastLoaded
 
 
@@ -20,10 +20,12 @@ cdef class Scheduler:
     cpdef bint has_de_work(self, group_id) except -1
     cpdef report_read_q(self, node_id, read_q)
 
-    @cython.locals(e=EngineReport, reported=cython.longlong, taken=cython.longlong, request=Request)
-    cpdef fetch_for_de_group(self, report)
+    @cython.locals(e=EngineReport, reported=cython.longlong, taken=cython.longlong, request=Request,
+                   r=Request, result=FetchResult)
+    cpdef fetch_for_de_group(self, GroupReport report)
 
-    cpdef fetch_for_pe_group(self, report)
+    @cython.locals(request=Request, result=FetchResult)
+    cpdef fetch_for_pe_group(self, GroupReport report)
 
     cdef _finish(self, Request request, result)
     cpdef choose_read_side(self, Request request)

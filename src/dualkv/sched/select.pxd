@@ -22,3 +22,8 @@ cpdef Py_ssize_t _pick_de(engines, Request request, double z) except? -2
 cdef class LeastLoaded:
     cdef public dict tokens
     cdef public list heap
+
+    cpdef set(self, g, tokens)
+    cpdef add(self, g, delta)
+    @cython.locals(heap=list, tokens=dict)
+    cpdef argmin(self)
