@@ -20,10 +20,11 @@ cpdef Py_ssize_t _pick_de(engines, Request request, double z) except? -2
 
 
 cdef class LeastLoaded:
-    cdef public dict tokens
-    cdef public list heap
+    cdef public list ids
+    cdef public dict index
+    cdef public double[:] loads
 
-    cpdef set(self, g, tokens)
-    cpdef add(self, g, delta)
-    @cython.locals(heap=list, tokens=dict)
+    cpdef set(self, g, double tokens)
+    cpdef add(self, g, double delta)
+    @cython.locals(loads="double[:]", best=Py_ssize_t, i=Py_ssize_t)
     cpdef argmin(self)
