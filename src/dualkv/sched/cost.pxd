@@ -6,7 +6,7 @@ cimport cython
 cdef class FlopCurve:
     cdef public list flops, seconds
 
-    @cython.locals(i=Py_ssize_t, slope=double)
+    @cython.locals(i=Py_ssize_t, last=Py_ssize_t, slope=double, xs=list, ys=list)
     cpdef double seconds_for(self, double flops) except? -1.0
 
 

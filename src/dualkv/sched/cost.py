@@ -2,7 +2,6 @@
 caller's FLOP -> seconds curve (profiled on real hardware, or modelled in the simulator)."""
 from __future__ import annotations
 
-import bisect
 from dataclasses import dataclass
 
 from dualkv.errors import InvalidArgument
@@ -30,7 +29,11 @@ class FlopCurve:
 
     def seconds_for(self, flops: float) -> float:
         xs, ys = self.flops, self.seconds
-        i = min(max(bisect.bisect_right(xs, flops) - 1, 0), len(xs) - 2)
+        # the segment: the last point at or below flops, clamped to the first and last
+        # segments (a scan: curves have a handful of points, and compiled it is C compares)
+        i, last = 0, len(xs) - 2
+        while i < last and xs[i + 1] <= flops:
+            i += 1
         slope = (ys[i + 1] - ys[i]) / (xs[i + 1] - xs[i])
         return ys[i] + (flops - xs[i]) * slope
 
