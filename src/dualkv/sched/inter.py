@@ -126,9 +126,10 @@ class Scheduler:
             pairs = [(r, report.engines[i].engine_id) for r, i in picks]
         else:
             pairs, woken = self._drain(self._pending_de[group.group_id]), []
-        result = FetchResult(woken_groups=woken)
+        result = FetchResult([], [], woken)
+        node = group.node_id
         for request, engine_id in pairs:
-            request.de, request.de_node = engine_id, group.node_id
+            request.de, request.de_node = engine_id, node
             self._finish(request, result)
         return result
 

@@ -11,7 +11,8 @@ cpdef Py_ssize_t select_pe(engines, read_qs, double alpha, double beta) except? 
 cpdef list assign_pes(queue, engines, read_qs, double alpha, double beta)
 
 @cython.locals(free_total=double, group_tok=cython.longlong, fit_tokens=cython.longlong,
-               fit_need=cython.longlong, z=double, e=EngineReport, request=Request, pick=Py_ssize_t)
+               fit_need=cython.longlong, z=double, e=EngineReport, request=Request, pick=Py_ssize_t,
+               need=cython.longlong)
 cpdef list assign_des(queue, engines, double z_margin)
 
 @cython.locals(low=Py_ssize_t, high=Py_ssize_t, low_seq=cython.longlong, high_tok=cython.longlong,

@@ -94,9 +94,10 @@ def assign_des(queue: deque, engines: list[EngineReport], z_margin: float) -> li
         group_tok += e.tok
     fit_tokens, fit_need = 0, 0
     for request in queue:  # R: the longest prefix that fits in the group's free HBM
-        if fit_need + request.hbm_tokens > free_total:
+        need = request.prompt_tokens + request.gen_tokens  # hbm_tokens, read as fields (hot)
+        if fit_need + need > free_total:
             break
-        fit_need += request.hbm_tokens
+        fit_need += need
         fit_tokens += request.prompt_tokens
     z = z_margin * (fit_tokens + group_tok) / len(engines)
     out = []
@@ -109,7 +110,7 @@ def assign_des(queue: deque, engines: list[EngineReport], z_margin: float) -> li
         e = engines[pick]
         e.tok += request.prompt_tokens
         e.seq += 1
-        e.free_hbm_tokens -= request.hbm_tokens
+        e.free_hbm_tokens -= request.prompt_tokens + request.gen_tokens  # hbm_tokens
         out.append((request, pick))
     return out
 
@@ -117,7 +118,7 @@ def assign_des(queue: deque, engines: list[EngineReport], z_margin: float) -> li
 def _pick_de(engines: list[EngineReport], request: Request, z: float) -> int:
     low = high = -1
     low_seq = high_tok = 0  # the winners' seq / tok (valid once low / high >= 0)
-    need, size = request.hbm_tokens, request.prompt_tokens
+    need, size = request.prompt_tokens + request.gen_tokens, request.prompt_tokens  # hbm_tokens
     for i in range(len(engines)):
         e = engines[i]
         if e.free_hbm_tokens < need:

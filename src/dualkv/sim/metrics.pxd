@@ -2,6 +2,10 @@
 cimport cython
 
 
+@cython.locals(full=cython.longlong)
+cpdef tuple path_tokens(side, long long hit, long long miss)
+
+
 cdef class Accounting:
     cdef public double window_s
     cdef public object snic, snic_write

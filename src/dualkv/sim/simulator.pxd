@@ -11,6 +11,9 @@ from dualkv.sim.metrics cimport Accounting as CAccounting
 from dualkv.sim.events cimport EventQueue as CEventQueue
 
 
+cpdef long long hbm_need(CRequest r) except? -1
+
+
 cdef class Simulator:
     cdef public object cfg, work, progress, policy, sched_cfg
     cdef public CCluster c
@@ -71,7 +74,7 @@ cdef class Simulator:
     @cython.locals(c=CCluster, g=Py_ssize_t)
     cpdef on_forward_done(self, item)
 
-    @cython.locals(c=CCluster, a=Py_ssize_t)
+    @cython.locals(c=CCluster, a=Py_ssize_t, miss=cython.longlong)
     cpdef prefill_done(self, CRequest r)
 
     @cython.locals(c=CCluster, e=Py_ssize_t, tpot=double, end=double)

@@ -28,6 +28,12 @@ def default_beta(cfg: SimConfig, work: Workload) -> float:
     return 5.0 * m.pe_flops_per_s / flops * prompt
 
 
+def hbm_need(r: Request) -> int:
+    """r.hbm_tokens, read as two fields: compiled, a property is a Python-level lookup, and the
+    loop asks for it ~6 times a turn."""
+    return r.prompt_tokens + r.gen_tokens
+
+
 def _rotated(groups: set, shift: int) -> list:
     order = sorted(groups)
     k = shift % len(order) if order else 0
@@ -127,7 +133,7 @@ class Simulator:
     def submit(self, agent: int) -> None:
         i = self.turn[agent]
         self.submit_t[agent] = self.now
-        request = Request(i, self._prompt[i], self._hit[i], self._gen[i], tag=agent)
+        request = Request(i, self._prompt[i], self._hit[i], self._gen[i], agent)
         routed = self.sched.submit(request)
         if routed is None:
             if len(self.sched.pe_queue) == 1:
@@ -197,7 +203,7 @@ class Simulator:
         for r in result.assigned:
             c.seq[r.de] += 1
             c.tok[r.de] += r.prompt_tokens
-            c.de_assigned[r.de] += r.hbm_tokens
+            c.de_assigned[r.de] += hbm_need(r)
         for r in result.placed:
             self.place(r)
         self.de_awake.update(result.woken_groups)
@@ -311,11 +317,12 @@ class Simulator:
         c.seq[r.pe] -= 1
         c.tok[r.pe] -= r.prompt_tokens
         if not self.io_free:
-            self.acct.add_class(self.now, path_tokens(r.read_side, r.hit_tokens, r.miss_tokens))
+            miss = r.prompt_tokens - r.hit_tokens  # r.miss_tokens, read as fields
+            self.acct.add_class(self.now, path_tokens(r.read_side, r.hit_tokens, miss))
             if r.read_side == "pe":
                 self.release_buffer(r.pe_node, r.hit_tokens)
         waiting = c.de_wait[r.de]
-        if waiting or (c.de_alloc[r.de] and c.de_alloc[r.de] + r.hbm_tokens > c.de_cap):
+        if waiting or (c.de_alloc[r.de] and c.de_alloc[r.de] + hbm_need(r) > c.de_cap):
             waiting.append(r)
         else:
             self.allocate(r)
@@ -323,7 +330,7 @@ class Simulator:
     # -- decode -----------------------------------------------------------------------------
     def allocate(self, r: Request) -> None:
         c, e = self.c, r.de
-        c.de_alloc[e] += r.hbm_tokens
+        c.de_alloc[e] += hbm_need(r)
         tpot = self.tpot_light + self.tpot_slope * min(1.0, c.de_alloc[e] / c.de_cap)
         end = self.now
         if not self.io_free:
@@ -340,8 +347,8 @@ class Simulator:
 
     def on_decode_done(self, r: Request) -> None:
         c, e, a = self.c, r.de, r.tag
-        c.de_alloc[e] -= r.hbm_tokens
-        c.de_assigned[e] -= r.hbm_tokens
+        c.de_alloc[e] -= hbm_need(r)
+        c.de_assigned[e] -= hbm_need(r)
         c.seq[e] -= 1
         c.tok[e] -= r.prompt_tokens
         if not self.io_free:
@@ -350,7 +357,7 @@ class Simulator:
             self.acct.snic_write[r.de_node] += written
             self.acct.add_class(self.now, (0, 0, written, 0, 0, 2 * written))
         waiting = c.de_wait[e]
-        while waiting and (not c.de_alloc[e] or c.de_alloc[e] + waiting[0].hbm_tokens <= c.de_cap):
+        while waiting and (not c.de_alloc[e] or c.de_alloc[e] + hbm_need(waiting[0]) <= c.de_cap):
             self.allocate(waiting.popleft())
         if self.sched.has_de_work(r.de_node):
             self.de_awake.add(r.de_node)
