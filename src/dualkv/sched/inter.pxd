@@ -16,6 +16,7 @@ cdef class Scheduler:
     cdef public LeastLoaded de_loads
     cdef public list _rr_pe, _rr_de, _rr_counts
 
+    cpdef submit(self, request)
     cpdef bint has_pe_work(self, group_id) except -1
     cpdef bint has_de_work(self, group_id) except -1
     cpdef report_read_q(self, node_id, read_q)

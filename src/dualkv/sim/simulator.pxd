@@ -36,10 +36,10 @@ cdef class Simulator:
     @cython.locals(t=double, kind=int, num_agents=Py_ssize_t, events=CEventQueue)
     cpdef _loop(self, double until, monitor)
 
-    cpdef on_arrive(self, agent)
+    cpdef on_arrive(self, Py_ssize_t agent)
 
     @cython.locals(i=Py_ssize_t, request=CRequest, g=Py_ssize_t)
-    cpdef submit(self, agent)
+    cpdef submit(self, Py_ssize_t agent)
 
     cpdef arm_tick(self)
 

@@ -35,8 +35,10 @@ def hbm_need(r: Request) -> int:
 
 
 def _rotated(groups: set, shift: int) -> list:
+    if len(groups) < 2:  # most ticks: nothing to sort or rotate
+        return list(groups)
     order = sorted(groups)
-    k = shift % len(order) if order else 0
+    k = shift % len(order)
     return order[k:] + order[:k]
 
 
