@@ -4,7 +4,11 @@
 PYTHON ?= python3
 PIP = $(PYTHON) -m pip
 SYS_PACKAGES = pkg-config liburing-dev libucx-dev ucx-utils fio libssl-dev
-NATIVE_SOURCES = $(wildcard cpp/*.cpp include/dualkv/*.h src/dualkv/*.pyx src/dualkv/*/*.pyx)
+# A .py with a .pxd beside it is compiled too (setup.py), so both are build inputs: a stale
+# extension would shadow an edited .py.
+COMPILED_PXD = $(wildcard src/dualkv/*/*.pxd)
+NATIVE_SOURCES = $(wildcard cpp/*.cpp include/dualkv/*.h src/dualkv/*.pyx src/dualkv/*/*.pyx) \
+	$(COMPILED_PXD) $(wildcard $(COMPILED_PXD:.pxd=.py))
 PYTEST_ARGS ?=
 
 # Framework venvs live outside the checkout (scripts/venv.sh), shared by every clone here.

@@ -68,6 +68,12 @@ def native_extension():
 
 def cython_extensions():
     pyx = sorted(glob.glob("src/dualkv/**/*.pyx", recursive=True))
+    # A plain .py with a .pxd beside it is compiled too (Cython "augmenting .pxd"): the .pxd
+    # adds C types to the hot loops while the .py stays the one source, and runs as Python
+    # wherever no build exists (the framework venvs). The extension shadows the .py on import.
+    # (A .pxd that declares a .pyx belongs to the .pyx: its .py is the uncompiled twin.)
+    pyx += sorted(p[:-4] + ".py" for p in glob.glob("src/dualkv/**/*.pxd", recursive=True)
+                  if os.path.exists(p[:-4] + ".py") and not os.path.exists(p[:-4] + ".pyx"))
     exts = [
         Extension(
             os.path.splitext(os.path.relpath(p, "src"))[0].replace(os.sep, "."),
@@ -78,7 +84,12 @@ def cython_extensions():
         )
         for p in pyx
     ]
-    return cythonize(exts, language_level=3, quiet=True) if exts else []
+    # annotation_typing off: a .py's annotations are documentation, never C types or checks
+    # (only its .pxd types it), so compiled and pure-Python runs accept the same arguments.
+    # nonecheck on: None where a typed object is expected raises AttributeError, as in Python,
+    # instead of crashing.
+    directives = {"annotation_typing": False, "nonecheck": True}
+    return cythonize(exts, language_level=3, quiet=True, compiler_directives=directives) if exts else []
 
 
 ParallelCompile("DUALKV_BUILD_JOBS", default=0).install()

@@ -2,7 +2,6 @@
 caller's FLOP -> seconds curve (profiled on real hardware, or modelled in the simulator)."""
 from __future__ import annotations
 
-import bisect
 from dataclasses import dataclass
 
 from dualkv.errors import InvalidArgument
@@ -26,8 +25,15 @@ class FlopCurve:
         return cls([0.0, flops_per_s], [overhead_s, overhead_s + 1.0])
 
     def __call__(self, flops: float) -> float:
+        return self.seconds_for(flops)
+
+    def seconds_for(self, flops: float) -> float:
         xs, ys = self.flops, self.seconds
-        i = min(max(bisect.bisect_right(xs, flops) - 1, 0), len(xs) - 2)
+        # the segment: the last point at or below flops, clamped to the first and last
+        # segments (a scan: curves have a handful of points, and compiled it is C compares)
+        i, last = 0, len(xs) - 2
+        while i < last and xs[i + 1] <= flops:
+            i += 1
         slope = (ys[i + 1] - ys[i]) / (xs[i + 1] - xs[i])
         return ys[i] + (flops - xs[i]) * slope
 
@@ -49,11 +55,19 @@ class AttentionFlops:
             raise InvalidArgument(f"bad attention shape {self}")
 
     def __call__(self, cached: int, bsz: int) -> float:
-        # positions of the new tokens: cached+1 .. cached+bsz (causal, itself included)
-        all_pairs = bsz * cached + bsz * (bsz + 1) / 2
-        if self.topk:
-            dense_part = max(0, min(cached + bsz, self.topk) - cached)  # new tokens below topk
-            pairs = dense_part * cached + dense_part * (dense_part + 1) / 2 + (bsz - dense_part) * self.topk
-        else:
-            pairs = all_pairs
-        return self.num_layers * (pairs * self.flops_per_pair + all_pairs * self.index_flops_per_pair)
+        return attention_flops(self.num_layers, self.flops_per_pair, self.topk,
+                               self.index_flops_per_pair, cached, bsz)
+
+
+def attention_flops(num_layers: int, flops_per_pair: float, topk: int, index_flops_per_pair: float,
+                    cached: int, bsz: int) -> float:
+    """AttentionFlops(num_layers, flops_per_pair, topk, index_flops_per_pair)(cached, bsz), as a
+    function with C types in cost.pxd: the batcher's binary search calls it ~15 times a chunk."""
+    # positions of the new tokens: cached+1 .. cached+bsz (causal, itself included)
+    all_pairs = bsz * cached + bsz * (bsz + 1) / 2
+    if topk:
+        dense_part = max(0, min(cached + bsz, topk) - cached)  # new tokens below topk
+        pairs = dense_part * cached + dense_part * (dense_part + 1) / 2 + (bsz - dense_part) * topk
+    else:
+        pairs = all_pairs
+    return num_layers * (pairs * flops_per_pair + all_pairs * index_flops_per_pair)

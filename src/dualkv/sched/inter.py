@@ -23,6 +23,11 @@ class Scheduler:
             raise InvalidArgument("a scheduler needs at least one PE group and one DE group")
         self.config = config
         self.policy = config.policy_spec
+        # the policy's switches and thresholds as plain fields: read on every call
+        self._smart, self._io_free = self.policy.is_smart, self.policy.is_io_free
+        self._side = self.policy.side
+        self._alpha, self._beta = config.alpha_tokens, config.beta_tokens
+        self._z = config.z_margin
         self.pe_groups = {g.group_id: g for g in pe_groups}
         self.de_groups = {g.group_id: g for g in de_groups}
         if len(self.pe_groups) + len(self.de_groups) != len(pe_groups) + len(de_groups) or \
@@ -45,7 +50,7 @@ class Scheduler:
         """Queue a request. Round-robin policies choose its engines now and return the
         (PE group, DE group) whose next fetch hands it over; smart policies choose at fetch
         time and return None (any group may take it)."""
-        if self.policy.is_smart:
+        if self._smart:
             self.pe_queue.append(request)
             self.de_queue.append(request)
             return None
@@ -63,10 +68,10 @@ class Scheduler:
         return len(self.pe_queue) + sum(len(q) for q in self._pending_pe.values())
 
     def has_pe_work(self, group_id: int) -> bool:
-        return bool(self.pe_queue) if self.policy.is_smart else bool(self._pending_pe[group_id])
+        return bool(self.pe_queue) if self._smart else bool(self._pending_pe[group_id])
 
     def has_de_work(self, group_id: int) -> bool:
-        if self.policy.is_smart:
+        if self._smart:
             return bool(self.de_queue) or bool(self.de_private[group_id])
         return bool(self._pending_de[group_id])
 
@@ -80,10 +85,9 @@ class Scheduler:
         """A PE group leader fetches: Algorithm 1 over the global FIFO (smart policies)."""
         group = self.pe_groups[report.group_id]
         self.read_q[group.node_id] = report.read_q
-        if self.policy.is_smart:
+        if self._smart:
             read_qs = [report.read_q] * len(report.engines)
-            picks = assign_pes(self.pe_queue, report.engines, read_qs,
-                               self.config.alpha_tokens, self.config.beta_tokens)
+            picks = assign_pes(self.pe_queue, report.engines, read_qs, self._alpha, self._beta)
             pairs = [(r, report.engines[i].engine_id) for r, i in picks]
         else:
             pairs = self._drain(self._pending_pe[group.group_id])
@@ -98,11 +102,14 @@ class Scheduler:
         phase 2 places this group's queue on its engines (smart policies)."""
         group = self.de_groups[report.group_id]
         self.read_q[group.node_id] = report.read_q
-        if self.policy.is_smart:
+        if self._smart:
             private = self.de_private[group.group_id]
             woken = []
             gid = group.group_id
-            self.de_loads.set(gid, sum(e.tok for e in report.engines) + self._private_tokens[gid])
+            reported = 0
+            for e in report.engines:
+                reported += e.tok
+            self.de_loads.set(gid, reported + self._private_tokens[gid])
             while self.de_queue:
                 request = self.de_queue.popleft()
                 gid = self.de_loads.argmin()
@@ -111,14 +118,18 @@ class Scheduler:
                 self.de_private[gid].append(request)
                 self.de_loads.add(gid, request.prompt_tokens)
                 self._private_tokens[gid] += request.prompt_tokens
-            picks = assign_des(private, report.engines, self.config.z_margin)
-            self._private_tokens[group.group_id] -= sum(r.prompt_tokens for r, _ in picks)
+            picks = assign_des(private, report.engines, self._z)
+            taken = 0
+            for r, _ in picks:
+                taken += r.prompt_tokens
+            self._private_tokens[group.group_id] -= taken
             pairs = [(r, report.engines[i].engine_id) for r, i in picks]
         else:
             pairs, woken = self._drain(self._pending_de[group.group_id]), []
-        result = FetchResult(woken_groups=woken)
+        result = FetchResult([], [], woken)
+        node = group.node_id
         for request, engine_id in pairs:
-            request.de, request.de_node = engine_id, group.node_id
+            request.de, request.de_node = engine_id, node
             self._finish(request, result)
         return result
 
@@ -134,15 +145,15 @@ class Scheduler:
         if request.pe < 0 or request.de < 0:
             return
         request.read_side = self.choose_read_side(request)
-        if not self.policy.is_io_free:
+        if not self._io_free:
             node = request.pe_node if request.read_side == "pe" else request.de_node
             self.read_q[node] += request.hit_tokens
         result.placed.append(request)
 
     def choose_read_side(self, request: Request) -> str:
         """The read side of a request whose PE and DE are chosen (paper.md §8.4)."""
-        side = self.policy.side
-        if side == "pe" or self.policy.is_io_free:
+        side = self._side
+        if side == "pe" or self._io_free:
             return "pe"
         if side == "rr":
             self._rr_counts[2] += 1

@@ -4,17 +4,37 @@ the largest number of tokens that still fits (binary search)."""
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable, NamedTuple
+from typing import Callable
 
 from dualkv.errors import InvalidArgument
+from dualkv.sched.cost import AttentionFlops, FlopCurve, attention_flops
 from dualkv.sched.request import Request
 
 
-class Chunk(NamedTuple):
-    request: Request
-    cached: int  # tokens whose KV is available: the hit plus earlier chunks
-    bsz: int  # tokens computed in this pass
-    is_last: bool  # this chunk finishes the request's prefill
+class Chunk:
+    """One request's share of a batch. A plain class (compiled by intra.pxd) rather than a
+    NamedTuple, whose constructor runs as interpreted Python; it still unpacks like one."""
+
+    __slots__ = ("request", "cached", "bsz", "is_last")
+
+    def __init__(self, request: Request, cached: int, bsz: int, is_last: bool):
+        self.request = request
+        self.cached = cached  # tokens whose KV is available: the hit plus earlier chunks
+        self.bsz = bsz  # tokens computed in this pass
+        self.is_last = is_last  # this chunk finishes the request's prefill
+
+    def __iter__(self):
+        return iter((self.request, self.cached, self.bsz, self.is_last))
+
+    def __eq__(self, other):
+        if not isinstance(other, Chunk):
+            return NotImplemented
+        return tuple(self) == tuple(other)
+
+    __hash__ = None
+
+    def __repr__(self):
+        return f"Chunk(request={self.request!r}, cached={self.cached}, bsz={self.bsz}, is_last={self.is_last})"
 
 
 class PrefillBatcher:
@@ -30,6 +50,17 @@ class PrefillBatcher:
             raise InvalidArgument(f"max_kv_tokens must be > 0 or None, got {max_kv_tokens}")
         self.attn_flops, self.curve = attn_flops, curve
         self.quota_s, self.max_kv_tokens = quota_s, max_kv_tokens
+        # The usual cost model (AttentionFlops, FlopCurve) is called through its typed entry
+        # points: compiled (intra.pxd), a quota check is two C calls instead of two Python
+        # calls. Same numbers: AttentionFlops.__call__ is attention_flops of its fields (it is
+        # frozen, so they are read once), FlopCurve.__call__ is seconds_for.
+        self._shape = isinstance(attn_flops, AttentionFlops)
+        if self._shape:
+            self._layers, self._pair = attn_flops.num_layers, attn_flops.flops_per_pair
+            self._topk, self._index = attn_flops.topk, attn_flops.index_flops_per_pair
+        else:
+            self._layers, self._pair, self._topk, self._index = 0, 0.0, 0, 0.0
+        self._flop_curve = curve if isinstance(curve, FlopCurve) else None
 
     def next_batch(self, queue: deque) -> tuple[list[Chunk], float]:
         """Pops the requests it finishes from `queue` (a chunked one stays at the head) and
@@ -46,7 +77,7 @@ class PrefillBatcher:
                 if chunks:
                     break
                 bsz = 1  # a quota below one token would stall the engine: progress instead
-            flops += self.attn_flops(cached, bsz)
+            flops += self._attention(cached, bsz)
             kv += cached + bsz
             request.num_computed += bsz
             is_last = bsz == left
@@ -56,8 +87,18 @@ class PrefillBatcher:
             queue.popleft()
         return chunks, flops
 
+    def _attention(self, cached: int, bsz: int) -> float:
+        if self._shape:
+            return attention_flops(self._layers, self._pair, self._topk, self._index, cached, bsz)
+        return self.attn_flops(cached, bsz)
+
+    def _seconds(self, flops: float) -> float:
+        if self._flop_curve is not None:
+            return self._flop_curve.seconds_for(flops)
+        return self.curve(flops)
+
     def _fits(self, flops: float, cached: int, bsz: int) -> bool:
-        return self.quota_s is None or self.curve(flops + self.attn_flops(cached, bsz)) <= self.quota_s
+        return self.quota_s is None or self._seconds(flops + self._attention(cached, bsz)) <= self.quota_s
 
     def _largest_fit(self, flops: float, cached: int, left: int) -> int:
         lo, hi = 0, left  # lo fits (0 tokens trivially), hi does not

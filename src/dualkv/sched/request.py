@@ -1,7 +1,7 @@
 """What the scheduler and its callers exchange: requests, group shapes and load reports."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from dualkv.errors import InvalidArgument
 
@@ -61,31 +61,75 @@ class GroupSpec:
             raise InvalidArgument(f"group {self.group_id} has no engines")
 
 
-@dataclass(slots=True)
 class EngineReport:
     """What one engine reports on a group fetch (paper.md §8.1). The scheduler updates the
-    copy it is given while it assigns within the fetch."""
+    copy it is given while it assigns within the fetch. A plain class, not a dataclass, so
+    request.pxd can compile it to a C struct-backed type (the selection loops read it often)."""
 
-    engine_id: int
-    seq: int  # unfinished requests
-    tok: int  # their total prompt tokens
-    free_hbm_tokens: float = float("inf")  # DEs: HBM left for KV, in tokens
+    __slots__ = ("engine_id", "seq", "tok", "free_hbm_tokens")
+
+    def __init__(self, engine_id: int, seq: int, tok: int, free_hbm_tokens: float = float("inf")):
+        self.engine_id = engine_id
+        self.seq = seq  # unfinished requests
+        self.tok = tok  # their total prompt tokens
+        self.free_hbm_tokens = free_hbm_tokens  # DEs: HBM left for KV, in tokens
+
+    def __eq__(self, other):
+        if not isinstance(other, EngineReport):
+            return NotImplemented
+        return (self.engine_id, self.seq, self.tok, self.free_hbm_tokens) == \
+            (other.engine_id, other.seq, other.tok, other.free_hbm_tokens)
+
+    __hash__ = None  # mutable, like the dataclass it replaces
+
+    def __repr__(self):
+        return (f"EngineReport(engine_id={self.engine_id}, seq={self.seq}, tok={self.tok}, "
+                f"free_hbm_tokens={self.free_hbm_tokens})")
 
 
-@dataclass(slots=True)
 class GroupReport:
-    group_id: int
-    read_q: int  # the node's disk-read queue, in tokens
-    engines: list[EngineReport] = field(default_factory=list)
+    """A group leader's fetch report: its node's disk-read queue (tokens) and its engines.
+    A plain class (like EngineReport) so request.pxd can compile it: one per fetch."""
+
+    __slots__ = ("group_id", "read_q", "engines")
+
+    def __init__(self, group_id: int, read_q: int, engines: list[EngineReport] | None = None):
+        self.group_id = group_id
+        self.read_q = read_q
+        self.engines = [] if engines is None else engines
+
+    def __eq__(self, other):
+        if not isinstance(other, GroupReport):
+            return NotImplemented
+        return (self.group_id, self.read_q, self.engines) == (other.group_id, other.read_q, other.engines)
+
+    __hash__ = None
+
+    def __repr__(self):
+        return f"GroupReport(group_id={self.group_id}, read_q={self.read_q}, engines={self.engines})"
 
 
-@dataclass(slots=True)
 class FetchResult:
     """assigned: requests given to this group's engines now; placed: requests whose PE, DE
     and read side are all chosen now (the caller starts their read on the read side);
     woken_groups: other DE groups whose private queue just got work (their leaders should
-    fetch)."""
+    fetch). A plain class so request.pxd can compile it: one per fetch."""
 
-    assigned: list[Request] = field(default_factory=list)
-    placed: list[Request] = field(default_factory=list)
-    woken_groups: list[int] = field(default_factory=list)
+    __slots__ = ("assigned", "placed", "woken_groups")
+
+    def __init__(self, assigned: list[Request] | None = None, placed: list[Request] | None = None,
+                 woken_groups: list[int] | None = None):
+        self.assigned = [] if assigned is None else assigned
+        self.placed = [] if placed is None else placed
+        self.woken_groups = [] if woken_groups is None else woken_groups
+
+    def __eq__(self, other):
+        if not isinstance(other, FetchResult):
+            return NotImplemented
+        return (self.assigned, self.placed, self.woken_groups) == \
+            (other.assigned, other.placed, other.woken_groups)
+
+    __hash__ = None
+
+    def __repr__(self):
+        return f"FetchResult(assigned={self.assigned}, placed={self.placed}, woken_groups={self.woken_groups})"

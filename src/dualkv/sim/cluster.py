@@ -1,8 +1,11 @@
 """The simulated cluster's state: nodes (storage NIC, host buffer), PE GPUs (ready queue,
-batcher) and DE GPUs (HBM, H2D queue). Plain lists indexed by node or engine id, because the
-event loop touches them millions of times."""
+batcher) and DE GPUs (HBM, H2D queue). Flat arrays indexed by node or engine id, because the
+event loop touches them millions of times: numbers live in array.array ('q' int64, 'd'
+double, 'b' flags), which cluster.pxd types as C memoryviews once compiled, and which behave
+like lists of numbers where it is not."""
 from __future__ import annotations
 
+from array import array
 from collections import deque
 
 from dualkv.sched import FlopCurve, GroupSpec, PrefillBatcher, get_policy
@@ -21,13 +24,13 @@ class Cluster:
                           for n in range(cfg.num_pe_nodes, num_nodes)]
         num_engines = num_nodes * g
         # every engine
-        self.seq = [0] * num_engines
-        self.tok = [0] * num_engines
+        self.seq = array("q", [0]) * num_engines
+        self.tok = array("q", [0]) * num_engines
         # nodes: storage NIC FIFO and host buffer (tokens)
-        self.read_q = [0] * num_nodes
+        self.read_q = array("q", [0]) * num_nodes
         self.snic_pending = [deque() for _ in range(num_nodes)]
-        self.snic_busy = [False] * num_nodes
-        self.buf_used = [0] * num_nodes
+        self.snic_busy = array("b", [0]) * num_nodes
+        self.buf_used = array("q", [0]) * num_nodes
         self.buf_cap = int(m.dram_bytes_per_node / m.bytes_per_token)
         self.blocked: dict[int, set] = {}  # buffer node -> read nodes waiting on it
         # PE GPUs
@@ -36,13 +39,13 @@ class Cluster:
         self.batchers = [PrefillBatcher(m.attention, self.curve, cfg.compute_quota_s, cap)
                          for _ in range(num_engines)]
         self.ready = [deque() for _ in range(num_engines)]
-        self.pe_busy = [False] * num_nodes
+        self.pe_busy = array("b", [0]) * num_nodes
         # DE GPUs
         self.de_cap = m.de_hbm_tokens
-        self.de_assigned = [0] * num_engines  # HBM tokens of assigned, unfinished requests
-        self.de_alloc = [0] * num_engines  # HBM tokens allocated (decoding)
+        self.de_assigned = array("q", [0]) * num_engines  # HBM tokens of assigned, unfinished requests
+        self.de_alloc = array("q", [0]) * num_engines  # HBM tokens allocated (decoding)
         self.de_wait = [deque() for _ in range(num_engines)]
-        self.h2d_free = [0.0] * num_engines
+        self.h2d_free = array("d", [0.0]) * num_engines
 
     def buffer_fits(self, node: int, tokens: int) -> bool:
         used = self.buf_used[node]

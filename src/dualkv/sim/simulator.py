@@ -8,11 +8,12 @@ while all its PEs are above beta, or while its DE queue head does not fit), so a
 saturated cluster costs no events.
 """
 
-import heapq
+import gc
 
 from dualkv.sched import EngineReport, GroupReport, Request, Scheduler
 from dualkv.sim.cluster import Cluster
 from dualkv.sim.config import SimConfig
+from dualkv.sim.events import EventQueue
 from dualkv.sim.metrics import Accounting, path_tokens
 from dualkv.sim.workload import Workload
 
@@ -27,9 +28,17 @@ def default_beta(cfg: SimConfig, work: Workload) -> float:
     return 5.0 * m.pe_flops_per_s / flops * prompt
 
 
+def hbm_need(r: Request) -> int:
+    """r.hbm_tokens, read as two fields: compiled, a property is a Python-level lookup, and the
+    loop asks for it ~6 times a turn."""
+    return r.prompt_tokens + r.gen_tokens
+
+
 def _rotated(groups: set, shift: int) -> list:
+    if len(groups) < 2:  # most ticks: nothing to sort or rotate
+        return list(groups)
     order = sorted(groups)
-    k = shift % len(order) if order else 0
+    k = shift % len(order)
     return order[k:] + order[:k]
 
 
@@ -41,11 +50,11 @@ class Simulator:
         self.sched_cfg = cfg.scheduler_config(default_beta(cfg, work))
         self.sched = Scheduler(self.sched_cfg, self.c.pe_groups, self.c.de_groups)
         self.acct = Accounting(self.c.num_nodes, cfg.window_s)
-        self.heap, self.seq_no, self.now = [], 0, 0.0
+        self.events, self.now = EventQueue(), 0.0
         self.pe_awake, self.de_awake, self.pe_full = set(), set(), set()
         self.tick_armed, self._de_rotor = False, 0
-        self.dirty_read_q = set()
-        self.num_ticks = 0  # nodes whose read queue changed since the last tick
+        self.dirty_read_q = set()  # nodes whose read queue changed since the last tick
+        self.num_ticks = 0
         n = work.num_agents
         self.turn = work.start[:-1].tolist()
         self.end = work.start[1:].tolist()
@@ -63,32 +72,61 @@ class Simulator:
         self.read_s_per_token = 1.0 / m.snic_tokens_per_s
         self.linear_s_per_token = m.linear_flops_per_token / m.pe_flops_per_s / cfg.gpus_per_node
         self.tpot_slope = m.tpot_full_s - m.tpot_light_s
+        self.tpot_light = m.tpot_light_s
+        self.io_free, self.layerwise = self.policy.is_io_free, self.policy.is_layerwise
+        self.block = cfg.block_tokens
+        self.period = cfg.fetch_period_s
+        # One report per engine and per group, refilled before each fetch: the scheduler uses
+        # a report only during the fetch it is passed to, so reuse saves allocations only.
+        engine_reports = [EngineReport(e, 0, 0) for e in range(len(self.c.seq))]
+        self.group_reports = [GroupReport(s.group_id, 0, [engine_reports[e] for e in s.engine_ids])
+                              for s in (*self.c.pe_groups, *self.c.de_groups)]
 
     # -- the loop ---------------------------------------------------------------------------
     def push(self, t: float, kind: int, obj) -> None:
-        self.seq_no += 1
-        heapq.heappush(self.heap, (t, self.seq_no, kind, obj))
+        self.events.push(t, kind, obj)
 
     def run(self, until: float = float("inf"), monitor=None, monitor_period: float = 150.0):
         for a, t in enumerate(self.work.arrival_s.tolist()):
             self.push(t, ARRIVE, a)
         if monitor is not None:
             self.push(monitor_period, MONITOR, monitor_period)
-        heap, pop = self.heap, heapq.heappop
-        handlers = (self.on_arrive, self.on_tick, self.on_read_done, self.on_forward_done,
-                    self.on_h2d_done, self.on_decode_done)
-        while heap:
-            t, _, kind, obj = pop(heap)
+        # The loop allocates millions of short-lived, acyclic objects; the cyclic collector's
+        # passes over them would find nothing, so it is paused for the run.
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            self._loop(until, monitor)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        return self
+
+    def _loop(self, until: float, monitor) -> None:
+        events = self.events
+        num_agents = self.work.num_agents
+        while len(events):
+            t, kind, obj = events.pop()
             if t > until:
                 break
             self.now = t
-            if kind == MONITOR:
-                if monitor(self, t) or self.num_done == self.work.num_agents:
+            # an if-chain rather than a table of bound methods: compiled, it is a C switch
+            if kind == DECODE_DONE:
+                self.on_decode_done(obj)
+            elif kind == READ_DONE:
+                self.on_read_done(obj)
+            elif kind == FORWARD_DONE:
+                self.on_forward_done(obj)
+            elif kind == H2D_DONE:
+                self.on_h2d_done(obj)
+            elif kind == TICK:
+                self.on_tick(obj)
+            elif kind == ARRIVE:
+                self.on_arrive(obj)
+            else:  # MONITOR
+                if monitor(self, t) or self.num_done == num_agents:
                     break
                 self.push(t + obj, MONITOR, obj)
-                continue
-            handlers[kind](obj)
-        return self
 
     # -- arrivals and fetches ---------------------------------------------------------------
     def on_arrive(self, agent: int) -> None:
@@ -97,11 +135,13 @@ class Simulator:
     def submit(self, agent: int) -> None:
         i = self.turn[agent]
         self.submit_t[agent] = self.now
-        request = Request(i, self._prompt[i], self._hit[i], self._gen[i], tag=agent)
+        request = Request(i, self._prompt[i], self._hit[i], self._gen[i], agent)
         routed = self.sched.submit(request)
         if routed is None:
             if len(self.sched.pe_queue) == 1:
-                self.pe_awake.update(g for g in range(self.c.num_pe_nodes) if g not in self.pe_full)
+                for g in range(self.c.num_pe_nodes):
+                    if g not in self.pe_full:
+                        self.pe_awake.add(g)
             if len(self.sched.de_queue) == 1:  # some DE leader must drain it (phase 1)
                 self._de_rotor = (self._de_rotor + 1) % self.c.num_de_nodes
                 self.de_awake.add(self.c.num_pe_nodes + self._de_rotor)
@@ -112,7 +152,7 @@ class Simulator:
 
     def arm_tick(self) -> None:
         if not self.tick_armed and (self.pe_awake or self.de_awake):
-            period = self.cfg.fetch_period_s
+            period = self.period
             self.push((int(self.now / period) + 1) * period, TICK, None)
             self.tick_armed = True
 
@@ -126,9 +166,9 @@ class Simulator:
         # A PE fetch with nothing to take returns nothing and changes nothing (read queues
         # are reported above), so it is skipped: the same decisions, fewer calls. DE fetches
         # always run: their report refreshes the group's load for phase 1.
-        has_pe = self.sched.has_pe_work
+        sched = self.sched
         for g in _rotated(pe, self.num_ticks):
-            if has_pe(g):
+            if sched.has_pe_work(g):
                 self.fetch_pe(g)
         de, self.de_awake = self.de_awake, set()
         for g in _rotated(de, self.num_ticks):
@@ -137,8 +177,12 @@ class Simulator:
 
     def fetch_pe(self, g: int) -> None:
         c = self.c
-        engines = [EngineReport(e, c.seq[e], c.tok[e]) for e in c.pe_groups[g].engine_ids]
-        result = self.sched.fetch_for_pe_group(GroupReport(g, c.read_q[g], engines))
+        report = self.group_reports[g]
+        report.read_q = c.read_q[g]
+        for er in report.engines:
+            e = er.engine_id
+            er.seq, er.tok = c.seq[e], c.tok[e]
+        result = self.sched.fetch_for_pe_group(report)
         for r in result.assigned:
             c.seq[r.pe] += 1
             c.tok[r.pe] += r.prompt_tokens
@@ -150,15 +194,18 @@ class Simulator:
     def fetch_de(self, g: int) -> None:
         c = self.c
         cap = c.de_cap
-        spec = c.de_groups[g - c.num_pe_nodes]
         # an engine reports the HBM it has free now; requests assigned but not yet decoding
         # are not reserved (the paper's Z rule is what keeps them from overflowing it)
-        engines = [EngineReport(e, c.seq[e], c.tok[e], cap - c.de_alloc[e]) for e in spec.engine_ids]
-        result = self.sched.fetch_for_de_group(GroupReport(g, c.read_q[g], engines))
+        report = self.group_reports[g]
+        report.read_q = c.read_q[g]
+        for er in report.engines:
+            e = er.engine_id
+            er.seq, er.tok, er.free_hbm_tokens = c.seq[e], c.tok[e], cap - c.de_alloc[e]
+        result = self.sched.fetch_for_de_group(report)
         for r in result.assigned:
             c.seq[r.de] += 1
             c.tok[r.de] += r.prompt_tokens
-            c.de_assigned[r.de] += r.hbm_tokens
+            c.de_assigned[r.de] += hbm_need(r)
         for r in result.placed:
             self.place(r)
         self.de_awake.update(result.woken_groups)
@@ -166,7 +213,7 @@ class Simulator:
 
     # -- storage reads ----------------------------------------------------------------------
     def place(self, r: Request) -> None:
-        if self.policy.is_io_free:
+        if self.io_free:
             self.make_ready(r)
             return
         node = r.pe_node if r.read_side == "pe" else r.de_node
@@ -223,22 +270,26 @@ class Simulator:
         # Layerwise transfers overlap compute: their CNIC bytes are accounted (metrics.py),
         # not queued, as paper.md §16.1 allows inside the §6 bound.
         c, kv_bw = self.c, self.kv_bw
-        io = not self.policy.is_io_free and not self.policy.is_layerwise
+        io = not self.io_free and not self.layerwise
         batch, gpu_times, new_tokens = [], [], 0
         for e in c.pe_groups[g].engine_ids:
             if not c.ready[e]:
                 gpu_times.append(0.0)
                 continue
-            chunks, flops = c.batchers[e].next_batch(c.ready[e])
+            batcher = c.batchers[e]
+            chunks, flops = batcher.next_batch(c.ready[e])
             t = c.curve(flops)
             if io:  # no layerwise prefill: whole-KV load before and store after the forward
-                load = sum(ch.cached for ch in chunks) * self.bpt / kv_bw
-                store = sum(ch.bsz + (ch.cached if ch.request.read_side == "pe" and
-                                      ch.cached == ch.request.hit_tokens else 0)
-                            for ch in chunks) * self.bpt / kv_bw
-                t += load + store
+                loaded = stored = 0
+                for ch in chunks:
+                    loaded += ch.cached
+                    stored += ch.bsz
+                    if ch.request.read_side == "pe" and ch.cached == ch.request.hit_tokens:
+                        stored += ch.cached
+                t += loaded * self.bpt / kv_bw + stored * self.bpt / kv_bw
             gpu_times.append(t)
-            new_tokens += sum(ch.bsz for ch in chunks)
+            for ch in chunks:
+                new_tokens += ch.bsz
             batch.extend(chunks)
         if not batch:
             return
@@ -267,23 +318,24 @@ class Simulator:
         self.ttft_at.append(self.submit_t[a])
         c.seq[r.pe] -= 1
         c.tok[r.pe] -= r.prompt_tokens
-        if not self.policy.is_io_free:
-            self.acct.add_class(self.now, path_tokens(r.read_side, r.hit_tokens, r.miss_tokens))
+        if not self.io_free:
+            miss = r.prompt_tokens - r.hit_tokens  # r.miss_tokens, read as fields
+            self.acct.add_class(self.now, path_tokens(r.read_side, r.hit_tokens, miss))
             if r.read_side == "pe":
                 self.release_buffer(r.pe_node, r.hit_tokens)
         waiting = c.de_wait[r.de]
-        if waiting or (c.de_alloc[r.de] and c.de_alloc[r.de] + r.hbm_tokens > c.de_cap):
+        if waiting or (c.de_alloc[r.de] and c.de_alloc[r.de] + hbm_need(r) > c.de_cap):
             waiting.append(r)
         else:
             self.allocate(r)
 
     # -- decode -----------------------------------------------------------------------------
     def allocate(self, r: Request) -> None:
-        c, m, e = self.c, self.cfg.model, r.de
-        c.de_alloc[e] += r.hbm_tokens
-        tpot = m.tpot_light_s + self.tpot_slope * min(1.0, c.de_alloc[e] / c.de_cap)
+        c, e = self.c, r.de
+        c.de_alloc[e] += hbm_need(r)
+        tpot = self.tpot_light + self.tpot_slope * min(1.0, c.de_alloc[e] / c.de_cap)
         end = self.now
-        if not self.policy.is_io_free:
+        if not self.io_free:
             end = max(self.now, c.h2d_free[e]) + r.prompt_tokens * self.bpt / self.kv_bw
             c.h2d_free[e] = end
             self.push(end, H2D_DONE, r)
@@ -297,17 +349,17 @@ class Simulator:
 
     def on_decode_done(self, r: Request) -> None:
         c, e, a = self.c, r.de, r.tag
-        c.de_alloc[e] -= r.hbm_tokens
-        c.de_assigned[e] -= r.hbm_tokens
+        c.de_alloc[e] -= hbm_need(r)
+        c.de_assigned[e] -= hbm_need(r)
         c.seq[e] -= 1
         c.tok[e] -= r.prompt_tokens
-        if not self.policy.is_io_free:
-            block = self.cfg.block_tokens
+        if not self.io_free:
+            block = self.block
             written = (r.prompt_tokens + r.gen_tokens) // block * block - r.hit_tokens
             self.acct.snic_write[r.de_node] += written
             self.acct.add_class(self.now, (0, 0, written, 0, 0, 2 * written))
         waiting = c.de_wait[e]
-        while waiting and (not c.de_alloc[e] or c.de_alloc[e] + waiting[0].hbm_tokens <= c.de_cap):
+        while waiting and (not c.de_alloc[e] or c.de_alloc[e] + hbm_need(waiting[0]) <= c.de_cap):
             self.allocate(waiting.popleft())
         if self.sched.has_de_work(r.de_node):
             self.de_awake.add(r.de_node)

@@ -1,0 +1,32 @@
+# Compiles inter.py's Scheduler as a C-backed class: its fields are read on every submit and
+# fetch, and the simulator calls has_pe_work / has_de_work for many groups per tick.
+cimport cython
+from dualkv.sched.request cimport EngineReport, FetchResult, GroupReport, Request
+from dualkv.sched.select cimport LeastLoaded
+
+
+cdef class Scheduler:
+    cdef public object config, policy
+    cdef public bint _smart, _io_free
+    cdef public object _side
+    cdef public double _alpha, _beta, _z
+    cdef public dict pe_groups, de_groups, read_q, de_private, _private_tokens
+    cdef public dict _pending_pe, _pending_de
+    cdef public object pe_queue, de_queue
+    cdef public LeastLoaded de_loads
+    cdef public list _rr_pe, _rr_de, _rr_counts
+
+    cpdef submit(self, request)
+    cpdef bint has_pe_work(self, group_id) except -1
+    cpdef bint has_de_work(self, group_id) except -1
+    cpdef report_read_q(self, node_id, read_q)
+
+    @cython.locals(e=EngineReport, reported=cython.longlong, taken=cython.longlong, request=Request,
+                   r=Request, result=FetchResult)
+    cpdef fetch_for_de_group(self, GroupReport report)
+
+    @cython.locals(request=Request, result=FetchResult)
+    cpdef fetch_for_pe_group(self, GroupReport report)
+
+    cdef _finish(self, Request request, result)
+    cpdef choose_read_side(self, Request request)

@@ -1,0 +1,20 @@
+# Compiles request.py's two hot types as C-backed classes (typed fields, direct access from the
+# other compiled sched/sim modules). Semantics are the .py's; without a build the .py runs as is.
+
+cdef class Request:
+    cdef public object rid, read_side, tag
+    cdef public long long prompt_tokens, hit_tokens, gen_tokens
+    cdef public long long pe, de, pe_node, de_node, num_computed
+
+
+cdef class EngineReport:
+    cdef public long long engine_id, seq, tok
+    cdef public double free_hbm_tokens
+
+
+cdef class GroupReport:
+    cdef public object group_id, read_q, engines
+
+
+cdef class FetchResult:
+    cdef public list assigned, placed, woken_groups

@@ -1,0 +1,13 @@
+# Compiles cluster.py's state as a C-backed class: the event loop reads these arrays on every
+# event; typed as memoryviews, each read or update is a C array access.
+cdef class Cluster:
+    cdef public object policy, curve
+    cdef public Py_ssize_t num_pe_nodes, num_de_nodes, g, num_nodes
+    cdef public list pe_groups, de_groups, snic_pending, batchers, ready, de_wait
+    cdef public long long[:] seq, tok, read_q, buf_used, de_assigned, de_alloc
+    cdef public signed char[:] snic_busy, pe_busy
+    cdef public double[:] h2d_free
+    cdef public long long buf_cap, de_cap
+    cdef public dict blocked
+
+    cpdef bint buffer_fits(self, Py_ssize_t node, long long tokens) except -1

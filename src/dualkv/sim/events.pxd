@@ -1,0 +1,17 @@
+from cpython.ref cimport PyObject
+
+
+cdef struct Event:
+    double t
+    long long seq  # push order: breaks ties in t, FIFO
+    int kind
+    PyObject* obj  # owned reference
+
+
+cdef class EventQueue:
+    cdef Event* _heap
+    cdef Py_ssize_t _size, _cap
+    cdef long long _seq
+
+    cpdef push(self, double t, int kind, obj)
+    cpdef tuple pop(self)

@@ -1,0 +1,27 @@
+"""The simulator's event queue: (time, kind, payload) events popped in time order, FIFO among
+equal times (a sequence number breaks ties), so a run is deterministic.
+
+events.pyx is the compiled twin with the same API and order (a binary heap of C structs):
+the loop pushes and pops ~6 events per simulated turn. This module runs where it is not built.
+"""
+import heapq
+
+
+class EventQueue:
+    __slots__ = ("_heap", "_seq")
+
+    def __init__(self):
+        self._heap = []
+        self._seq = 0
+
+    def push(self, t: float, kind: int, obj) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (t, self._seq, kind, obj))
+
+    def pop(self) -> tuple:
+        """(t, kind, obj) of the earliest event; IndexError when empty."""
+        t, _, kind, obj = heapq.heappop(self._heap)
+        return t, kind, obj
+
+    def __len__(self) -> int:
+        return len(self._heap)

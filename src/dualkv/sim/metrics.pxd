@@ -1,0 +1,23 @@
+# Compiles metrics.py's Accounting as a C-backed class: add_read / add_class run per turn.
+cimport cython
+
+
+@cython.locals(full=cython.longlong)
+cpdef tuple path_tokens(side, long long hit, long long miss)
+
+
+cdef class Accounting:
+    cdef public double window_s
+    cdef public object snic, snic_write
+    cdef public list cls
+    cdef public Py_ssize_t num_windows
+    cdef double[:, ::1] _snic_view
+
+    cpdef _grow(self, Py_ssize_t w)
+
+    @cython.locals(W=double, w0=Py_ssize_t, w1=Py_ssize_t, rate=double, w=Py_ssize_t,
+                   view="double[:, ::1]")
+    cpdef add_read(self, Py_ssize_t node, double t0, double t1, double tokens)
+
+    @cython.locals(w=Py_ssize_t, row=list)
+    cpdef add_class(self, double t, tuple tokens)
