@@ -1,0 +1,224 @@
+"""The driver's event loop: sessions arrive, their turns go to the scheduler process, placed
+turns are prefilled in batches on the PE and admitted into the DEs' running decode batches,
+and finished turns come back from DE polls, which submits each session's next turn at once.
+
+DEs decode between control messages, so the PE prefills the next batch while the DEs decode
+earlier ones, and agents overlap: one agent's read and prefill run while another decodes.
+
+Failures: a DE process that dies (at any moment, mid-decode included) is replaced by a fresh
+one and every turn it held is submitted again, recomputed from what the store holds; the
+blocks it wrote back stay (atomic block files). A dead PE ends the run with PeerDisconnected
+naming it. A DE without buffer room refuses a turn (OutOfMemory); the turn waits and is
+submitted again when a DE has finished something — nothing is dropped.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+
+import numpy as np
+
+from dualkv.cluster.jobs import Job
+from dualkv.errors import DualKVError, OutOfMemory, PeerDisconnected, TimedOut
+from dualkv.keys import chain_keys
+
+IDLE_SLEEP_S = 0.002
+
+
+class Runner:
+    def __init__(self, cluster, sessions, max_retries: int = 2):
+        self.c, self.sessions, self.max_retries = cluster, sessions, max_retries
+        self.results = [[] for _ in sessions]
+        self.arrivals = deque(sorted(range(len(sessions)), key=lambda i: sessions[i].arrival_s))
+        self.by_rid: dict[int, Job] = {}
+        self.ready: deque[Job] = deque()      # placed, waiting for a prefill batch
+        self.in_de: dict[str, dict[int, Job]] = {r: {} for r in cluster.procs.roles[1:]}
+        self.buffer_wait: list[Job] = []      # refused by a full DE buffer
+        self.num_open = 0                     # sessions not finished
+        self.idle_since = None
+        self.num_waiting, self._recv_offset = 0, 0
+
+    def run(self) -> list:
+        self.start = time.monotonic()
+        self.num_open = len(self.sessions)
+        while self.num_open:
+            busy = self._arrive() | self._place() | self._prefill() | self._poll()
+            self._check_idle(busy)
+        return self.results
+
+    # -- arrivals and submission ----------------------------------------------------------
+    def _arrive(self) -> bool:
+        now, new = time.monotonic() - self.start, []
+        while self.arrivals and self.sessions[self.arrivals[0]].arrival_s <= now:
+            i = self.arrivals.popleft()
+            s = self.sessions[i]
+            new.append(Job(i, np.asarray(s.prompt, np.int32), s.max_new_tokens, time.monotonic()))
+        self._submit(new)
+        return bool(new)
+
+    def _submit(self, jobs) -> None:
+        if not jobs:
+            return
+        c, bt = self.c, self.c.block_tokens
+        for job in jobs:
+            c.check_fits(len(job.prompt), job.gen)
+            job.keys = chain_keys(job.prompt, bt)
+            job.matched = c.match(job.keys)
+            job.hit_tokens = min(job.matched * bt, (len(job.prompt) - 1) // bt * bt)
+            job.rid, job.role, job.opened, job.first = c.next_rid(), "", {}, {}
+            self.by_rid[job.rid] = job
+        c.procs.sched.call("submit", c.timeout_s, requests=[
+            [j.rid, len(j.prompt), j.hit_tokens, j.gen] for j in jobs])
+
+    def _resubmit(self, jobs) -> None:
+        """Turns caught by a failure go again, a bounded number of times."""
+        for job in jobs:
+            job.attempts += 1
+            if job.attempts > self.max_retries:
+                raise PeerDisconnected(f"a turn of session {job.session} failed "
+                                       f"{job.attempts} times")
+        self._submit(jobs)
+
+    def _place(self) -> bool:
+        reply = self.c.procs.sched.call("place", self.c.timeout_s)
+        if reply["no_pe"]:
+            self.c.procs.check_pe()
+        for rid, _pe, de, side in reply["placed"]:
+            job = self.by_rid[rid]
+            job.role, job.read_side = f"de{de - 1}", side
+            self.ready.append(job)
+        self.num_waiting = reply["num_waiting"]
+        return bool(reply["placed"])
+
+    # -- prefill --------------------------------------------------------------------------
+    def _prefill(self) -> bool:
+        batch, self._recv_offset = self._take_batch(), 0
+        if not batch:
+            return False
+        opened = [job for job in batch if self._open(job)]
+        if not opened:
+            return True
+        try:
+            replies = self.c.procs.clients["pe"].call(
+                "prefill", self.c.timeout_s, mode=self.c.mode,
+                requests=[self.c.prefill_request(j) for j in opened])["results"]
+        except DualKVError as exc:
+            self.c.procs.check_pe()  # raises if the PE is gone
+            self._fail_batch(opened, exc)  # else a DE died under the prefill
+            return True
+        first_at = time.monotonic()
+        for job, reply in zip(opened, replies):
+            job.first = dict(reply, first_at=first_at)
+        self._admit(opened)
+        return True
+
+    def _take_batch(self) -> list[Job]:
+        """Placed turns in order while their tokens fit the PE's staging and receive areas."""
+        batch, tokens = [], 0
+        while self.ready and tokens + len(self.ready[0].prompt) <= self.c.max_tokens:
+            job = self.ready.popleft()
+            batch.append(job)
+            tokens += len(job.prompt)
+        return batch
+
+    def _open(self, job: Job) -> bool:
+        try:
+            job.opened = self.c.open(job, self._recv_offset)
+        except OutOfMemory:
+            self.buffer_wait.append(job)  # admission waits for buffer room
+            self.c.num_buffer_waits += 1
+            return False
+        except PeerDisconnected:
+            self._replace(job.role, extra=[job])
+            return False
+        self._recv_offset += job.opened["recv_bytes"]
+        return True
+
+    def _admit(self, jobs) -> None:
+        per_de = {}
+        for job in jobs:
+            per_de.setdefault(job.role, []).append(job)
+        for role, group in per_de.items():
+            try:
+                self.c.procs.clients[role].call("admit", self.c.timeout_s, requests=[
+                    self.c.admit_request(j) for j in group])
+            except PeerDisconnected:
+                self._replace(role, extra=group)
+                continue
+            self.in_de[role].update((j.rid, j) for j in group)
+
+    def _fail_batch(self, jobs, exc: Exception) -> None:
+        """The prefill failed because a DE died: replace dead DEs, free live DEs' buffers of
+        the batch, and submit every turn of it again."""
+        roles = {j.role for j in jobs}
+        for role in roles:
+            if self.c.procs.is_alive(role):
+                self.c.procs.clients[role].call("drop", self.c.timeout_s, rids=[
+                    j.rid for j in jobs if j.role == role])
+        dead = [r for r in roles if not self.c.procs.is_alive(r)]
+        if not dead:
+            raise exc
+        for role in dead:
+            self._replace(role, extra=[j for j in jobs if j.role == role])
+        self._resubmit([j for j in jobs if j.role not in dead])
+
+    # -- decode results -------------------------------------------------------------------
+    def _poll(self) -> bool:
+        busy = False
+        for role, jobs in self.in_de.items():
+            if not jobs:
+                continue
+            try:
+                reply = self.c.procs.clients[role].call("poll", self.c.timeout_s)
+            except PeerDisconnected:
+                self._replace(role)
+                busy = True
+                continue
+            if self.c.on_poll is not None:
+                self.c.on_poll(role, reply)
+            for out in reply["results"]:
+                self._finish(jobs.pop(out["rid"]), out)
+                busy = True
+        if self.buffer_wait and (busy or not any(self.in_de.values())):
+            # room may have freed: the waiting turns go to the scheduler again
+            waiting, self.buffer_wait = self.buffer_wait, []
+            self._submit(waiting)
+        return busy
+
+    def _finish(self, job: Job, out: dict) -> None:
+        del self.by_rid[job.rid]
+        self.c.remember(job.prompt, out)
+        self.results[job.session].append(job.turn(out, self.start))
+        nxt = self.sessions[job.session].next_turn
+        follow = nxt(job.prompt.tolist(), out["generated"]) if nxt is not None else None
+        if follow is None:
+            self.num_open -= 1
+            return
+        prompt, gen = follow
+        self._submit([Job(job.session, np.asarray(prompt, np.int32), gen, time.monotonic())])
+
+    def _replace(self, role: str, extra=()) -> None:
+        """A dead DE: a fresh process in its place, and its turns submitted again."""
+        self.c.procs.check_pe()
+        self.c.procs.replace_de(role)
+        lost = list(self.in_de[role].values()) + list(extra)
+        lost += [j for j in self.ready if j.role == role]
+        self.ready = deque(j for j in self.ready if j.role != role)
+        self.in_de[role] = {}
+        self._resubmit(lost)
+        if self.buffer_wait:
+            waiting, self.buffer_wait = self.buffer_wait, []
+            self._submit(waiting)
+
+    def _check_idle(self, busy: bool) -> None:
+        """Every wait has a deadline: a run with nothing moving for timeout_s fails."""
+        in_flight = any(self.in_de.values())
+        if busy or in_flight or (self.arrivals and not self.num_waiting and not self.buffer_wait):
+            self.idle_since = None
+        elif self.idle_since is None:
+            self.idle_since = time.monotonic()
+        elif time.monotonic() - self.idle_since > self.c.timeout_s:
+            raise TimedOut(f"{self.num_waiting} turns waited {self.c.timeout_s} s for a placement "
+                           f"and {len(self.buffer_wait)} for DE buffer room")
+        if not busy:
+            time.sleep(IDLE_SLEEP_S)
