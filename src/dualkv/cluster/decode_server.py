@@ -31,6 +31,7 @@ class DecodeServer:
         self.opened = {}    # rid -> (BlockBuffer, stream handles, max blocks written back)
         self.running = {}   # rid -> (StoreWriteBack, max blocks written back, admitted_at)
         self.finished = []  # results not yet collected by poll
+        self.max_rid = 0     # the newest request id seen (the scheduler's report mark)
         self.second_at = {}  # rid -> when its second token (the first decoded one) came
 
     # -- admission ------------------------------------------------------------------------
@@ -54,6 +55,7 @@ class DecodeServer:
 
     def open(self, msg) -> dict:
         s, bt = self.server, self.server.codec.block_tokens
+        self.max_rid = max(self.max_rid, msg["rid"])  # seen, whether it fits or not
         num_blocks = -(-msg["num_tokens"] // bt)
         wb_end = (msg["num_tokens"] + msg["max_new_tokens"] - 1) // bt
         if s.store.pool.num_free - self._future_slots() < num_blocks + wb_end:

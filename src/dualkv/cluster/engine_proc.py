@@ -51,7 +51,7 @@ class EngineServer:
         self.snic = SnicQueue(args.snic_mbps * 1e6)
         self.timeout_s = engine.timeout_s
         self.decode = DecodeServer(self) if args.role == "de" else None
-        self.engine_id, self.reports = args.engine_id, None
+        self.engine_id, self.reports, self.max_rid = args.engine_id, None, 0
         if args.sched_reports:  # engines report their load to the scheduler process
             self.reports = zmq.Context.instance().socket(zmq.PUSH)
             self.reports.setsockopt(zmq.LINGER, 0)
@@ -83,6 +83,7 @@ class EngineServer:
         """PE: one layerwise forward over every request of the message (Basic: one request
         after another, whole hit loaded first), KV put into each request's DE buffer."""
         sources, items = [], []
+        self.max_rid = max([self.max_rid] + [req["rid"] for req in msg["requests"]])
         try:
             total = sum(len(req["prompt"]) for req in msg["requests"])
             start = 0
@@ -134,9 +135,9 @@ class EngineServer:
             return
         per_token = self.store.layout.full_block_bytes / self.codec.block_tokens
         report = {"engine": self.engine_id, "read_q": int(self.snic.backlog_bytes() / per_token),
-                  "seq": 0, "tok": 0}
+                  "seq": 0, "tok": 0, "max_rid": self.max_rid}
         if self.decode is not None:
-            report.update(seq=len(self.decode.opened) + len(self.decode.running),
+            report.update(max_rid=self.decode.max_rid, seq=len(self.decode.opened) + len(self.decode.running),
                           tok=self.decode.num_tokens(), free_tokens=self.decode.free_tokens())
         try:
             self.reports.send(pack(report), zmq.NOBLOCK)

@@ -29,18 +29,31 @@ class SchedulerServer:
         self.sched = Scheduler(SchedulerConfig(policy),
                                [GroupSpec(i, i, (i,)) for i in self.pe_ids],
                                [GroupSpec(i, i, (i,)) for i in self.de_ids])
-        # the latest report of each engine; a fetch updates it as it assigns, until the
-        # engine's next report replaces it
-        self.loads = {i: EngineReport(i, 0, 0) for i in self.pe_ids + self.de_ids}
+        # the latest report of each engine, and what was placed on it since: a report counts
+        # the requests up to the newest id the engine had seen (`max_rid`) when it was sent
+        self.reports = {i: self._empty(i) for i in self.pe_ids + self.de_ids}
+        self.unseen = {i: {} for i in self.pe_ids + self.de_ids}  # rid -> (tokens, hbm)
         self.down: set[int] = set()
+
+    @staticmethod
+    def _empty(engine: int) -> dict:
+        return {"engine": engine, "seq": 0, "tok": 0, "read_q": 0, "max_rid": 0}
 
     def on_report(self, report: dict) -> None:
         engine = report["engine"]
-        if engine not in self.loads:
+        if engine not in self.reports or engine in self.down:
             return
-        self.loads[engine] = EngineReport(engine, report["seq"], report["tok"],
-                                          report.get("free_tokens", float("inf")))
+        self.reports[engine] = report
+        self.unseen[engine] = {rid: load for rid, load in self.unseen[engine].items()
+                               if rid > report["max_rid"]}
         self.sched.report_read_q(engine, report["read_q"])
+
+    def _load(self, engine: int) -> EngineReport:
+        """The engine's report with the requests placed on it that it had not yet seen."""
+        report, unseen = self.reports[engine], self.unseen[engine].values()
+        return EngineReport(engine, report["seq"] + len(unseen),
+                            report["tok"] + sum(t for t, _ in unseen),
+                            report.get("free_tokens", float("inf")) - sum(h for _, h in unseen))
 
     def op_submit(self, msg) -> dict:
         for rid, prompt_tokens, hit_tokens, gen_tokens in msg["requests"]:
@@ -56,11 +69,17 @@ class SchedulerServer:
             for gid in self.pe_ids + self.de_ids:
                 if gid in self.down:
                     continue
-                report = GroupReport(gid, self.sched.read_q[gid], [self.loads[gid]])
+                report = GroupReport(gid, self.sched.read_q[gid], [self._load(gid)])
                 if gid in self.pe_ids and self.sched.has_pe_work(gid):
-                    placed += self.sched.fetch_for_pe_group(report).placed
+                    result = self.sched.fetch_for_pe_group(report)
                 elif gid in self.de_ids and self.sched.has_de_work(gid):
-                    placed += self.sched.fetch_for_de_group(report).placed
+                    result = self.sched.fetch_for_de_group(report)
+                else:
+                    continue
+                for r in result.assigned:
+                    engine = r.pe if gid in self.pe_ids else r.de
+                    self.unseen[engine][r.rid] = (r.prompt_tokens, r.hbm_tokens)
+                placed += result.placed
         return {"placed": [[r.rid, r.pe, r.de, r.read_side] for r in placed],
                 "num_waiting": self.sched.num_waiting, "no_pe": False}
 
@@ -71,7 +90,8 @@ class SchedulerServer:
 
     def op_up(self, msg) -> dict:
         self.down.discard(msg["engine"])
-        self.loads[msg["engine"]] = EngineReport(msg["engine"], 0, 0)
+        self.reports[msg["engine"]] = self._empty(msg["engine"])
+        self.unseen[msg["engine"]] = {}
         return {}
 
     def serve(self, endpoint: str, reports_endpoint: str) -> None:
