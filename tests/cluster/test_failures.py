@@ -88,9 +88,8 @@ def test_killed_prefill_process_fails_the_run_naming_it(block_root):
 @pytest.mark.parametrize("policy", ["dualpath", "basic"])
 def test_full_decode_buffers_make_admission_wait(block_root, policy):
     """DE buffers of 8 slots (a turn takes its prompt's blocks, then its write-backs' slots):
-    the turns wait for room — in the scheduler, which sees the DEs' free buffer (DualPath: a
-    DE then never holds two of these turns at once), or refused by a full DE and submitted
-    again (round robin ignores room) — and none is dropped."""
+    the turns wait for room — in the scheduler, which sees the DEs' free buffer, or refused by
+    a full DE and submitted again (round robin ignores room) — and none is dropped."""
     from dualkv.cluster.local import LocalCluster
 
     model = Model.from_seed(CFG, seed=3, batch_invariant=True)
@@ -102,10 +101,9 @@ def test_full_decode_buffers_make_admission_wait(block_root, policy):
             results = cluster.run_batch([(p, 6) for p in prompts])
             for prompt, result in zip(prompts, results):
                 assert result.generated == reference(model, prompt, 6), (turn, policy)
-            for de in (0, 1) if policy == "dualpath" else ():
-                spans = sorted((r.submitted_s + r.ttft_s, r.done_s) for r in results if r.de == de)
-                assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), (turn, de, spans)
             prompts = [p + r.generated + [int(t) for t in rng.integers(0, 256, 4)]
                        for p, r in zip(prompts, results)]
         if policy == "basic":  # round robin ignores room: the DEs refused, the turns waited
             assert cluster.num_buffer_waits > 0
+        else:  # the scheduler saw the DEs' free buffer: it held turns back, no DE refused one
+            assert cluster.peak_waiting_turns > 0 and cluster.num_buffer_waits == 0

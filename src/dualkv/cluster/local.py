@@ -42,6 +42,7 @@ class LocalCluster:
         self.de_pool_slots, self.max_tokens = de_pool_slots, max_tokens
         self.stored: set[bytes] = set()
         self.num_buffer_waits = 0  # turns a full DE buffer refused (they waited, then ran)
+        self.peak_waiting_turns = 0  # most turns the scheduler held back after a placement pass
         self.on_poll = None        # on_poll(role, reply): a hook that sees every DE poll
         self._rid = 0
         spec = json.dumps({"config": asdict(cfg), "seed": seed, "batch_invariant": batch_invariant})

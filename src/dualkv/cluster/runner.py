@@ -22,7 +22,7 @@ from dualkv.cluster.jobs import Job
 from dualkv.errors import DualKVError, OutOfMemory, PeerDisconnected, TimedOut
 from dualkv.keys import chain_keys
 
-IDLE_SLEEP_S = 0.002
+IDLE_SLEEP_S = (0.002, 0.02)  # idle back-off: first and longest sleep between loop passes
 
 
 class Runner:
@@ -37,6 +37,8 @@ class Runner:
         self.num_open = 0                     # sessions not finished
         self.idle_since = None
         self.num_waiting, self._recv_offset = 0, 0
+        self.idle_sleep = IDLE_SLEEP_S[0]
+        self.unplaced: set[int] = set()       # submitted, not yet placed by the scheduler
 
     def run(self) -> list:
         self.start = time.monotonic()
@@ -67,6 +69,7 @@ class Runner:
             job.hit_tokens = min(job.matched * bt, (len(job.prompt) - 1) // bt * bt)
             job.rid, job.role, job.opened, job.first = c.next_rid(), "", {}, {}
             self.by_rid[job.rid] = job
+            self.unplaced.add(job.rid)
         c.procs.sched.call("submit", c.timeout_s, requests=[
             [j.rid, len(j.prompt), j.hit_tokens, j.gen] for j in jobs])
 
@@ -84,10 +87,13 @@ class Runner:
         if reply["no_pe"]:
             self.c.procs.check_pe()
         for rid, _pe, de, side in reply["placed"]:
+            self.unplaced.discard(rid)
             job = self.by_rid[rid]
             job.role, job.read_side = f"de{de - 1}", side
             self.ready.append(job)
         self.num_waiting = reply["num_waiting"]
+        # turns the scheduler holds back (no DE with room): admission waiting
+        self.c.peak_waiting_turns = max(self.c.peak_waiting_turns, len(self.unplaced))
         return bool(reply["placed"])
 
     # -- prefill --------------------------------------------------------------------------
@@ -213,12 +219,15 @@ class Runner:
     def _check_idle(self, busy: bool) -> None:
         """Every wait has a deadline: a run with nothing moving for timeout_s fails."""
         in_flight = any(self.in_de.values())
-        if busy or in_flight or (self.arrivals and not self.num_waiting and not self.buffer_wait):
+        if busy:
+            self.idle_sleep = IDLE_SLEEP_S[0]
+        if busy or in_flight or (self.arrivals and not self.unplaced and not self.buffer_wait):
             self.idle_since = None
         elif self.idle_since is None:
             self.idle_since = time.monotonic()
         elif time.monotonic() - self.idle_since > self.c.timeout_s:
-            raise TimedOut(f"{self.num_waiting} turns waited {self.c.timeout_s} s for a placement "
+            raise TimedOut(f"{len(self.unplaced)} turns waited {self.c.timeout_s} s for a placement "
                            f"and {len(self.buffer_wait)} for DE buffer room")
-        if not busy:
-            time.sleep(IDLE_SLEEP_S)
+        if not busy:  # nothing moved: back off (2 cores are shared by every process here)
+            time.sleep(self.idle_sleep)
+            self.idle_sleep = min(IDLE_SLEEP_S[1], 2 * self.idle_sleep)
