@@ -107,3 +107,28 @@ def test_full_decode_buffers_make_admission_wait(block_root, policy):
             assert cluster.num_buffer_waits > 0
         else:  # the scheduler saw the DEs' free buffer: it held turns back, no DE refused one
             assert cluster.peak_waiting_turns > 0 and cluster.num_buffer_waits == 0
+
+
+@pytest.mark.slow
+def test_killed_prefill_process_leaves_the_run_to_the_other_pe(block_root):
+    """Two PEs: one is SIGKILLed while a batch decodes; the turns it was given go again, the
+    scheduler assigns nothing more to it, and the run completes on the other PE with the
+    tokens of a full recompute."""
+    from dualkv.cluster.local import LocalCluster
+
+    model = Model.from_seed(CFG, seed=3, batch_invariant=True)
+    rng = np.random.default_rng(10)
+    prompts = [[int(t) for t in rng.integers(0, CFG.vocab_size, n)] for n in (40, 50, 30)]
+    with LocalCluster(CFG, block_root, num_pe=2, num_de=1, seed=3, block_tokens=BT) as cluster:
+        assert cluster.roles == ["pe0", "pe1", "de0"]
+        first = cluster.run_batch([(p, 6) for p in prompts])
+        victim = first[0].pe
+        cluster.procs[victim].send_signal(signal.SIGKILL)
+        cluster.procs[victim].wait()
+        prompts = [p + r.generated + [1, 2, 3] for p, r in zip(prompts, first)]
+        results = cluster.run_batch([(p, 6) for p in prompts])
+        assert cluster.procs.dead_pes == [victim]
+        assert {r.pe for r in results} == {"pe0", "pe1"} - {victim}
+        for prompt, result in zip(prompts, results):
+            assert result.generated == reference(model, prompt, 6)
+            assert result.num_cached_blocks > 0

@@ -32,6 +32,7 @@ class ClusterTurn:
     ttst_s: float = 0.0    # submitted -> its second token (the first one decoded)
     submitted_s: float = 0.0  # since the run started
     done_s: float = 0.0
+    pe: str = "pe"         # the PE process that prefilled it
 
 
 @dataclass
@@ -45,7 +46,8 @@ class Job:
     matched: int = 0
     hit_tokens: int = 0
     rid: int = 0
-    role: str = ""
+    role: str = ""        # its DE
+    pe_role: str = ""     # its PE
     read_side: str = ""
     opened: dict = field(default_factory=dict)
     first: dict = field(default_factory=dict)
@@ -57,4 +59,4 @@ class Job:
         return ClusterTurn(out["generated"], self.matched, self.first["num_cached_blocks"],
                            int(self.role[2:]), self.read_side, first_at - self.submitted_at,
                            done_at - first_at, second - self.submitted_at,
-                           self.submitted_at - start, done_at - start)
+                           self.submitted_at - start, done_at - start, self.pe_role)

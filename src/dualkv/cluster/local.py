@@ -1,5 +1,5 @@
-"""A local cluster: a scheduler process running `dualkv.sched.Scheduler` unchanged, one PE
-process and `num_de` DE processes sharing a block directory, joined by UCX (KV) and ZeroMQ +
+"""A local cluster: a scheduler process running `dualkv.sched.Scheduler` unchanged, `num_pe`
+PE processes (default one) and `num_de` DE processes sharing a block directory, joined by UCX (KV) and ZeroMQ +
 msgpack (control). One engine per node, so every engine is its own group; engines push their
 load to the scheduler process, which places each request (PE, DE, read side).
 
@@ -33,9 +33,9 @@ class LocalCluster:
     def __init__(self, cfg: ModelConfig, root: str, num_de: int = 1, policy: str = "dualpath",
                  seed: int = 0, block_tokens: int = 64, batch_invariant: bool = True,
                  timeout_s: float = 120.0, snic_mbps: float = 0.0, device: str = "cpu",
-                 de_pool_slots: int = 256, max_tokens: int = 8192):
-        if num_de < 1:
-            raise InvalidArgument(f"a cluster needs at least one DE, got {num_de}")
+                 de_pool_slots: int = 256, max_tokens: int = 8192, num_pe: int = 1):
+        if num_de < 1 or num_pe < 1:
+            raise InvalidArgument(f"a cluster needs a PE and a DE, got {num_pe} and {num_de}")
         self.cfg, self.block_tokens, self.timeout_s = cfg, block_tokens, timeout_s
         self.layout = cfg.layout(block_tokens)
         self.mode = "basic" if policy == "basic" else "dualpath"
@@ -50,7 +50,7 @@ class LocalCluster:
                 "--snic-mbps", str(snic_mbps), "--timeout-s", str(timeout_s),
                 "--device", device, "--max-tokens", str(max_tokens)]
         self.procs = ClusterProcs(num_de, policy, argv, timeout_s,
-                                  de_argv=["--pool-slots", str(de_pool_slots)])
+                                  de_argv=["--pool-slots", str(de_pool_slots)], num_pe=num_pe)
 
     @property
     def roles(self) -> list[str]:
@@ -98,7 +98,8 @@ class LocalCluster:
         opened = procs.clients[job.role].call(
             "open", self.timeout_s, rid=job.rid, num_tokens=len(job.prompt),
             max_new_tokens=job.gen, hit_keys=self._hit_keys(job), read_side=job.read_side,
-            pe_peer=procs.pe_peer[job.role], pe_recv_region=procs.hello["pe"]["recv_region"],
+            pe_peer=procs.pe_peer[job.pe_role, job.role],
+            pe_recv_region=procs.hello[job.pe_role]["recv_region"],
             pe_recv_offset=recv_offset)
         lay = self.layout
         opened["recv_offset"] = recv_offset
@@ -113,7 +114,8 @@ class LocalCluster:
         return dict(rid=job.rid, prompt=job.prompt.tolist(), read_side=job.read_side,
                     hit_keys=self._hit_keys(job), num_hit_blocks=opened["num_hit_blocks"],
                     recv_offset=opened["recv_offset"], ready_at=opened["ready_at"],
-                    de_peer=procs.de_peer[job.role], de_region=procs.hello[job.role]["pool_region"],
+                    de_peer=procs.de_peer[job.pe_role, job.role],
+                    de_region=procs.hello[job.role]["pool_region"],
                     slot_offsets=opened["slot_offsets"])
 
     def admit_request(self, job: Job) -> dict:
@@ -121,7 +123,7 @@ class LocalCluster:
         return dict(rid=job.rid, prompt=job.prompt.tolist(), first_token=job.first["first_token"],
                     max_new_tokens=job.gen, num_cached_blocks=cached,
                     prior_key=job.keys[cached - 1].tobytes() if cached else b"",
-                    pe_peer=self.procs.pe_peer[job.role])
+                    pe_peer=self.procs.pe_peer[job.pe_role, job.role])
 
     def remember(self, prompt: np.ndarray, out: dict) -> None:
         """The chain keys of the Full Blocks a DE wrote back for a finished turn."""

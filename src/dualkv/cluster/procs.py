@@ -1,6 +1,7 @@
 """The processes of a local cluster: the scheduler process and the engine processes, their
-control sockets, the UCX rendezvous between the PE and every DE, and the replacement of a DE
-that died. Engine id = node id: 0 the PE, 1.. the DEs (roles "pe", "de0", "de1", ...).
+control sockets, the UCX rendezvous between every PE and every DE, the replacement of a DE
+that died, and the loss of a PE. Engine id = node id: the PEs first, then the DEs (roles "pe"
+— or "pe0", "pe1", ... with several — then "de0", "de1", ...).
 """
 from __future__ import annotations
 
@@ -28,19 +29,23 @@ def _child_env() -> dict:
 
 class ClusterProcs:
     def __init__(self, num_de: int, policy: str, engine_argv: list[str], timeout_s: float,
-                 de_argv: list[str] = ()):
+                 de_argv: list[str] = (), num_pe: int = 1):
         self.timeout_s, self.engine_argv, self.de_argv = timeout_s, engine_argv, list(de_argv)
         self._dir = tempfile.mkdtemp(prefix="dualkv-cluster-")
-        self.roles = ["pe"] + [f"de{i}" for i in range(num_de)]
-        self.procs, self.clients, self.hello, self.de_peer, self.pe_peer = {}, {}, {}, {}, {}
+        self.pe_roles = ["pe"] if num_pe == 1 else [f"pe{i}" for i in range(num_pe)]
+        self.de_roles = [f"de{i}" for i in range(num_de)]
+        self.roles = self.pe_roles + self.de_roles
+        self.procs, self.clients, self.hello = {}, {}, {}
+        self.de_peer, self.pe_peer = {}, {}  # (pe, de) -> the PE's peer id of the DE / DE's of the PE
+        self.dead_pes: list[str] = []
         self.num_restarts = 0
         self.reports_endpoint = f"ipc://{self._dir}/sched-reports.sock"
-        self._spawn_scheduler(policy, num_de)
+        self._spawn_scheduler(policy, num_pe, num_de)
         for role in self.roles:
             self._spawn(role)
         for role in self.roles:
             self.hello[role] = self.clients[role].call("hello", timeout_s)
-        for role in self.roles[1:]:
+        for role in self.de_roles:
             self._join(role)
 
     def __getitem__(self, role: str):
@@ -50,11 +55,11 @@ class ClusterProcs:
     def engine_id(self, role: str) -> int:
         return self.roles.index(role)
 
-    def _spawn_scheduler(self, policy: str, num_de: int) -> None:
+    def _spawn_scheduler(self, policy: str, num_pe: int, num_de: int) -> None:
         endpoint = f"ipc://{self._dir}/sched.sock"
         proc = self.procs["sched"] = subprocess.Popen(
             [sys.executable, "-m", "dualkv.cluster.sched_proc", "--endpoint", endpoint,
-             "--reports", self.reports_endpoint, "--policy", policy, "--num-pe", "1",
+             "--reports", self.reports_endpoint, "--policy", policy, "--num-pe", str(num_pe),
              "--num-de", str(num_de)], env=_child_env())
         self.sched = Client(zmq.Context.instance(), endpoint, is_alive=lambda: proc.poll() is None)
 
@@ -64,26 +69,36 @@ class ClusterProcs:
                 "--endpoint", endpoint, "--engine-id", str(self.engine_id(role)),
                 "--sched-reports", self.reports_endpoint] + self.engine_argv
         proc = self.procs[role] = subprocess.Popen(
-            argv + (self.de_argv if role != "pe" else []), env=_child_env())
+            argv + (self.de_argv if role in self.de_roles else []), env=_child_env())
         self.clients[role] = Client(zmq.Context.instance(), endpoint,
                                     is_alive=lambda: proc.poll() is None)
 
-    def _join(self, de_role: str) -> None:
-        """UCX rendezvous of the PE and one DE, both ways."""
+    def live_pes(self) -> list[str]:
+        return [r for r in self.pe_roles if r not in self.dead_pes]
+
+    def _join(self, de: str) -> None:
+        """UCX rendezvous of every live PE and one DE, both ways."""
         t = self.timeout_s
-        self.de_peer[de_role] = self.clients["pe"].call("connect", t, info=self.hello[de_role]["info"])["peer"]
-        self.pe_peer[de_role] = self.clients[de_role].call("connect", t, info=self.hello["pe"]["info"])["peer"]
+        for pe in self.live_pes():
+            self.de_peer[pe, de] = self.clients[pe].call("connect", t, info=self.hello[de]["info"])["peer"]
+            self.pe_peer[pe, de] = self.clients[de].call("connect", t, info=self.hello[pe]["info"])["peer"]
 
     def is_alive(self, role: str) -> bool:
         return self.procs[role].poll() is None
 
-    def check_pe(self) -> None:
-        """A dead PE is fatal: the scheduler stops assigning to it, and no PE is left."""
-        if not self.is_alive("pe"):
-            self.sched.call("down", self.timeout_s, engine=0)
-            proc = self.procs["pe"]
-            raise PeerDisconnected(f"the prefill engine process 'pe' (pid {proc.pid}) died "
-                                   f"(exit {proc.returncode}); no PE is left to run prefills")
+    def check_pes(self) -> list[str]:
+        """PEs found dead now: the scheduler stops assigning to them; the run goes on with
+        the rest, and fails naming them when no PE is left. Returns the newly dead."""
+        dead = [r for r in self.live_pes() if not self.is_alive(r)]
+        for role in dead:
+            self.sched.call("down", self.timeout_s, engine=self.engine_id(role))
+            self.dead_pes.append(role)
+        if not self.live_pes():
+            names = ", ".join(f"'{r}' (pid {self.procs[r].pid}, exit {self.procs[r].returncode})"
+                              for r in self.dead_pes)
+            raise PeerDisconnected(f"the prefill engine process {names} died; no PE is left "
+                                   "to run prefills")
+        return dead
 
     def replace_de(self, role: str) -> None:
         """A fresh DE process in place of a dead one (same node, same engine id)."""
@@ -98,6 +113,9 @@ class ClusterProcs:
 
     def close(self) -> None:
         for role in self.roles:
+            if role in self.dead_pes:
+                self.clients[role].close()
+                continue
             try:
                 self.clients[role].call("stop", 10.0)
             except Exception:

@@ -85,12 +85,14 @@ class Runner:
     def _place(self) -> bool:
         reply = self.c.procs.sched.call("place", self.c.timeout_s)
         if reply["no_pe"]:
-            self.c.procs.check_pe()
-        for rid, _pe, de, side in reply["placed"]:
+            self.c.procs.check_pes()  # raises: no PE is left
+        roles, lost = self.c.procs.roles, []
+        for rid, pe, de, side in reply["placed"]:
             self.unplaced.discard(rid)
             job = self.by_rid[rid]
-            job.role, job.read_side = f"de{de - 1}", side
-            self.ready.append(job)
+            job.pe_role, job.role, job.read_side = roles[pe], roles[de], side
+            (lost if job.pe_role in self.c.procs.dead_pes else self.ready).append(job)
+        self._resubmit(lost)  # given a PE before it died
         self.num_waiting = reply["num_waiting"]
         # turns the scheduler holds back (no DE with room): admission waiting
         self.c.peak_waiting_turns = max(self.c.peak_waiting_turns, len(self.unplaced))
@@ -98,34 +100,44 @@ class Runner:
 
     # -- prefill --------------------------------------------------------------------------
     def _prefill(self) -> bool:
-        batch, self._recv_offset = self._take_batch(), 0
-        if not batch:
-            return False
-        opened = [job for job in batch if self._open(job)]
-        if not opened:
-            return True
-        try:
-            replies = self.c.procs.clients["pe"].call(
-                "prefill", self.c.timeout_s, mode=self.c.mode,
-                requests=[self.c.prefill_request(j) for j in opened])["results"]
-        except DualKVError as exc:
-            self.c.procs.check_pe()  # raises if the PE is gone
-            self._fail_batch(opened, exc)  # else a DE died under the prefill
-            return True
-        first_at = time.monotonic()
-        for job, reply in zip(opened, replies):
-            job.first = dict(reply, first_at=first_at)
-        self._admit(opened)
-        return True
+        """Every PE with placed turns prefills one batch, all PEs at once."""
+        batches = self._take_batches()
+        opened = {}
+        for pe, batch in batches.items():  # every open first: a DE replaced here meets no
+            self._recv_offset = 0          # PE socket in the middle of a request
+            opened[pe] = [job for job in batch if self._open(job)]
+        clients, c = self.c.procs.clients, self.c
+        sent = {pe: jobs for pe, jobs in opened.items() if jobs}
+        for pe, jobs in sent.items():
+            clients[pe].send("prefill", mode=c.mode, requests=[c.prefill_request(j) for j in jobs])
+        done, failed = [], []
+        for pe, jobs in sent.items():  # every reply before any other call to a PE
+            try:
+                replies = clients[pe].recv(c.timeout_s)["results"]
+            except DualKVError as exc:
+                failed.append((pe, jobs, exc))
+                continue
+            first_at = time.monotonic()
+            for job, reply in zip(jobs, replies):
+                job.first = dict(reply, first_at=first_at)
+            done += jobs
+        self._admit(done)
+        for pe, jobs, exc in failed:
+            self._fail_batch(pe, jobs, exc)
+        return bool(batches)
 
-    def _take_batch(self) -> list[Job]:
-        """Placed turns in order while their tokens fit the PE's staging and receive areas."""
-        batch, tokens = [], 0
-        while self.ready and tokens + len(self.ready[0].prompt) <= self.c.max_tokens:
-            job = self.ready.popleft()
-            batch.append(job)
-            tokens += len(job.prompt)
-        return batch
+    def _take_batches(self) -> dict:
+        """Per PE, placed turns in order while their tokens fit its staging and receive areas."""
+        batches, tokens, keep = {}, {}, deque()
+        for job in self.ready:
+            n = tokens.get(job.pe_role, 0) + len(job.prompt)
+            if n <= self.c.max_tokens:
+                batches.setdefault(job.pe_role, []).append(job)
+                tokens[job.pe_role] = n
+            else:
+                keep.append(job)
+        self.ready = keep
+        return batches
 
     def _open(self, job: Job) -> bool:
         try:
@@ -153,20 +165,32 @@ class Runner:
                 continue
             self.in_de[role].update((j.rid, j) for j in group)
 
-    def _fail_batch(self, jobs, exc: Exception) -> None:
-        """The prefill failed because a DE died: replace dead DEs, free live DEs' buffers of
-        the batch, and submit every turn of it again."""
+    def _fail_batch(self, pe: str, jobs, exc: Exception) -> None:
+        """A prefill failed: its PE died (the others go on) or a DE died under it. Live DEs
+        free the batch's buffers, dead DEs are replaced, every turn of it goes again."""
         roles = {j.role for j in jobs}
         for role in roles:
             if self.c.procs.is_alive(role):
                 self.c.procs.clients[role].call("drop", self.c.timeout_s, rids=[
                     j.rid for j in jobs if j.role == role])
+        self._check_pes()  # raises when no PE is left
+        if pe in self.c.procs.dead_pes:
+            self._resubmit(jobs)
+            return
         dead = [r for r in roles if not self.c.procs.is_alive(r)]
         if not dead:
             raise exc
         for role in dead:
             self._replace(role, extra=[j for j in jobs if j.role == role])
         self._resubmit([j for j in jobs if j.role not in dead])
+
+    def _check_pes(self) -> None:
+        """PEs found dead: their placed turns go to the scheduler again (raises if none left)."""
+        dead = self.c.procs.check_pes()
+        if dead:
+            lost = [j for j in self.ready if j.pe_role in dead]
+            self.ready = deque(j for j in self.ready if j.pe_role not in dead)
+            self._resubmit(lost)
 
     # -- decode results -------------------------------------------------------------------
     def _poll(self) -> bool:
@@ -205,7 +229,7 @@ class Runner:
 
     def _replace(self, role: str, extra=()) -> None:
         """A dead DE: a fresh process in its place, and its turns submitted again."""
-        self.c.procs.check_pe()
+        self._check_pes()
         self.c.procs.replace_de(role)
         lost = list(self.in_de[role].values()) + list(extra)
         lost += [j for j in self.ready if j.role == role]

@@ -33,6 +33,9 @@ class SchedulerServer:
         # the requests up to the newest id the engine had seen (`max_rid`) when it was sent
         self.reports = {i: self._empty(i) for i in self.pe_ids + self.de_ids}
         self.unseen = {i: {} for i in self.pe_ids + self.de_ids}  # rid -> (tokens, hbm)
+        # hit tokens of reads placed on a node that its engine had not yet seen: a PE issues
+        # its reads only inside the prefill, so its own report never shows them queued
+        self.unseen_reads = {i: {} for i in self.pe_ids + self.de_ids}
         self.down: set[int] = set()
 
     @staticmethod
@@ -44,9 +47,14 @@ class SchedulerServer:
         if engine not in self.reports or engine in self.down:
             return
         self.reports[engine] = report
-        self.unseen[engine] = {rid: load for rid, load in self.unseen[engine].items()
-                               if rid > report["max_rid"]}
-        self.sched.report_read_q(engine, report["read_q"])
+        mark = report["max_rid"]
+        self.unseen[engine] = {r: v for r, v in self.unseen[engine].items() if r > mark}
+        self.unseen_reads[engine] = {r: v for r, v in self.unseen_reads[engine].items() if r > mark}
+        self.sched.report_read_q(engine, self._read_q(engine))
+
+    def _read_q(self, node: int) -> int:
+        """The node's read queue: what its engine reported plus the reads placed since."""
+        return self.reports[node]["read_q"] + sum(self.unseen_reads[node].values())
 
     def _load(self, engine: int) -> EngineReport:
         """The engine's report with the requests placed on it that it had not yet seen."""
@@ -69,7 +77,7 @@ class SchedulerServer:
             for gid in self.pe_ids + self.de_ids:
                 if gid in self.down:
                     continue
-                report = GroupReport(gid, self.sched.read_q[gid], [self._load(gid)])
+                report = GroupReport(gid, self._read_q(gid), [self._load(gid)])
                 if gid in self.pe_ids and self.sched.has_pe_work(gid):
                     result = self.sched.fetch_for_pe_group(report)
                 elif gid in self.de_ids and self.sched.has_de_work(gid):
@@ -79,6 +87,10 @@ class SchedulerServer:
                 for r in result.assigned:
                     engine = r.pe if gid in self.pe_ids else r.de
                     self.unseen[engine][r.rid] = (r.prompt_tokens, r.hbm_tokens)
+                for r in result.placed:
+                    if r.hit_tokens and not self.sched.policy.is_io_free:
+                        node = r.pe_node if r.read_side == "pe" else r.de_node
+                        self.unseen_reads[node][r.rid] = r.hit_tokens
                 placed += result.placed
         return {"placed": [[r.rid, r.pe, r.de, r.read_side] for r in placed],
                 "num_waiting": self.sched.num_waiting, "no_pe": False}
@@ -91,7 +103,7 @@ class SchedulerServer:
     def op_up(self, msg) -> dict:
         self.down.discard(msg["engine"])
         self.reports[msg["engine"]] = self._empty(msg["engine"])
-        self.unseen[msg["engine"]] = {}
+        self.unseen[msg["engine"]], self.unseen_reads[msg["engine"]] = {}, {}
         return {}
 
     def serve(self, endpoint: str, reports_endpoint: str) -> None:
