@@ -106,7 +106,8 @@ class EngineServer:
         finally:
             for source in sources:
                 source.close()
-        return {"results": [{"first_token": f, "num_cached_blocks": c}
+        done_at = time.monotonic()  # the first tokens' time (the driver polls for replies)
+        return {"results": [{"first_token": f, "num_cached_blocks": c, "done_at": done_at}
                             for f, c in zip(firsts, cached)]}
 
     def _source(self, req):

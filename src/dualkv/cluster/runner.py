@@ -2,8 +2,9 @@
 turns are prefilled in batches on the PE and admitted into the DEs' running decode batches,
 and finished turns come back from DE polls, which submits each session's next turn at once.
 
-DEs decode between control messages, so the PE prefills the next batch while the DEs decode
-earlier ones, and agents overlap: one agent's read and prefill run while another decodes.
+DEs decode between control messages and the driver does not wait for a PE's prefill (it
+polls for the reply), so the PE prefills the next batch while the DEs decode earlier ones,
+turns finish and are placed while a PE reads, and agents overlap.
 
 Failures: a DE process that dies (at any moment, mid-decode included) is replaced by a fresh
 one and every turn it held is submitted again, recomputed from what the store holds; the
@@ -39,12 +40,14 @@ class Runner:
         self.num_waiting, self._recv_offset = 0, 0
         self.idle_sleep = IDLE_SLEEP_S[0]
         self.unplaced: set[int] = set()       # submitted, not yet placed by the scheduler
+        self.prefilling: dict[str, list] = {}  # PE -> the batch it is prefilling
 
     def run(self) -> list:
         self.start = time.monotonic()
         self.num_open = len(self.sessions)
         while self.num_open:
-            busy = self._arrive() | self._place() | self._prefill() | self._poll()
+            busy = self._arrive() | self._place() | self._start_prefills() | \
+                self._collect_prefills() | self._poll()
             self._check_idle(busy)
         return self.results
 
@@ -99,39 +102,45 @@ class Runner:
         return bool(reply["placed"])
 
     # -- prefill --------------------------------------------------------------------------
-    def _prefill(self) -> bool:
-        """Every PE with placed turns prefills one batch, all PEs at once."""
-        batches = self._take_batches()
-        opened = {}
-        for pe, batch in batches.items():  # every open first: a DE replaced here meets no
-            self._recv_offset = 0          # PE socket in the middle of a request
-            opened[pe] = [job for job in batch if self._open(job)]
-        clients, c = self.c.procs.clients, self.c
-        sent = {pe: jobs for pe, jobs in opened.items() if jobs}
-        for pe, jobs in sent.items():
-            clients[pe].send("prefill", mode=c.mode, requests=[c.prefill_request(j) for j in jobs])
-        done, failed = [], []
-        for pe, jobs in sent.items():  # every reply before any other call to a PE
-            try:
-                replies = clients[pe].recv(c.timeout_s)["results"]
-            except DualKVError as exc:
-                failed.append((pe, jobs, exc))
-                continue
-            first_at = time.monotonic()
-            for job, reply in zip(jobs, replies):
-                job.first = dict(reply, first_at=first_at)
-            done += jobs
-        self._admit(done)
-        for pe, jobs, exc in failed:
-            self._fail_batch(pe, jobs, exc)
+    def _start_prefills(self) -> bool:
+        """Every idle PE with placed turns starts one batch; the driver does not wait for it."""
+        idle = [pe for pe in self.c.procs.live_pes() if pe not in self.prefilling]
+        batches = self._take_batches(idle)
+        for pe, batch in batches.items():
+            self._recv_offset = 0
+            jobs = [job for job in batch if self._open(job)]
+            if jobs and pe in self.c.procs.live_pes():
+                self.c.procs.clients[pe].send("prefill", mode=self.c.mode, requests=[
+                    self.c.prefill_request(j) for j in jobs])
+                self.prefilling[pe] = jobs
+            elif jobs:
+                self._resubmit(jobs)
         return bool(batches)
 
-    def _take_batches(self) -> dict:
+    def _collect_prefills(self, block: bool = False) -> bool:
+        """Admits the turns of every PE batch that has finished (`block`: of all of them)."""
+        done = False
+        for pe in list(self.prefilling):
+            client = self.c.procs.clients[pe]
+            if not block and not client.socket.poll(0) and self.c.procs.is_alive(pe):
+                continue
+            jobs, done = self.prefilling.pop(pe), True
+            try:
+                replies = client.recv(self.c.timeout_s)["results"]
+            except DualKVError as exc:
+                self._fail_batch(pe, jobs, exc)
+                continue
+            for job, reply in zip(jobs, replies):
+                job.first = dict(reply, first_at=reply.get("done_at") or time.monotonic())
+            self._admit(jobs)
+        return done
+
+    def _take_batches(self, pes) -> dict:
         """Per PE, placed turns in order while their tokens fit its staging and receive areas."""
         batches, tokens, keep = {}, {}, deque()
         for job in self.ready:
             n = tokens.get(job.pe_role, 0) + len(job.prompt)
-            if n <= self.c.max_tokens:
+            if job.pe_role in pes and n <= self.c.max_tokens:
                 batches.setdefault(job.pe_role, []).append(job)
                 tokens[job.pe_role] = n
             else:
@@ -228,9 +237,12 @@ class Runner:
         self._submit([Job(job.session, np.asarray(prompt, np.int32), gen, time.monotonic())])
 
     def _replace(self, role: str, extra=()) -> None:
-        """A dead DE: a fresh process in its place, and its turns submitted again."""
+        """A dead DE: a fresh process in its place, and its turns submitted again. The PEs
+        finish their batches first (the new DE joins every PE over its control socket)."""
+        self._collect_prefills(block=True)
         self._check_pes()
-        self.c.procs.replace_de(role)
+        if not self.c.procs.is_alive(role):  # else replaced while the batches finished
+            self.c.procs.replace_de(role)
         lost = list(self.in_de[role].values()) + list(extra)
         lost += [j for j in self.ready if j.role == role]
         self.ready = deque(j for j in self.ready if j.role != role)
@@ -242,7 +254,7 @@ class Runner:
 
     def _check_idle(self, busy: bool) -> None:
         """Every wait has a deadline: a run with nothing moving for timeout_s fails."""
-        in_flight = any(self.in_de.values())
+        in_flight = any(self.in_de.values()) or bool(self.prefilling)
         if busy:
             self.idle_sleep = IDLE_SLEEP_S[0]
         if busy or in_flight or (self.arrivals and not self.unplaced and not self.buffer_wait):
