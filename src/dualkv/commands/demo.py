@@ -73,13 +73,14 @@ def _run_cluster(args):
     from tqdm import tqdm
 
     from dualkv.bench.report import Report, with_reference
-    from dualkv.demo.cluster_demo import demo_model, run_policy
+    from dualkv.demo.cluster_demo import demo_model, run_policy as run_offline
+    from dualkv.demo.cluster_online import run_online
     from dualkv.demo.cluster_predict import plot, predict
 
     policies, cfg = _check(args), demo_model(args)
     report, rows, timed = Report("demo", args.json), {}, {}
+    run_policy = run_online if is_online(args) else run_offline
     if is_online(args):
-        from dualkv.demo.cluster_online import run_online as run_policy
         total = len(policies) * (args.trace_requests if args.workload == "mooncake"
                                  else args.agents * (args.rounds + 1))
     else:
