@@ -2,8 +2,10 @@
 store handle on the shared block directory, its own `kv` transfer agent, and a REP socket.
 
 Run as `python -m dualkv.cluster.engine_proc --role pe|de --endpoint ipc://... --root DIR
---model JSON`. Requests are served one at a time (a DE runs one request's decode per
-request message; concurrent batching across messages is the next step).
+--model JSON`. A PE serves one prefill batch per message. A DE (decode_server.py) decodes
+between messages: requests admitted while others decode join the running batch. Each engine
+pushes its load (read queue, unfinished requests and tokens, free DE buffer) to the scheduler
+process after every change.
 """
 from __future__ import annotations
 
@@ -15,13 +17,12 @@ import time
 import numpy as np
 import zmq
 
+from dualkv.cluster.decode_server import DecodeServer
 from dualkv.cluster.nic import ArrivesAt, SnicQueue
 from dualkv.cluster.protocol import error_reply, pack, unpack
-from dualkv.engine import (BlockBuffer, Decoder, EngineConfig, LayerBlockCodec, Model,
-                           ModelConfig, PrefillItem, SlotSource, StoreWriteBack, prefill_basic,
-                           prefill_batch)
-from dualkv.engine.remote import (RemoteBuffer, RemoteBufferSink, RemoteLayerSource,
-                                  stream_hit_layers, wait_landed)
+from dualkv.engine import (EngineConfig, LayerBlockCodec, Model, ModelConfig, PrefillItem,
+                           SlotSource, prefill_basic, prefill_batch)
+from dualkv.engine.remote import RemoteBuffer, RemoteBufferSink, RemoteLayerSource
 from dualkv.store import BlockStore, StoreConfig
 from dualkv.transfer import Agent, TransferConfig
 
@@ -41,14 +42,21 @@ class EngineServer:
         pool = self.store.pool
         self.pool_region = self.agent.register(ptr=pool.base_ptr, size=pool.size_bytes)
         max_tokens = args.max_tokens
-        self.staging = np.zeros(2 * max_tokens * layout.bytes_per_token_layer, np.uint8)
+        self._staging_token_bytes = 2 * layout.bytes_per_token_layer  # 2 layers in flight
+        self.staging = np.zeros(max_tokens * self._staging_token_bytes, np.uint8)
         self.recv = np.zeros(layout.num_layers * (max_tokens // layout.block_tokens + 1)
                              * layout.layer_block_bytes, np.uint8)
         self.staging_region = self.agent.register(self.staging)
         self.recv_region = self.agent.register(self.recv)
-        self.buffers = {}  # DE: request id -> (BlockBuffer, stream handles)
         self.snic = SnicQueue(args.snic_mbps * 1e6)
         self.timeout_s = engine.timeout_s
+        self.decode = DecodeServer(self) if args.role == "de" else None
+        self.engine_id, self.reports, self.max_rid = args.engine_id, None, 0
+        if args.sched_reports:  # engines report their load to the scheduler process
+            self.reports = zmq.Context.instance().socket(zmq.PUSH)
+            self.reports.setsockopt(zmq.LINGER, 0)
+            self.reports.setsockopt(zmq.SNDHWM, 64)
+            self.reports.connect(args.sched_reports)
 
     def op_hello(self, msg):
         return {"info": self.agent.local_info(), "pool_region": self.pool_region.id,
@@ -57,47 +65,33 @@ class EngineServer:
     def op_connect(self, msg):
         return {"peer": self.agent.connect(msg["info"])}
 
+    # -- DE ops (decode_server.py) ---------------------------------------------------------
     def op_open(self, msg):
-        """DE: a buffer for the prompt; on the de read path, read the hit into it and start
-        streaming it to the PE layer by layer."""
-        keys = np.frombuffer(msg["hit_keys"], np.uint8).reshape(-1, 32)
-        buffer = BlockBuffer(self.store.pool, self.store.layout, msg["num_tokens"])
-        num_hit, handles, ready_at = 0, [], time.monotonic()
-        if msg["read_side"] == "de" and len(keys):
-            source = SlotSource.load(self.store, keys, buffer.slots[:len(keys)])
-            num_hit = source.prepare(time.monotonic() + self.timeout_s) // self.codec.block_tokens
-            ready_at = self.snic.reserve(len(keys) * self.store.layout.full_block_bytes)
-            if num_hit:
-                handles = stream_hit_layers(self.agent, buffer, self.pool_region, num_hit,
-                                            msg["pe_peer"], msg["pe_recv_region"], msg["rid"],
-                                            msg.get("pe_recv_offset", 0))
-        self.buffers[msg["rid"]] = (buffer, handles)
-        target = RemoteBuffer.of(buffer, 0, self.pool_region)
-        return {"slot_offsets": list(target.slot_offsets), "num_hit_blocks": num_hit,
-                "ready_at": ready_at}
+        return self.decode.open(msg)
+
+    def op_admit(self, msg):
+        return self.decode.admit(msg)
+
+    def op_poll(self, msg):
+        return self.decode.poll(msg)
 
     def op_drop(self, msg):
-        """DE: frees the buffers of requests that will not be decoded (a failed batch)."""
-        for buffer, handles in self.buffers.values():
-            for handle in handles:  # puts to a PE that may be gone: settle, then free
-                try:
-                    self.agent.wait(handle, 5.0)
-                except Exception:
-                    pass
-                self.agent.release(handle)
-            buffer.free()
-        num_dropped, self.buffers = len(self.buffers), {}
-        return {"num_dropped": num_dropped}
+        return self.decode.drop(msg)
 
+    # -- PE ops ---------------------------------------------------------------------------
     def op_prefill(self, msg):
         """PE: one layerwise forward over every request of the message (Basic: one request
         after another, whole hit loaded first), KV put into each request's DE buffer."""
         sources, items = [], []
+        self.max_rid = max([self.max_rid] + [req["rid"] for req in msg["requests"]])
         try:
+            total = sum(len(req["prompt"]) for req in msg["requests"])
+            start = 0
             for req in msg["requests"]:
                 sources.append(self._source(req))
                 target = RemoteBuffer(req["de_peer"], req["de_region"], tuple(req["slot_offsets"]))
-                part = self._staging_part(len(items), len(msg["requests"]))
+                part = self._staging_part(start, len(req["prompt"]), total)
+                start += len(req["prompt"])
                 offset = part.ctypes.data - self.staging.ctypes.data
                 sink = RemoteBufferSink(self.agent, part, self.staging_region, target, self.codec,
                                         req["rid"], region_offset=offset)
@@ -112,7 +106,8 @@ class EngineServer:
         finally:
             for source in sources:
                 source.close()
-        return {"results": [{"first_token": f, "num_cached_blocks": c}
+        done_at = time.monotonic()  # the first tokens' time (the driver polls for replies)
+        return {"results": [{"first_token": f, "num_cached_blocks": c, "done_at": done_at}
                             for f, c in zip(firsts, cached)]}
 
     def _source(self, req):
@@ -127,52 +122,54 @@ class EngineServer:
     def op_stats(self, msg):
         return {"snic_bytes": self.snic.num_bytes}
 
-    def _staging_part(self, index: int, count: int) -> np.ndarray:
-        size = self.staging.nbytes // count
-        return self.staging[index * size:(index + 1) * size]
+    def _staging_part(self, first_token: int, num_tokens: int, total: int) -> np.ndarray:
+        """A request's share of the staging ring, in proportion to its prompt."""
+        size = self.staging.nbytes // max(total, self.staging.nbytes // self._staging_token_bytes)
+        return self.staging[first_token * size:(first_token + num_tokens) * size]
 
     def _recv_part(self, req) -> np.ndarray:
         return self.recv[req.get("recv_offset", 0):]
 
-    def op_decode(self, msg):
-        """DE: wait for each request's prompt KV, decode them as one batch, write back."""
-        decoder = Decoder(self.model, self.codec, self.timeout_s)
-        writebacks = {}
-        for req in msg["requests"]:
-            rid = req["rid"]
-            buffer, handles = self.buffers.pop(rid)
-            deadline = time.monotonic() + self.timeout_s
-            for handle in handles:
-                self.agent.wait(handle, max(0.0, deadline - time.monotonic()))
-                self.agent.release(handle)
-            wait_landed(self.agent, buffer, rid, deadline, req["pe_peer"])
-            cached = req["num_cached_blocks"]
-            prior = np.frombuffer(req["prior_key"], np.uint8) if cached else None
-            writebacks[rid] = StoreWriteBack(self.store, self.codec, cached, prior)
-            decoder.admit(rid, buffer, req["prompt"], req["first_token"], req["max_new_tokens"],
-                          num_cached_blocks=cached, writeback=writebacks[rid])
-        done = {}
-        while decoder.num_running:
-            done.update(decoder.step())
-        for wb in writebacks.values():
-            wb.finish(self.timeout_s)
-        return {"results": [{"rid": rid, "generated": done[rid],
-                             "num_written_blocks": writebacks[rid].next_block}
-                            for rid in writebacks]}
+    def report(self) -> None:
+        """Pushes this engine's load to the scheduler process (engine id = node = group)."""
+        if self.reports is None:
+            return
+        per_token = self.store.layout.full_block_bytes / self.codec.block_tokens
+        report = {"engine": self.engine_id, "read_q": int(self.snic.backlog_bytes() / per_token),
+                  "seq": 0, "tok": 0, "max_rid": self.max_rid}
+        if self.decode is not None:
+            report.update(max_rid=self.decode.max_rid, seq=len(self.decode.opened) + len(self.decode.running),
+                          tok=self.decode.num_tokens(), free_tokens=self.decode.free_tokens())
+        try:
+            self.reports.send(pack(report), zmq.NOBLOCK)
+        except zmq.Again:  # the scheduler is not reading yet: a later report supersedes this
+            pass
 
     def serve(self, endpoint: str) -> None:
         socket = zmq.Context.instance().socket(zmq.REP)
         socket.bind(endpoint)
+        self.report()
         while True:
-            msg = unpack(socket.recv())
-            if msg["op"] == "stop":
-                socket.send(pack({"ok": True}))
-                break
-            try:
-                reply = {"ok": True, **getattr(self, f"op_{msg['op']}")(msg)}
-            except Exception as exc:  # every failure goes back to the caller, typed
-                reply = error_reply(exc)
-            socket.send(pack(reply))
+            busy = self.decode is not None and self.decode.is_busy
+            if socket.poll(0 if busy else 100):  # a message between decode steps
+                msg = unpack(socket.recv())
+                if msg["op"] == "stop":
+                    socket.send(pack({"ok": True}))
+                    break
+                try:
+                    reply = {"ok": True, **getattr(self, f"op_{msg['op']}")(msg)}
+                except Exception as exc:  # every failure goes back to the caller, typed
+                    reply = error_reply(exc)
+                socket.send(pack(reply))
+                if msg["op"] in ("open", "admit", "prefill", "drop"):
+                    self.report()
+            if busy:
+                num_done = len(self.decode.finished)
+                self.decode.step()
+                if len(self.decode.finished) != num_done:
+                    self.report()
+        if self.reports is not None:
+            self.reports.close(0)
         self.agent.close()
         self.store.close()
 
@@ -188,6 +185,9 @@ def main(argv=None):
     p.add_argument("--max-tokens", type=int, default=8192)
     p.add_argument("--device", default="cpu", help='torch device, or "auto" (CUDA if present)')
     p.add_argument("--timeout-s", type=float, default=60.0)
+    p.add_argument("--engine-id", type=int, default=0, help="the scheduler's engine id")
+    p.add_argument("--sched-reports", default=None,
+                   help="the scheduler process's report endpoint (PUSH of load reports)")
     p.add_argument("--snic-mbps", type=float, default=0.0,
                    help="emulated storage NIC of this node, MB/s (0: unlimited)")
     args = p.parse_args(argv)

@@ -34,6 +34,12 @@ class SnicQueue:
             return self.free_at
 
 
+    def backlog_bytes(self) -> float:
+        """Bytes queued and not yet delivered: this node's read queue."""
+        with self._lock:
+            return max(0.0, self.free_at - time.monotonic()) * self.rate
+
+
 class ArrivesAt:
     """A KVSource whose hit counts as read only at `ready_at` (its node's emulated NIC)."""
 

@@ -21,6 +21,18 @@ def add_arguments(parser):
     parser.add_argument("--root", default=None, help="parent of the block directories")
     parser.add_argument("--out", default="demo-out", help="where the PNG figure goes")
     parser.add_argument("--no-sim", action="store_true", help="skip the simulator's prediction")
+    parser.add_argument("--workload", choices=("agentic", "mooncake"), default="agentic",
+                        help="mooncake: the Mooncake trace, online (dualkv.demo.cluster_online)")
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="online: Poisson agent arrivals per s (agentic), or the trace's "
+                             "mean request rate (mooncake; 0 = its own timestamps). 0 with "
+                             "agentic: offline, all agents at t = 0 in synchronous rounds")
+    parser.add_argument("--trace", default=None, help="Mooncake trace path (default: "
+                        "DUALKV_TRACE, else ../shared/data/)")
+    parser.add_argument("--trace-requests", type=int, default=40)
+    parser.add_argument("--trace-block-tokens", type=int, default=64,
+                        help="tokens each 512-token trace block becomes")
+    parser.add_argument("--max-prompt", type=int, default=4096, help="mooncake prompt cap")
     parser.add_argument("--json", action="store_true")
     sub = parser.add_subparsers(dest="what")
     from dualkv.demo import store_command
@@ -48,24 +60,36 @@ def _check(args):
                               "--block-tokens")
     if not args.snic_mbps > 0:
         raise InvalidArgument(f"--snic-mbps must be > 0, got {args.snic_mbps}")
+    if args.rate < 0 or args.trace_requests < 1 or args.max_prompt < 2:
+        raise InvalidArgument("need --rate >= 0, --trace-requests >= 1 and --max-prompt >= 2")
     return policies
+
+
+def is_online(args) -> bool:
+    return args.workload == "mooncake" or args.rate > 0
 
 
 def _run_cluster(args):
     from tqdm import tqdm
 
     from dualkv.bench.report import Report, with_reference
-    from dualkv.demo.cluster_demo import demo_model, run_policy
+    from dualkv.demo.cluster_demo import demo_model, run_policy as run_offline
+    from dualkv.demo.cluster_online import run_online
     from dualkv.demo.cluster_predict import plot, predict
 
     policies, cfg = _check(args), demo_model(args)
     report, rows, timed = Report("demo", args.json), {}, {}
-    total = len(policies) * args.agents * (args.rounds + 1)
+    run_policy = run_online if is_online(args) else run_offline
+    if is_online(args):
+        total = len(policies) * (args.trace_requests if args.workload == "mooncake"
+                                 else args.agents * (args.rounds + 1))
+    else:
+        total = len(policies) * args.agents * (args.rounds + 1)
     with tqdm(total=total, desc="demo turns", disable=args.json) as bar:
         for policy in policies:
             bar.set_postfix_str(policy)
             rows[policy], timed[policy] = run_policy(args, policy, cfg, bar.update)
-    if not args.no_sim and "oracle" in rows:
+    if not args.no_sim and "oracle" in rows and not is_online(args):
         for policy, tps in predict(args, cfg, timed, rows).items():
             rows[policy]["sim_turns_per_s"] = tps
     basic = rows.get("basic")

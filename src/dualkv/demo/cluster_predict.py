@@ -92,8 +92,12 @@ def plot(rows: list[dict], path: str) -> str:
     for ax in axes:
         ax.set_xticks(x, names)
     r = rows[0]
-    fig.suptitle(f"dualkv demo: 1P{r['num_de']}D local cluster, {r['agents']} agents x "
-                 f"{r['rounds']} rounds, {r['context']}-token context, SNIC {r['snic_mbps']} MB/s")
+    if "workload" in r:  # an online run
+        shape = f"{r['workload']}, {r['sessions']} sessions online (rate {r['rate']}/s)"
+    else:
+        shape = f"{r['agents']} agents x {r['rounds']} rounds, {r['context']}-token context"
+    fig.suptitle(f"dualkv demo: 1P{r['num_de']}D local cluster, {shape}, "
+                 f"SNIC {r['snic_mbps']} MB/s")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -1,0 +1,269 @@
+"""The driver's event loop: sessions arrive, their turns go to the scheduler process, placed
+turns are prefilled in batches on the PE and admitted into the DEs' running decode batches,
+and finished turns come back from DE polls, which submits each session's next turn at once.
+
+DEs decode between control messages and the driver does not wait for a PE's prefill (it
+polls for the reply), so the PE prefills the next batch while the DEs decode earlier ones,
+turns finish and are placed while a PE reads, and agents overlap.
+
+Failures: a DE process that dies (at any moment, mid-decode included) is replaced by a fresh
+one and every turn it held is submitted again, recomputed from what the store holds; the
+blocks it wrote back stay (atomic block files). A dead PE ends the run with PeerDisconnected
+naming it. A DE without buffer room refuses a turn (OutOfMemory); the turn waits and is
+submitted again when a DE has finished something — nothing is dropped.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+
+import numpy as np
+
+from dualkv.cluster.jobs import Job
+from dualkv.errors import DualKVError, OutOfMemory, PeerDisconnected, TimedOut
+from dualkv.keys import chain_keys
+
+IDLE_SLEEP_S = (0.002, 0.02)  # idle back-off: first and longest sleep between loop passes
+
+
+class Runner:
+    def __init__(self, cluster, sessions, max_retries: int = 2):
+        self.c, self.sessions, self.max_retries = cluster, sessions, max_retries
+        self.results = [[] for _ in sessions]
+        self.arrivals = deque(sorted(range(len(sessions)), key=lambda i: sessions[i].arrival_s))
+        self.by_rid: dict[int, Job] = {}
+        self.ready: deque[Job] = deque()      # placed, waiting for a prefill batch
+        self.in_de: dict[str, dict[int, Job]] = {r: {} for r in cluster.procs.roles[1:]}
+        self.buffer_wait: list[Job] = []      # refused by a full DE buffer
+        self.num_open = 0                     # sessions not finished
+        self.idle_since = None
+        self.num_waiting, self._recv_offset = 0, 0
+        self.idle_sleep = IDLE_SLEEP_S[0]
+        self.unplaced: set[int] = set()       # submitted, not yet placed by the scheduler
+        self.prefilling: dict[str, list] = {}  # PE -> the batch it is prefilling
+
+    def run(self) -> list:
+        self.start = time.monotonic()
+        self.num_open = len(self.sessions)
+        while self.num_open:
+            busy = self._arrive() | self._place() | self._start_prefills() | \
+                self._collect_prefills() | self._poll()
+            self._check_idle(busy)
+        return self.results
+
+    # -- arrivals and submission ----------------------------------------------------------
+    def _arrive(self) -> bool:
+        now, new = time.monotonic() - self.start, []
+        while self.arrivals and self.sessions[self.arrivals[0]].arrival_s <= now:
+            i = self.arrivals.popleft()
+            s = self.sessions[i]
+            new.append(Job(i, np.asarray(s.prompt, np.int32), s.max_new_tokens, time.monotonic()))
+        self._submit(new)
+        return bool(new)
+
+    def _submit(self, jobs) -> None:
+        if not jobs:
+            return
+        c, bt = self.c, self.c.block_tokens
+        for job in jobs:
+            c.check_fits(len(job.prompt), job.gen)
+            job.keys = chain_keys(job.prompt, bt)
+            job.matched = c.match(job.keys)
+            job.hit_tokens = min(job.matched * bt, (len(job.prompt) - 1) // bt * bt)
+            job.rid, job.role, job.opened, job.first = c.next_rid(), "", {}, {}
+            self.by_rid[job.rid] = job
+            self.unplaced.add(job.rid)
+        c.procs.sched.call("submit", c.timeout_s, requests=[
+            [j.rid, len(j.prompt), j.hit_tokens, j.gen] for j in jobs])
+
+    def _resubmit(self, jobs) -> None:
+        """Turns caught by a failure go again, a bounded number of times."""
+        for job in jobs:
+            job.attempts += 1
+            if job.attempts > self.max_retries:
+                raise PeerDisconnected(f"a turn of session {job.session} failed "
+                                       f"{job.attempts} times")
+        self._submit(jobs)
+
+    def _place(self) -> bool:
+        reply = self.c.procs.sched.call("place", self.c.timeout_s)
+        if reply["no_pe"]:
+            self.c.procs.check_pes()  # raises: no PE is left
+        roles, lost = self.c.procs.roles, []
+        for rid, pe, de, side in reply["placed"]:
+            self.unplaced.discard(rid)
+            job = self.by_rid[rid]
+            job.pe_role, job.role, job.read_side = roles[pe], roles[de], side
+            (lost if job.pe_role in self.c.procs.dead_pes else self.ready).append(job)
+        self._resubmit(lost)  # given a PE before it died
+        self.num_waiting = reply["num_waiting"]
+        # turns the scheduler holds back (no DE with room): admission waiting
+        self.c.peak_waiting_turns = max(self.c.peak_waiting_turns, len(self.unplaced))
+        return bool(reply["placed"])
+
+    # -- prefill --------------------------------------------------------------------------
+    def _start_prefills(self) -> bool:
+        """Every idle PE with placed turns starts one batch; the driver does not wait for it."""
+        idle = [pe for pe in self.c.procs.live_pes() if pe not in self.prefilling]
+        batches = self._take_batches(idle)
+        for pe, batch in batches.items():
+            self._recv_offset = 0
+            jobs = [job for job in batch if self._open(job)]
+            if jobs and pe in self.c.procs.live_pes():
+                self.c.procs.clients[pe].send("prefill", mode=self.c.mode, requests=[
+                    self.c.prefill_request(j) for j in jobs])
+                self.prefilling[pe] = jobs
+            elif jobs:
+                self._resubmit(jobs)
+        return bool(batches)
+
+    def _collect_prefills(self, block: bool = False) -> bool:
+        """Admits the turns of every PE batch that has finished (`block`: of all of them)."""
+        done = False
+        for pe in list(self.prefilling):
+            client = self.c.procs.clients[pe]
+            if not block and not client.socket.poll(0) and self.c.procs.is_alive(pe):
+                continue
+            jobs, done = self.prefilling.pop(pe), True
+            try:
+                replies = client.recv(self.c.timeout_s)["results"]
+            except DualKVError as exc:
+                self._fail_batch(pe, jobs, exc)
+                continue
+            for job, reply in zip(jobs, replies):
+                job.first = dict(reply, first_at=reply.get("done_at") or time.monotonic())
+            self._admit(jobs)
+        return done
+
+    def _take_batches(self, pes) -> dict:
+        """Per PE, placed turns in order while their tokens fit its staging and receive areas."""
+        batches, tokens, keep = {}, {}, deque()
+        for job in self.ready:
+            n = tokens.get(job.pe_role, 0) + len(job.prompt)
+            if job.pe_role in pes and n <= self.c.max_tokens:
+                batches.setdefault(job.pe_role, []).append(job)
+                tokens[job.pe_role] = n
+            else:
+                keep.append(job)
+        self.ready = keep
+        return batches
+
+    def _open(self, job: Job) -> bool:
+        try:
+            job.opened = self.c.open(job, self._recv_offset)
+        except OutOfMemory:
+            self.buffer_wait.append(job)  # admission waits for buffer room
+            self.c.num_buffer_waits += 1
+            return False
+        except PeerDisconnected:
+            self._replace(job.role, extra=[job])
+            return False
+        self._recv_offset += job.opened["recv_bytes"]
+        return True
+
+    def _admit(self, jobs) -> None:
+        per_de = {}
+        for job in jobs:
+            per_de.setdefault(job.role, []).append(job)
+        for role, group in per_de.items():
+            try:
+                self.c.procs.clients[role].call("admit", self.c.timeout_s, requests=[
+                    self.c.admit_request(j) for j in group])
+            except PeerDisconnected:
+                self._replace(role, extra=group)
+                continue
+            self.in_de[role].update((j.rid, j) for j in group)
+
+    def _fail_batch(self, pe: str, jobs, exc: Exception) -> None:
+        """A prefill failed: its PE died (the others go on) or a DE died under it. Live DEs
+        free the batch's buffers, dead DEs are replaced, every turn of it goes again."""
+        roles = {j.role for j in jobs}
+        for role in roles:
+            if self.c.procs.is_alive(role):
+                self.c.procs.clients[role].call("drop", self.c.timeout_s, rids=[
+                    j.rid for j in jobs if j.role == role])
+        self._check_pes()  # raises when no PE is left
+        if pe in self.c.procs.dead_pes:
+            self._resubmit(jobs)
+            return
+        dead = [r for r in roles if not self.c.procs.is_alive(r)]
+        if not dead:
+            raise exc
+        for role in dead:
+            self._replace(role, extra=[j for j in jobs if j.role == role])
+        self._resubmit([j for j in jobs if j.role not in dead])
+
+    def _check_pes(self) -> None:
+        """PEs found dead: their placed turns go to the scheduler again (raises if none left)."""
+        dead = self.c.procs.check_pes()
+        if dead:
+            lost = [j for j in self.ready if j.pe_role in dead]
+            self.ready = deque(j for j in self.ready if j.pe_role not in dead)
+            self._resubmit(lost)
+
+    # -- decode results -------------------------------------------------------------------
+    def _poll(self) -> bool:
+        busy = False
+        for role, jobs in self.in_de.items():
+            if not jobs:
+                continue
+            try:
+                reply = self.c.procs.clients[role].call("poll", self.c.timeout_s)
+            except PeerDisconnected:
+                self._replace(role)
+                busy = True
+                continue
+            if self.c.on_poll is not None:
+                self.c.on_poll(role, reply)
+            for out in reply["results"]:
+                self._finish(jobs.pop(out["rid"]), out)
+                busy = True
+        if self.buffer_wait and (busy or not any(self.in_de.values())):
+            # room may have freed: the waiting turns go to the scheduler again
+            waiting, self.buffer_wait = self.buffer_wait, []
+            self._submit(waiting)
+        return busy
+
+    def _finish(self, job: Job, out: dict) -> None:
+        del self.by_rid[job.rid]
+        self.c.remember(job.prompt, out)
+        self.results[job.session].append(job.turn(out, self.start))
+        nxt = self.sessions[job.session].next_turn
+        follow = nxt(job.prompt.tolist(), out["generated"]) if nxt is not None else None
+        if follow is None:
+            self.num_open -= 1
+            return
+        prompt, gen = follow
+        self._submit([Job(job.session, np.asarray(prompt, np.int32), gen, time.monotonic())])
+
+    def _replace(self, role: str, extra=()) -> None:
+        """A dead DE: a fresh process in its place, and its turns submitted again. The PEs
+        finish their batches first (the new DE joins every PE over its control socket)."""
+        self._collect_prefills(block=True)
+        self._check_pes()
+        if not self.c.procs.is_alive(role):  # else replaced while the batches finished
+            self.c.procs.replace_de(role)
+        lost = list(self.in_de[role].values()) + list(extra)
+        lost += [j for j in self.ready if j.role == role]
+        self.ready = deque(j for j in self.ready if j.role != role)
+        self.in_de[role] = {}
+        self._resubmit(lost)
+        if self.buffer_wait:
+            waiting, self.buffer_wait = self.buffer_wait, []
+            self._submit(waiting)
+
+    def _check_idle(self, busy: bool) -> None:
+        """Every wait has a deadline: a run with nothing moving for timeout_s fails."""
+        in_flight = any(self.in_de.values()) or bool(self.prefilling)
+        if busy:
+            self.idle_sleep = IDLE_SLEEP_S[0]
+        if busy or in_flight or (self.arrivals and not self.unplaced and not self.buffer_wait):
+            self.idle_since = None
+        elif self.idle_since is None:
+            self.idle_since = time.monotonic()
+        elif time.monotonic() - self.idle_since > self.c.timeout_s:
+            raise TimedOut(f"{len(self.unplaced)} turns waited {self.c.timeout_s} s for a placement "
+                           f"and {len(self.buffer_wait)} for DE buffer room")
+        if not busy:  # nothing moved: back off (2 cores are shared by every process here)
+            time.sleep(self.idle_sleep)
+            self.idle_sleep = min(IDLE_SLEEP_S[1], 2 * self.idle_sleep)
