@@ -1,0 +1,99 @@
+// PreparedTransfer: per-layer batches validated once (see transfer_prepared.h).
+#include "dualkv/transfer_prepared.h"
+
+#include <chrono>
+#include <string>
+
+namespace dualkv {
+
+PreparedTransfer::PreparedTransfer(std::shared_ptr<Agent> agent, PreparedSpec spec)
+    : agent_(std::move(agent)), spec_(std::move(spec)) {}
+
+Status PreparedTransfer::create(std::shared_ptr<Agent> agent, const PreparedSpec& spec,
+                                std::unique_ptr<PreparedTransfer>* out) {
+  if (agent == nullptr) return make_status(Code::kInvalidArgument, "no agent");
+  if (spec.num_layers < 1) return make_status(Code::kInvalidArgument, "num_layers must be >= 1");
+  if (spec.descs.empty())
+    return make_status(Code::kInvalidArgument, "a prepared transfer needs descriptors");
+  std::unique_ptr<PreparedTransfer> p(new PreparedTransfer(agent, spec));
+  // Read before validating: a region change racing with prepare re-validates at post.
+  p->checked_gen_ = agent->regions_gen();
+  p->layers_.reserve(size_t(spec.num_layers));
+  for (int64_t l = 0; l < spec.num_layers; ++l) {
+    RmaBatch b;
+    b.peer = spec.peer;
+    b.local_region = spec.local_region;
+    b.remote_region = spec.remote_region;
+    b.is_get = spec.is_get;
+    b.has_notice = true;
+    b.request_id = spec.request_id;
+    b.layer = l;
+    b.descs.reserve(spec.descs.size());
+    for (const RmaDesc& d : spec.descs)
+      b.descs.push_back({d.local_offset + l * spec.local_layer_stride,
+                         d.remote_offset + l * spec.remote_layer_stride, d.length});
+    Status st = agent->validate(b, spec.block_bytes);
+    if (!st.ok()) {
+      if (spec.num_layers > 1) st.message = "layer " + std::to_string(l) + ": " + st.message;
+      return st;
+    }
+    p->layers_.push_back(std::move(b));
+  }
+  p->layer_bytes_ = p->layers_[0].num_bytes();
+  *out = std::move(p);
+  return Status::Ok();
+}
+
+void PreparedTransfer::Tracker::finish(const Status& st) {
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    --pending;
+    if (!st.ok() && failure.ok()) failure = st;
+  }
+  cv.notify_all();
+}
+
+Status PreparedTransfer::post(int64_t layer, bool may_block) {
+  if (layer < 0 || layer >= spec_.num_layers)
+    return make_status(Code::kInvalidArgument, "layer " + std::to_string(layer) +
+                                                    " outside [0, " +
+                                                    std::to_string(spec_.num_layers) + ")");
+  std::unique_lock<std::mutex> lock(post_mu_, std::defer_lock);
+  if (may_block) {
+    lock.lock();
+  } else if (!lock.try_lock()) {
+    return make_status(Code::kInProgress, "another thread is posting");
+  }
+  {
+    std::lock_guard<std::mutex> t(tracker_->mu);
+    ++tracker_->pending;
+  }
+  auto tracker = tracker_;
+  Status st = agent_->post_prepared(layers_[size_t(layer)], spec_.block_bytes, &checked_gen_,
+                                    [tracker](const Status& s) { tracker->finish(s); },
+                                    may_block);
+  if (!st.ok()) {  // nothing was posted: the callback never runs
+    std::lock_guard<std::mutex> t(tracker_->mu);
+    --tracker_->pending;
+  }
+  return st;
+}
+
+Status PreparedTransfer::wait(int64_t deadline_ns) {
+  std::unique_lock<std::mutex> lock(tracker_->mu);
+  while (tracker_->pending > 0) {
+    int64_t left = deadline_ns - now_ns();
+    if (left <= 0)
+      return make_status(Code::kTimedOut, std::to_string(tracker_->pending) +
+                                              " prepared batches still in flight at the deadline");
+    tracker_->cv.wait_for(lock, std::chrono::nanoseconds(std::min<int64_t>(left, 20000000)));
+  }
+  return tracker_->failure;
+}
+
+int64_t PreparedTransfer::num_pending() {
+  std::lock_guard<std::mutex> lock(tracker_->mu);
+  return tracker_->pending;
+}
+
+}  // namespace dualkv
