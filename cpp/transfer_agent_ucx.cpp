@@ -332,12 +332,14 @@ void Agent::close() {
       progress_worker();
       reap_closing();
     }
+    // Destroying the worker purges requests still pending (a flush towards a dead peer) and
+    // runs their callbacks, which reach their batch and its peer: keep both alive until then.
+    ucp_worker_destroy(worker_);
+    worker_ = nullptr;
     for (auto& [id, region] : regions_) ucp_mem_unmap(context_, region->memh);
     regions_.clear();
     peers_.clear();
     orphans_.clear();
-    ucp_worker_destroy(worker_);
-    worker_ = nullptr;
   }
   if (context_ != nullptr) ucp_cleanup(context_);
   context_ = nullptr;
