@@ -162,10 +162,11 @@ void register_transfer(py::module_& m) {
       })
       .def("wait_notice", [](Agent& self, int64_t request_id, int64_t layer, double timeout_s,
                              uint64_t peer) {
-        int64_t deadline = deadline_after(seconds_or_throw(timeout_s));
+        seconds_or_throw(timeout_s);
         // Already arrived (an engine waiting for a layer that landed during compute): answer
         // with the GIL held; only a real wait (spin, then sleep) releases it.
         if (self.has_notice(request_id, layer)) return;
+        int64_t deadline = deadline_after(timeout_s);
         unlocked([&] { return self.wait_notice(request_id, layer, peer, deadline); });
       }, py::arg("request_id"), py::arg("layer"), py::arg("timeout"), py::arg("peer") = 0)
       .def("notices", [](Agent& self, int64_t request_id) {

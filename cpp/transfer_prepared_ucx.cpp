@@ -45,12 +45,14 @@ Status PreparedTransfer::create(std::shared_ptr<Agent> agent, const PreparedSpec
 }
 
 void PreparedTransfer::Tracker::finish(const Status& st) {
-  {
+  if (!st.ok()) {
     std::lock_guard<std::mutex> lock(mu);
-    --pending;
-    if (!st.ok() && failure.ok()) failure = st;
+    if (failure.ok()) failure = st;
   }
-  cv.notify_all();
+  if (pending.fetch_sub(1, std::memory_order_acq_rel) == 1 || !st.ok()) {
+    { std::lock_guard<std::mutex> lock(mu); }  // a waiter between its check and its sleep
+    cv.notify_all();
+  }
 }
 
 Status PreparedTransfer::post(int64_t layer, bool may_block) {
@@ -58,42 +60,27 @@ Status PreparedTransfer::post(int64_t layer, bool may_block) {
     return make_status(Code::kInvalidArgument, "layer " + std::to_string(layer) +
                                                     " outside [0, " +
                                                     std::to_string(spec_.num_layers) + ")");
-  std::unique_lock<std::mutex> lock(post_mu_, std::defer_lock);
-  if (may_block) {
-    lock.lock();
-  } else if (!lock.try_lock()) {
-    return make_status(Code::kInProgress, "another thread is posting");
-  }
-  {
-    std::lock_guard<std::mutex> t(tracker_->mu);
-    ++tracker_->pending;
-  }
-  auto tracker = tracker_;
+  tracker_->pending.fetch_add(1, std::memory_order_relaxed);
+  Tracker* tracker = tracker_.get();
   Status st = agent_->post_prepared(layers_[size_t(layer)], spec_.block_bytes, &checked_gen_,
-                                    [tracker](const Status& s) { tracker->finish(s); },
+                                    [keep = tracker_](const Status& s) { keep->finish(s); },
                                     may_block);
-  if (!st.ok()) {  // nothing was posted: the callback never runs
-    std::lock_guard<std::mutex> t(tracker_->mu);
-    --tracker_->pending;
-  }
+  if (!st.ok()) tracker->pending.fetch_sub(1);  // nothing was posted: no callback will run
   return st;
 }
 
 Status PreparedTransfer::wait(int64_t deadline_ns) {
   std::unique_lock<std::mutex> lock(tracker_->mu);
-  while (tracker_->pending > 0) {
+  while (tracker_->pending.load(std::memory_order_acquire) > 0) {
     int64_t left = deadline_ns - now_ns();
     if (left <= 0)
-      return make_status(Code::kTimedOut, std::to_string(tracker_->pending) +
+      return make_status(Code::kTimedOut, std::to_string(tracker_->pending.load()) +
                                               " prepared batches still in flight at the deadline");
     tracker_->cv.wait_for(lock, std::chrono::nanoseconds(std::min<int64_t>(left, 20000000)));
   }
   return tracker_->failure;
 }
 
-int64_t PreparedTransfer::num_pending() {
-  std::lock_guard<std::mutex> lock(tracker_->mu);
-  return tracker_->pending;
-}
+int64_t PreparedTransfer::num_pending() { return tracker_->pending.load(); }
 
 }  // namespace dualkv

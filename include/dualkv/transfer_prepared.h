@@ -5,6 +5,7 @@
 // with no handle: completions are counted here and wait() reports the first failure.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <memory>
@@ -44,10 +45,12 @@ class PreparedTransfer {
   const PreparedSpec& spec() const { return spec_; }
 
  private:
+  // Completions of posted batches: a counter on the hot path, the mutex only for a failure
+  // or to wake a waiter once nothing is pending.
   struct Tracker {
+    std::atomic<int64_t> pending{0};
     std::mutex mu;
     std::condition_variable cv;
-    int64_t pending = 0;
     Status failure;
     void finish(const Status& st);
   };
@@ -58,8 +61,9 @@ class PreparedTransfer {
   PreparedSpec spec_;
   std::vector<RmaBatch> layers_;
   int64_t layer_bytes_ = 0;
-  uint64_t checked_gen_ = 0;  // regions generation layers_ was validated against
-  std::mutex post_mu_;        // posts from several threads keep checked_gen_ consistent
+  // Regions generation layers_ was validated against; read and advanced by the agent under
+  // its worker lock only, so concurrent posts need no lock of their own.
+  uint64_t checked_gen_ = 0;
   std::shared_ptr<Tracker> tracker_ = std::make_shared<Tracker>();
 };
 
