@@ -108,40 +108,6 @@ Status Agent::post(RmaBatch rma, DoneCallback done) {
   return Status::Ok();
 }
 
-Status Agent::post_prepared(const RmaBatch& rma, int64_t block_bytes, uint64_t* checked_gen,
-                            DoneCallback done, bool may_block) {
-  if (closed_) return make_status(Code::kUnavailable, "agent is closed");
-  // worker_mu_ before state_mu_, the order fail_peer and the progress thread take them in.
-  std::unique_lock<std::recursive_mutex> worker(worker_mu_, std::defer_lock);
-  if (may_block) {
-    worker.lock();
-  } else if (!worker.try_lock()) {
-    return make_status(Code::kInProgress, "worker busy");
-  }
-  if (worker_ == nullptr) return make_status(Code::kUnavailable, "agent is closed");
-  auto batch = std::make_shared<Batch>();
-  {
-    std::lock_guard<std::mutex> lock(state_mu_);
-    uint64_t gen = regions_gen_.load(std::memory_order_acquire);
-    if (gen != *checked_gen) {  // a region went or was re-imported: check the bounds again
-      Status st = validate_locked(rma, block_bytes);
-      if (!st.ok()) return st;
-      *checked_gen = gen;
-    }
-    Status st = resolve_locked(rma, batch.get());
-    if (!st.ok()) return st;
-  }
-  batch->agent = this;
-  batch->rma = rma;
-  batch->done = std::move(done);
-  batch->deadline_ns = deadline_after(config_.op_timeout_s);
-  start_batch(batch);
-  bool is_pending = !batch->is_finished;
-  worker.unlock();
-  if (is_pending) wake();
-  return Status::Ok();
-}
-
 Status Agent::submit(RmaBatch rma, int64_t block_bytes, uint64_t* handle) {
   Status st = validate(rma, block_bytes);
   if (!st.ok()) return st;

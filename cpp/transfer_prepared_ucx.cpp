@@ -4,7 +4,46 @@
 #include <chrono>
 #include <string>
 
+#include "transfer_internal.h"
+
 namespace dualkv {
+
+// The agent's side of a prepared post: the batch was validated at prepare; it is checked
+// again only when the regions generation moved (a deregister, revocation or re-import).
+Status Agent::post_prepared(const RmaBatch& rma, int64_t block_bytes, uint64_t* checked_gen,
+                            DoneCallback done, bool may_block) {
+  if (closed_) return make_status(Code::kUnavailable, "agent is closed");
+  // worker_mu_ before state_mu_, the order fail_peer and the progress thread take them in.
+  std::unique_lock<std::recursive_mutex> worker(worker_mu_, std::defer_lock);
+  if (may_block) {
+    worker.lock();
+  } else if (!worker.try_lock()) {
+    return make_status(Code::kInProgress, "worker busy");
+  }
+  if (worker_ == nullptr) return make_status(Code::kUnavailable, "agent is closed");
+  auto batch = std::make_shared<Batch>();
+  {
+    std::lock_guard<std::mutex> lock(state_mu_);
+    uint64_t gen = regions_gen_.load(std::memory_order_acquire);
+    if (gen != *checked_gen) {  // a region went or was re-imported: check the bounds again
+      Status st = validate_locked(rma, block_bytes);
+      if (!st.ok()) return st;
+      *checked_gen = gen;
+    }
+    Status st = resolve_locked(rma, batch.get());
+    if (!st.ok()) return st;
+  }
+  batch->agent = this;
+  batch->rma = rma;
+  batch->done = std::move(done);
+  batch->deadline_ns = deadline_after(config_.op_timeout_s);
+  start_batch(batch);
+  bool is_pending = !batch->is_finished;
+  worker.unlock();
+  if (is_pending) wake();
+  return Status::Ok();
+}
+
 
 PreparedTransfer::PreparedTransfer(std::shared_ptr<Agent> agent, PreparedSpec spec)
     : agent_(std::move(agent)), spec_(std::move(spec)) {}
