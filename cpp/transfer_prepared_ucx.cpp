@@ -44,7 +44,6 @@ Status Agent::post_prepared(const RmaBatch& rma, int64_t block_bytes, uint64_t* 
   return Status::Ok();
 }
 
-
 PreparedTransfer::PreparedTransfer(std::shared_ptr<Agent> agent, PreparedSpec spec)
     : agent_(std::move(agent)), spec_(std::move(spec)) {}
 
