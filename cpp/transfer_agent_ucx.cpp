@@ -148,6 +148,7 @@ Status Agent::deregister_region(uint64_t region_id, int64_t deadline_ns) {
           return make_status(Code::kInProgress, "region has transfers in flight");
         region = std::move(it->second);
         regions_.erase(it);
+        regions_gen_.fetch_add(1, std::memory_order_release);
       }
       ucp_mem_unmap(context_, region->memh);
       for (auto& [id, peer] : peers_)  // peers' rkeys for it are stale from now on
@@ -231,6 +232,7 @@ Status Agent::import_regions(Peer* peer, const std::vector<RegionInfo>& remote) 
     }
   }
   peer->regions = std::move(fresh);
+  regions_gen_.fetch_add(1, std::memory_order_release);
   return Status::Ok();
 }
 
@@ -330,12 +332,14 @@ void Agent::close() {
       progress_worker();
       reap_closing();
     }
+    // Destroying the worker purges requests still pending (a flush towards a dead peer) and
+    // runs their callbacks, which reach their batch and its peer: keep both alive until then.
+    ucp_worker_destroy(worker_);
+    worker_ = nullptr;
     for (auto& [id, region] : regions_) ucp_mem_unmap(context_, region->memh);
     regions_.clear();
     peers_.clear();
     orphans_.clear();
-    ucp_worker_destroy(worker_);
-    worker_ = nullptr;
   }
   if (context_ != nullptr) ucp_cleanup(context_);
   context_ = nullptr;

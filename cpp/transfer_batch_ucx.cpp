@@ -23,6 +23,10 @@ static Status bad(const std::string& msg) { return make_status(Code::kInvalidArg
 
 Status Agent::validate(const RmaBatch& batch, int64_t block_bytes) {
   std::lock_guard<std::mutex> lock(state_mu_);
+  return validate_locked(batch, block_bytes);
+}
+
+Status Agent::validate_locked(const RmaBatch& batch, int64_t block_bytes) {
   auto peer_it = peers_.find(batch.peer);
   if (peer_it == peers_.end())
     return make_status(Code::kNotFound, "unknown peer " + std::to_string(batch.peer));
@@ -44,16 +48,37 @@ Status Agent::validate(const RmaBatch& batch, int64_t block_bytes) {
   const int64_t remote_size = remote_it->second.size;
   for (size_t i = 0; i < batch.descs.size(); ++i) {
     const RmaDesc& d = batch.descs[i];
-    std::string where = "descriptor " + std::to_string(i) + ": ";
-    if (d.length <= 0) return bad(where + "length must be > 0");
+    auto where = [i] { return "descriptor " + std::to_string(i) + ": "; };  // only on error
+    if (d.length <= 0) return bad(where() + "length must be > 0");
     if (block_bytes > 0 && d.length % block_bytes != 0)
-      return bad(where + "length " + std::to_string(d.length) + " is not a multiple of " +
+      return bad(where() + "length " + std::to_string(d.length) + " is not a multiple of " +
                  std::to_string(block_bytes));
     if (d.local_offset < 0 || d.local_offset > local_size - d.length)
-      return bad(where + "local range outside the registered region");
+      return bad(where() + "local range outside the registered region");
     if (d.remote_offset < 0 || d.remote_offset > remote_size - d.length)
-      return bad(where + "remote range outside the peer's registered region");
+      return bad(where() + "remote range outside the peer's registered region");
   }
+  return Status::Ok();
+}
+
+// Looks up a validated batch's peer and regions and pins the local region until the batch
+// finishes (deregister waits for it).
+Status Agent::resolve_locked(const RmaBatch& rma, Batch* batch) {
+  Peer* peer = find_peer(rma.peer);
+  if (peer == nullptr) return make_status(Code::kNotFound, "unknown peer");
+  if (!peer->failure.ok()) return peer->failure;
+  if (rma.descs.empty()) return Status::Ok();
+  auto local_it = regions_.find(rma.local_region);
+  auto remote_it = peer->regions.find(rma.remote_region);
+  if (local_it == regions_.end() || remote_it == peer->regions.end() ||
+      remote_it->second.is_stale)
+    return bad("region vanished between validation and posting");
+  batch->local = local_it->second.get();
+  batch->local->inflight.fetch_add(1);
+  batch->local_base = batch->local->info.base;
+  batch->memh = batch->local->memh;
+  batch->remote_base = remote_it->second.base;
+  batch->rkey = remote_it->second.rkey;
   return Status::Ok();
 }
 
@@ -62,22 +87,8 @@ Status Agent::post(RmaBatch rma, DoneCallback done) {
   auto batch = std::make_shared<Batch>();
   {
     std::lock_guard<std::mutex> lock(state_mu_);
-    Peer* peer = find_peer(rma.peer);
-    if (peer == nullptr) return make_status(Code::kNotFound, "unknown peer");
-    if (!peer->failure.ok()) return peer->failure;
-    if (!rma.descs.empty()) {
-      auto local_it = regions_.find(rma.local_region);
-      auto remote_it = peer->regions.find(rma.remote_region);
-      if (local_it == regions_.end() || remote_it == peer->regions.end() ||
-          remote_it->second.is_stale)
-        return bad("region vanished between validation and posting");
-      batch->local = local_it->second.get();
-      batch->local->inflight.fetch_add(1);
-      batch->local_base = batch->local->info.base;
-      batch->memh = batch->local->memh;
-      batch->remote_base = remote_it->second.base;
-      batch->rkey = remote_it->second.rkey;
-    }
+    Status st = resolve_locked(rma, batch.get());
+    if (!st.ok()) return st;
   }
   batch->agent = this;
   batch->rma = std::move(rma);
@@ -86,7 +97,10 @@ Status Agent::post(RmaBatch rma, DoneCallback done) {
   bool is_pending;
   {
     std::lock_guard<std::recursive_mutex> lock(worker_mu_);
-    if (worker_ == nullptr) return make_status(Code::kUnavailable, "agent is closed");
+    if (worker_ == nullptr) {
+      if (batch->local != nullptr) batch->local->inflight.fetch_sub(1);  // never posted
+      return make_status(Code::kUnavailable, "agent is closed");
+    }
     start_batch(batch);
     is_pending = !batch->is_finished;
   }
@@ -288,6 +302,7 @@ void Agent::record_notice(uint64_t, int64_t request_id, int64_t layer) {
 
 void Agent::mark_stale(uint64_t sender_uid, uint64_t region_id) {
   std::lock_guard<std::mutex> lock(state_mu_);
+  regions_gen_.fetch_add(1, std::memory_order_release);
   for (auto& [id, peer] : peers_) {
     if (peer->uid != sender_uid) continue;
     auto it = peer->regions.find(region_id);
@@ -353,6 +368,12 @@ bool Agent::drive_until_notice(const Arrived& arrived, int64_t deadline_ns) {
   // checks on its own every millisecond otherwise, so a found notice costs no wake-up.
   if (!found || num_pending_.load() > 0) wake();
   return found;
+}
+
+bool Agent::has_notice(int64_t request_id, int64_t layer) {
+  std::lock_guard<std::mutex> lock(notice_mu_);
+  auto it = arrived_set_.find(request_id);
+  return it != arrived_set_.end() && it->second.count(layer) > 0;
 }
 
 std::vector<int64_t> Agent::notices(int64_t request_id) {

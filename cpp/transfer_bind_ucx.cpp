@@ -7,6 +7,7 @@
 
 #include "dualkv/transfer.h"
 #include "dualkv/transfer_pingpong.h"
+#include "dualkv/transfer_prepared.h"
 
 namespace dualkv {
 
@@ -56,7 +57,33 @@ static std::vector<std::string> ucx_components() {
   return out;
 }
 
+// A prepared post of at most this many bytes keeps the GIL: it never waits for a lock (the
+// worker is only try-locked) and its shared-memory copy is shorter than two GIL hand-offs.
+// Larger layers, or a worker held by another thread, post with the GIL released.
+constexpr int64_t kPostWithGilBytes = 256 << 10;
+
+static void bind_prepared(py::module_& m) {
+  py::class_<PreparedTransfer>(m, "PreparedTransfer")
+      .def("post", [](PreparedTransfer& self, int64_t layer) {
+        if (self.layer_bytes() <= kPostWithGilBytes) {
+          Status st = self.post(layer, false);
+          if (st.code != Code::kInProgress) return throw_if_error(st);
+        }
+        unlocked([&] { return self.post(layer, true); });
+      }, py::arg("layer"))
+      .def("wait", [](PreparedTransfer& self, double timeout_s) {
+        int64_t deadline = deadline_after(seconds_or_throw(timeout_s));
+        unlocked([&] { return self.wait(deadline); });
+      }, py::arg("timeout"))
+      .def_property_readonly("num_pending", &PreparedTransfer::num_pending)
+      .def_property_readonly("layer_bytes", &PreparedTransfer::layer_bytes)
+      .def_property_readonly("num_layers", [](PreparedTransfer& s) { return s.spec().num_layers; })
+      .def_property_readonly("request_id", [](PreparedTransfer& s) { return s.spec().request_id; })
+      .def_property_readonly("peer", [](PreparedTransfer& s) { return s.spec().peer; });
+}
+
 void register_transfer(py::module_& m) {
+  bind_prepared(m);
   m.def("ucx_components", &ucx_components);
   py::class_<Agent, BatchPoster, std::shared_ptr<Agent>> agent(m, "Agent");
   agent
@@ -116,6 +143,18 @@ void register_transfer(py::module_& m) {
         unlocked([&] { return self.submit(std::move(batch), block_bytes, &handle); });
         return handle;
       })
+      .def("prepare", [](std::shared_ptr<Agent> self, uint64_t peer, uint64_t local_region,
+                         uint64_t remote_region, bool is_get, py::array loc, py::array rem,
+                         py::array len, int64_t request_id, int64_t num_layers,
+                         int64_t local_layer_stride, int64_t remote_layer_stride,
+                         int64_t block_bytes) {
+        PreparedSpec spec{peer, local_region, remote_region, is_get, rma_descs(loc, rem, len),
+                          request_id, num_layers, local_layer_stride, remote_layer_stride,
+                          block_bytes};
+        std::unique_ptr<PreparedTransfer> out;
+        unlocked([&] { return PreparedTransfer::create(self, spec, &out); });
+        return out;
+      })
       .def("send_notice", [](Agent& self, uint64_t peer, int64_t request_id, int64_t layer) {
         uint64_t handle = 0;
         unlocked([&] { return self.send_notice(peer, request_id, layer, &handle); });
@@ -123,7 +162,11 @@ void register_transfer(py::module_& m) {
       })
       .def("wait_notice", [](Agent& self, int64_t request_id, int64_t layer, double timeout_s,
                              uint64_t peer) {
-        int64_t deadline = deadline_after(seconds_or_throw(timeout_s));
+        seconds_or_throw(timeout_s);
+        // Already arrived (an engine waiting for a layer that landed during compute): answer
+        // with the GIL held; only a real wait (spin, then sleep) releases it.
+        if (self.has_notice(request_id, layer)) return;
+        int64_t deadline = deadline_after(timeout_s);
         unlocked([&] { return self.wait_notice(request_id, layer, peer, deadline); });
       }, py::arg("request_id"), py::arg("layer"), py::arg("timeout"), py::arg("peer") = 0)
       .def("notices", [](Agent& self, int64_t request_id) {

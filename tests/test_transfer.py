@@ -314,3 +314,118 @@ def test_put_get_across_network_namespaces_over_tcp(two_namespaces):
         assert json.loads(client.stdout.strip().splitlines()[-1]) == {"ok": True}
     finally:
         server.kill()
+
+
+# ---- prepared per-layer puts (validated once, posted per layer) -----------------------------
+
+def test_prepared_put_layers_land_byte_exact_with_notices_in_order(remote, agent, tmp_path):
+    rng = np.random.default_rng(3)
+    local = rng.integers(0, 256, BLOCK * NUM_BLOCKS, dtype=np.uint8)
+    region = agent.register(local)
+    peer = rendezvous(agent, remote.hello["address"], TOKEN, timeout=10)
+    layers, per_layer = 4, NUM_BLOCKS // 4  # [layer][16 blocks] on both sides
+    src = rng.choice(per_layer, 5, replace=False)
+    dst = rng.choice(per_layer, 5, replace=False)
+    prepared = agent.prepare_put(peer, region, peer.region().id, src * BLOCK, dst * BLOCK,
+                                 np.full(5, BLOCK), request_id=31, num_layers=layers,
+                                 local_layer_stride=per_layer * BLOCK,
+                                 remote_layer_stride=per_layer * BLOCK, block_bytes=BLOCK)
+    assert (prepared.num_layers, prepared.layer_bytes) == (layers, 5 * BLOCK)
+    for layer in range(layers):
+        prepared.post(layer)
+    prepared.wait(10)
+    assert prepared.num_pending == 0
+    order = remote.call(op="wait_notices", request_id=31, num_layers=layers, wait_s=5)["order"]
+    assert order == list(range(layers))
+    remote.call(op="dump", path=str(tmp_path / "remote.bin"))
+    expect = seeded(7, BLOCK * NUM_BLOCKS).reshape(layers, per_layer, BLOCK)
+    expect[:, dst] = local.reshape(layers, per_layer, BLOCK)[:, src]
+    got = np.fromfile(tmp_path / "remote.bin", dtype=np.uint8).reshape(layers, per_layer, BLOCK)
+    np.testing.assert_array_equal(got, expect)
+
+
+def test_prepared_get_records_local_notice_and_reads_bytes():
+    a, b = Agent(TransferConfig()), Agent(TransferConfig())
+    try:
+        ra, local = a.alloc(BLOCK * 4)
+        rb, remote = b.alloc(BLOCK * 4)
+        local[:] = 0
+        remote[:] = np.random.default_rng(4).integers(0, 256, remote.size, dtype=np.uint8)
+        peer = a.connect(b.local_info())
+        prepared = a.prepare_get(peer, ra, rb.id, [0], [BLOCK], [BLOCK], request_id=8,
+                                 num_layers=2, local_layer_stride=2 * BLOCK,
+                                 remote_layer_stride=2 * BLOCK)
+        for layer in (1, 0):
+            prepared.post(layer)
+            a.wait_notice(8, layer, timeout=5)
+        prepared.wait(5)
+        np.testing.assert_array_equal(local[:BLOCK], remote[BLOCK:2 * BLOCK])
+        np.testing.assert_array_equal(local[2 * BLOCK:3 * BLOCK], remote[3 * BLOCK:])
+        assert not local[BLOCK:2 * BLOCK].any() and not local[3 * BLOCK:].any()
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("loc, rem, length, layers, match", [
+    ([BLOCK * 8 - 100], [0], [BLOCK], 1, "local range"),
+    ([0], [BLOCK * 8], [BLOCK], 1, "remote range"),
+    ([0], [0], [0], 1, "length must be > 0"),
+    ([0], [0], [BLOCK // 2], 1, "not a multiple"),
+    ([0, 0], [0], [BLOCK], 1, "different length"),
+    ([0.5], [0], [BLOCK], 1, "integers"),
+    ([0], [0], [BLOCK], 9, "layer 8: .*remote range"),  # only the last layer falls outside
+    ([0], [0], [BLOCK], 0, "num_layers"),
+])
+def test_prepared_bad_descriptors_rejected_at_prepare(pair, loc, rem, length, layers, match):
+    a, b, ra, rb, peer, dst = pair
+    with pytest.raises(errors.InvalidArgument, match=match):
+        a.prepare_put(peer, ra, rb.id, loc, rem, length, request_id=1, num_layers=layers,
+                      remote_layer_stride=BLOCK, block_bytes=BLOCK)
+    with pytest.raises(errors.TimedOut):
+        b.wait_notice(1, 0, timeout=0.2)
+    assert not dst.any()
+
+
+def test_prepared_post_checks_layer_and_revalidates_after_revocation(pair):
+    a, b, ra, rb, peer, dst = pair
+    prepared = a.prepare_put(peer, ra, rb.id, [0], [0], [BLOCK], request_id=2, num_layers=2)
+    with pytest.raises(errors.InvalidArgument, match="outside"):
+        prepared.post(2)
+    prepared.post(0)
+    b.wait_notice(2, 0, timeout=5)
+    prepared.wait(5)
+    b.deregister(rb)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # the revocation travels as a notice to the peer
+        try:
+            prepared.post(1)
+            prepared.wait(5)
+        except errors.InvalidArgument as exc:
+            assert "stale rkey" in str(exc)
+            break
+        time.sleep(0.01)
+    else:
+        pytest.fail("a prepared post to a revoked region was never rejected")
+
+
+def test_prepared_put_to_killed_peer_raises_peer_disconnected(remote, agent):
+    region = agent.register(np.zeros(BLOCK * 4, dtype=np.uint8))
+    peer = rendezvous(agent, remote.hello["address"], TOKEN, timeout=10)
+    prepared = agent.prepare_put(peer, region, peer.region().id, [0], [0], [BLOCK],
+                                 request_id=41, num_layers=10**6)
+    for layer in range(20):
+        prepared.post(layer)
+    prepared.wait(5)
+    remote.kill()
+    start = time.monotonic()
+    with pytest.raises(errors.PeerDisconnected):
+        for layer in range(20, 10**6):  # keepalive (0.5 s) reports the death
+            prepared.post(layer)
+            if layer % 64 == 0:
+                prepared.wait(10)
+    assert time.monotonic() - start < 5.0
+    with pytest.raises(errors.PeerDisconnected):
+        prepared.wait(1)  # the failure is sticky: whatever was in flight is reported too
+    agent.disconnect(peer.id)
+    agent.deregister(region, timeout=2)

@@ -81,9 +81,18 @@ class Agent : public BatchPoster {
   Status validate(const RmaBatch& batch, int64_t block_bytes) override;
   Status post(RmaBatch batch, DoneCallback done) override;
   Status submit(RmaBatch batch, int64_t block_bytes, uint64_t* handle);
+  // Posts a batch validated earlier (PreparedTransfer): `*checked_gen` is the regions
+  // generation it was checked against; when regions or rkeys changed since, it is validated
+  // again (and `*checked_gen` advanced) before anything is posted. Without `may_block`, a
+  // worker busy with another thread returns kInProgress with nothing posted, so a caller
+  // holding the GIL can release it and retry with `may_block`.
+  Status post_prepared(const RmaBatch& rma, int64_t block_bytes, uint64_t* checked_gen,
+                       DoneCallback done, bool may_block);
+  uint64_t regions_gen() const { return regions_gen_.load(std::memory_order_acquire); }
   HandleTable& handles() { return handles_; }
 
   Status wait_notice(int64_t request_id, int64_t layer, uint64_t peer_id, int64_t deadline_ns);
+  bool has_notice(int64_t request_id, int64_t layer);  // arrived already (never blocks long)
   std::vector<int64_t> notices(int64_t request_id);
   void clear_notices(int64_t request_id);
   Status send_notice(uint64_t peer_id, int64_t request_id, int64_t layer, uint64_t* handle);
@@ -113,6 +122,10 @@ class Agent : public BatchPoster {
   };
 
   Status map_region(uint64_t base, int64_t size, RegionInfo* out);
+  // Under state_mu_: the checks of validate(), and resolving a validated batch's regions
+  // into `batch` (pinning the local one).
+  Status validate_locked(const RmaBatch& batch, int64_t block_bytes);
+  Status resolve_locked(const RmaBatch& rma, Batch* batch);
 
   // Progress thread and its command queue.
   void progress_loop();
@@ -176,6 +189,9 @@ class Agent : public BatchPoster {
   std::map<uint64_t, std::unique_ptr<Peer>> peers_;
   std::vector<std::shared_ptr<Batch>> orphans_;  // batches of removed peers awaiting callbacks
   uint64_t next_region_id_ = 1, next_peer_id_ = 1;
+  // Bumped (under state_mu_) whenever a local region goes or a peer's regions change, so a
+  // prepared batch re-validates only then.
+  std::atomic<uint64_t> regions_gen_{0};
 
   std::mutex notice_mu_;
   std::condition_variable notice_cv_;

@@ -112,6 +112,9 @@ class Agent:
         self._native = C.Agent(f"{config.name}-{config.traffic_class}", _known_options(config),
                                config.op_timeout_s, config.spin_us)
         self._buffers: dict[int, object] = {}  # registered Python buffers stay alive
+        # The per-layer wait calls the native method directly (same signature and checks):
+        # a Python frame around it would be a sizeable share of a notice over shared memory.
+        self.wait_notice = self._native.wait_notice
 
     @property
     def uid(self) -> int:
@@ -191,6 +194,40 @@ class Agent:
                                    as_int64(lengths, "lengths"), int(request_id), int(layer),
                                    int(block_bytes))
 
+    def prepare_put(self, peer: int, local: Region | int, remote: int, local_offsets,
+                    remote_offsets, lengths, *, request_id: int, num_layers: int = 1,
+                    local_layer_stride: int = 0, remote_layer_stride: int = 0,
+                    block_bytes: int = 0):
+        """A per-layer put validated once: layer l moves the descriptors shifted by
+        l * local_layer_stride / l * remote_layer_stride, with notice (request_id, l).
+
+        Every layer's descriptors are checked here (InvalidArgument if any falls outside its
+        region). Returns a native `PreparedTransfer`: `post(layer)` posts one layer (no
+        handle, no re-validation unless the agent's regions changed since), `wait(timeout)`
+        returns once everything posted finished and raises its first failure
+        (PeerDisconnected, TimedOut); `num_pending`, `layer_bytes`, `num_layers`."""
+        return self._prepare(peer, local, remote, False, local_offsets, remote_offsets, lengths,
+                             request_id, num_layers, local_layer_stride, remote_layer_stride,
+                             block_bytes)
+
+    def prepare_get(self, peer: int, local: Region | int, remote: int, local_offsets,
+                    remote_offsets, lengths, *, request_id: int, num_layers: int = 1,
+                    local_layer_stride: int = 0, remote_layer_stride: int = 0,
+                    block_bytes: int = 0):
+        """prepare_put's reading twin: post(layer) records notice (request_id, layer) here."""
+        return self._prepare(peer, local, remote, True, local_offsets, remote_offsets, lengths,
+                             request_id, num_layers, local_layer_stride, remote_layer_stride,
+                             block_bytes)
+
+    def _prepare(self, peer, local, remote, is_get, local_offsets, remote_offsets, lengths,
+                 request_id, num_layers, local_layer_stride, remote_layer_stride, block_bytes):
+        return self._native.prepare(_peer_id(peer), _region_id(local), _region_id(remote), is_get,
+                                    as_int64(local_offsets, "local_offsets"),
+                                    as_int64(remote_offsets, "remote_offsets"),
+                                    as_int64(lengths, "lengths"), int(request_id),
+                                    int(num_layers), int(local_layer_stride),
+                                    int(remote_layer_stride), int(block_bytes))
+
     def send_notice(self, peer: int, request_id: int, layer: int) -> int:
         return self._native.send_notice(peer, request_id, layer)
 
@@ -204,7 +241,8 @@ class Agent:
         self._native.release(handle)
 
     def wait_notice(self, request_id: int, layer: int, timeout: float, peer: int = 0) -> None:
-        """Returns once (request_id, layer) arrived; with `peer`, fails fast if it died."""
+        """Returns once (request_id, layer) arrived; with `peer`, fails fast if it died.
+        (Each instance calls the native method directly; this is its documentation.)"""
         self._native.wait_notice(request_id, layer, timeout, peer)
 
     def notices(self, request_id: int) -> np.ndarray:

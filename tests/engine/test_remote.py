@@ -43,13 +43,13 @@ def remote_turn(model, store, a, prompt, read_side, num_gen, rid):
     keys = store.chain_keys(prompt)
     hit = store.match(keys)
     de_buffer = BlockBuffer(store.pool, store.layout, len(prompt))  # on the DE node
-    handles = []
+    stream = None
     if read_side == "de":  # the DE reads the hit, then streams it to the PE layer by layer
         loaded = SlotSource.load(store, keys[:hit], de_buffer.slots[:hit])
         hit = loaded.prepare(time.monotonic() + 10) // BT
         if hit:
-            handles = stream_hit_layers(a["de"], de_buffer, a["pool_de"], hit, a["pe_peer"],
-                                        a["recv_region"], rid)
+            stream = stream_hit_layers(a["de"], de_buffer, a["pool_de"], hit, a["pe_peer"],
+                                       a["recv_region"], rid)
         source = RemoteLayerSource(a["pe"], a["recv"], hit, store.layout, rid, a["de_peer"])
     else:
         source = SlotSource.load(store, keys[:hit])
@@ -58,9 +58,9 @@ def remote_turn(model, store, a, prompt, read_side, num_gen, rid):
     first = prefill_batch(model, [PrefillItem(prompt, source, sink, read_side)], codec)[0]
     cached = source.prepare(0) // BT
     source.close()
-    for h in handles:
-        a["de"].wait(h, 10)
-        a["de"].release(h)
+    if stream is not None:
+        stream.wait(10)
+        assert stream.num_pending == 0
     wait_landed(a["de"], de_buffer, rid, time.monotonic() + 10, a["pe_peer"])
     writeback = StoreWriteBack(store, codec, cached, keys[cached - 1] if cached else None)
     decoder = Decoder(model, codec)

@@ -140,18 +140,18 @@ def main(argv=None):
 def latency_row(report: Report, args):
     """Both figures are one-way: half the round trip of a 64 KiB ping-pong between two
     processes (perftest: put + poll on the buffer's last byte; dualkv: put + notice +
-    wait_notice, through the Python API and driven from C++), each the median over --reps
+    wait_notice, through the Python API per call, through a prepared per-layer put, and
+    driven from C++), each the median over --reps
     runs, alternated so that load hits all three alike; with --pin both tools' two processes
     are pinned to CPUs 0 and 1."""
     cpus = _pin_cpus(args.pin)
-    runs = {"python": [], "native": []}
+    runs = {"python": [], "prepared": [], "native": []}
     refs = []
     for _ in range(args.reps):
         ref = ucx_perftest.reference("ucp_put_lat", 64 * KIB, args.tls, cpus=cpus)
         refs.append(ref and ref["p50_us"])
         for api in runs:
-            runs[api] += notice_latency_us(64 * KIB, args.iters, 1, args.tls, api == "native",
-                                           cpus)
+            runs[api] += notice_latency_us(64 * KIB, args.iters, 1, args.tls, api, cpus)
     ref_p50 = statistics.median(refs) if None not in refs else None
     for api, ours in runs.items():
         row = {"test": "notice_latency", "api": api, "block_bytes": 64 * KIB,

@@ -13,8 +13,11 @@ processes, as perftest's server and client do, so no GIL is shared between them.
 left free, the scheduler often stacks two spinning processes on one core of a small shared
 host, and every message then waits for the peer's time slice.
 
-`native=True` runs the same loop in C++ (`Agent.pingpong`: the same submit / notice /
-wait_notice calls), which separates the transport's share from the Python calls' share."""
+`api` picks how each side puts: "python" calls `Agent.put` + `release` per layer (descriptors
+validated per call, a handle each), "prepared" calls `post(i)` on a transfer prepared once
+with `Agent.prepare_put` (what an engine streaming layers calls), "native" runs the same loop
+in C++ (`Agent.pingpong`: submit / notice / wait_notice without the interpreter), which
+separates the transport's share from the Python calls' share."""
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -27,6 +30,7 @@ import numpy as np
 from dualkv.transfer import Agent, TransferConfig
 
 PING, PONG = 1, 2
+APIS = ("python", "prepared", "native")
 
 
 def _agent(tls: str | None, size: int):
@@ -40,7 +44,7 @@ def _descs(size: int):
     return np.full(1, size, np.int64), np.zeros(1, np.int64), np.full(1, size, np.int64)
 
 
-def _responder(conn, tls: str | None, size: int, iters: int, reps: int, native: bool,
+def _responder(conn, tls: str | None, size: int, iters: int, reps: int, api: str,
                cpu: int | None):
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
@@ -51,10 +55,19 @@ def _responder(conn, tls: str | None, size: int, iters: int, reps: int, native: 
         peer = agent.connect(info)
         remote = info["regions"][0]["id"]
         loc, rem, lengths = _descs(size)
+        prepared = agent.prepare_put(peer, region, remote, loc, rem, lengths, request_id=PONG,
+                                     num_layers=iters)
         conn.send("ready")
         for _ in range(reps):
-            if native:
+            if api == "native":
                 agent.native.pingpong(peer, region.id, remote, size, iters, False, 60)
+            elif api == "prepared":
+                post, wait_notice = prepared.post, agent.wait_notice
+                for i in range(iters):
+                    wait_notice(PING, i, 10, peer)
+                    post(i)
+                prepared.wait(10)
+                agent.clear_notices(PING)
             else:
                 for i in range(iters):
                     agent.wait_notice(PING, i, 10, peer)
@@ -68,13 +81,15 @@ def _responder(conn, tls: str | None, size: int, iters: int, reps: int, native: 
 
 
 def notice_latency_us(size: int, iters: int, reps: int, tls: str | None = None,
-                      native: bool = False, cpus: tuple[int, int] | None = None) -> list[float]:
+                      api: str = "python", cpus: tuple[int, int] | None = None) -> list[float]:
     """Median one-way latency (half round trip, µs) of each of `reps` runs of `iters` pings;
     the first tenth of every run is warm-up and not counted."""
+    if api not in APIS:
+        raise ValueError(f"api must be one of {APIS}")
     ctx = mp.get_context("spawn")  # a forked child would share this process' UCX state
     conn, child_conn = ctx.Pipe()
     proc = ctx.Process(target=_responder, daemon=True,
-                       args=(child_conn, tls, size, iters, reps, native, cpus and cpus[1]))
+                       args=(child_conn, tls, size, iters, reps, api, cpus and cpus[1]))
     proc.start()
     affinity = os.sched_getaffinity(0)
     if cpus:
@@ -88,9 +103,11 @@ def notice_latency_us(size: int, iters: int, reps: int, tls: str | None = None,
         remote = info["regions"][0]["id"]
         medians = []
         for _ in range(reps):
-            if native:
+            if api == "native":
                 rtts = [float(t) / 1e9 for t in
                         agent.native.pingpong(peer, region.id, remote, size, iters, True, 60)]
+            elif api == "prepared":
+                rtts = _prepared_pings(agent, peer, region, remote, size, iters)
             else:
                 rtts = _python_pings(agent, peer, region, remote, size, iters)
             conn.send("next")
@@ -106,15 +123,37 @@ def notice_latency_us(size: int, iters: int, reps: int, tls: str | None = None,
 
 def _python_pings(agent, peer, region, remote, size, iters) -> list[float]:
     loc, rem, lengths = _descs(size)
-    rtts = []
+    stamps, clock = [0.0] * (iters + 1), time.perf_counter
     for i in range(iters):
-        start = time.perf_counter()
+        stamps[i] = clock()
         agent.release(agent.put(peer, region, remote, loc, rem, lengths,
                                 request_id=PING, layer=i))
         agent.wait_notice(PONG, i, 10, peer)
-        rtts.append(time.perf_counter() - start)
+    stamps[iters] = clock()
     agent.clear_notices(PONG)
-    return rtts
+    return _round_trips(stamps)
+
+
+def _prepared_pings(agent, peer, region, remote, size, iters) -> list[float]:
+    loc, rem, lengths = _descs(size)
+    prepared = agent.prepare_put(peer, region, remote, loc, rem, lengths, request_id=PING,
+                                 num_layers=iters)
+    post, wait_notice = prepared.post, agent.wait_notice
+    stamps, clock = [0.0] * (iters + 1), time.perf_counter
+    for i in range(iters):
+        stamps[i] = clock()
+        post(i)
+        wait_notice(PONG, i, 10, peer)
+    stamps[iters] = clock()
+    prepared.wait(10)
+    agent.clear_notices(PONG)
+    return _round_trips(stamps)
+
+
+def _round_trips(stamps: list[float]) -> list[float]:
+    """One clock read per round trip (its start is the previous one's end), as perftest
+    takes one per iteration: two reads would add a clock call to every sample."""
+    return [end - start for start, end in zip(stamps, stamps[1:])]
 
 
 def _recv(conn, proc, timeout: float = 30.0):

@@ -28,7 +28,7 @@ class DecodeServer:
     def __init__(self, server):
         self.server = server  # the EngineServer: store, agent, codec, snic, timeout_s
         self.decoder = Decoder(server.model, server.codec, server.timeout_s)
-        self.opened = {}    # rid -> (BlockBuffer, stream handles, max blocks written back)
+        self.opened = {}    # rid -> (BlockBuffer, hit stream or None, max blocks written back)
         self.running = {}   # rid -> (StoreWriteBack, max blocks written back, admitted_at)
         self.finished = []  # results not yet collected by poll
         self.max_rid = 0     # the newest request id seen (the scheduler's report mark)
@@ -63,16 +63,16 @@ class DecodeServer:
                               f"{msg['rid']}, {s.store.pool.num_free - self._future_slots()} free")
         keys = np.frombuffer(msg["hit_keys"], np.uint8).reshape(-1, 32)
         buffer = BlockBuffer(s.store.pool, s.store.layout, msg["num_tokens"])
-        num_hit, handles, ready_at = 0, [], time.monotonic()
+        num_hit, stream, ready_at = 0, None, time.monotonic()
         if msg["read_side"] == "de" and len(keys):
             source = SlotSource.load(s.store, keys, buffer.slots[:len(keys)])
             num_hit = source.prepare(time.monotonic() + s.timeout_s) // bt
             ready_at = s.snic.reserve(len(keys) * s.store.layout.full_block_bytes)
             if num_hit:
-                handles = stream_hit_layers(s.agent, buffer, s.pool_region, num_hit,
-                                            msg["pe_peer"], msg["pe_recv_region"], msg["rid"],
-                                            msg.get("pe_recv_offset", 0))
-        self.opened[msg["rid"]] = (buffer, handles, wb_end)
+                stream = stream_hit_layers(s.agent, buffer, s.pool_region, num_hit,
+                                           msg["pe_peer"], msg["pe_recv_region"], msg["rid"],
+                                           msg.get("pe_recv_offset", 0))
+        self.opened[msg["rid"]] = (buffer, stream, wb_end)
         target = RemoteBuffer.of(buffer, 0, s.pool_region)
         return {"slot_offsets": list(target.slot_offsets), "num_hit_blocks": num_hit,
                 "ready_at": ready_at}
@@ -82,9 +82,9 @@ class DecodeServer:
         s = self.server
         for req in msg["requests"]:
             rid = req["rid"]
-            buffer, handles, wb_end = self.opened.pop(rid)
+            buffer, stream, wb_end = self.opened.pop(rid)
             deadline = time.monotonic() + s.timeout_s
-            self._settle(handles, deadline)
+            self._settle(stream, deadline)
             wait_landed(s.agent, buffer, rid, deadline, req["pe_peer"])
             cached = req["num_cached_blocks"]
             prior = np.frombuffer(req["prior_key"], np.uint8) if cached else None
@@ -99,22 +99,17 @@ class DecodeServer:
         rids = msg.get("rids") or list(self.opened)
         for rid in rids:
             if rid in self.opened:
-                buffer, handles, _ = self.opened.pop(rid)
+                buffer, stream, _ = self.opened.pop(rid)
                 try:  # puts to a PE that may be gone: settle, then free
-                    self._settle(handles, time.monotonic() + 5.0)
+                    self._settle(stream, time.monotonic() + 5.0)
                 except Exception:
                     pass
                 buffer.free()
         return {"num_dropped": len(rids)}
 
-    def _settle(self, handles, deadline: float) -> None:
-        agent = self.server.agent
-        try:
-            for handle in handles:
-                agent.wait(handle, max(0.0, deadline - time.monotonic()))
-        finally:
-            for handle in handles:
-                agent.release(handle)
+    def _settle(self, stream, deadline: float) -> None:
+        if stream is not None:  # the hit's layers streamed to the PE (stream_hit_layers)
+            stream.wait(max(0.0, deadline - time.monotonic()))
 
     # -- decoding -------------------------------------------------------------------------
     @property

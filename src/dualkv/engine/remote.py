@@ -9,7 +9,7 @@ Both engines register their node buffer (a pool) once with their `kv`-class agen
   starting or ending mid-block writes only its tokens). The DE's `wait_landed` turns the
   notices into `BlockBuffer.mark_layer_done`, after which `Decoder.admit` proceeds.
 - DE buffer → PE (de read path): the DE, after its storage read, posts `stream_hit_layers`:
-  one put per layer of every hit Layer Block into the PE's receive region, and the PE's
+  one prepared put per layer of every hit Layer Block into the PE's receive region, and the PE's
   `RemoteLayerSource.wait_layer(l)` waits for notice l and returns views of that region.
 
 Request ids are the scheduler's; a request's prefill must not be chunked across remote puts
@@ -114,22 +114,28 @@ def wait_landed(agent, buffer: BlockBuffer, request_id: int, deadline: float, pe
 
 
 def stream_hit_layers(agent, buffer: BlockBuffer, local_region, num_blocks: int, peer: int,
-                      remote_region, request_id: int, remote_offset: int = 0) -> list:
+                      remote_region, request_id: int, remote_offset: int = 0):
     """DE side of the de read path: puts Layer Block l of the first num_blocks blocks of the
     buffer into the PE's receive region at remote_offset ([layer][block][layer_block_bytes]),
-    layer by layer, each followed by notice (request_id, l). Returns the handles to wait for
-    and release."""
+    layer by layer, each followed by notice (request_id, l). Every layer's descriptors are
+    layer 0's shifted by one stride on each side, so they are validated once
+    (`Agent.prepare_put`) and each layer is one native post. Returns the PreparedTransfer:
+    `wait(timeout)` once the PE has them (raises the first failure)."""
     layout, base = buffer.layout, buffer.pool.base_ptr
     lbb = layout.layer_block_bytes
-    slot_offsets = [int(buffer.pool.ptr(int(s))) - base for s in buffer.slots[:num_blocks]]
-    handles = []
+    slots = np.fromiter((int(buffer.pool.ptr(int(s))) - base for s in buffer.slots[:num_blocks]),
+                        np.int64, num_blocks)
+    prepared = agent.prepare_put(peer, getattr(local_region, "id", local_region),
+                                 getattr(remote_region, "id", remote_region),
+                                 slots + layout.layer_offset(0),
+                                 remote_offset + np.arange(num_blocks, dtype=np.int64) * lbb,
+                                 np.full(num_blocks, lbb, np.int64), request_id=request_id,
+                                 num_layers=layout.num_layers,
+                                 local_layer_stride=layout.layer_stride,
+                                 remote_layer_stride=num_blocks * lbb)
     for layer in range(layout.num_layers):
-        local = [off + layout.layer_offset(layer) for off in slot_offsets]
-        remote = [remote_offset + (layer * num_blocks + b) * lbb for b in range(num_blocks)]
-        handles.append(agent.put(peer, getattr(local_region, "id", local_region),
-                                 getattr(remote_region, "id", remote_region), local, remote,
-                                 [lbb] * num_blocks, request_id=request_id, layer=layer))
-    return handles
+        prepared.post(layer)
+    return prepared
 
 
 class RemoteLayerSource:
