@@ -21,6 +21,9 @@ cdef class Scheduler:
     cpdef bint has_de_work(self, group_id) except -1
     cpdef report_read_q(self, node_id, read_q)
 
+    @cython.locals(e=EngineReport, reported=cython.longlong)
+    cpdef report_de_load(self, GroupReport report)
+
     @cython.locals(e=EngineReport, reported=cython.longlong, taken=cython.longlong, request=Request,
                    r=Request, result=FetchResult)
     cpdef fetch_for_de_group(self, GroupReport report)

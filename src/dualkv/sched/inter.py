@@ -80,6 +80,20 @@ class Scheduler:
         their group has nothing to fetch, so the read-side choice sees fresh queues."""
         self.read_q[node_id] = read_q
 
+    def report_de_load(self, report: GroupReport) -> None:
+        """A DE group's load report without a fetch: exactly what `fetch_for_de_group` does
+        for a group with no work (`has_de_work` false): it records the read queue and, for
+        phase 1, the group's tokens; nothing is assigned, placed or woken. A caller skips the
+        fetch's result objects this way when its group has nothing to take."""
+        group = self.de_groups[report.group_id]
+        self.read_q[group.node_id] = report.read_q
+        if self._smart:
+            gid = group.group_id
+            reported = 0
+            for e in report.engines:
+                reported += e.tok
+            self.de_loads.set(gid, reported + self._private_tokens[gid])
+
     # -- fetches --------------------------------------------------------------------------
     def fetch_for_pe_group(self, report: GroupReport) -> FetchResult:
         """A PE group leader fetches: Algorithm 1 over the global FIFO (smart policies)."""

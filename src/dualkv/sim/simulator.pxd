@@ -13,6 +13,9 @@ from dualkv.sim.events cimport EventQueue as CEventQueue
 
 cpdef long long hbm_need(CRequest r) except? -1
 
+@cython.locals(order=list, k=Py_ssize_t)
+cpdef list _rotated(set groups, long long shift)
+
 
 cdef class Simulator:
     cdef public object cfg, work, progress, policy, sched_cfg
@@ -24,7 +27,8 @@ cdef class Simulator:
     cdef public double now, kv_bw, read_s_per_token, linear_s_per_token, tpot_slope, tpot_light
     cdef public double period
     cdef public set pe_awake, de_awake, pe_full, dirty_read_q
-    cdef public bint tick_armed, io_free, layerwise
+    cdef public bint tick_armed, io_free, layerwise, pe_wake_all
+    cdef public frozenset all_pe
     cdef public list turn, end, submit_t, first_t, finish_t, ttft, ttst, tpot, ttft_at
     cdef public list attn_balance, _prompt, _hit, _gen, group_reports
     cdef public object bytes_read

@@ -53,6 +53,10 @@ class Simulator:
         self.events, self.now = EventQueue(), 0.0
         self.pe_awake, self.de_awake, self.pe_full = set(), set(), set()
         self.tick_armed, self._de_rotor = False, 0
+        # "every PE group not in pe_full is awake", set when the global queue gets its first
+        # request and applied at the next tick (on_tick says why that is the same set)
+        self.pe_wake_all = False
+        self.all_pe = frozenset(range(self.c.num_pe_nodes))
         self.dirty_read_q = set()  # nodes whose read queue changed since the last tick
         self.num_ticks = 0
         n = work.num_agents
@@ -138,10 +142,8 @@ class Simulator:
         request = Request(i, self._prompt[i], self._hit[i], self._gen[i], agent)
         routed = self.sched.submit(request)
         if routed is None:
-            if len(self.sched.pe_queue) == 1:
-                for g in range(self.c.num_pe_nodes):
-                    if g not in self.pe_full:
-                        self.pe_awake.add(g)
+            if len(self.sched.pe_queue) == 1 and len(self.pe_full) < self.c.num_pe_nodes:
+                self.pe_wake_all = True  # every PE group not in pe_full: see on_tick
             if len(self.sched.de_queue) == 1:  # some DE leader must drain it (phase 1)
                 self._de_rotor = (self._de_rotor + 1) % self.c.num_de_nodes
                 self.de_awake.add(self.c.num_pe_nodes + self._de_rotor)
@@ -151,7 +153,7 @@ class Simulator:
         self.arm_tick()
 
     def arm_tick(self) -> None:
-        if not self.tick_armed and (self.pe_awake or self.de_awake):
+        if not self.tick_armed and (self.pe_awake or self.de_awake or self.pe_wake_all):
             period = self.period
             self.push((int(self.now / period) + 1) * period, TICK, None)
             self.tick_armed = True
@@ -163,9 +165,15 @@ class Simulator:
         self.dirty_read_q.clear()
         self.num_ticks += 1  # leaders fetch at different phases: rotate who goes first
         pe, self.pe_awake = self.pe_awake, set()
+        if self.pe_wake_all:
+            # The groups not in pe_full when the queue got its first request, taken now: the
+            # same set, since only a fetch (in a tick) adds to pe_full, and a group leaving it
+            # (on_forward_done) while the queue is non-empty is added to pe_awake anyway.
+            self.pe_wake_all = False
+            pe |= self.all_pe - self.pe_full
         # A PE fetch with nothing to take returns nothing and changes nothing (read queues
-        # are reported above), so it is skipped: the same decisions, fewer calls. DE fetches
-        # always run: their report refreshes the group's load for phase 1.
+        # are reported above), so it is skipped: the same decisions, fewer calls. DE leaders
+        # always report: their load refreshes the group's phase-1 total (fetch_de).
         sched = self.sched
         for g in _rotated(pe, self.num_ticks):
             if sched.has_pe_work(g):
@@ -201,6 +209,13 @@ class Simulator:
         for er in report.engines:
             e = er.engine_id
             er.seq, er.tok, er.free_hbm_tokens = c.seq[e], c.tok[e], cap - c.de_alloc[e]
+        if not self.sched.has_de_work(g):
+            # About half the DE fetches find no work (another leader drained the global queue
+            # into other groups first). Such a fetch only reports the group's load, so only
+            # the report is sent: the same decisions, without the fetch's result objects.
+            self.sched.report_de_load(report)
+            self.arm_tick()
+            return
         result = self.sched.fetch_for_de_group(report)
         for r in result.assigned:
             c.seq[r.de] += 1
