@@ -29,3 +29,6 @@ cdef class LeastLoaded:
     cpdef add(self, g, double delta)
     @cython.locals(loads="double[:]", best=Py_ssize_t, i=Py_ssize_t)
     cpdef argmin(self)
+
+
+cpdef shorter_queue_side(double pe_read_q, double de_read_q)

@@ -7,7 +7,7 @@ from dualkv.sched.request cimport EngineReport as CEngineReport, GroupReport as 
 from dualkv.sched.inter cimport Scheduler as CScheduler
 from dualkv.sched.intra cimport PrefillBatcher as CBatcher
 from dualkv.sim.cluster cimport Cluster as CCluster
-from dualkv.sim.metrics cimport Accounting as CAccounting
+from dualkv.sim.metrics cimport Accounting as CAccounting, path_tokens  # a C call
 from dualkv.sim.events cimport EventQueue as CEventQueue
 
 
@@ -29,8 +29,9 @@ cdef class Simulator:
     cdef public set pe_awake, de_awake, pe_full, dirty_read_q
     cdef public bint tick_armed, io_free, layerwise, pe_wake_all
     cdef public frozenset all_pe
-    cdef public list turn, end, submit_t, first_t, finish_t, ttft, ttst, tpot, ttft_at
-    cdef public list attn_balance, _prompt, _hit, _gen, group_reports
+    cdef public long long[:] turn, end, _prompt, _hit, _gen
+    cdef public double[:] submit_t, first_t, finish_t
+    cdef public list ttft, ttst, tpot, ttft_at, attn_balance, group_reports
     cdef public object bytes_read
 
     cpdef push(self, double t, int kind, obj)
