@@ -12,8 +12,11 @@ cdef class Accounting:
     cdef public list cls
     cdef public Py_ssize_t num_windows
     cdef double[:, ::1] _snic_view
+    cdef double[::1] _write_view
 
     cpdef _grow(self, Py_ssize_t w)
+
+    cpdef add_write(self, Py_ssize_t node, double tokens)
 
     @cython.locals(W=double, w0=Py_ssize_t, w1=Py_ssize_t, rate=double, w=Py_ssize_t,
                    view="double[:, ::1]")

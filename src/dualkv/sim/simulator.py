@@ -281,8 +281,10 @@ class Simulator:
 
     def release_buffer(self, node: int, tokens: int) -> None:
         self.c.buf_used[node] -= tokens
-        for read_node in sorted(self.c.blocked.pop(node, ())):
-            self.start_reads(read_node)
+        blocked = self.c.blocked.pop(node, None)
+        if blocked:  # usually none: no sorted() list per release
+            for read_node in sorted(blocked):
+                self.start_reads(read_node)
 
     # -- prefill ----------------------------------------------------------------------------
     def make_ready(self, r: Request) -> None:
@@ -303,7 +305,7 @@ class Simulator:
                 continue
             batcher = c.batchers[e]
             chunks, flops = batcher.next_batch(c.ready[e])
-            t = c.curve(flops)
+            t = c.curve.seconds_for(flops)  # what c.curve(flops) returns, as a C call
             if io:  # no layerwise prefill: whole-KV load before and store after the forward
                 loaded = stored = 0
                 for ch in chunks:
@@ -381,7 +383,7 @@ class Simulator:
         if not self.io_free:
             block = self.block
             written = (r.prompt_tokens + r.gen_tokens) // block * block - r.hit_tokens
-            self.acct.snic_write[r.de_node] += written
+            self.acct.add_write(r.de_node, written)
             self.acct.add_class(self.now, (0, 0, written, 0, 0, 2 * written))
         waiting = c.de_wait[e]
         while waiting and (not c.de_alloc[e] or c.de_alloc[e] + hbm_need(waiting[0]) <= c.de_cap):
