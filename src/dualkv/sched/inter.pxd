@@ -6,6 +6,9 @@ from dualkv.sched.request cimport EngineReport, FetchResult, GroupReport, Reques
 from dualkv.sched.select cimport LeastLoaded, assign_des, assign_pes, shorter_queue_side
 
 
+# final: nothing subclasses it, so its cpdef methods are called directly
+# (no vtable, no check for a Python override)
+@cython.final
 cdef class Scheduler:
     cdef public object config, policy
     cdef public bint _smart, _io_free

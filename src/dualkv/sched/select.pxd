@@ -20,6 +20,9 @@ cpdef list assign_des(queue, engines, double z_margin)
 cpdef Py_ssize_t _pick_de(engines, Request request, double z) except? -2
 
 
+# final: nothing subclasses it, so its cpdef methods are called directly
+# (no vtable, no check for a Python override)
+@cython.final
 cdef class LeastLoaded:
     cdef public list ids
     cdef public dict index

@@ -1,8 +1,12 @@
 # Compiles cluster.py's state as a C-backed class: the event loop reads these arrays on every
 # event; typed as memoryviews, each read or update is a C array access.
+cimport cython
 from dualkv.sched.cost cimport FlopCurve as CFlopCurve
 
 
+# final: nothing subclasses it, so its cpdef methods are called directly
+# (no vtable, no check for a Python override)
+@cython.final
 cdef class Cluster:
     cdef public object policy
     cdef public CFlopCurve curve

@@ -6,6 +6,9 @@ cimport cython
 cpdef tuple path_tokens(side, long long hit, long long miss)
 
 
+# final: nothing subclasses it, so its cpdef methods are called directly
+# (no vtable, no check for a Python override)
+@cython.final
 cdef class Accounting:
     cdef public double window_s
     cdef public object snic, snic_write

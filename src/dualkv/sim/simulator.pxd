@@ -17,6 +17,9 @@ cpdef long long hbm_need(CRequest r) except? -1
 cpdef list _rotated(set groups, long long shift)
 
 
+# final: nothing subclasses it, so its cpdef methods are called directly
+# (no vtable, no check for a Python override)
+@cython.final
 cdef class Simulator:
     cdef public object cfg, work, progress, policy, sched_cfg
     cdef public CCluster c
