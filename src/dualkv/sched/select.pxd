@@ -30,7 +30,7 @@ cdef class LeastLoaded:
 
     cpdef set(self, g, double tokens)
     cpdef add(self, g, double delta)
-    @cython.locals(loads="double[:]", best=Py_ssize_t, i=Py_ssize_t)
+    @cython.locals(loads="double[:]", best=Py_ssize_t, i=Py_ssize_t, least=double, load=double)
     cpdef argmin(self)
 
 
