@@ -35,5 +35,5 @@ cdef class Scheduler:
     @cython.locals(request=Request, result=FetchResult)
     cpdef fetch_for_pe_group(self, GroupReport report)
 
-    cdef _finish(self, Request request, result)
+    cdef _finish(self, Request request, FetchResult result)
     cpdef choose_read_side(self, Request request)

@@ -4,6 +4,7 @@ cimport cython
 # C names differ from the .py's Python names (a .py import may not rebind a cimported name)
 from dualkv.sched.request cimport Request as CRequest
 from dualkv.sched.request cimport EngineReport as CEngineReport, GroupReport as CGroupReport
+from dualkv.sched.request cimport FetchResult as CFetchResult
 from dualkv.sched.inter cimport Scheduler as CScheduler
 from dualkv.sched.intra cimport PrefillBatcher as CBatcher
 from dualkv.sim.cluster cimport Cluster as CCluster
@@ -54,11 +55,12 @@ cdef class Simulator:
     @cython.locals(sched=CScheduler, node=Py_ssize_t)
     cpdef on_tick(self, _)
 
-    @cython.locals(c=CCluster, r=CRequest, e=Py_ssize_t, report=CGroupReport, er=CEngineReport)
+    @cython.locals(c=CCluster, r=CRequest, e=Py_ssize_t, report=CGroupReport, er=CEngineReport,
+                   result=CFetchResult)
     cpdef fetch_pe(self, Py_ssize_t g)
 
     @cython.locals(c=CCluster, r=CRequest, e=Py_ssize_t, cap=cython.longlong, report=CGroupReport,
-                   er=CEngineReport)
+                   er=CEngineReport, result=CFetchResult)
     cpdef fetch_de(self, Py_ssize_t g)
 
     @cython.locals(node=Py_ssize_t)
