@@ -74,3 +74,29 @@ def test_de_phase1_goes_to_group_with_fewest_tokens():
     assert got.assigned == [] and sched.has_de_work(3) and not sched.has_de_work(2)
     got = sched.fetch_for_de_group(GroupReport(3, 0, [EngineReport(5, 0, 0, 1e9)]))
     assert [r.de for r in got.assigned] == [5]
+
+
+@pytest.mark.parametrize("policy", ["dualpath", "basic"])
+def test_report_de_load_is_a_fetch_with_no_work(policy):
+    """report_de_load must leave the scheduler exactly as a fetch by a group with no work
+    does (the simulator sends it instead of such a fetch): same read queues, same phase-1
+    loads, so the next request goes to the same DE group."""
+    de = [GroupSpec(2, node_id=2, engine_ids=(4, 5)), GroupSpec(3, node_id=3, engine_ids=(6, 7))]
+    states = []
+    for use_report in (False, True):
+        sched = Scheduler(SchedulerConfig(policy=policy), PE, de)
+        assert not sched.has_de_work(3)
+        rep = report(de[1], read_q=700, tok=(500, 300), free=1e6)
+        if use_report:
+            sched.report_de_load(rep)
+        else:
+            got = sched.fetch_for_de_group(rep)
+            assert got.assigned == got.placed == got.woken_groups == []
+        r = Request(0, 100, 50, 5)
+        sched.submit(r)
+        sched.fetch_for_pe_group(report(PE[0]))
+        got = sched.fetch_for_de_group(report(de[0], read_q=10, tok=(0, 0), free=1e6))
+        loads = sched.de_loads.tokens if sched._smart else None
+        states.append((dict(sched.read_q), loads, r.de, r.read_side, got.woken_groups))
+    assert states[0] == states[1]
+    assert states[0][0][3] == 700  # the report's read queue was recorded

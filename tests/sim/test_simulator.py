@@ -17,7 +17,7 @@ def test_conservation(policy):
     sim = Simulator(small(policy), work).run()
     c = sim.c
     assert sim.num_done == work.num_agents
-    assert sim.turn == work.start[1:].tolist()  # every turn ran
+    assert list(sim.turn) == work.start[1:].tolist()  # every turn ran
     assert len(sim.ttft) == work.num_turns
     read = 0 if policy == "oracle" else int(work.hit.sum()) * sim.bpt
     assert sim.bytes_read == read

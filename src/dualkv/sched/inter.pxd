@@ -2,9 +2,13 @@
 # fetch, and the simulator calls has_pe_work / has_de_work for many groups per tick.
 cimport cython
 from dualkv.sched.request cimport EngineReport, FetchResult, GroupReport, Request
-from dualkv.sched.select cimport LeastLoaded
+# the selection rules as C calls (inter.py imports the same names; compiled, these bind them)
+from dualkv.sched.select cimport LeastLoaded, assign_des, assign_pes, shorter_queue_side
 
 
+# final: nothing subclasses it, so its cpdef methods are called directly
+# (no vtable, no check for a Python override)
+@cython.final
 cdef class Scheduler:
     cdef public object config, policy
     cdef public bint _smart, _io_free
@@ -21,6 +25,9 @@ cdef class Scheduler:
     cpdef bint has_de_work(self, group_id) except -1
     cpdef report_read_q(self, node_id, read_q)
 
+    @cython.locals(e=EngineReport, reported=cython.longlong)
+    cpdef report_de_load(self, GroupReport report)
+
     @cython.locals(e=EngineReport, reported=cython.longlong, taken=cython.longlong, request=Request,
                    r=Request, result=FetchResult)
     cpdef fetch_for_de_group(self, GroupReport report)
@@ -28,5 +35,5 @@ cdef class Scheduler:
     @cython.locals(request=Request, result=FetchResult)
     cpdef fetch_for_pe_group(self, GroupReport report)
 
-    cdef _finish(self, Request request, result)
+    cdef _finish(self, Request request, FetchResult result)
     cpdef choose_read_side(self, Request request)

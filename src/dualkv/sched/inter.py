@@ -80,6 +80,20 @@ class Scheduler:
         their group has nothing to fetch, so the read-side choice sees fresh queues."""
         self.read_q[node_id] = read_q
 
+    def report_de_load(self, report: GroupReport) -> None:
+        """A DE group's load report without a fetch: exactly what `fetch_for_de_group` does
+        for a group with no work (`has_de_work` false): it records the read queue and, for
+        phase 1, the group's tokens; nothing is assigned, placed or woken. A caller skips the
+        fetch's result objects this way when its group has nothing to take."""
+        group = self.de_groups[report.group_id]
+        self.read_q[group.node_id] = report.read_q
+        if self._smart:
+            gid = group.group_id
+            reported = 0
+            for e in report.engines:
+                reported += e.tok
+            self.de_loads.set(gid, reported + self._private_tokens[gid])
+
     # -- fetches --------------------------------------------------------------------------
     def fetch_for_pe_group(self, report: GroupReport) -> FetchResult:
         """A PE group leader fetches: Algorithm 1 over the global FIFO (smart policies)."""
@@ -101,33 +115,33 @@ class Scheduler:
         """A DE group leader fetches: phase 1 drains the global queue into group queues, then
         phase 2 places this group's queue on its engines (smart policies)."""
         group = self.de_groups[report.group_id]
-        self.read_q[group.node_id] = report.read_q
+        own, node = group.group_id, group.node_id  # read once: a dataclass's fields are slow
+        self.read_q[node] = report.read_q
         if self._smart:
-            private = self.de_private[group.group_id]
+            private = self.de_private[own]
             woken = []
-            gid = group.group_id
             reported = 0
             for e in report.engines:
                 reported += e.tok
-            self.de_loads.set(gid, reported + self._private_tokens[gid])
+            self.de_loads.set(own, reported + self._private_tokens[own])
             while self.de_queue:
                 request = self.de_queue.popleft()
                 gid = self.de_loads.argmin()
-                if gid != group.group_id and not self.de_private[gid]:
+                queue = self.de_private[gid]
+                if gid != own and not queue:
                     woken.append(gid)
-                self.de_private[gid].append(request)
+                queue.append(request)
                 self.de_loads.add(gid, request.prompt_tokens)
                 self._private_tokens[gid] += request.prompt_tokens
             picks = assign_des(private, report.engines, self._z)
             taken = 0
             for r, _ in picks:
                 taken += r.prompt_tokens
-            self._private_tokens[group.group_id] -= taken
+            self._private_tokens[own] -= taken
             pairs = [(r, report.engines[i].engine_id) for r, i in picks]
         else:
             pairs, woken = self._drain(self._pending_de[group.group_id]), []
         result = FetchResult([], [], woken)
-        node = group.node_id
         for request, engine_id in pairs:
             request.de, request.de_node = engine_id, node
             self._finish(request, result)

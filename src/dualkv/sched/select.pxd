@@ -20,6 +20,9 @@ cpdef list assign_des(queue, engines, double z_margin)
 cpdef Py_ssize_t _pick_de(engines, Request request, double z) except? -2
 
 
+# final: nothing subclasses it, so its cpdef methods are called directly
+# (no vtable, no check for a Python override)
+@cython.final
 cdef class LeastLoaded:
     cdef public list ids
     cdef public dict index
@@ -27,5 +30,8 @@ cdef class LeastLoaded:
 
     cpdef set(self, g, double tokens)
     cpdef add(self, g, double delta)
-    @cython.locals(loads="double[:]", best=Py_ssize_t, i=Py_ssize_t)
+    @cython.locals(loads="double[:]", best=Py_ssize_t, i=Py_ssize_t, least=double, load=double)
     cpdef argmin(self)
+
+
+cpdef shorter_queue_side(double pe_read_q, double de_read_q)

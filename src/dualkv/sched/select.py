@@ -74,10 +74,11 @@ class LeastLoaded:
 
     def argmin(self) -> int:
         loads = self.loads
-        best = 0
+        best, least = 0, loads[0]  # the running minimum in a local: one array read per group
         for i in range(1, len(loads)):
-            if loads[i] < loads[best]:
-                best = i
+            load = loads[i]
+            if load < least:
+                best, least = i, load
         return self.ids[best]
 
 

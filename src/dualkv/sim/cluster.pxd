@@ -1,7 +1,15 @@
 # Compiles cluster.py's state as a C-backed class: the event loop reads these arrays on every
 # event; typed as memoryviews, each read or update is a C array access.
+cimport cython
+from dualkv.sched.cost cimport FlopCurve as CFlopCurve
+
+
+# final: nothing subclasses it, so its cpdef methods are called directly
+# (no vtable, no check for a Python override)
+@cython.final
 cdef class Cluster:
-    cdef public object policy, curve
+    cdef public object policy
+    cdef public CFlopCurve curve
     cdef public Py_ssize_t num_pe_nodes, num_de_nodes, g, num_nodes
     cdef public list pe_groups, de_groups, snic_pending, batchers, ready, de_wait
     cdef public long long[:] seq, tok, read_q, buf_used, de_assigned, de_alloc

@@ -6,14 +6,20 @@ cimport cython
 cpdef tuple path_tokens(side, long long hit, long long miss)
 
 
+# final: nothing subclasses it, so its cpdef methods are called directly
+# (no vtable, no check for a Python override)
+@cython.final
 cdef class Accounting:
     cdef public double window_s
     cdef public object snic, snic_write
     cdef public list cls
     cdef public Py_ssize_t num_windows
     cdef double[:, ::1] _snic_view
+    cdef double[::1] _write_view
 
     cpdef _grow(self, Py_ssize_t w)
+
+    cpdef add_write(self, Py_ssize_t node, double tokens)
 
     @cython.locals(W=double, w0=Py_ssize_t, w1=Py_ssize_t, rate=double, w=Py_ssize_t,
                    view="double[:, ::1]")

@@ -30,6 +30,7 @@ class Accounting:
         self._snic_view = self.snic  # typed view once compiled (metrics.pxd): C-speed adds
         self.cls = []  # per window: tokens per class channel
         self.snic_write = np.zeros(num_nodes)  # write-back tokens per node
+        self._write_view = self.snic_write  # typed once compiled: add_write is a C add
         self.num_windows = 0
 
     def _grow(self, w: int) -> None:
@@ -51,6 +52,9 @@ class Accounting:
         rate = tokens / (t1 - t0)
         for w in range(w0, w1 + 1):
             view[w, node] += rate * (min(t1, (w + 1) * W) - max(t0, w * W))
+
+    def add_write(self, node: int, tokens: float) -> None:
+        self._write_view[node] += tokens
 
     def add_class(self, t: float, tokens: tuple) -> None:
         w = int(t / self.window_s)

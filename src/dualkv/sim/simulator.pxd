@@ -4,16 +4,23 @@ cimport cython
 # C names differ from the .py's Python names (a .py import may not rebind a cimported name)
 from dualkv.sched.request cimport Request as CRequest
 from dualkv.sched.request cimport EngineReport as CEngineReport, GroupReport as CGroupReport
+from dualkv.sched.request cimport FetchResult as CFetchResult
 from dualkv.sched.inter cimport Scheduler as CScheduler
 from dualkv.sched.intra cimport PrefillBatcher as CBatcher
 from dualkv.sim.cluster cimport Cluster as CCluster
-from dualkv.sim.metrics cimport Accounting as CAccounting
+from dualkv.sim.metrics cimport Accounting as CAccounting, path_tokens  # a C call
 from dualkv.sim.events cimport EventQueue as CEventQueue
 
 
 cpdef long long hbm_need(CRequest r) except? -1
 
+@cython.locals(order=list, k=Py_ssize_t)
+cpdef list _rotated(set groups, long long shift)
 
+
+# final: nothing subclasses it, so its cpdef methods are called directly
+# (no vtable, no check for a Python override)
+@cython.final
 cdef class Simulator:
     cdef public object cfg, work, progress, policy, sched_cfg
     cdef public CCluster c
@@ -24,9 +31,11 @@ cdef class Simulator:
     cdef public double now, kv_bw, read_s_per_token, linear_s_per_token, tpot_slope, tpot_light
     cdef public double period
     cdef public set pe_awake, de_awake, pe_full, dirty_read_q
-    cdef public bint tick_armed, io_free, layerwise
-    cdef public list turn, end, submit_t, first_t, finish_t, ttft, ttst, tpot, ttft_at
-    cdef public list attn_balance, _prompt, _hit, _gen, group_reports
+    cdef public bint tick_armed, io_free, layerwise, pe_wake_all
+    cdef public frozenset all_pe
+    cdef public long long[:] turn, end, _prompt, _hit, _gen
+    cdef public double[:] submit_t, first_t, finish_t
+    cdef public list ttft, ttst, tpot, ttft_at, attn_balance, group_reports
     cdef public object bytes_read
 
     cpdef push(self, double t, int kind, obj)
@@ -46,11 +55,12 @@ cdef class Simulator:
     @cython.locals(sched=CScheduler, node=Py_ssize_t)
     cpdef on_tick(self, _)
 
-    @cython.locals(c=CCluster, r=CRequest, e=Py_ssize_t, report=CGroupReport, er=CEngineReport)
+    @cython.locals(c=CCluster, r=CRequest, e=Py_ssize_t, report=CGroupReport, er=CEngineReport,
+                   result=CFetchResult)
     cpdef fetch_pe(self, Py_ssize_t g)
 
     @cython.locals(c=CCluster, r=CRequest, e=Py_ssize_t, cap=cython.longlong, report=CGroupReport,
-                   er=CEngineReport)
+                   er=CEngineReport, result=CFetchResult)
     cpdef fetch_de(self, Py_ssize_t g)
 
     @cython.locals(node=Py_ssize_t)

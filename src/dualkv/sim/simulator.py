@@ -9,6 +9,7 @@ saturated cluster costs no events.
 """
 
 import gc
+from array import array
 
 from dualkv.sched import EngineReport, GroupReport, Request, Scheduler
 from dualkv.sim.cluster import Cluster
@@ -34,6 +35,12 @@ def hbm_need(r: Request) -> int:
     return r.prompt_tokens + r.gen_tokens
 
 
+def _int64s(values) -> array:
+    out = array("q")
+    out.frombytes(values.astype("int64").tobytes())  # numpy int64 -> array('q'): one copy
+    return out
+
+
 def _rotated(groups: set, shift: int) -> list:
     if len(groups) < 2:  # most ticks: nothing to sort or rotate
         return list(groups)
@@ -53,19 +60,26 @@ class Simulator:
         self.events, self.now = EventQueue(), 0.0
         self.pe_awake, self.de_awake, self.pe_full = set(), set(), set()
         self.tick_armed, self._de_rotor = False, 0
+        # "every PE group not in pe_full is awake", set when the global queue gets its first
+        # request and applied at the next tick (on_tick says why that is the same set)
+        self.pe_wake_all = False
+        self.all_pe = frozenset(range(self.c.num_pe_nodes))
         self.dirty_read_q = set()  # nodes whose read queue changed since the last tick
         self.num_ticks = 0
         n = work.num_agents
-        self.turn = work.start[:-1].tolist()
-        self.end = work.start[1:].tolist()
-        self.submit_t = [0.0] * n
-        self.first_t = [0.0] * n
-        self.finish_t = [0.0] * n
+        # Per-agent and per-turn numbers as flat arrays ('q' int64, 'd' double), typed as C
+        # memoryviews once compiled (simulator.pxd): a list of Python ints or floats costs a
+        # cache miss on a separate object at each read, which dominated submit at 5 M turns.
+        self.turn = _int64s(work.start[:-1])
+        self.end = _int64s(work.start[1:])
+        self.submit_t = array("d", [0.0]) * n
+        self.first_t = array("d", [0.0]) * n
+        self.finish_t = array("d", [0.0]) * n
         self.num_done = 0
         self.ttft, self.ttst, self.tpot, self.ttft_at = [], [], [], []
         self.attn_balance = []  # (time, max/avg attention time in the EP group)
         self.bytes_read = 0
-        self._prompt, self._hit, self._gen = work.prompt.tolist(), work.hit.tolist(), work.gen.tolist()
+        self._prompt, self._hit, self._gen = _int64s(work.prompt), _int64s(work.hit), _int64s(work.gen)
         m = cfg.model
         self.bpt = m.bytes_per_token
         self.kv_bw = cfg.cnic_bytes_per_s * cfg.cnic_kv_share
@@ -138,10 +152,8 @@ class Simulator:
         request = Request(i, self._prompt[i], self._hit[i], self._gen[i], agent)
         routed = self.sched.submit(request)
         if routed is None:
-            if len(self.sched.pe_queue) == 1:
-                for g in range(self.c.num_pe_nodes):
-                    if g not in self.pe_full:
-                        self.pe_awake.add(g)
+            if len(self.sched.pe_queue) == 1 and len(self.pe_full) < self.c.num_pe_nodes:
+                self.pe_wake_all = True  # every PE group not in pe_full: see on_tick
             if len(self.sched.de_queue) == 1:  # some DE leader must drain it (phase 1)
                 self._de_rotor = (self._de_rotor + 1) % self.c.num_de_nodes
                 self.de_awake.add(self.c.num_pe_nodes + self._de_rotor)
@@ -151,7 +163,7 @@ class Simulator:
         self.arm_tick()
 
     def arm_tick(self) -> None:
-        if not self.tick_armed and (self.pe_awake or self.de_awake):
+        if not self.tick_armed and (self.pe_awake or self.de_awake or self.pe_wake_all):
             period = self.period
             self.push((int(self.now / period) + 1) * period, TICK, None)
             self.tick_armed = True
@@ -163,9 +175,15 @@ class Simulator:
         self.dirty_read_q.clear()
         self.num_ticks += 1  # leaders fetch at different phases: rotate who goes first
         pe, self.pe_awake = self.pe_awake, set()
+        if self.pe_wake_all:
+            # The groups not in pe_full when the queue got its first request, taken now: the
+            # same set, since only a fetch (in a tick) adds to pe_full, and a group leaving it
+            # (on_forward_done) while the queue is non-empty is added to pe_awake anyway.
+            self.pe_wake_all = False
+            pe |= self.all_pe - self.pe_full
         # A PE fetch with nothing to take returns nothing and changes nothing (read queues
-        # are reported above), so it is skipped: the same decisions, fewer calls. DE fetches
-        # always run: their report refreshes the group's load for phase 1.
+        # are reported above), so it is skipped: the same decisions, fewer calls. DE leaders
+        # always report: their load refreshes the group's phase-1 total (fetch_de).
         sched = self.sched
         for g in _rotated(pe, self.num_ticks):
             if sched.has_pe_work(g):
@@ -201,6 +219,13 @@ class Simulator:
         for er in report.engines:
             e = er.engine_id
             er.seq, er.tok, er.free_hbm_tokens = c.seq[e], c.tok[e], cap - c.de_alloc[e]
+        if not self.sched.has_de_work(g):
+            # About half the DE fetches find no work (another leader drained the global queue
+            # into other groups first). Such a fetch only reports the group's load, so only
+            # the report is sent: the same decisions, without the fetch's result objects.
+            self.sched.report_de_load(report)
+            self.arm_tick()
+            return
         result = self.sched.fetch_for_de_group(report)
         for r in result.assigned:
             c.seq[r.de] += 1
@@ -256,8 +281,10 @@ class Simulator:
 
     def release_buffer(self, node: int, tokens: int) -> None:
         self.c.buf_used[node] -= tokens
-        for read_node in sorted(self.c.blocked.pop(node, ())):
-            self.start_reads(read_node)
+        blocked = self.c.blocked.pop(node, None)
+        if blocked:  # usually none: no sorted() list per release
+            for read_node in sorted(blocked):
+                self.start_reads(read_node)
 
     # -- prefill ----------------------------------------------------------------------------
     def make_ready(self, r: Request) -> None:
@@ -278,7 +305,7 @@ class Simulator:
                 continue
             batcher = c.batchers[e]
             chunks, flops = batcher.next_batch(c.ready[e])
-            t = c.curve(flops)
+            t = c.curve.seconds_for(flops)  # what c.curve(flops) returns, as a C call
             if io:  # no layerwise prefill: whole-KV load before and store after the forward
                 loaded = stored = 0
                 for ch in chunks:
@@ -356,7 +383,7 @@ class Simulator:
         if not self.io_free:
             block = self.block
             written = (r.prompt_tokens + r.gen_tokens) // block * block - r.hit_tokens
-            self.acct.snic_write[r.de_node] += written
+            self.acct.add_write(r.de_node, written)
             self.acct.add_class(self.now, (0, 0, written, 0, 0, 2 * written))
         waiting = c.de_wait[e]
         while waiting and (not c.de_alloc[e] or c.de_alloc[e] + hbm_need(waiting[0]) <= c.de_cap):
