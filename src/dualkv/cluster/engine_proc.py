@@ -19,7 +19,7 @@ import zmq
 
 from dualkv.cluster.decode_server import DecodeServer
 from dualkv.cluster.nic import ArrivesAt, SnicQueue
-from dualkv.cluster.protocol import error_reply, pack, unpack
+from dualkv.cluster.protocol import pack, serve, unpack
 from dualkv.engine import (EngineConfig, LayerBlockCodec, Model, ModelConfig, PrefillItem,
                            SlotSource, prefill_basic, prefill_batch)
 from dualkv.engine.remote import RemoteBuffer, RemoteBufferSink, RemoteLayerSource
@@ -156,11 +156,7 @@ class EngineServer:
                 if msg["op"] == "stop":
                     socket.send(pack({"ok": True}))
                     break
-                try:
-                    reply = {"ok": True, **getattr(self, f"op_{msg['op']}")(msg)}
-                except Exception as exc:  # every failure goes back to the caller, typed
-                    reply = error_reply(exc)
-                socket.send(pack(reply))
+                socket.send(pack(serve(self, msg)))
                 if msg["op"] in ("open", "admit", "prefill", "drop"):
                     self.report()
             if busy:

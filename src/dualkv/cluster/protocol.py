@@ -34,6 +34,15 @@ def error_reply(exc: BaseException) -> dict:
     return {"ok": False, "error": name if name in ERRORS else "DualKVError", "message": str(exc)}
 
 
+def serve(handler, msg: dict) -> dict:
+    """The reply to a request: handler.op_<op>(msg) merged into {"ok": True}, or the failure,
+    typed, for the caller to raise again."""
+    try:
+        return {"ok": True, **getattr(handler, f"op_{msg['op']}")(msg)}
+    except Exception as exc:  # every failure goes back to the caller
+        return error_reply(exc)
+
+
 class Client:
     """A REQ socket to one engine process."""
 

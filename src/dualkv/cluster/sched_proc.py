@@ -18,7 +18,7 @@ import sys
 
 import zmq
 
-from dualkv.cluster.protocol import error_reply, pack, unpack
+from dualkv.cluster.protocol import pack, serve, unpack
 from dualkv.sched import EngineReport, GroupReport, GroupSpec, Request, Scheduler, SchedulerConfig
 
 
@@ -124,11 +124,7 @@ class SchedulerServer:
             if msg["op"] == "stop":
                 rep.send(pack({"ok": True}))
                 break
-            try:
-                reply = {"ok": True, **getattr(self, f"op_{msg['op']}")(msg)}
-            except Exception as exc:  # every failure goes back to the driver, typed
-                reply = error_reply(exc)
-            rep.send(pack(reply))
+            rep.send(pack(serve(self, msg)))
         rep.close(0)
         pull.close(0)
 
