@@ -112,38 +112,37 @@ uint64_t load_into(BlockIO& io, const py::array& keys, const py::array& dst, uin
   return handle;
 }
 
-uint64_t store(BlockIO& io, const py::array& keys, const py::array& slots,
-               const py::object& parent) {
+// store and store_from differ only in what the int64 array holds: one slot per block, or one
+// source address per Layer Block.
+template <class Submit>
+uint64_t submit_store(BlockIO& io, const py::array& keys, const py::array& sources,
+                      size_t width, const char* what, const py::object& parent, Submit submit) {
   size_t n;
   const uint8_t* k = keys_arg(keys, io.layout(), &n);
-  const int64_t* s = int64_arg(slots, n, 0, "slots");
+  const int64_t* s = int64_arg(sources, n, width, what);
   std::string holder;
   const uint8_t* p = parent_arg(parent, io.layout(), &holder);
   uint64_t handle = 0;
   Status status;
   {
     py::gil_scoped_release release;
-    status = io.store(k, n, s, p, &handle);
+    status = submit(k, n, s, p, &handle);
   }
   throw_if_error(status);
   return handle;
 }
 
+uint64_t store(BlockIO& io, const py::array& keys, const py::array& slots,
+               const py::object& parent) {
+  return submit_store(io, keys, slots, 0, "slots", parent, [&](auto... args) {
+    return io.store(args...);
+  });
+}
+
 uint64_t store_from(BlockIO& io, const py::array& keys, const py::array& src,
                     const py::object& parent) {
-  size_t n;
-  const uint8_t* k = keys_arg(keys, io.layout(), &n);
-  const int64_t* s = int64_arg(src, n, io.layout().num_layers, "src_ptrs");
-  std::string holder;
-  const uint8_t* p = parent_arg(parent, io.layout(), &holder);
-  uint64_t handle = 0;
-  Status status;
-  {
-    py::gil_scoped_release release;
-    status = io.store_from(k, n, s, p, &handle);
-  }
-  throw_if_error(status);
-  return handle;
+  return submit_store(io, keys, src, io.layout().num_layers, "src_ptrs", parent,
+                      [&](auto... args) { return io.store_from(args...); });
 }
 
 // Returns (ok: bool array, errno, message); errno 0 when every block succeeded or failed
