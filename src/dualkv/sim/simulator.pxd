@@ -29,6 +29,7 @@ cdef class Simulator:
     cdef public CEventQueue events
     cdef public long long num_ticks, num_done, _de_rotor, bpt, block
     cdef public double now, kv_bw, read_s_per_token, linear_s_per_token, tpot_slope, tpot_light
+    cdef public double forward_fixed_s
     cdef public double period
     cdef public set pe_awake, de_awake, pe_full, dirty_read_q
     cdef public bint tick_armed, io_free, layerwise, pe_wake_all
@@ -78,7 +79,7 @@ cdef class Simulator:
     cpdef make_ready(self, CRequest r)
 
     @cython.locals(c=CCluster, kv_bw=double, io=bint, new_tokens=cython.longlong, t=double,
-                   longest=double, e=Py_ssize_t, batcher=CBatcher)
+                   longest=double, end=double, e=Py_ssize_t, batcher=CBatcher)
     cpdef start_forward(self, Py_ssize_t g)
 
     @cython.locals(c=CCluster, g=Py_ssize_t)

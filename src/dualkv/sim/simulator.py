@@ -85,6 +85,7 @@ class Simulator:
         self.kv_bw = cfg.cnic_bytes_per_s * cfg.cnic_kv_share
         self.read_s_per_token = 1.0 / m.snic_tokens_per_s
         self.linear_s_per_token = m.linear_flops_per_token / m.pe_flops_per_s / cfg.gpus_per_node
+        self.forward_fixed_s = m.pe_forward_fixed_s  # per forward, whatever its batch
         self.tpot_slope = m.tpot_full_s - m.tpot_light_s
         self.tpot_light = m.tpot_light_s
         self.io_free, self.layerwise = self.policy.is_io_free, self.policy.is_layerwise
@@ -323,7 +324,11 @@ class Simulator:
         longest = max(gpu_times)
         self.attn_balance.append((self.now, longest * len(gpu_times) / sum(gpu_times)))
         c.pe_busy[g] = True
-        self.push(self.now + longest + new_tokens * self.linear_s_per_token, FORWARD_DONE, (g, batch))
+        # A forward's time: the slowest GPU's attention (and, without layerwise prefill, its
+        # load/store), the group's linear work spread over its GPUs, and the fixed per-forward
+        # term (paper.md §16.1) that makes throughput grow with batch size (Fig. 3 right).
+        end = self.now + longest + new_tokens * self.linear_s_per_token + self.forward_fixed_s
+        self.push(end, FORWARD_DONE, (g, batch))
 
     def on_forward_done(self, item) -> None:
         g, batch = item
