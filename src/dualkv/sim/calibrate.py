@@ -68,20 +68,24 @@ def _log(result: dict) -> float:
 
 def _secant(model_name, consts, name, policy, steps=4, tol=0.005) -> None:
     """JCT falls as the rate rises: multiplicative first step, then secant in log-log (the
-    JCT is not proportional to 1/rate where latency or another resource binds)."""
+    JCT is not proportional to 1/rate where latency or another resource binds). Keeps the
+    tried value nearest the target; stops where the JCT barely responds (not identified)."""
     target = ref_jct(model_name, policy, FIT_AGENTS)
-    points = []
+    points = []  # (log value, log JCT)
     for _ in range(steps):
         jct = _log(one_run((model_name, dict(consts), policy, FIT_AGENTS)))
         points.append((math.log(consts[name]), math.log(jct)))
         if abs(jct / target - 1) < tol:
-            return
+            break
         slope = -1.0
         if len(points) > 1 and points[-1][0] != points[-2][0]:
             slope = (points[-1][1] - points[-2][1]) / (points[-1][0] - points[-2][0])
-            slope = min(-0.1, slope)  # at least 10% of proportional: never a wild step
+            if slope > -0.1:  # under 10% of proportional: the point does not pin this rate
+                print(json.dumps({"model": model_name, "weak": name, "slope": slope}), flush=True)
+                break
         consts[name] = math.exp(points[-1][0] + (math.log(target) - points[-1][1]) / slope)
-    consts[name] = float(consts[name])
+    best = min(points, key=lambda p: abs(p[1] - math.log(target)))
+    consts[name] = float(math.exp(best[0]))
 
 
 def _scan_cap(model_name, consts) -> None:

@@ -59,7 +59,7 @@ PRESETS = {
         "ds660b", 61, 61 * (1152 + 132),
         AttentionFlops(61, _mla_pair_flops(128), topk=2048, index_flops_per_pair=2 * 64 * 128),
         linear_flops_per_token=74e9, pe_flops_per_s=2.62e14, snic_tokens_per_s=7.64e5,
-        de_hbm_tokens=800_000, pe_hbm_tokens=600_000, tpot_light_s=0.030, tpot_full_s=0.049,
+        de_hbm_tokens=800_000, pe_hbm_tokens=90_509, tpot_light_s=0.030, tpot_full_s=0.049,
         pe_fixed_requests=FIG3_FIXED_REQUESTS),
     "ds27b": ModelPreset(
         "ds27b", 30, 30 * (1152 + 132),
@@ -70,7 +70,7 @@ PRESETS = {
     "qwen32b": ModelPreset(
         "qwen32b", 64, 64 * 8 * 128 * 2 * 2,
         AttentionFlops(64, 2.0 * 2 * 40 * 128),
-        linear_flops_per_token=62e9, pe_flops_per_s=1.83e14, snic_tokens_per_s=1.4e5,
+        linear_flops_per_token=62e9, pe_flops_per_s=2.62e14, snic_tokens_per_s=1.4e5,
         de_hbm_tokens=50_000, pe_hbm_tokens=50_000, tpot_light_s=0.020, tpot_full_s=0.040,
         dram_bytes_per_node=320e9, pe_fixed_requests=FIG3_FIXED_REQUESTS),
 }
