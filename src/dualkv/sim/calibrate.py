@@ -12,8 +12,8 @@ fitted before it, so one pass fits them; --rounds repeats it as a check):
                     paper's Basic JCT (paper.md §5: layerwise prefill alone gives -17.21%);
                     Layer reads on the PE storage NICs only, like Basic, with no HBM cap.
   pe_hbm_tokens     only where snic came from Layer: the cap on a log grid whose Basic JCT is
-                    nearest the paper's (Basic's JCT is not monotone in the cap: a cap that
-                    stops chunking saves the chunk's second KV load).
+                    nearest the paper's (Basic's JCT is not quite monotone in the cap: a cap
+                    that stops chunking saves the chunk's second whole-KV load).
 """
 import argparse
 import json
