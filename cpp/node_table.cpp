@@ -117,4 +117,40 @@ void NodeTable::erase(uint32_t id) {
   --num_nodes_;
 }
 
+bool NodeTable::renumber(const std::vector<uint32_t>& order, std::vector<uint32_t>* new_ids) {
+  std::vector<uint32_t>& to = *new_ids;
+  to.assign(next_id_, kNil);
+  if (order.size() != num_nodes_) return false;
+  for (size_t i = 0; i < order.size(); ++i) {
+    const uint32_t id = order[i];
+    if (id >= next_id_ || node(id).state == kFree || to[id] != kNil) return false;
+    to[id] = static_cast<uint32_t>(i);
+  }
+  auto map = [&to](uint32_t id) { return id == kNil ? kNil : to[id]; };
+  constexpr size_t kAhead = 16;  // the old slots are read in random order
+  std::vector<HugeBuffer> chunks;
+  for (size_t i = 0; i < order.size(); ++i) {
+    if (i + kAhead < order.size()) __builtin_prefetch(slot(order[i + kAhead]));
+    if ((i >> kChunkShift) == chunks.size()) {
+      chunks.emplace_back(size_t{kChunkNodes} * stride_, /*huge=*/true);
+    }
+    uint8_t* dst = chunks.back().data() + (i & (kChunkNodes - 1)) * stride_;
+    std::memcpy(dst, slot(order[i]), stride_);
+    Node& n = *reinterpret_cast<Node*>(dst);
+    n.parent = map(n.parent);
+    n.first_child = map(n.first_child);
+    n.next_sibling = map(n.next_sibling);
+    n.prev_sibling = map(n.prev_sibling);
+    n.lru_prev = map(n.lru_prev);
+    n.lru_next = map(n.lru_next);
+  }
+  for (size_t i = 0; i < table_size_; ++i) {
+    if (table_[i] != kEmpty) table_[i] = (table_[i] & ~uint64_t{0xFFFFFFFF}) | to[entry_id(table_[i])];
+  }
+  chunks_ = std::move(chunks);
+  next_id_ = static_cast<uint32_t>(order.size());
+  free_head_ = kNil;
+  return true;
+}
+
 }  // namespace dualkv

@@ -143,6 +143,34 @@ void PrefixIndex::remove_subtree(uint32_t root, std::vector<uint8_t>* removed) {
   stats_.removed += order.size();
 }
 
+Status PrefixIndex::compact() {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<uint32_t> order, stack;
+  order.reserve(table_.num_nodes());
+  for (uint32_t root = 0; root < table_.id_limit(); ++root) {
+    const Node& r = table_.node(root);
+    if (r.state == kFree || r.parent != kNil) continue;
+    stack.push_back(root);
+    while (!stack.empty()) {  // pre-order: a node's last-pushed child comes right after it
+      const uint32_t x = stack.back();
+      stack.pop_back();
+      order.push_back(x);
+      for (uint32_t c = table_.node(x).first_child; c != kNil; c = table_.node(c).next_sibling) {
+        stack.push_back(c);
+      }
+    }
+  }
+  std::vector<uint32_t> new_ids;
+  if (!table_.renumber(order, &new_ids)) {
+    return make_status(Code::kInternal, "prefix index: the trie does not reach every node");
+  }
+  auto map = [&new_ids](uint32_t id) { return id == kNil ? kNil : new_ids[id]; };
+  lru_head_ = map(lru_head_);
+  lru_tail_ = map(lru_tail_);
+  placeholder_head_ = map(placeholder_head_);
+  return Status::Ok();
+}
+
 void PrefixIndex::append_key(uint32_t id, std::vector<uint8_t>* out) const {
   const uint8_t* key = table_.key(id);
   out->insert(out->end(), key, key + key_bytes());

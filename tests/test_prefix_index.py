@@ -200,6 +200,59 @@ def test_missing_parents_leave_orphans_until_dropped():
     assert index.stats()["num_blocks"] == 0 and index.stats()["orphans"] == 0
 
 
+def test_compact_keeps_content_pins_orphans_and_recency():
+    """compact() moves every node (freed ids included, placeholders and orphans too): every
+    match, pin, orphan and the LRU order after it are those of an index never compacted."""
+    def build():
+        index = PrefixIndex()
+        trunk, branch, gone = chain(30, b"t"), chain(10, b"b", prior=b"x"), chain(8, b"g")
+        index.insert_chain(gone)
+        index.insert_chain(trunk[:10])
+        index.insert_chain(branch, parent_key=trunk[4])
+        index.insert_chain(trunk[10:], parent_key=trunk[9])
+        index.remove(gone[3:4])  # frees ids in the middle: the free list is dropped
+        lost = chain(2, b"lost")
+        index.insert_chain(chain(5, b"o", prior=bytes(lost[1])), parent_key=lost[1])  # orphans
+        index.pin(trunk[:3])
+        index.match(branch[:1], touch=True)
+        return index, trunk, branch, gone, lost
+
+    plain, trunk, branch, gone, lost = build()
+    packed = build()[0]
+    packed.compact()
+    packed.compact()  # twice: already packed must be a no-op
+    orphan_chain = chain(5, b"o", prior=bytes(lost[1]))
+    for probe in (trunk, np.concatenate([trunk[:5], branch]), gone, orphan_chain, lost):
+        assert packed.match(probe, touch=False) == plain.match(probe, touch=False)
+    for name in ("num_blocks", "bytes", "pinned", "orphans", "hits", "misses"):
+        assert packed.stats()[name] == plain.stats()[name], name
+    assert as_list_of(packed.evict(10**6)) == as_list_of(plain.evict(10**6))  # same LRU order
+    assert len(packed) == len(plain) == 3  # the pinned blocks stay
+    packed.insert_chain(lost)  # placeholders still link their orphans once the parent shows up
+    assert packed.stats()["orphans"] == 0
+    assert packed.match(np.concatenate([lost, orphan_chain]), touch=False) == 2  # orphans evicted
+
+
+def as_list_of(keys):
+    return [bytes(k) for k in keys]
+
+
+def test_compacted_rebuild_matches_like_whole_chains():
+    """Edges in random order, then compact(): chains are found block for block as before."""
+    rng = np.random.default_rng(5)
+    chains = [chain(64, bytes([c])) for c in range(20)]
+    keys = np.concatenate(chains)
+    order = rng.permutation(len(keys))
+    has_parent = (order % 64 != 0).astype(np.uint8)
+    index = PrefixIndex()
+    index.insert_edges(keys[order], keys[order - 1], has_parent, block_bytes=1)
+    index.compact()
+    for c, other in zip(chains, chains[1:] + chains[:1]):
+        assert index.match(c) == 64
+        assert index.match(np.concatenate([c[:10], other[10:12]])) == 10
+    assert index.stats()["orphans"] == 0
+
+
 def test_keys_in_other_forms_and_lengths():
     index = PrefixIndex(key_bytes=16)
     keys = chain(4)[:, :16].copy()

@@ -164,6 +164,12 @@ class IndexMachine(RuleBasedStateMachine):
     def evict(self, num_bytes):
         assert as_list(self.index.evict(num_bytes)) == self.model.evict(num_bytes)
 
+    @rule()
+    def compact(self):
+        """Moving every node must change nothing the model can see (content, pins, recency:
+        later evictions return keys in exactly the model's order)."""
+        self.index.compact()
+
     @invariant()
     def agrees_with_model(self):
         blocks = self.model.blocks

@@ -1,5 +1,5 @@
 // NodeTable: the storage under the prefix index. Nodes live in fixed-size chunks (ids are
-// 32-bit, a node never moves, growth never copies), each followed by its key in the same slot;
+// 32-bit, growth never copies, a node moves only when renumber() lays them all out again), each followed by its key in the same slot;
 // an open-addressing hash table maps keys to node ids. Freed ids go on a free list.
 //
 // Memory per node with 32-byte keys: a 72-byte slot plus 8 bytes per hash slot at a load
@@ -62,21 +62,45 @@ class NodeTable {
   uint32_t find_or_insert(const uint8_t* key, bool* inserted);
   // Removes the node's key from the table and frees its id.
   void erase(uint32_t id);
+  // Ids handed out so far are below this (live ones, and freed ones on the free list).
+  uint32_t id_limit() const { return next_id_; }
+  // Moves every live node to id i = its position in `order` (each live id exactly once), so
+  // that nodes looked up one after another can sit one after another in memory. Links are
+  // rewritten; (*new_ids)[old id] = new id, kNil for a freed one. Returns false and changes
+  // nothing when `order` is not a permutation of the live ids. Needs the nodes' memory twice
+  // while it runs.
+  bool renumber(const std::vector<uint32_t>& order, std::vector<uint32_t>* new_ids);
 
   // Looks up keys[0..n) in order, calling visit(i, id) (kNil: absent) until it returns false.
-  // The lookups of a batch are independent, so they are pipelined to overlap their cache
-  // misses: the hash slot of key i + 32 and the node of key i + 16 are fetched while key i is
-  // compared.
+  // A chain inserted in one call got consecutive ids, so block i's node usually sits right
+  // behind block i-1's, in memory already on its way in: the walk first follows ids while
+  // each next node holds the next key (compared in full, so a wrong guess only costs that
+  // compare), and hands the rest to the hash table at the first key that is elsewhere.
   template <class Visit>
   void find_each(const uint8_t* keys, size_t n, Visit&& visit) const {
+    if (n == 0) return;
+    uint32_t id = find(keys);
+    if (!visit(0, id)) return;
+    size_t i = 1;
+    for (; i < n && id != kNil && holds_key(id + 1, keys + i * key_bytes_); ++i) {
+      if (!visit(i, ++id)) return;
+    }
+    find_each_hashed(keys, i, n, visit);
+  }
+
+  // Looks up keys[first..n) through the hash table. The lookups are independent, so they are
+  // pipelined to overlap their cache misses: the hash slot of key i + 64 and the node of key
+  // i + 32 are fetched while key i is compared.
+  template <class Visit>
+  void find_each_hashed(const uint8_t* keys, size_t first, size_t n, Visit&& visit) const {
     constexpr size_t kSlotAhead = 64, kNodeAhead = 32, kRing = 128;  // kRing > kSlotAhead
     uint64_t hashes[kRing];
     auto start_lookup = [&](size_t j) {
       hashes[j % kRing] = hash(keys + j * key_bytes_);
       prefetch_slot(hashes[j % kRing]);
     };
-    for (size_t j = 0; j < n && j < kSlotAhead; ++j) start_lookup(j);
-    for (size_t i = 0; i < n; ++i) {
+    for (size_t j = first; j < n && j < first + kSlotAhead; ++j) start_lookup(j);
+    for (size_t i = first; i < n; ++i) {
       if (i + kSlotAhead < n) start_lookup(i + kSlotAhead);
       if (i + kNodeAhead < n) prefetch_node(hashes[(i + kNodeAhead) % kRing]);
       if (!visit(i, find(keys + i * key_bytes_, hashes[i % kRing]))) return;
@@ -102,6 +126,10 @@ class NodeTable {
   void allocate_table(uint32_t bits);
   void place(uint64_t entry);
   inline bool key_equals(uint32_t id, const uint8_t* key) const;
+  // Is id a live node (handed out, not freed) whose key is `key`?
+  bool holds_key(uint32_t id, const uint8_t* key) const {
+    return id < next_id_ && node(id).state != kFree && key_equals(id, key);
+  }
   static uint64_t load_word(const uint8_t* p, size_t n) {
     uint64_t word = 0;
     std::memcpy(&word, p, n);

@@ -209,6 +209,7 @@ class BlockStore:
                                           found["has_parent"].astype(np.uint8),
                                           self.layout.full_block_bytes)
         self._delete(evicted)
+        self.index.compact()  # headers came in file order: lay each chain out consecutively
         return int(found["num_bad"])
 
     def _keys(self, keys) -> np.ndarray:

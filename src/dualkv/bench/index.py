@@ -1,9 +1,20 @@
 """`dualkv bench index`: the prefix index's insert rate, match latency from Python, memory per
 block (by RSS) and eviction, at index sizes up to 10 M blocks.
 
-Keys are random 32-byte strings (the same distribution as SHA-256 chain keys), inserted as
-chains of --chain-blocks. Memory is the process RSS growth while the index is built, divided
-by the blocks it holds (the key arrays are allocated before the first reading).
+Keys are random 32-byte strings (the same distribution as SHA-256 chain keys) forming chains
+of --chain-blocks. Memory is the process RSS growth while the index is built, divided by the
+blocks it holds (the key arrays are allocated before the first reading).
+
+Where a chain's nodes lie in memory decides the match time, so matches are measured on three
+layouts of the same chains (--layouts):
+- whole: each chain inserted by one insert_chain call (a long prompt stored at once); its
+  nodes are consecutive, and match follows them without the hash table;
+- grown: every chain grows --grow-blocks blocks per call, round robin over all chains (agents'
+  turns storing their new blocks), so a chain's nodes are scattered in runs of that length;
+- rebuilt: insert_edges in random order (a store reopened: headers come in file order), so
+  every node is somewhere else.
+grown and rebuilt are measured again after compact(), which lays every chain out
+consecutively (the store calls it after a rebuild); its time is printed too.
 """
 import argparse
 import gc
@@ -26,7 +37,7 @@ def rss_bytes() -> int:
 
 
 def build(keys: np.ndarray, chain_blocks: int, block_bytes: int):
-    """A fresh index holding all keys as chains: (index, wall s, CPU s, RSS growth)."""
+    """A fresh index holding all keys as whole chains: (index, wall s, CPU s, RSS growth)."""
     gc.collect()
     rss_before = rss_bytes()
     index = PrefixIndex()
@@ -35,6 +46,27 @@ def build(keys: np.ndarray, chain_blocks: int, block_bytes: int):
         index.insert_chain(keys[first:first + chain_blocks], block_bytes=block_bytes)
     seconds, cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
     return index, seconds, cpu_s, rss_bytes() - rss_before
+
+
+def build_grown(keys: np.ndarray, chain_blocks: int, block_bytes: int, grow_blocks: int):
+    """All chains grown grow_blocks blocks per insert_chain call, round robin over chains."""
+    index = PrefixIndex()
+    chains = keys.reshape(-1, chain_blocks, keys.shape[1])
+    for first in range(0, chain_blocks, grow_blocks):
+        for chain in chains:
+            parent = chain[first - 1].tobytes() if first else None
+            index.insert_chain(chain[first:first + grow_blocks], parent_key=parent,
+                               block_bytes=block_bytes)
+    return index
+
+
+def build_rebuilt(keys: np.ndarray, chain_blocks: int, block_bytes: int, rng):
+    """Every block inserted as an edge, in random order, in one call, as a store's rebuild does."""
+    index = PrefixIndex()
+    order = rng.permutation(len(keys))
+    has_parent = (order % chain_blocks != 0).astype(np.uint8)
+    index.insert_edges(keys[order], keys[order - 1], has_parent, block_bytes=block_bytes)
+    return index
 
 
 def match_us(index, chains, repeat: int) -> tuple[float, float, float]:
@@ -53,7 +85,8 @@ def match_us(index, chains, repeat: int) -> tuple[float, float, float]:
     return statistics.median(wall) * 1e6, min(wall) * 1e6, statistics.median(cpu) * 1e6
 
 
-def bench_size(report, num_blocks: int, chain_blocks: int, block_bytes: int, repeat: int):
+def bench_size(report, num_blocks: int, chain_blocks: int, block_bytes: int, repeat: int,
+               layouts: list, grow_blocks: int):
     rng = np.random.default_rng(num_blocks)
     keys = rng.integers(0, 256, (num_blocks, 32), dtype=np.uint8)
     common = dict(num_blocks=num_blocks, chain_blocks=chain_blocks)
@@ -75,11 +108,32 @@ def bench_size(report, num_blocks: int, chain_blocks: int, block_bytes: int, rep
     num_chains = num_blocks // chain_blocks
     chains = [keys[i * chain_blocks:(i + 1) * chain_blocks] for i in range(num_chains)]
     spread = rng.permutation(num_chains)[:repeat]
-    for label, picked in (("same (cache-warm)", chains[-1:]),
-                          (f"{len(spread)} different", [chains[i] for i in spread])):
-        p50, low, cpu = match_us(index, picked, repeat)
-        report.add(dict(common, op="match", chains=label, p50_us=p50, min_us=low,
-                        cpu_p50_us=cpu, load_avg=os.getloadavg()[0]))
+    built = "whole"
+    for layout in layouts:
+        if layout != built:
+            index = None
+            gc.collect()
+        if layout == "whole" and built != "whole":
+            index = build(keys, chain_blocks, block_bytes)[0]
+        elif layout == "grown":
+            index = build_grown(keys[:num_chains * chain_blocks], chain_blocks, block_bytes,
+                                grow_blocks)
+        elif layout == "rebuilt":
+            index = build_rebuilt(keys[:num_chains * chain_blocks], chain_blocks, block_bytes, rng)
+        built = layout
+        compacted = [False] if layout == "whole" else [False, True]
+        for is_compacted in compacted:
+            if is_compacted:  # what the store does after a rebuild; a grown index may too
+                start = time.perf_counter()
+                index.compact()
+                report.add(dict(common, op="compact", layout=layout,
+                                seconds=time.perf_counter() - start))
+            name = layout + (" + compact" if is_compacted else "")
+            for label, picked in (("same (cache-warm)", chains[-1:]),
+                                  (f"{len(spread)} different", [chains[i] for i in spread])):
+                p50, low, cpu = match_us(index, picked, repeat)
+                report.add(dict(common, op="match", layout=name, chains=label, p50_us=p50,
+                                min_us=low, cpu_p50_us=cpu, load_avg=os.getloadavg()[0]))
     all_found = index.match(chains[0]) == chain_blocks
     wall, cpu, num_evicted = [], [], 0
     for _ in range(20):  # 20 chains' worth, one evict() call each
@@ -101,11 +155,20 @@ def main(argv=None):
                         help="blocks per inserted/matched chain (1,024 = a 64K-token prompt)")
     parser.add_argument("--block-bytes", type=int, default=1 << 20)
     parser.add_argument("--repeat", type=int, default=200, help="match calls per figure")
+    parser.add_argument("--layouts", default="whole,grown,rebuilt",
+                        help="index layouts to match on (whole, grown, rebuilt; see above)")
+    parser.add_argument("--grow-blocks", type=int, default=4,
+                        help="blocks per insert in the grown layout (an agent's turn)")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     args = parser.parse_args(argv)
+    layouts = args.layouts.split(",")
+    unknown = set(layouts) - {"whole", "grown", "rebuilt"}
+    if unknown:
+        parser.error(f"unknown layouts {sorted(unknown)}; choose from whole, grown, rebuilt")
     report = Report("bench index", args.json)
     for num_blocks in (int(b) for b in args.blocks.split(",")):
-        bench_size(report, num_blocks, args.chain_blocks, args.block_bytes, args.repeat)
+        bench_size(report, num_blocks, args.chain_blocks, args.block_bytes, args.repeat,
+                   layouts, args.grow_blocks)
     report.finish()
     return 0
 
