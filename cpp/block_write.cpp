@@ -2,13 +2,23 @@
 // final name and published with rename(), so a reader sees a whole block or none, whatever
 // happens to the writer. Same key, same bytes (content addressing): concurrent writers race
 // harmlessly, and a block already on disk is not written again.
+//
+// Durability (options.fsync) is per batch, not per block: the batch's blocks are written and
+// published without a flush each, and the writer that finishes the last of them flushes the
+// filesystem once (syncfs) before any block of the batch reports. One journal commit and one
+// device cache flush per batch instead of one per block (fdatasync per block ran at
+// 0.75-0.84x of fio's sequential write). A block is visible before it is durable: a crash in
+// between can leave it empty or torn, which its header and CRCs turn into a miss.
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
+#include <vector>
 
 #include "dualkv/block_io.h"
 
@@ -69,7 +79,6 @@ Status BlockIO::write_block(const uint8_t* key, const char* block, bool* is_skip
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_DIRECT);
     err = write_fully(fd, block, layout_.full_block_bytes());
   }
-  if (err == 0 && options_.fsync && fdatasync(fd) != 0) err = errno;
   if (close(fd) != 0 && err == 0) err = errno;
   if (err == 0 && rename(temp.c_str(), path.c_str()) != 0) err = errno;
   if (err != 0) {
@@ -79,18 +88,23 @@ Status BlockIO::write_block(const uint8_t* key, const char* block, bool* is_skip
   return Status::Ok();
 }
 
+Status BlockIO::flush_filesystem() {
+  int fd = open(options_.dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return errno_status("opening " + options_.dir + " to flush it", errno);
+  int err = syncfs(fd) == 0 ? 0 : errno;
+  close(fd);
+  if (err != 0) return errno_status("flushing the filesystem of " + options_.dir, err);
+  stats_.flushes++;
+  return Status::Ok();
+}
+
 namespace {
 
 struct AlignedFree {
   void operator()(char* p) const { std::free(p); }
 };
 
-void run_store(BlockIO* io, Batch* batch, size_t i, const uint8_t* key, const uint8_t* parent,
-               char* block) {
-  const BlockLayout& layout = io->layout();
-  encode_header(layout, key, parent, block);
-  bool is_skipped = false;
-  Status s = io->write_block(key, block, &is_skipped);
+void report_store(BlockIO* io, Batch* batch, size_t i, const Status& s, bool is_skipped) {
   BlockIoStats& stats = io->stats();
   if (!s.ok()) {
     stats.write_errors++;
@@ -98,9 +112,46 @@ void run_store(BlockIO* io, Batch* batch, size_t i, const uint8_t* key, const ui
     stats.stores_skipped_existing++;
   } else {
     stats.blocks_stored++;
-    stats.bytes_written += layout.full_block_bytes();
+    stats.bytes_written += io->layout().full_block_bytes();
   }
   finish_batch_block(batch, i, s.ok(), s);
+}
+
+// Holds an fsync'ed batch's block results until the last block is written, then flushes once
+// and reports them all (a failed flush fails every block this batch wrote).
+class GroupCommit {
+ public:
+  GroupCommit(BlockIO* io, Batch* batch, size_t n)
+      : io_(io), batch_(batch), results_(n), is_skipped_(n, 0), num_remaining_(n) {}
+
+  void block_done(size_t i, Status s, bool is_skipped) {
+    results_[i] = std::move(s);
+    is_skipped_[i] = is_skipped ? 1 : 0;
+    if (num_remaining_.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+    bool wrote_any = false;
+    for (size_t j = 0; j < results_.size(); ++j) wrote_any |= results_[j].ok() && !is_skipped_[j];
+    const Status flushed = wrote_any ? io_->flush_filesystem() : Status::Ok();
+    for (size_t j = 0; j < results_.size(); ++j) {
+      const bool wrote = results_[j].ok() && !is_skipped_[j];
+      report_store(io_, batch_, j, wrote && !flushed.ok() ? flushed : results_[j], is_skipped_[j]);
+    }
+  }
+
+ private:
+  BlockIO* io_;
+  Batch* batch_;
+  std::vector<Status> results_;       // each written by its block's writer before the count
+  std::vector<uint8_t> is_skipped_;   // drops; read by the last one after it
+  std::atomic<size_t> num_remaining_;
+};
+
+void run_store(BlockIO* io, Batch* batch, GroupCommit* commit, size_t i, const uint8_t* key,
+               const uint8_t* parent, char* block) {
+  encode_header(io->layout(), key, parent, block);
+  bool is_skipped = false;
+  Status s = io->write_block(key, block, &is_skipped);
+  if (commit != nullptr) commit->block_done(i, std::move(s), is_skipped);
+  else report_store(io, batch, i, s, is_skipped);
 }
 
 }  // namespace
@@ -117,14 +168,15 @@ Status BlockIO::store(const uint8_t* keys, size_t n, const int64_t* slots,
   // The key copies live in the task; the slots stay the caller's until wait() says done.
   auto shared_keys = std::make_shared<std::vector<uint8_t>>(std::move(chain));
   auto shared_parent = std::make_shared<std::vector<uint8_t>>(std::move(first_parent));
+  auto commit = options_.fsync ? std::make_shared<GroupCommit>(this, batch.get(), n) : nullptr;
   for (size_t i = 0; i < n; ++i) {
     char* block = pool_->slot_ptr(slots[i]);
     Batch* b = batch.get();
-    writers_->post([this, b, i, block, shared_keys, shared_parent] {
+    writers_->post([this, b, i, block, shared_keys, shared_parent, commit] {
       const uint8_t* key = shared_keys->data() + i * layout_.key_bytes;
       const uint8_t* parent_key = i > 0 ? key - layout_.key_bytes
                                   : shared_parent->empty() ? nullptr : shared_parent->data();
-      run_store(this, b, i, key, parent_key, block);
+      run_store(this, b, commit.get(), i, key, parent_key, block);
     });
   }
   return Status::Ok();
@@ -141,10 +193,11 @@ Status BlockIO::store_from(const uint8_t* keys, size_t n, const int64_t* src_ptr
   auto shared_parent = std::make_shared<std::vector<uint8_t>>();
   if (parent != nullptr) shared_parent->assign(parent, parent + layout_.key_bytes);
   auto sources = std::make_shared<std::vector<int64_t>>(src_ptrs, src_ptrs + n * width);
+  auto commit = options_.fsync ? std::make_shared<GroupCommit>(this, batch.get(), n) : nullptr;
   *handle = add_batch(batch);
   for (size_t i = 0; i < n; ++i) {
     Batch* b = batch.get();
-    writers_->post([this, b, i, width, shared_keys, shared_parent, sources] {
+    writers_->post([this, b, i, width, shared_keys, shared_parent, sources, commit] {
       // Gather the Layer Blocks into a page-aligned block image (zero padding), then write it.
       size_t bytes = layout_.full_block_bytes();
       std::unique_ptr<char, AlignedFree> block(static_cast<char*>(std::aligned_alloc(4096, bytes)));
@@ -158,7 +211,7 @@ Status BlockIO::store_from(const uint8_t* keys, size_t n, const int64_t* src_ptr
       const uint8_t* key = shared_keys->data() + i * layout_.key_bytes;
       const uint8_t* parent_key = i > 0 ? key - layout_.key_bytes
                                   : shared_parent->empty() ? nullptr : shared_parent->data();
-      run_store(this, b, i, key, parent_key, block.get());
+      run_store(this, b, commit.get(), i, key, parent_key, block.get());
     });
   }
   return Status::Ok();

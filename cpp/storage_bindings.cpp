@@ -174,6 +174,7 @@ py::dict stats(BlockIO& io) {
   d["bytes_written"] = s.bytes_written.load();
   d["bounce_bytes"] = s.bounce_bytes.load();
   d["files_removed"] = s.files_removed.load();
+  d["flushes"] = s.flushes.load();
   d["backend"] = io.backend();
   d["registered_buffers"] = io.has_registered_buffers();
   d["direct_reads"] = io.is_direct_read();

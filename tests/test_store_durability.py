@@ -57,6 +57,33 @@ def block_files(root):
     return [n for _, _, names in os.walk(root) for n in names if n.endswith(".blk")]
 
 
+def test_fsync_is_one_flush_per_batch_before_it_completes(block_root):
+    """fsync=True is a group commit: a batch that writes blocks is flushed once, not once per
+    block, before wait() returns; a batch of blocks already on disk flushes nothing; without
+    fsync nothing is flushed. Every block reads back."""
+    store = open_store(os.path.join(block_root, "synced"), fsync=True)
+    slots = store.pool.alloc(6)
+    for slot, i in zip(slots, range(6)):
+        store.pool.view(slot)[:] = content_of(i)
+    keys = np.concatenate([key_of(i) for i in range(6)])
+    assert store.wait(store.store(keys, slots)).all()
+    assert store.stats()["flushes"] == 1 and store.stats()["blocks_stored"] == 6
+    assert store.wait(store.store(keys[:3], slots[:3])).all()  # on disk already: skipped
+    assert store.stats()["flushes"] == 1
+    assert store.wait(store.store(key_of(100), slots[:1])).all()
+    assert store.stats()["flushes"] == 2
+    for slot in slots:
+        store.pool.view(slot)[:] = 0
+    assert store.wait(store.load(keys, slots)).all()
+    head = LAYOUT.header_bytes  # the store writes each block's header into its slot
+    for slot, i in zip(slots, range(6)):
+        assert np.array_equal(store.pool.view(slot)[head:], content_of(i)[head:])
+    unsynced = open_store(os.path.join(block_root, "unsynced"))
+    slot = unsynced.pool.alloc(1)
+    assert unsynced.wait(unsynced.store(keys[:1], slot)).all()
+    assert unsynced.stats()["flushes"] == 0
+
+
 def test_writer_killed_mid_write_publishes_no_partial_block(block_root):
     ctx = multiprocessing.get_context("spawn")
     writer = ctx.Process(target=write_forever, args=(block_root,))

@@ -27,13 +27,14 @@ struct BlockIoOptions {
   int num_read_threads = 4;     // posix engine
   int num_write_threads = 2;
   bool direct_io = true;        // O_DIRECT where the filesystem allows it
-  bool fsync = false;           // fdatasync before publishing (CRCs catch torn blocks anyway)
+  bool fsync = false;           // a store batch reports only once the filesystem has flushed it
 };
 
 struct BlockIoStats {
   std::atomic<uint64_t> blocks_loaded{0}, blocks_stored{0}, stores_skipped_existing{0};
   std::atomic<uint64_t> missing{0}, corrupt{0}, read_errors{0}, write_errors{0};
   std::atomic<uint64_t> bytes_read{0}, bytes_written{0}, bounce_bytes{0}, files_removed{0};
+  std::atomic<uint64_t> flushes{0};  // group commits of fsync'ed store batches
 };
 
 struct Batch;  // one handle's blocks: per-block results and a condition to wait on
@@ -81,6 +82,7 @@ class BlockIO {
   // Used by the operations (block_io.cpp / block_write.cpp).
   int open_for_read(const std::string& path);
   Status write_block(const uint8_t* key, const char* block, bool* is_skipped);
+  Status flush_filesystem();  // syncfs() of the filesystem holding the store
   HostPool& pool() { return *pool_; }
   IoEngine& engine() { return *engine_; }
 

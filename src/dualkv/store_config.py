@@ -26,7 +26,7 @@ class StoreConfig:
     queue_depth: int = 32          # reads in flight (io_uring) / reader threads (posix, <= 16)
     io_backend: str = "auto"       # "auto" picks io_uring when the kernel allows it
     direct_io: bool = True         # O_DIRECT where the filesystem allows it (not tmpfs)
-    fsync: bool = False            # fdatasync before publishing; CRCs catch torn blocks anyway
+    fsync: bool = False            # a store batch completes once flushed (one syncfs per batch)
     num_write_threads: int = 2
     huge_pages: bool = True
     cuda: str = "auto"             # host-register the pool with CUDA: auto | off | required

@@ -44,7 +44,7 @@ class DualKVSide(_Side):
 
     def set_durable(self, keys, host_indices) -> float:
         start = time.perf_counter()
-        ok = self.backend.batch_set_v1(keys, host_indices)  # fdatasync'ed page by page
+        ok = self.backend.batch_set_v1(keys, host_indices)  # flushed: one syncfs per batch
         _fsync_dir(self.backend.store.directory)  # the renames too
         seconds = time.perf_counter() - start
         _check(ok, "dualkv batch_set_v1")
