@@ -113,6 +113,8 @@ class Runner:
                 self.c.procs.clients[pe].send("prefill", mode=self.c.mode, requests=[
                     self.c.prefill_request(j) for j in jobs])
                 self.prefilling[pe] = jobs
+                if self.c.on_prefill is not None:
+                    self.c.on_prefill(pe, jobs)
             elif jobs:
                 self._resubmit(jobs)
         return bool(batches)
@@ -177,6 +179,7 @@ class Runner:
     def _fail_batch(self, pe: str, jobs, exc: Exception) -> None:
         """A prefill failed: its PE died (the others go on) or a DE died under it. Live DEs
         free the batch's buffers, dead DEs are replaced, every turn of it goes again."""
+        self.c.prefill_failures.append((pe, exc, time.monotonic()))
         roles = {j.role for j in jobs}
         for role in roles:
             if self.c.procs.is_alive(role):
@@ -189,9 +192,12 @@ class Runner:
         dead = [r for r in roles if not self.c.procs.is_alive(r)]
         if not dead:
             raise exc
+        # split before replacing: a resubmitted turn no longer names its dead DE
+        lost = {role: [j for j in jobs if j.role == role] for role in dead}
+        survivors = [j for j in jobs if j.role not in dead]
         for role in dead:
-            self._replace(role, extra=[j for j in jobs if j.role == role])
-        self._resubmit([j for j in jobs if j.role not in dead])
+            self._replace(role, extra=lost[role])
+        self._resubmit(survivors)
 
     def _check_pes(self) -> None:
         """PEs found dead: their placed turns go to the scheduler again (raises if none left)."""
