@@ -8,7 +8,9 @@ turns finish and are placed while a PE reads, and agents overlap.
 
 Failures: a DE process that dies (at any moment, mid-decode included) is replaced by a fresh
 one and every turn it held is submitted again, recomputed from what the store holds; the
-blocks it wrote back stay (atomic block files). A dead PE ends the run with PeerDisconnected
+blocks it wrote back stay (atomic block files). One that dies under a PE's prefill (streaming
+the hit, or the target of its KV) fails that batch at once (`_fail_batch`): every turn of the
+batch goes again, once. A dead PE ends the run with PeerDisconnected
 naming it. A DE without buffer room refuses a turn (OutOfMemory); the turn waits and is
 submitted again when a DE has finished something — nothing is dropped.
 """
