@@ -40,8 +40,9 @@ def add_arguments(parser):
                              "meets the SLO (dualkv.demo.cluster_capacity)")
     parser.add_argument("--rates", default=cluster_capacity.DEFAULT_RATES,
                         help="--slo-capacity: comma list of rates (as --rate) to try")
-    parser.add_argument("--ttft-slo-s", type=float, default=cluster_capacity.TTFT_SLO_S,
-                        help="--slo-capacity: bound on the mean TTFT, s")
+    parser.add_argument("--ttft-slo-s", type=float, default=None,
+                        help="--slo-capacity: bound on the mean TTFT, s (default: twice an idle "
+                             "node's read of one --context)")
     parser.add_argument("--tpot-slo-ms", type=float, default=cluster_capacity.TPOT_SLO_MS,
                         help="--slo-capacity: bound on the mean TPOT, ms (scaled to the CPU model)")
     parser.add_argument("--json", action="store_true")
