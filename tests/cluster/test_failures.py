@@ -181,3 +181,35 @@ def test_decode_process_killed_while_streaming_hit_kv_to_the_prefill(block_root)
             assert result.num_cached_blocks > 0
     for prompt, result in zip(prompts, results):
         check_blocks(block_root, model, prompt + result.generated)
+
+
+@pytest.mark.slow
+def test_decode_process_killed_between_the_opens_of_one_batch(block_root):
+    """A DE dies after the driver opened one turn's buffer on it and before it opens the next
+    turn of the same prefill batch there: the second open notices, the DE is replaced, and
+    the first turn, whose buffer went with the dead process, goes again too instead of being
+    prefilled into offsets of the fresh DE's pool. Every result equals the recompute."""
+    from dualkv.cluster.local import LocalCluster
+
+    model = Model.from_seed(CFG, seed=3, batch_invariant=True)
+    rng = np.random.default_rng(12)
+    prompts = [[int(t) for t in rng.integers(0, CFG.vocab_size, n)] for n in (40, 30, 35)]
+    with LocalCluster(CFG, block_root, num_de=1, seed=3, block_tokens=BT) as cluster:
+        real_open, opened, batches = cluster.open, [], []
+
+        def open_then_kill(job, recv_offset):
+            out = real_open(job, recv_offset)
+            opened.append(job.rid)
+            if len(opened) == 1:  # the batch's first buffer is open: its DE dies now
+                cluster.procs["de0"].send_signal(signal.SIGKILL)
+                cluster.procs["de0"].wait()
+            return out
+
+        cluster.open = open_then_kill
+        cluster.on_prefill = lambda pe, jobs: batches.append([j.rid for j in jobs])
+        results = cluster.run_batch([(p, 4) for p in prompts])
+        assert cluster.num_restarts == 1 and opened[0] not in sum(batches, [])
+        for prompt, result in zip(prompts, results):
+            assert result.generated == reference(model, prompt, 4)
+    for prompt, result in zip(prompts, results):
+        check_blocks(block_root, model, prompt + result.generated)

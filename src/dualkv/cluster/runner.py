@@ -111,6 +111,12 @@ class Runner:
         for pe, batch in batches.items():
             self._recv_offset = 0
             jobs = [job for job in batch if self._open(job)]
+            # a DE that died during these opens was replaced: the buffers opened on it before
+            # went with it, so those turns go again too
+            stale = [j for j in jobs if j.opened["de_pid"] != self.c.procs[j.role].pid]
+            if stale:
+                jobs = [j for j in jobs if j not in stale]
+                self._resubmit(stale)
             if jobs and pe in self.c.procs.live_pes():
                 self.c.procs.clients[pe].send("prefill", mode=self.c.mode, requests=[
                     self.c.prefill_request(j) for j in jobs])
@@ -154,7 +160,8 @@ class Runner:
 
     def _open(self, job: Job) -> bool:
         try:
-            job.opened = self.c.open(job, self._recv_offset)
+            job.opened = dict(self.c.open(job, self._recv_offset),
+                              de_pid=self.c.procs[job.role].pid)
         except OutOfMemory:
             self.buffer_wait.append(job)  # admission waits for buffer room
             self.c.num_buffer_waits += 1
