@@ -139,9 +139,9 @@ def test_decode_process_killed_while_streaming_hit_kv_to_the_prefill(block_root)
     """SIGKILL of a DE while the PE's prefill waits for the hit KV that DE reads and streams
     (de read side). Every node's emulated storage NIC is slowed so the DE's read lasts
     seconds: the DE is killed after the PE took the batch and long before the read would end.
-    The PE's wait fails with PeerDisconnected within ~1 s (not when the read would have ended,
-    nor at a deadline), the batch's turns run again with the dead DE replaced, and every result
-    equals a full recompute, its blocks holding the recomputed KV."""
+    The PE's wait fails with PeerDisconnected within the transport's keepalive (~1 s), not when
+    the read would have ended nor at a deadline; the batch's turns run again, once, with the
+    dead DE replaced, and every result equals a full recompute, its blocks holding that KV."""
     from dualkv.cluster.local import LocalCluster
 
     model = Model.from_seed(CFG, seed=3, batch_invariant=True)
@@ -174,7 +174,7 @@ def test_decode_process_killed_while_streaming_hit_kv_to_the_prefill(block_root)
         # the PE itself answered the batch with the dead peer: it had started and not finished
         [(pe, exc, failed_at)] = cluster.prefill_failures
         assert isinstance(exc, PeerDisconnected) and " prefill: DE peer " in str(exc), exc
-        assert failed_at - killed["at"] < 1.5, failed_at - killed["at"]  # fast: 0.03-0.5 s
+        assert failed_at - killed["at"] < 2.0, failed_at - killed["at"]  # 0.03-0.85 s seen
         assert failed_at < killed["ready_at"]  # before the hit's emulated read would have ended
         for prompt, result in zip(prompts, results):
             assert result.generated == reference(model, prompt, 4)
