@@ -132,3 +132,84 @@ def test_killed_prefill_process_leaves_the_run_to_the_other_pe(block_root):
         for prompt, result in zip(prompts, results):
             assert result.generated == reference(model, prompt, 6)
             assert result.num_cached_blocks > 0
+
+
+@pytest.mark.slow
+def test_decode_process_killed_while_streaming_hit_kv_to_the_prefill(block_root):
+    """SIGKILL of a DE while the PE's prefill waits for the hit KV that DE reads and streams
+    (de read side). Every node's emulated storage NIC is slowed so the DE's read lasts
+    seconds: the DE is killed after the PE took the batch and long before the read would end.
+    The PE's wait fails with PeerDisconnected within the transport's keepalive (~1 s), not when
+    the read would have ended nor at a deadline; the batch's turns run again, once, with the
+    dead DE replaced, and every result equals a full recompute, its blocks holding that KV."""
+    from dualkv.cluster.local import LocalCluster
+
+    model = Model.from_seed(CFG, seed=3, batch_invariant=True)
+    rng = np.random.default_rng(11)
+    prompts = [[int(t) for t in rng.integers(0, CFG.vocab_size, n)] for n in (44, 40, 36, 48)]
+    killed = {}
+    # 12 KiB per stored block (8 KiB of KV + a header page) at 0.008 MB/s: ~1.5 s per hit block
+    with LocalCluster(CFG, block_root, num_de=2, seed=3, block_tokens=BT, snic_mbps=0.008,
+                      timeout_s=60.0) as cluster:
+        first = cluster.run_batch([(p, 4) for p in prompts])  # stores the contexts, reads none
+        prompts = [p + r.generated + [int(t) for t in rng.integers(0, 256, 5)]
+                   for p, r in zip(prompts, first)]
+
+        def kill_while_streaming(pe, jobs):
+            streaming = [j for j in jobs if j.read_side == "de" and j.opened["num_hit_blocks"]
+                         and j.opened["ready_at"] - time.monotonic() > 2.5]
+            if killed or not streaming:
+                return
+            time.sleep(0.3)  # the PE takes the batch and waits for the DE's hit
+            victim = streaming[0].role
+            cluster.procs[victim].send_signal(signal.SIGKILL)
+            cluster.procs[victim].wait()
+            killed.update(role=victim, at=time.monotonic(), rids={j.rid for j in jobs},
+                          ready_at=streaming[0].opened["ready_at"])
+
+        cluster.on_prefill = kill_while_streaming
+        results = cluster.run_batch([(p, 4) for p in prompts])
+        assert killed, "no batch waited long enough on a de-side hit"
+        assert cluster.num_restarts == 1 and cluster.procs[killed["role"]].poll() is None
+        # the PE itself answered the batch with the dead peer: it had started and not finished
+        [(pe, exc, failed_at)] = cluster.prefill_failures
+        assert isinstance(exc, PeerDisconnected) and " prefill: DE peer " in str(exc), exc
+        assert failed_at - killed["at"] < 2.0, failed_at - killed["at"]  # 0.03-0.85 s seen
+        assert failed_at < killed["ready_at"]  # before the hit's emulated read would have ended
+        for prompt, result in zip(prompts, results):
+            assert result.generated == reference(model, prompt, 4)
+            assert result.num_cached_blocks > 0
+    for prompt, result in zip(prompts, results):
+        check_blocks(block_root, model, prompt + result.generated)
+
+
+@pytest.mark.slow
+def test_decode_process_killed_between_the_opens_of_one_batch(block_root):
+    """A DE dies after the driver opened one turn's buffer on it and before it opens the next
+    turn of the same prefill batch there: the second open notices, the DE is replaced, and
+    the first turn, whose buffer went with the dead process, goes again too instead of being
+    prefilled into offsets of the fresh DE's pool. Every result equals the recompute."""
+    from dualkv.cluster.local import LocalCluster
+
+    model = Model.from_seed(CFG, seed=3, batch_invariant=True)
+    rng = np.random.default_rng(12)
+    prompts = [[int(t) for t in rng.integers(0, CFG.vocab_size, n)] for n in (40, 30, 35)]
+    with LocalCluster(CFG, block_root, num_de=1, seed=3, block_tokens=BT) as cluster:
+        real_open, opened, batches = cluster.open, [], []
+
+        def open_then_kill(job, recv_offset):
+            out = real_open(job, recv_offset)
+            opened.append(job.rid)
+            if len(opened) == 1:  # the batch's first buffer is open: its DE dies now
+                cluster.procs["de0"].send_signal(signal.SIGKILL)
+                cluster.procs["de0"].wait()
+            return out
+
+        cluster.open = open_then_kill
+        cluster.on_prefill = lambda pe, jobs: batches.append([j.rid for j in jobs])
+        results = cluster.run_batch([(p, 4) for p in prompts])
+        assert cluster.num_restarts == 1 and opened[0] not in sum(batches, [])
+        for prompt, result in zip(prompts, results):
+            assert result.generated == reference(model, prompt, 4)
+    for prompt, result in zip(prompts, results):
+        check_blocks(block_root, model, prompt + result.generated)

@@ -67,3 +67,38 @@ def test_demo_online_agents_arrive_and_overlap(tmp_path):
     assert row["workload"] == "agentic" and row["sessions"] == 3
     assert row["turns"] == row["turns_done"] == 6 and row["cached_tokens"] > 0
     assert 1 <= row["peak_turns_in_flight"] <= 3
+
+
+@pytest.mark.slow
+def test_demo_slo_capacity_is_the_largest_rate_meeting_the_slo(tmp_path):
+    """--slo-capacity runs the online workload per rate until one misses the SLO: a bound no
+    run can meet gives capacity 0 after the first rate; a generous one, the highest rate."""
+    common = ("--slo-capacity", "--rates", "4,2", "--agents", "2", "--rounds", "1",
+              "--context", "64", "--append", "8", "--policies", "dualpath", "--num-de", "1")
+    rows = _demo_rows(tmp_path, *common, "--ttft-slo-s", "0.001")
+    assert [(r["rate"], r["meets_slo"], r["capacity_aps"]) for r in rows] == [(2.0, False, 0.0)]
+    assert rows[0]["ttft_mean_s"] > 0.001 and rows[0]["ttft_slo_s"] == 0.001
+    rows = _demo_rows(tmp_path, *common, "--ttft-slo-s", "600", "--tpot-slo-ms", "60000")
+    assert [(r["rate"], r["meets_slo"], r["capacity_aps"]) for r in rows] == [
+        (2.0, True, 4.0), (4.0, True, 4.0)]
+    for row in rows:
+        assert row["turns"] == row["turns_done"] == 4 and row["tpot_mean_ms"] > 0
+        assert row["ttft_p50_s"] <= row["ttft_p90_s"] and row["tpot_slo_ms"] == 60000
+
+
+def _demo_rows(tmp_path, *extra):
+    out = subprocess.run(
+        [sys.executable, "-m", "dualkv.cli", "demo", "--gen", "3", "--block-tokens", "16",
+         "--hidden", "32", "--snic-mbps", "5", "--root", str(tmp_path),
+         "--out", str(tmp_path / "out"), "--json", *extra],
+        check=True, capture_output=True, text=True, timeout=300).stdout
+    doc = json.loads(out)
+    assert doc["command"] == "demo slo-capacity"
+    return doc["results"]
+
+
+def test_demo_slo_capacity_refuses_a_bad_grid(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "dualkv.cli", "demo", "--slo-capacity",
+                          "--rates", "1,-2", "--root", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "--rates must be > 0" in out.stderr

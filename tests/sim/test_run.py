@@ -25,3 +25,20 @@ def test_online_run_and_capacity_search():
     assert rows[0]["aps"] == 0.02  # the grid runs in increasing load
     met = [r["aps"] for r in rows if r["meets_slo"]]
     assert capacity == (max(met) if met else 0.0)
+
+
+def test_capacity_is_the_largest_rate_before_the_first_miss():
+    from dualkv.sim.run import largest_meeting, meets_slo
+
+    assert meets_slo(4.0, 50.0) and not meets_slo(4.1, 10.0) and not meets_slo(1.0, 51.0)
+    assert not meets_slo(None, 10.0) and meets_slo(5.0, 200.0, ttft_slo_s=6.0, tpot_slo_ms=250.0)
+    runs = []
+
+    def run_at(rate):  # the SLO holds up to 1.0: mean TTFT grows with the rate
+        runs.append(rate)
+        return {"rate": rate, "meets_slo": meets_slo(3.0 * rate, 10.0, ttft_slo_s=3.0)}
+
+    capacity, rows = largest_meeting([2.0, 0.5, 1.0, 4.0], run_at)
+    assert capacity == 1.0 and runs == [0.5, 1.0, 2.0]  # in order, stopped at the first miss
+    assert [r["meets_slo"] for r in rows] == [True, True, False]
+    assert largest_meeting([1.0, 2.0], lambda r: {"meets_slo": False}) == (0.0, [{"meets_slo": False}])

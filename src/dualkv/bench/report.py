@@ -61,10 +61,18 @@ class Report:
         return doc
 
 
+def format_value(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
+
+
 def format_row(row: dict) -> str:
-    parts = []
-    for key, value in row.items():
-        if isinstance(value, float):
-            value = f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
-        parts.append(f"{key}={value}")
-    return "  ".join(parts)
+    return "  ".join(f"{key}={format_value(value)}" for key, value in row.items())
+
+
+def format_table(rows, columns, width: int = 14) -> str:
+    """A header line and one line per row of the chosen columns (a missing figure: None)."""
+    lines = ["  ".join(f"{c:>{width}s}" for c in columns)]
+    lines += ["  ".join(f"{format_value(row.get(c)):>{width}s}" for c in columns) for row in rows]
+    return "\n".join(lines)

@@ -23,6 +23,7 @@ from dualkv.cluster.protocol import pack, serve, unpack
 from dualkv.engine import (EngineConfig, LayerBlockCodec, Model, ModelConfig, PrefillItem,
                            SlotSource, prefill_basic, prefill_batch)
 from dualkv.engine.remote import RemoteBuffer, RemoteBufferSink, RemoteLayerSource
+from dualkv.errors import PeerDisconnected
 from dualkv.store import BlockStore, StoreConfig
 from dualkv.transfer import Agent, TransferConfig
 
@@ -84,11 +85,12 @@ class EngineServer:
         after another, whole hit loaded first), KV put into each request's DE buffer."""
         sources, items = [], []
         self.max_rid = max([self.max_rid] + [req["rid"] for req in msg["requests"]])
+        peers = sorted({req["de_peer"] for req in msg["requests"]})
         try:
             total = sum(len(req["prompt"]) for req in msg["requests"])
             start = 0
             for req in msg["requests"]:
-                sources.append(self._source(req))
+                sources.append(self._source(req, lambda: self._check_peers(peers)))
                 target = RemoteBuffer(req["de_peer"], req["de_region"], tuple(req["slot_offsets"]))
                 part = self._staging_part(start, len(req["prompt"]), total)
                 start += len(req["prompt"])
@@ -110,14 +112,25 @@ class EngineServer:
         return {"results": [{"first_token": f, "num_cached_blocks": c, "done_at": done_at}
                             for f, c in zip(firsts, cached)]}
 
-    def _source(self, req):
+    def _source(self, req, check):
+        """The request's hit: streamed by its DE (de side) or read here (pe side), counted as
+        arrived when the emulated NIC delivers it; the wait checks the batch's DEs live."""
         if req["read_side"] == "de":
             source = RemoteLayerSource(self.agent, self._recv_part(req), req["num_hit_blocks"],
                                        self.store.layout, req["rid"], req["de_peer"])
-            return ArrivesAt(source, req["ready_at"])
+            return ArrivesAt(source, req["ready_at"], check)
         keys = np.frombuffer(req["hit_keys"], np.uint8).reshape(-1, 32)
         ready_at = self.snic.reserve(len(keys) * self.store.layout.full_block_bytes)
-        return ArrivesAt(SlotSource.load(self.store, keys), ready_at)
+        return ArrivesAt(SlotSource.load(self.store, keys), ready_at, check)
+
+    def _check_peers(self, peers) -> None:
+        """Raises PeerDisconnected naming the first DE of a batch whose process died (the
+        transfer layer's keepalive marks it within about a second)."""
+        for peer in peers:
+            try:
+                self.agent.check_peer(peer)
+            except PeerDisconnected as exc:
+                raise PeerDisconnected(f"DE peer {peer} of this prefill batch: {exc}") from None
 
     def op_stats(self, msg):
         return {"snic_bytes": self.snic.num_bytes}

@@ -44,6 +44,8 @@ class LocalCluster:
         self.num_buffer_waits = 0  # turns a full DE buffer refused (they waited, then ran)
         self.peak_waiting_turns = 0  # most turns the scheduler held back after a placement pass
         self.on_poll = None        # on_poll(role, reply): a hook that sees every DE poll
+        self.on_prefill = None     # on_prefill(pe, jobs): a hook that sees every batch sent to a PE
+        self.prefill_failures = []  # (pe, exception, monotonic time) of every failed prefill batch
         self._rid = 0
         spec = json.dumps({"config": asdict(cfg), "seed": seed, "batch_invariant": batch_invariant})
         argv = ["--root", root, "--model", spec, "--block-tokens", str(block_tokens),

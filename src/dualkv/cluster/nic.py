@@ -40,17 +40,29 @@ class SnicQueue:
             return max(0.0, self.free_at - time.monotonic()) * self.rate
 
 
-class ArrivesAt:
-    """A KVSource whose hit counts as read only at `ready_at` (its node's emulated NIC)."""
+CHECK_PERIOD_S = 0.05  # how often a wait for an emulated read checks that its peers live
 
-    def __init__(self, source, ready_at: float):
-        self.source, self.ready_at = source, ready_at
+
+class ArrivesAt:
+    """A KVSource whose hit counts as read only at `ready_at` (its node's emulated NIC).
+
+    `check()`, called while waiting, raises if a process the data depends on died (the DE
+    reading and streaming a de-side hit, the DEs the prefill writes to): its read would never
+    have ended, so the wait fails at once instead of at `ready_at`."""
+
+    def __init__(self, source, ready_at: float, check=None):
+        self.source, self.ready_at, self.check = source, ready_at, check
 
     def prepare(self, deadline: float) -> int:
         if self.ready_at > deadline:
             raise TimedOut(f"emulated storage read ends {self.ready_at - time.monotonic():.3f} s "
                            "past the deadline")
-        time.sleep(max(0.0, self.ready_at - time.monotonic()))
+        while (left := self.ready_at - time.monotonic()) > 0:
+            if self.check is not None:
+                self.check()
+            time.sleep(min(left, CHECK_PERIOD_S))
+        if self.check is not None:
+            self.check()
         return self.source.prepare(deadline)
 
     def wait_layer(self, layer: int, deadline: float):

@@ -8,7 +8,9 @@ turns finish and are placed while a PE reads, and agents overlap.
 
 Failures: a DE process that dies (at any moment, mid-decode included) is replaced by a fresh
 one and every turn it held is submitted again, recomputed from what the store holds; the
-blocks it wrote back stay (atomic block files). A dead PE ends the run with PeerDisconnected
+blocks it wrote back stay (atomic block files). One that dies under a PE's prefill (streaming
+the hit, or the target of its KV) fails that batch at once (`_fail_batch`): every turn of the
+batch goes again, once. A dead PE ends the run with PeerDisconnected
 naming it. A DE without buffer room refuses a turn (OutOfMemory); the turn waits and is
 submitted again when a DE has finished something — nothing is dropped.
 """
@@ -109,10 +111,18 @@ class Runner:
         for pe, batch in batches.items():
             self._recv_offset = 0
             jobs = [job for job in batch if self._open(job)]
+            # a DE that died during these opens was replaced: the buffers opened on it before
+            # went with it, so those turns go again too
+            stale = [j for j in jobs if j.opened["de_pid"] != self.c.procs[j.role].pid]
+            if stale:
+                jobs = [j for j in jobs if j not in stale]
+                self._resubmit(stale)
             if jobs and pe in self.c.procs.live_pes():
                 self.c.procs.clients[pe].send("prefill", mode=self.c.mode, requests=[
                     self.c.prefill_request(j) for j in jobs])
                 self.prefilling[pe] = jobs
+                if self.c.on_prefill is not None:
+                    self.c.on_prefill(pe, jobs)
             elif jobs:
                 self._resubmit(jobs)
         return bool(batches)
@@ -150,7 +160,8 @@ class Runner:
 
     def _open(self, job: Job) -> bool:
         try:
-            job.opened = self.c.open(job, self._recv_offset)
+            job.opened = dict(self.c.open(job, self._recv_offset),
+                              de_pid=self.c.procs[job.role].pid)
         except OutOfMemory:
             self.buffer_wait.append(job)  # admission waits for buffer room
             self.c.num_buffer_waits += 1
@@ -177,6 +188,7 @@ class Runner:
     def _fail_batch(self, pe: str, jobs, exc: Exception) -> None:
         """A prefill failed: its PE died (the others go on) or a DE died under it. Live DEs
         free the batch's buffers, dead DEs are replaced, every turn of it goes again."""
+        self.c.prefill_failures.append((pe, exc, time.monotonic()))
         roles = {j.role for j in jobs}
         for role in roles:
             if self.c.procs.is_alive(role):
@@ -189,9 +201,12 @@ class Runner:
         dead = [r for r in roles if not self.c.procs.is_alive(r)]
         if not dead:
             raise exc
+        # split before replacing: a resubmitted turn no longer names its dead DE
+        lost = {role: [j for j in jobs if j.role == role] for role in dead}
+        survivors = [j for j in jobs if j.role not in dead]
         for role in dead:
-            self._replace(role, extra=[j for j in jobs if j.role == role])
-        self._resubmit([j for j in jobs if j.role not in dead])
+            self._replace(role, extra=lost[role])
+        self._resubmit(survivors)
 
     def _check_pes(self) -> None:
         """PEs found dead: their placed turns go to the scheduler again (raises if none left)."""

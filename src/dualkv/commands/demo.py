@@ -5,6 +5,8 @@ import os
 
 
 def add_arguments(parser):
+    from dualkv.demo import cluster_capacity
+
     parser.add_argument("--policies", default="basic,dualpath,oracle")
     parser.add_argument("--num-de", type=int, default=2)
     parser.add_argument("--agents", type=int, default=6)
@@ -33,6 +35,16 @@ def add_arguments(parser):
     parser.add_argument("--trace-block-tokens", type=int, default=64,
                         help="tokens each 512-token trace block becomes")
     parser.add_argument("--max-prompt", type=int, default=4096, help="mooncake prompt cap")
+    parser.add_argument("--slo-capacity", action="store_true",
+                        help="online SLO capacity: per policy, the largest of --rates whose run "
+                             "meets the SLO (dualkv.demo.cluster_capacity)")
+    parser.add_argument("--rates", default=cluster_capacity.DEFAULT_RATES,
+                        help="--slo-capacity: comma list of rates (as --rate) to try")
+    parser.add_argument("--ttft-slo-s", type=float, default=None,
+                        help="--slo-capacity: bound on the mean TTFT, s (default: twice an idle "
+                             "node's read of one --context)")
+    parser.add_argument("--tpot-slo-ms", type=float, default=cluster_capacity.TPOT_SLO_MS,
+                        help="--slo-capacity: bound on the mean TPOT, ms (scaled to the CPU model)")
     parser.add_argument("--json", action="store_true")
     sub = parser.add_subparsers(dest="what")
     from dualkv.demo import store_command
@@ -45,6 +57,8 @@ def run(args):
         from dualkv.demo import store_command
 
         return store_command.run(args)
+    if args.slo_capacity:
+        return _run_capacity(args)
     return _run_cluster(args)
 
 
@@ -103,6 +117,31 @@ def _run_cluster(args):
     figure = plot(list(rows.values()), os.path.join(args.out, "demo.png"))
     if not args.json:
         _summary(rows, figure)
+    report.finish()
+    return 0
+
+
+def _run_capacity(args):
+    from tqdm import tqdm
+
+    from dualkv.bench.report import Report
+    from dualkv.demo.cluster_capacity import parse_rates, run_capacity, summary
+    from dualkv.demo.cluster_demo import demo_model
+
+    policies, cfg = _check(args), demo_model(args)
+    per_run = args.trace_requests if args.workload == "mooncake" else args.agents * (args.rounds + 1)
+    rows = []
+    with tqdm(total=len(policies) * len(parse_rates(args.rates)) * per_run, desc="capacity turns",
+              disable=args.json) as bar:
+        for policy in policies:
+            bar.set_postfix_str(policy)
+            rows += run_capacity(args, policy, cfg, bar.update)[1]
+    if not args.json:
+        print(summary(rows))
+        return 0
+    report = Report("demo slo-capacity", as_json=True)
+    for row in rows:
+        report.add(row)
     report.finish()
     return 0
 

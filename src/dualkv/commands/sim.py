@@ -96,7 +96,7 @@ def _online(args, configs):
 
 
 def _emit(args, rows):
-    from dualkv.bench.report import Report
+    from dualkv.bench.report import Report, format_table
 
     if args.json:
         report = Report(f"sim {args.mode}", as_json=True)
@@ -104,10 +104,7 @@ def _emit(args, rows):
             report.add(row)
         report.finish()
         return
-    columns = OFFLINE_COLUMNS if args.mode == "offline" else ONLINE_COLUMNS
-    print("  ".join(f"{c:>14s}" for c in columns))
-    for row in rows:
-        print("  ".join(f"{_fmt(row.get(c)):>14s}" for c in columns))
+    print(format_table(rows, OFFLINE_COLUMNS if args.mode == "offline" else ONLINE_COLUMNS))
     if args.mode == "online" and rows and "capacity_aps" in rows[0]:
         for policy in dict.fromkeys(r["policy"] for r in rows):
             cap = next(r["capacity_aps"] for r in rows if r["policy"] == policy)
@@ -115,8 +112,3 @@ def _emit(args, rows):
     for path in args.plots:
         print(f"wrote {path}")
 
-
-def _fmt(v):
-    if isinstance(v, float):
-        return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
-    return str(v)
