@@ -32,13 +32,18 @@ def test_demo_runs_every_turn_of_every_policy(tmp_path):
     assert (tmp_path / "out" / "demo.png").stat().st_size > 0
 
 
-def _demo(tmp_path, *extra):
+def _demo_json(tmp_path, *extra) -> dict:
+    """`dualkv demo` on a tiny model, its --json document."""
     out = subprocess.run(
         [sys.executable, "-m", "dualkv.cli", "demo", "--gen", "3", "--block-tokens", "16",
          "--hidden", "32", "--snic-mbps", "5", "--root", str(tmp_path),
          "--out", str(tmp_path / "out"), "--json", *extra],
         check=True, capture_output=True, text=True, timeout=300).stdout
-    return {row["policy"]: row for row in json.loads(out)["results"]}
+    return json.loads(out)
+
+
+def _demo(tmp_path, *extra):
+    return {row["policy"]: row for row in _demo_json(tmp_path, *extra)["results"]}
 
 
 def test_demo_online_mooncake_trace(tmp_path):
@@ -87,12 +92,7 @@ def test_demo_slo_capacity_is_the_largest_rate_meeting_the_slo(tmp_path):
 
 
 def _demo_rows(tmp_path, *extra):
-    out = subprocess.run(
-        [sys.executable, "-m", "dualkv.cli", "demo", "--gen", "3", "--block-tokens", "16",
-         "--hidden", "32", "--snic-mbps", "5", "--root", str(tmp_path),
-         "--out", str(tmp_path / "out"), "--json", *extra],
-        check=True, capture_output=True, text=True, timeout=300).stdout
-    doc = json.loads(out)
+    doc = _demo_json(tmp_path, *extra)
     assert doc["command"] == "demo slo-capacity"
     return doc["results"]
 
