@@ -2,6 +2,7 @@
 #include "dualkv/block_file.h"
 
 #include <cstring>
+#include <vector>
 
 #include "dualkv/crc32c.h"
 
@@ -30,6 +31,13 @@ uint32_t compute_header_crc(const char* header, uint32_t num_layers) {
 
 void encode_header(const BlockLayout& layout, const uint8_t* key, const uint8_t* parent,
                    char* slot) {
+  std::vector<const char*> layers(layout.num_layers);
+  for (uint32_t l = 0; l < layout.num_layers; ++l) layers[l] = slot + layout.layer_offset(l);
+  encode_header(layout, key, parent, slot, layers.data());
+}
+
+void encode_header(const BlockLayout& layout, const uint8_t* key, const uint8_t* parent,
+                   char* slot, const char* const* layers) {
   std::memset(slot, 0, layout.header_bytes());
   std::memcpy(slot, kMagic, 8);
   put_u32(slot, 8, kFormatVersion);
@@ -44,7 +52,7 @@ void encode_header(const BlockLayout& layout, const uint8_t* key, const uint8_t*
   put_u32(slot, 176, static_cast<uint32_t>(layout.header_bytes()));
   put_u32(slot, 180, static_cast<uint32_t>(layout.layer_stride()));
   for (uint32_t l = 0; l < layout.num_layers; ++l) {
-    uint32_t crc = crc32c(slot + layout.layer_offset(l), layout.layer_block_bytes());
+    uint32_t crc = crc32c(layers[l], layout.layer_block_bytes());
     put_u32(slot, kHeaderFixedBytes + 4ull * l, crc);
   }
   put_u32(slot, kCrcOffset, compute_header_crc(slot, layout.num_layers));

@@ -11,9 +11,12 @@
 // between can leave it empty or torn, which its header and CRCs turn into a miss.
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -40,23 +43,36 @@ int make_parents(const std::string& path) {
   return 0;
 }
 
-int write_fully(int fd, const char* data, size_t len) {
-  size_t done = 0;
-  while (done < len) {
-    ssize_t n = pwrite(fd, data + done, len - done, static_cast<off_t>(done));
+// Writes the pieces one after another from offset 0; `iov` is a copy, advanced past what a
+// short write took.
+int write_fully(int fd, std::vector<iovec> iov) {
+  size_t next = 0;
+  off_t offset = 0;
+  while (next < iov.size()) {
+    const int count = static_cast<int>(std::min<size_t>(iov.size() - next, IOV_MAX));
+    ssize_t n = pwritev(fd, iov.data() + next, count, offset);
     if (n < 0) {
       if (errno == EINTR || errno == EAGAIN) continue;
       return errno;
     }
     if (n == 0) return ENOSPC;
-    done += static_cast<size_t>(n);
+    offset += n;
+    for (size_t left = static_cast<size_t>(n); left > 0;) {
+      const size_t take = std::min(left, iov[next].iov_len);
+      iov[next].iov_base = static_cast<char*>(iov[next].iov_base) + take;
+      iov[next].iov_len -= take;
+      left -= take;
+      if (iov[next].iov_len == 0) ++next;
+    }
+    while (next < iov.size() && iov[next].iov_len == 0) ++next;
   }
   return 0;
 }
 
 }  // namespace
 
-Status BlockIO::write_block(const uint8_t* key, const char* block, bool* is_skipped) {
+Status BlockIO::write_block(const uint8_t* key, const std::vector<iovec>& pieces,
+                            bool* is_skipped) {
   std::string path = path_of(key);
   *is_skipped = access(path.c_str(), F_OK) == 0;
   if (*is_skipped) return Status::Ok();
@@ -73,11 +89,11 @@ Status BlockIO::write_block(const uint8_t* key, const char* block, bool* is_skip
   }
   if (!is_direct) fd = open(temp.c_str(), flags, 0644);
   if (fd < 0) return errno_status("creating " + temp, errno);
-  int err = write_fully(fd, block, layout_.full_block_bytes());
+  int err = write_fully(fd, pieces);
   if (err == EINVAL && is_direct) {  // filesystems that open O_DIRECT but refuse the write
     is_direct_write_ = false;
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_DIRECT);
-    err = write_fully(fd, block, layout_.full_block_bytes());
+    err = write_fully(fd, pieces);
   }
   if (close(fd) != 0 && err == 0) err = errno;
   if (err == 0 && rename(temp.c_str(), path.c_str()) != 0) err = errno;
@@ -145,13 +161,46 @@ class GroupCommit {
   std::atomic<size_t> num_remaining_;
 };
 
+// Writes one block from `pieces` (its header already encoded) and reports it.
+void write_and_report(BlockIO* io, Batch* batch, GroupCommit* commit, size_t i,
+                      const uint8_t* key, const std::vector<iovec>& pieces) {
+  bool is_skipped = false;
+  Status s = io->write_block(key, pieces, &is_skipped);
+  if (commit != nullptr) commit->block_done(i, std::move(s), is_skipped);
+  else report_store(io, batch, i, s, is_skipped);
+}
+
+// A block image in one slot: header and padded Layer Blocks, written as one piece.
 void run_store(BlockIO* io, Batch* batch, GroupCommit* commit, size_t i, const uint8_t* key,
                const uint8_t* parent, char* block) {
   encode_header(io->layout(), key, parent, block);
-  bool is_skipped = false;
-  Status s = io->write_block(key, block, &is_skipped);
-  if (commit != nullptr) commit->block_done(i, std::move(s), is_skipped);
-  else report_store(io, batch, i, s, is_skipped);
+  write_and_report(io, batch, commit, i, key, {iovec{block, io->layout().full_block_bytes()}});
+}
+
+// Layer Blocks wherever they are (an engine's KV pages): written straight from there, behind
+// a header page of their own, when O_DIRECT can take them as they are (4 KiB-aligned
+// addresses, Layer Blocks a whole number of 4 KiB pages, so no padding between them).
+bool can_write_in_place(const BlockLayout& layout, const int64_t* ptrs, size_t n) {
+  if (layout.layer_block_bytes() % 4096 != 0 || layout.num_layers + 1 > IOV_MAX) return false;
+  for (size_t i = 0; i < n; ++i) {
+    if (ptrs[i] % 4096 != 0) return false;
+  }
+  return true;
+}
+
+void run_store_in_place(BlockIO* io, Batch* batch, GroupCommit* commit, size_t i,
+                        const uint8_t* key, const uint8_t* parent, const int64_t* ptrs) {
+  const BlockLayout& layout = io->layout();
+  std::unique_ptr<char, AlignedFree> header(
+      static_cast<char*>(std::aligned_alloc(4096, layout.header_bytes())));
+  std::vector<const char*> layers(layout.num_layers);
+  std::vector<iovec> pieces{iovec{header.get(), layout.header_bytes()}};
+  for (uint32_t l = 0; l < layout.num_layers; ++l) {
+    layers[l] = reinterpret_cast<const char*>(ptrs[l]);
+    pieces.push_back(iovec{const_cast<char*>(layers[l]), layout.layer_block_bytes()});
+  }
+  encode_header(layout, key, parent, header.get(), layers.data());
+  write_and_report(io, batch, commit, i, key, pieces);
 }
 
 }  // namespace
@@ -194,10 +243,18 @@ Status BlockIO::store_from(const uint8_t* keys, size_t n, const int64_t* src_ptr
   if (parent != nullptr) shared_parent->assign(parent, parent + layout_.key_bytes);
   auto sources = std::make_shared<std::vector<int64_t>>(src_ptrs, src_ptrs + n * width);
   auto commit = options_.fsync ? std::make_shared<GroupCommit>(this, batch.get(), n) : nullptr;
+  const bool in_place = can_write_in_place(layout_, src_ptrs, n * width);
   *handle = add_batch(batch);
   for (size_t i = 0; i < n; ++i) {
     Batch* b = batch.get();
-    writers_->post([this, b, i, width, shared_keys, shared_parent, sources, commit] {
+    writers_->post([this, b, i, width, shared_keys, shared_parent, sources, commit, in_place] {
+      const uint8_t* key = shared_keys->data() + i * layout_.key_bytes;
+      const uint8_t* parent_key = i > 0 ? key - layout_.key_bytes
+                                  : shared_parent->empty() ? nullptr : shared_parent->data();
+      if (in_place) {
+        run_store_in_place(this, b, commit.get(), i, key, parent_key, sources->data() + i * width);
+        return;
+      }
       // Gather the Layer Blocks into a page-aligned block image (zero padding), then write it.
       size_t bytes = layout_.full_block_bytes();
       std::unique_ptr<char, AlignedFree> block(static_cast<char*>(std::aligned_alloc(4096, bytes)));
@@ -208,9 +265,6 @@ Status BlockIO::store_from(const uint8_t* keys, size_t n, const int64_t* src_ptr
                     layout_.layer_block_bytes());
       }
       stats_.bounce_bytes += width * layout_.layer_block_bytes();
-      const uint8_t* key = shared_keys->data() + i * layout_.key_bytes;
-      const uint8_t* parent_key = i > 0 ? key - layout_.key_bytes
-                                  : shared_parent->empty() ? nullptr : shared_parent->data();
       run_store(this, b, commit.get(), i, key, parent_key, block.get());
     });
   }

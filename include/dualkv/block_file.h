@@ -43,6 +43,9 @@ struct BlockLayout {
 // the same slot: computes every Layer Block CRC, then the header CRC.
 void encode_header(const BlockLayout& layout, const uint8_t* key, const uint8_t* parent,
                    char* slot);
+// The same header, in `header`, for Layer Blocks that lie at layers[0..num_layers) instead.
+void encode_header(const BlockLayout& layout, const uint8_t* key, const uint8_t* parent,
+                   char* header, const char* const* layers);
 
 // Checks a header page read from disk: magic, version, layout, key (when key != nullptr) and
 // header CRC. Returns a reason on failure, empty on success.

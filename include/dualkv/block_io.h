@@ -3,6 +3,8 @@
 // shared with whoever else registers it (transfer engine, CUDA).
 #pragma once
 
+#include <sys/uio.h>
+
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -81,7 +83,8 @@ class BlockIO {
 
   // Used by the operations (block_io.cpp / block_write.cpp).
   int open_for_read(const std::string& path);
-  Status write_block(const uint8_t* key, const char* block, bool* is_skipped);
+  // Writes a block file from pieces laid end to end (header page first) and publishes it.
+  Status write_block(const uint8_t* key, const std::vector<iovec>& pieces, bool* is_skipped);
   Status flush_filesystem();  // syncfs() of the filesystem holding the store
   HostPool& pool() { return *pool_; }
   IoEngine& engine() { return *engine_; }
