@@ -110,7 +110,7 @@ class BlockStore:
         return Handle(handle, "store", keys, parent)
 
     def store_from(self, keys, src_ptrs, parent=None) -> Handle:
-        """Writes blocks gathered from Layer Block addresses: src_ptrs is (n, num_layers)."""
+        """Writes blocks whose Layer Blocks lie at addresses: src_ptrs is (n, num_layers)."""
         keys, parent = self._keys(keys), self._parent(parent)
         ptrs = int64_array(src_ptrs, (len(keys), self.layout.num_layers), "src_ptrs")
         return Handle(self.io.store_from(keys, ptrs, parent), "store", keys, parent)
