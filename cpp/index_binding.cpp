@@ -91,6 +91,7 @@ py::dict stats_dict(const IndexStats& s) {
   d["pinned"] = s.pinned;
   d["orphans"] = s.orphans;
   d["memory_bytes"] = s.memory_bytes;
+  d["reserved_ids"] = s.reserved_ids;
   return d;
 }
 

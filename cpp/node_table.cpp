@@ -2,6 +2,8 @@
 // node ids with backward-shift deletion (no tombstones, so lookups never slow down with churn).
 #include "dualkv/node_table.h"
 
+#include <algorithm>
+
 namespace dualkv {
 
 namespace {
@@ -64,7 +66,7 @@ void NodeTable::grow_table() {
   }
 }
 
-uint32_t NodeTable::find_or_insert(const uint8_t* key, bool* inserted) {
+uint32_t NodeTable::find_or_insert(const uint8_t* key, bool* inserted, uint32_t after) {
   *inserted = false;
   if ((num_nodes_ + 1) * 4 > table_size_ * 3) {
     if (table_bits_ >= 32) return kNil;
@@ -80,7 +82,8 @@ uint32_t NodeTable::find_or_insert(const uint8_t* key, bool* inserted) {
       return entry_id(entry);
     }
   }
-  const uint32_t id = alloc_id();
+  uint32_t id = after != kNil ? take_reserved(after + 1) : kNil;
+  if (id == kNil) id = alloc_id();
   if (id == kNil) return kNil;
   uint8_t* s = slot(id);
   Node& n = *reinterpret_cast<Node*>(s);
@@ -117,13 +120,52 @@ void NodeTable::erase(uint32_t id) {
   --num_nodes_;
 }
 
+uint32_t NodeTable::take_reserved(uint32_t id) {
+  if (id >= next_id_ || node(id).state != kReserved) return kNil;
+  node(id).state = kFree;
+  --num_reserved_;
+  return id;
+}
+
+void NodeTable::reserve_after(uint32_t last) {
+  constexpr uint32_t kRun = 32;  // about 8 turns of an agent adding ~4 blocks a turn
+  if (last == kNil || last + 1 != next_id_ || next_id_ > kNil - kRun) return;
+  const size_t cap = std::max<size_t>(4 * kRun, num_nodes_ / 8);
+  while (num_reserved_ + kRun > cap && !reservations_.empty()) release_oldest_reservation();
+  if (num_reserved_ + kRun > cap) return;
+  for (uint32_t k = 0; k < kRun; ++k) {
+    if ((next_id_ >> kChunkShift) == chunks_.size()) {
+      chunks_.emplace_back(size_t{kChunkNodes} * stride_, /*huge=*/true);
+    }
+    Node& n = node(next_id_++);
+    std::memset(&n, 0, sizeof(Node));
+    n.state = kReserved;
+  }
+  reservations_.emplace_back(last + 1, kRun);
+  num_reserved_ += kRun;
+}
+
+// The ids of the oldest reservation that its chain has not taken go to the free list.
+void NodeTable::release_oldest_reservation() {
+  const auto [first, count] = reservations_.front();
+  reservations_.pop_front();
+  for (uint32_t id = first; id < first + count; ++id) {
+    Node& n = node(id);
+    if (n.state != kReserved) continue;  // taken
+    n.state = kFree;
+    n.lru_next = free_head_;
+    free_head_ = id;
+    --num_reserved_;
+  }
+}
+
 bool NodeTable::renumber(const std::vector<uint32_t>& order, std::vector<uint32_t>* new_ids) {
   std::vector<uint32_t>& to = *new_ids;
   to.assign(next_id_, kNil);
   if (order.size() != num_nodes_) return false;
   for (size_t i = 0; i < order.size(); ++i) {
     const uint32_t id = order[i];
-    if (id >= next_id_ || node(id).state == kFree || to[id] != kNil) return false;
+    if (!is_live(id) || to[id] != kNil) return false;
     to[id] = static_cast<uint32_t>(i);
   }
   auto map = [&to](uint32_t id) { return id == kNil ? kNil : to[id]; };
@@ -150,6 +192,8 @@ bool NodeTable::renumber(const std::vector<uint32_t>& order, std::vector<uint32_
   chunks_ = std::move(chunks);
   next_id_ = static_cast<uint32_t>(order.size());
   free_head_ = kNil;
+  reservations_.clear();  // reserved and freed ids are gone: only live nodes were copied
+  num_reserved_ = 0;
   return true;
 }
 

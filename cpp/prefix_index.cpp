@@ -22,9 +22,9 @@ Status PrefixIndex::validate_key_bytes(size_t key_bytes) {
 // ---- structure -------------------------------------------------------------------------
 
 uint32_t PrefixIndex::find_or_add_present(const uint8_t* key, uint64_t block_bytes,
-                                          bool* added) {
+                                          bool* added, uint32_t after) {
   bool inserted = false;
-  const uint32_t id = table_.find_or_insert(key, &inserted);
+  const uint32_t id = table_.find_or_insert(key, &inserted, after);
   *added = false;
   if (id == kNil) return kNil;
   Node& n = table_.node(id);
@@ -149,7 +149,7 @@ Status PrefixIndex::compact() {
   order.reserve(table_.num_nodes());
   for (uint32_t root = 0; root < table_.id_limit(); ++root) {
     const Node& r = table_.node(root);
-    if (r.state == kFree || r.parent != kNil) continue;
+    if (!table_.is_live(root) || r.parent != kNil) continue;
     stack.push_back(root);
     while (!stack.empty()) {  // pre-order: a node's last-pushed child comes right after it
       const uint32_t x = stack.back();
@@ -196,10 +196,11 @@ Status PrefixIndex::insert_chain(const uint8_t* keys, size_t n, const uint8_t* p
     if (prev == kNil) return out_of_ids();
   }
   for (size_t i = 0; i < n && i < kPrefetchAhead; ++i) table_.prefetch(key_at(keys, i));
+  bool added = false;
   for (size_t i = 0; i < n; ++i) {
     if (i + kPrefetchAhead < n) table_.prefetch(key_at(keys, i + kPrefetchAhead));
-    bool added = false;
-    const uint32_t id = find_or_add_present(key_at(keys, i), block_bytes[i], &added);
+    // Behind its predecessor when the chain kept that id for it (reserve_after below).
+    const uint32_t id = find_or_add_present(key_at(keys, i), block_bytes[i], &added, prev);
     if (id == kNil) return out_of_ids();
     // A new block goes right behind its predecessor, so a new chain is already one LRU run
     // and touch() below moves it in O(1).
@@ -208,6 +209,7 @@ Status PrefixIndex::insert_chain(const uint8_t* keys, size_t n, const uint8_t* p
     if (prev != kNil && can_adopt(id, prev)) link_child(id, prev);
     ids[i] = prev = id;
   }
+  if (added) table_.reserve_after(ids[n - 1]);  // the chain's new last block: room for its next
   // A placeholder parent that adopted nobody (keys[0] already had a parent) must not linger.
   if (parent_key != nullptr && n > 0) {
     const uint32_t p = table_.find(parent_key);
@@ -339,6 +341,7 @@ IndexStats PrefixIndex::stats() {
   std::lock_guard<std::mutex> lock(mu_);
   IndexStats out = stats_;
   out.memory_bytes = table_.memory_bytes();
+  out.reserved_ids = table_.num_reserved();
   return out;
 }
 

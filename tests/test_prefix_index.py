@@ -253,6 +253,33 @@ def test_compacted_rebuild_matches_like_whole_chains():
     assert index.stats()["orphans"] == 0
 
 
+def test_chains_grown_by_turns_keep_ids_reserved_and_capped():
+    """A chain's newest block keeps ids behind it for the chain's next blocks (so a chain
+    grown a few blocks per turn, between other chains' turns, stays in runs); the reserve is
+    used by the next turns, dropped by compact(), and capped at 1/8 of the blocks."""
+    index = PrefixIndex()
+    a, b = chain(40, b"a"), chain(40, b"b")
+    index.insert_chain(a[:4])
+    assert index.stats()["reserved_ids"] == 32
+    index.insert_chain(b[:4])  # b's reserve too: the cap is at least 128 ids
+    assert index.stats()["reserved_ids"] == 64
+    for first in range(4, 36, 4):  # turns of both chains, interleaved, into their reserves
+        index.insert_chain(a[first:first + 4], parent_key=a[first - 1])
+        index.insert_chain(b[first:first + 4], parent_key=b[first - 1])
+    # both reserves used up; b's last block is the newest id, so b kept 32 more
+    assert index.stats()["reserved_ids"] == 32
+    index.insert_chain(a[36:], parent_key=a[35])  # a fresh run for a, with a fresh reserve
+    assert index.stats()["reserved_ids"] == 64
+    assert index.match(a) == 40 and index.match(b[:36]) == 36 and len(index) == 76
+    index.compact()
+    assert index.stats()["reserved_ids"] == 0 and index.match(a) == 40
+    many = PrefixIndex()
+    for c in range(200):  # 200 one-block chains: reserves stay within max(128, blocks / 8)
+        many.insert_chain(chain(1, b"m%d" % c))
+    assert many.stats()["reserved_ids"] <= 128 and len(many) == 200
+    assert all(many.match(chain(1, b"m%d" % c)) == 1 for c in range(200))
+
+
 def test_keys_in_other_forms_and_lengths():
     index = PrefixIndex(key_bytes=16)
     keys = chain(4)[:, :16].copy()

@@ -9,6 +9,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <deque>
+#include <utility>
 #include <vector>
 
 #include "dualkv/huge_buffer.h"
@@ -21,6 +23,8 @@ enum NodeState : uint32_t {
   kFree = 0,
   kPresent = 1,      // a block the index holds
   kPlaceholder = 2,  // a parent key whose block is not (yet) here; holds its children's links
+  kReserved = 3,     // no node: an id kept free right behind a chain's last block, for the
+                     // blocks that chain gets next (see reserve_after)
 };
 
 // Per-node state; the key follows it in memory. Links are node ids (kNil = none).
@@ -58,10 +62,22 @@ class NodeTable {
   inline uint32_t find(const uint8_t* key, uint64_t key_hash) const;
   inline uint64_t hash(const uint8_t* key) const;
   // Node id of key; when absent, adds a node (zeroed, links kNil, state kFree for the caller
-  // to set) and sets *inserted. Returns kNil when 2^32 - 1 nodes already exist.
-  uint32_t find_or_insert(const uint8_t* key, bool* inserted);
+  // to set) and sets *inserted. Returns kNil when 2^32 - 1 nodes already exist. A new node
+  // takes the id right after `after` when that id is reserved (the next block of its chain).
+  uint32_t find_or_insert(const uint8_t* key, bool* inserted, uint32_t after = kNil);
+  // Keeps the ids right behind `last` (a chain's newest block) free for that chain's next
+  // blocks, so a chain grown a few blocks per turn, between other chains' turns, still lies
+  // in runs of consecutive nodes: lookups of a run share pages and cache lines, and match()
+  // follows ids. Only when `last` is the newest id. Reservations are capped at 1/8 of the
+  // nodes (the oldest go back to the free list first), so they cost at most ~9 bytes a block.
+  void reserve_after(uint32_t last);
+  size_t num_reserved() const { return num_reserved_; }
   // Removes the node's key from the table and frees its id.
   void erase(uint32_t id);
+  // Is id a node (handed out, not freed or reserved)?
+  bool is_live(uint32_t id) const {
+    return id < next_id_ && node(id).state != kFree && node(id).state != kReserved;
+  }
   // Ids handed out so far are below this (live ones, and freed ones on the free list).
   uint32_t id_limit() const { return next_id_; }
   // Moves every live node to id i = its position in `order` (each live id exactly once), so
@@ -126,10 +142,12 @@ class NodeTable {
   void allocate_table(uint32_t bits);
   void place(uint64_t entry);
   inline bool key_equals(uint32_t id, const uint8_t* key) const;
-  // Is id a live node (handed out, not freed) whose key is `key`?
+  // Is id a node whose key is `key`?
   bool holds_key(uint32_t id, const uint8_t* key) const {
-    return id < next_id_ && node(id).state != kFree && key_equals(id, key);
+    return is_live(id) && key_equals(id, key);
   }
+  uint32_t take_reserved(uint32_t id);
+  void release_oldest_reservation();
   static uint64_t load_word(const uint8_t* p, size_t n) {
     uint64_t word = 0;
     std::memcpy(&word, p, n);
@@ -149,6 +167,8 @@ class NodeTable {
   uint32_t next_id_ = 0;  // ids below it have been handed out at least once
   uint32_t free_head_ = kNil;
   size_t num_nodes_ = 0;
+  std::deque<std::pair<uint32_t, uint32_t>> reservations_;  // (first id, count), oldest first
+  size_t num_reserved_ = 0;
   HugeBuffer table_buffer_;
   uint64_t* table_ = nullptr;  // 2^table_bits_ entries in table_buffer_
   size_t table_size_ = 0;

@@ -35,6 +35,7 @@ struct IndexStats {
   uint64_t pinned = 0;   // blocks with a pin count > 0
   uint64_t orphans = 0;  // present blocks whose parent is not present
   uint64_t memory_bytes = 0;
+  uint64_t reserved_ids = 0;  // ids kept behind chains' last blocks for their next blocks
 };
 
 // Keys travel as n * key_bytes contiguous bytes; removed/evicted keys are appended to `out`.
@@ -83,7 +84,9 @@ class PrefixIndex {
   bool is_evictable(uint32_t id) const;
 
   // The node for key, present or made present (with block_bytes); kNil when the table is full.
-  uint32_t find_or_add_present(const uint8_t* key, uint64_t block_bytes, bool* added);
+  // A new node takes the id after `after` when it is reserved (NodeTable::reserve_after).
+  uint32_t find_or_add_present(const uint8_t* key, uint64_t block_bytes, bool* added,
+                               uint32_t after = kNil);
   void promote(uint32_t id, uint64_t block_bytes);
   uint32_t find_or_add_placeholder(const uint8_t* key);
   bool can_adopt(uint32_t child, uint32_t parent) const;
