@@ -40,7 +40,8 @@ Semantics the store relies on:
   grown a few blocks per turn gains from it now and then. It takes the nodes' memory twice
   while it runs and changes nothing else.
 - stats(): num_blocks, bytes, capacity_bytes, hits and misses (blocks found / not found by
-  match), evictions, evicted_bytes, removed, pinned (blocks with a pin), orphans, memory_bytes.
+  match), evictions, evicted_bytes, removed, pinned (blocks with a pin), orphans, memory_bytes,
+  reserved_ids.
 """
 from dualkv._native import C
 
