@@ -1,6 +1,7 @@
 // NodeTable: the storage under the prefix index. Nodes live in fixed-size chunks (ids are
-// 32-bit, growth never copies, a node moves only when renumber() lays them all out again), each followed by its key in the same slot;
-// an open-addressing hash table maps keys to node ids. Freed ids go on a free list.
+// 32-bit, growth never copies, a node moves only when renumber() lays them all out again),
+// each followed by its key in the same slot; an open-addressing hash table maps keys to node
+// ids. Freed ids go on a free list; ids reserved behind a chain's newest block wait for it.
 //
 // Memory per node with 32-byte keys: a 72-byte slot plus 8 bytes per hash slot at a load
 // factor of 3/8..3/4, i.e. about 80-93 bytes; nothing else is allocated per node.
@@ -78,7 +79,7 @@ class NodeTable {
   bool is_live(uint32_t id) const {
     return id < next_id_ && node(id).state != kFree && node(id).state != kReserved;
   }
-  // Ids handed out so far are below this (live ones, and freed ones on the free list).
+  // Ids handed out so far are below this (live, freed or reserved).
   uint32_t id_limit() const { return next_id_; }
   // Moves every live node to id i = its position in `order` (each live id exactly once), so
   // that nodes looked up one after another can sit one after another in memory. Links are
@@ -88,8 +89,9 @@ class NodeTable {
   bool renumber(const std::vector<uint32_t>& order, std::vector<uint32_t>* new_ids);
 
   // Looks up keys[0..n) in order, calling visit(i, id) (kNil: absent) until it returns false.
-  // A chain inserted in one call got consecutive ids, so block i's node usually sits right
-  // behind block i-1's, in memory already on its way in: the walk first follows ids while
+  // A chain inserted in one call got consecutive ids (and a chain grown by turns takes the
+  // ids reserved behind it), so block i's node usually sits right behind block i-1's, in
+  // memory already on its way in: the walk first follows ids while
   // each next node holds the next key (compared in full, so a wrong guess only costs that
   // compare), and hands the rest to the hash table at the first key that is elsewhere.
   template <class Visit>
