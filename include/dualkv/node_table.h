@@ -4,7 +4,8 @@
 // ids. Freed ids go on a free list; ids reserved behind a chain's newest block wait for it.
 //
 // Memory per node with 32-byte keys: a 72-byte slot plus 8 bytes per hash slot at a load
-// factor of 3/8..3/4, i.e. about 80-93 bytes; nothing else is allocated per node.
+// factor of 3/8..3/4, i.e. about 80-93 bytes, plus reserved slots (at most 1/8 of the
+// nodes: up to 9 bytes a node); nothing else is allocated per node.
 #pragma once
 
 #include <cstddef>
