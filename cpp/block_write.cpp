@@ -161,20 +161,41 @@ class GroupCommit {
   std::atomic<size_t> num_remaining_;
 };
 
-// Writes one block from `pieces` (its header already encoded) and reports it.
-void write_and_report(BlockIO* io, Batch* batch, GroupCommit* commit, size_t i,
-                      const uint8_t* key, const std::vector<iovec>& pieces) {
+// What every writer task of one store batch shares: the chain's keys (copied: the caller's
+// arrays are gone once store() returns), its first block's parent, and the group commit when
+// the batch is fsync'ed.
+struct StoreBatch {
+  StoreBatch(BlockIO* io, Batch* batch, const uint8_t* keys, size_t n, const uint8_t* parent,
+             bool fsync)
+      : io(io), batch(batch), key_bytes(io->layout().key_bytes),
+        keys(keys, keys + n * key_bytes) {
+    if (parent != nullptr) first_parent.assign(parent, parent + key_bytes);
+    if (fsync) commit = std::make_unique<GroupCommit>(io, this->batch, n);
+  }
+  const uint8_t* key(size_t i) const { return keys.data() + i * key_bytes; }
+  const uint8_t* parent(size_t i) const {
+    return i > 0 ? key(i - 1) : first_parent.empty() ? nullptr : first_parent.data();
+  }
+
+  BlockIO* io;
+  Batch* batch;
+  size_t key_bytes;
+  std::vector<uint8_t> keys, first_parent;
+  std::unique_ptr<GroupCommit> commit;
+};
+
+// Writes block i from `pieces` (its header already encoded) and reports it.
+void write_and_report(const StoreBatch& sb, size_t i, const std::vector<iovec>& pieces) {
   bool is_skipped = false;
-  Status s = io->write_block(key, pieces, &is_skipped);
-  if (commit != nullptr) commit->block_done(i, std::move(s), is_skipped);
-  else report_store(io, batch, i, s, is_skipped);
+  Status s = sb.io->write_block(sb.key(i), pieces, &is_skipped);
+  if (sb.commit != nullptr) sb.commit->block_done(i, std::move(s), is_skipped);
+  else report_store(sb.io, sb.batch, i, s, is_skipped);
 }
 
-// A block image in one slot: header and padded Layer Blocks, written as one piece.
-void run_store(BlockIO* io, Batch* batch, GroupCommit* commit, size_t i, const uint8_t* key,
-               const uint8_t* parent, char* block) {
-  encode_header(io->layout(), key, parent, block);
-  write_and_report(io, batch, commit, i, key, {iovec{block, io->layout().full_block_bytes()}});
+// A block image in one buffer: header and padded Layer Blocks, written as one piece.
+void store_image(const StoreBatch& sb, size_t i, char* block) {
+  encode_header(sb.io->layout(), sb.key(i), sb.parent(i), block);
+  write_and_report(sb, i, {iovec{block, sb.io->layout().full_block_bytes()}});
 }
 
 // Layer Blocks wherever they are (an engine's KV pages): written straight from there, behind
@@ -188,9 +209,8 @@ bool can_write_in_place(const BlockLayout& layout, const int64_t* ptrs, size_t n
   return true;
 }
 
-void run_store_in_place(BlockIO* io, Batch* batch, GroupCommit* commit, size_t i,
-                        const uint8_t* key, const uint8_t* parent, const int64_t* ptrs) {
-  const BlockLayout& layout = io->layout();
+void store_in_place(const StoreBatch& sb, size_t i, const int64_t* ptrs) {
+  const BlockLayout& layout = sb.io->layout();
   std::unique_ptr<char, AlignedFree> header(
       static_cast<char*>(std::aligned_alloc(4096, layout.header_bytes())));
   std::vector<const char*> layers(layout.num_layers);
@@ -199,8 +219,22 @@ void run_store_in_place(BlockIO* io, Batch* batch, GroupCommit* commit, size_t i
     layers[l] = reinterpret_cast<const char*>(ptrs[l]);
     pieces.push_back(iovec{const_cast<char*>(layers[l]), layout.layer_block_bytes()});
   }
-  encode_header(layout, key, parent, header.get(), layers.data());
-  write_and_report(io, batch, commit, i, key, pieces);
+  encode_header(layout, sb.key(i), sb.parent(i), header.get(), layers.data());
+  write_and_report(sb, i, pieces);
+}
+
+// Other Layer Blocks: gathered into a page-aligned block image (zero padding) first.
+void store_gathered(const StoreBatch& sb, size_t i, const int64_t* ptrs) {
+  const BlockLayout& layout = sb.io->layout();
+  const size_t bytes = layout.full_block_bytes();
+  std::unique_ptr<char, AlignedFree> block(static_cast<char*>(std::aligned_alloc(4096, bytes)));
+  std::memset(block.get(), 0, bytes);
+  for (uint32_t l = 0; l < layout.num_layers; ++l) {
+    std::memcpy(block.get() + layout.layer_offset(l), reinterpret_cast<const char*>(ptrs[l]),
+                layout.layer_block_bytes());
+  }
+  sb.io->stats().bounce_bytes += layout.num_layers * layout.layer_block_bytes();
+  store_image(sb, i, block.get());
 }
 
 }  // namespace
@@ -210,62 +244,31 @@ Status BlockIO::store(const uint8_t* keys, size_t n, const int64_t* slots,
   Status s = check_batch(slots, n, 0, layout_.num_layers);
   if (!s.ok()) return s;
   auto batch = make_batch(n);
-  std::vector<uint8_t> chain(keys, keys + n * layout_.key_bytes);
-  std::vector<uint8_t> first_parent;
-  if (parent != nullptr) first_parent.assign(parent, parent + layout_.key_bytes);
+  auto sb = std::make_shared<StoreBatch>(this, batch.get(), keys, n, parent, options_.fsync);
   *handle = add_batch(batch);
-  // The key copies live in the task; the slots stay the caller's until wait() says done.
-  auto shared_keys = std::make_shared<std::vector<uint8_t>>(std::move(chain));
-  auto shared_parent = std::make_shared<std::vector<uint8_t>>(std::move(first_parent));
-  auto commit = options_.fsync ? std::make_shared<GroupCommit>(this, batch.get(), n) : nullptr;
-  for (size_t i = 0; i < n; ++i) {
+  for (size_t i = 0; i < n; ++i) {  // the slots stay the caller's until wait() says done
     char* block = pool_->slot_ptr(slots[i]);
-    Batch* b = batch.get();
-    writers_->post([this, b, i, block, shared_keys, shared_parent, commit] {
-      const uint8_t* key = shared_keys->data() + i * layout_.key_bytes;
-      const uint8_t* parent_key = i > 0 ? key - layout_.key_bytes
-                                  : shared_parent->empty() ? nullptr : shared_parent->data();
-      run_store(this, b, commit.get(), i, key, parent_key, block);
-    });
+    writers_->post([sb, i, block] { store_image(*sb, i, block); });
   }
   return Status::Ok();
 }
 
 Status BlockIO::store_from(const uint8_t* keys, size_t n, const int64_t* src_ptrs,
                            const uint8_t* parent, uint64_t* handle) {
-  size_t width = layout_.num_layers;
+  const size_t width = layout_.num_layers;
   for (size_t i = 0; i < n * width; ++i) {
     if (src_ptrs[i] == 0) return make_status(Code::kInvalidArgument, "null source address");
   }
   auto batch = make_batch(n);
-  auto shared_keys = std::make_shared<std::vector<uint8_t>>(keys, keys + n * layout_.key_bytes);
-  auto shared_parent = std::make_shared<std::vector<uint8_t>>();
-  if (parent != nullptr) shared_parent->assign(parent, parent + layout_.key_bytes);
+  auto sb = std::make_shared<StoreBatch>(this, batch.get(), keys, n, parent, options_.fsync);
   auto sources = std::make_shared<std::vector<int64_t>>(src_ptrs, src_ptrs + n * width);
-  auto commit = options_.fsync ? std::make_shared<GroupCommit>(this, batch.get(), n) : nullptr;
   const bool in_place = can_write_in_place(layout_, src_ptrs, n * width);
   *handle = add_batch(batch);
   for (size_t i = 0; i < n; ++i) {
-    Batch* b = batch.get();
-    writers_->post([this, b, i, width, shared_keys, shared_parent, sources, commit, in_place] {
-      const uint8_t* key = shared_keys->data() + i * layout_.key_bytes;
-      const uint8_t* parent_key = i > 0 ? key - layout_.key_bytes
-                                  : shared_parent->empty() ? nullptr : shared_parent->data();
-      if (in_place) {
-        run_store_in_place(this, b, commit.get(), i, key, parent_key, sources->data() + i * width);
-        return;
-      }
-      // Gather the Layer Blocks into a page-aligned block image (zero padding), then write it.
-      size_t bytes = layout_.full_block_bytes();
-      std::unique_ptr<char, AlignedFree> block(static_cast<char*>(std::aligned_alloc(4096, bytes)));
-      std::memset(block.get(), 0, bytes);
-      for (size_t l = 0; l < width; ++l) {
-        std::memcpy(block.get() + layout_.layer_offset(static_cast<uint32_t>(l)),
-                    reinterpret_cast<const char*>((*sources)[i * width + l]),
-                    layout_.layer_block_bytes());
-      }
-      stats_.bounce_bytes += width * layout_.layer_block_bytes();
-      run_store(this, b, commit.get(), i, key, parent_key, block.get());
+    writers_->post([sb, i, width, sources, in_place] {
+      const int64_t* ptrs = sources->data() + i * width;
+      if (in_place) store_in_place(*sb, i, ptrs);
+      else store_gathered(*sb, i, ptrs);
     });
   }
   return Status::Ok();
