@@ -314,14 +314,8 @@ void Agent::mark_stale(uint64_t sender_uid, uint64_t region_id) {
 // few microseconds, far sooner than two thread wake-ups), then sleeps on the condition
 // variable while the progress thread delivers.
 Status Agent::wait_notice(int64_t request_id, int64_t layer, uint64_t peer_id, int64_t deadline_ns) {
-  auto arrived = [&] {
-    auto it = arrived_set_.find(request_id);
-    return it != arrived_set_.end() && it->second.count(layer) > 0;
-  };
-  {
-    std::lock_guard<std::mutex> lock(notice_mu_);
-    if (arrived()) return Status::Ok();
-  }
+  auto arrived = [&] { return notice_arrived_locked(request_id, layer); };
+  if (has_notice(request_id, layer)) return Status::Ok();
   if (config_.spin_us > 0 && drive_until_notice(arrived, deadline_ns)) return Status::Ok();
   std::unique_lock<std::mutex> lock(notice_mu_);
   while (true) {
@@ -372,6 +366,10 @@ bool Agent::drive_until_notice(const Arrived& arrived, int64_t deadline_ns) {
 
 bool Agent::has_notice(int64_t request_id, int64_t layer) {
   std::lock_guard<std::mutex> lock(notice_mu_);
+  return notice_arrived_locked(request_id, layer);
+}
+
+bool Agent::notice_arrived_locked(int64_t request_id, int64_t layer) const {
   auto it = arrived_set_.find(request_id);
   return it != arrived_set_.end() && it->second.count(layer) > 0;
 }

@@ -144,6 +144,7 @@ class Agent : public BatchPoster {
   // most spin_us; false if it did not arrive by then.
   template <class Arrived>
   bool drive_until_notice(const Arrived& arrived, int64_t deadline_ns);
+  bool notice_arrived_locked(int64_t request_id, int64_t layer) const;  // under notice_mu_
 
   // Under worker_mu_ (the progress thread, a submitting caller or a notice waiter).
   bool progress_worker();
