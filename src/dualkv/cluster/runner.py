@@ -233,11 +233,14 @@ class Runner:
             for out in reply["results"]:
                 self._finish(jobs.pop(out["rid"]), out)
                 busy = True
-        if self.buffer_wait and (busy or not any(self.in_de.values())):
-            # room may have freed: the waiting turns go to the scheduler again
-            waiting, self.buffer_wait = self.buffer_wait, []
-            self._submit(waiting)
+        if busy or not any(self.in_de.values()):
+            self._retry_buffer_waits()
         return busy
+
+    def _retry_buffer_waits(self) -> None:
+        """Room may have freed: the turns a full DE refused go to the scheduler again."""
+        waiting, self.buffer_wait = self.buffer_wait, []
+        self._submit(waiting)
 
     def _finish(self, job: Job, out: dict) -> None:
         del self.by_rid[job.rid]
@@ -263,9 +266,7 @@ class Runner:
         self.ready = deque(j for j in self.ready if j.role != role)
         self.in_de[role] = {}
         self._resubmit(lost)
-        if self.buffer_wait:
-            waiting, self.buffer_wait = self.buffer_wait, []
-            self._submit(waiting)
+        self._retry_buffer_waits()
 
     def _check_idle(self, busy: bool) -> None:
         """Every wait has a deadline: a run with nothing moving for timeout_s fails."""

@@ -83,6 +83,11 @@ def is_online(args) -> bool:
     return args.workload == "mooncake" or args.rate > 0
 
 
+def turns_per_run(args) -> int:
+    """Turns one policy's run takes (the progress bar's share)."""
+    return args.trace_requests if args.workload == "mooncake" else args.agents * (args.rounds + 1)
+
+
 def _run_cluster(args):
     from tqdm import tqdm
 
@@ -94,12 +99,8 @@ def _run_cluster(args):
     policies, cfg = _check(args), demo_model(args)
     report, rows, timed = Report("demo", args.json), {}, {}
     run_policy = run_online if is_online(args) else run_offline
-    if is_online(args):
-        total = len(policies) * (args.trace_requests if args.workload == "mooncake"
-                                 else args.agents * (args.rounds + 1))
-    else:
-        total = len(policies) * args.agents * (args.rounds + 1)
-    with tqdm(total=total, desc="demo turns", disable=args.json) as bar:
+    with tqdm(total=len(policies) * turns_per_run(args), desc="demo turns",
+              disable=args.json) as bar:
         for policy in policies:
             bar.set_postfix_str(policy)
             rows[policy], timed[policy] = run_policy(args, policy, cfg, bar.update)
@@ -129,10 +130,9 @@ def _run_capacity(args):
     from dualkv.demo.cluster_demo import demo_model
 
     policies, cfg = _check(args), demo_model(args)
-    per_run = args.trace_requests if args.workload == "mooncake" else args.agents * (args.rounds + 1)
     rows = []
-    with tqdm(total=len(policies) * len(parse_rates(args.rates)) * per_run, desc="capacity turns",
-              disable=args.json) as bar:
+    with tqdm(total=len(policies) * len(parse_rates(args.rates)) * turns_per_run(args),
+              desc="capacity turns", disable=args.json) as bar:
         for policy in policies:
             bar.set_postfix_str(policy)
             rows += run_capacity(args, policy, cfg, bar.update)[1]
