@@ -168,6 +168,20 @@ def test_bad_descriptors_rejected_before_posting(pair, loc, rem, length, match):
     assert not dst.any()
 
 
+def until_stale_rkey(transfer, failure: str):
+    """Repeats `transfer` until it fails with a stale rkey (a revocation travels to the peer
+    as a notice, so the first tries may still succeed), for at most 5 s."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            transfer()
+        except errors.InvalidArgument as exc:
+            assert "stale rkey" in str(exc)
+            return
+        time.sleep(0.01)
+    pytest.fail(failure)
+
+
 def test_unknown_regions_and_stale_rkey_rejected(pair):
     a, b, ra, rb, peer, dst = pair
     with pytest.raises(errors.InvalidArgument, match="not registered"):
@@ -177,16 +191,8 @@ def test_unknown_regions_and_stale_rkey_rejected(pair):
     with pytest.raises(errors.NotFound):
         a.put(12345, ra, rb.id, [0], [0], [BLOCK])
     b.deregister(rb)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:  # the revocation travels as a notice to the peer
-        try:
-            a.wait(a.put(peer, ra, rb.id, [0], [0], [BLOCK]), 5)
-        except errors.InvalidArgument as exc:
-            assert "stale rkey" in str(exc)
-            break
-        time.sleep(0.01)
-    else:
-        pytest.fail("stale rkey was never rejected")
+    until_stale_rkey(lambda: a.wait(a.put(peer, ra, rb.id, [0], [0], [BLOCK]), 5),
+                     "stale rkey was never rejected")
     a.connect({**b.local_info()})  # a re-rendezvous without the region says the same
     with pytest.raises(errors.InvalidArgument, match="stale rkey"):
         a.put(peer, ra, rb.id, [0], [0], [BLOCK])
@@ -396,17 +402,12 @@ def test_prepared_post_checks_layer_and_revalidates_after_revocation(pair):
     b.wait_notice(2, 0, timeout=5)
     prepared.wait(5)
     b.deregister(rb)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:  # the revocation travels as a notice to the peer
-        try:
-            prepared.post(1)
-            prepared.wait(5)
-        except errors.InvalidArgument as exc:
-            assert "stale rkey" in str(exc)
-            break
-        time.sleep(0.01)
-    else:
-        pytest.fail("a prepared post to a revoked region was never rejected")
+
+    def post_layer_1():
+        prepared.post(1)
+        prepared.wait(5)
+
+    until_stale_rkey(post_layer_1, "a prepared post to a revoked region was never rejected")
 
 
 def test_prepared_put_to_killed_peer_raises_peer_disconnected(remote, agent):
