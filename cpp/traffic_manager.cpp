@@ -78,18 +78,30 @@ Status TrafficManager::submit_copy(std::vector<CopyDesc> copies, TrafficClass cl
   if (cls == TrafficClass::kModel) {  // latency-critical: now, on the caller's thread
     if (cnic_) cnic_->debit(bytes);
     job->completion->finish(copy_now(copies));
-    std::lock_guard<std::mutex> lock(mu_);
-    stats_.model_bytes += bytes;
-    stats_.model_jobs++;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stats_.model_bytes += bytes;
+      stats_.model_jobs++;
+    }
+    cv_.notify_all();
   } else {
     job->copies = std::move(copies);
+    st = queue_kv(job);
+    if (!st.ok()) return st;
+  }
+  *handle = handles_.add(job->completion);
+  return Status::Ok();
+}
+
+// The kv class waits for the dispatcher, which paces it against model traffic.
+Status TrafficManager::queue_kv(const std::shared_ptr<Job>& job) {
+  {
     std::lock_guard<std::mutex> lock(mu_);
     if (stop_) return make_status(Code::kUnavailable, "traffic manager closed");
     kv_jobs_.push_back(job);
     stats_.kv_jobs++;
   }
   cv_.notify_all();
-  *handle = handles_.add(job->completion);
   return Status::Ok();
 }
 
@@ -117,11 +129,8 @@ Status TrafficManager::submit_rma(BatchPoster* poster, RmaBatch batch, int64_t b
     job->rma = std::move(batch);
     job->completion = completion;
     job->is_cut = job->rma.descs.empty() && !job->rma.has_notice;
-    std::lock_guard<std::mutex> lock(mu_);
-    if (stop_) return make_status(Code::kUnavailable, "traffic manager closed");
-    kv_jobs_.push_back(job);
-    stats_.kv_jobs++;
-    cv_.notify_all();
+    st = queue_kv(job);
+    if (!st.ok()) return st;
   }
   *handle = handles_.add(completion);
   return Status::Ok();

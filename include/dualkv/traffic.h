@@ -62,6 +62,7 @@ class TrafficManager {
   void post_chunk(const std::shared_ptr<Job>& job, Job chunk, bool is_failed);
   void chunk_done(const std::shared_ptr<Job>& job, const Status& status);
   void model_done();
+  Status queue_kv(const std::shared_ptr<Job>& job);
   void earn_kv_credit(int64_t model_bytes);
 
   TrafficConfig config_;

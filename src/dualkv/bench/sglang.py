@@ -3,8 +3,10 @@ pages, the same host pool and the same disk, in batches as SGLang's controller i
 
 Per preset (a Llama-8B-shaped MHA page of 8 MiB; a DeepSeek-V3-shaped MLA page of 4.3 MiB):
 - set_durable: one batch written and made durable. dualkv: `batch_set_v1` with `fsync`
-  (fdatasync before each page is published). HiCacheFile: the controller's generic path
-  (`get_data_page` per page, `batch_set`), then fdatasync of every page file.
+  (the batch's pages written, then one syncfs before it reports). HiCacheFile: the
+  controller's generic path (`get_data_page` per page, `batch_set`), then fdatasync of every
+  page file (it never syncs; a flush per page is how a file-per-page store makes each page
+  durable before it reports).
 - get_cold: the page cache dropped (where permitted; plus fadvise DONTNEED on every file),
   then one batch read into the host pool: dualkv `batch_get_v1`; HiCacheFile the generic path
   (`batch_get` into flat pages, `set_from_flat_data_page`).
