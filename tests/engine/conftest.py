@@ -162,7 +162,7 @@ def stored_kv(store, codec, key, layer):
         store.pool.free(slot)
 
 
-def check_written_back(model, store, codec, seq, num_generated, exact=True, tol=1e-5):
+def check_written_back(model, store, codec, seq, exact=True, tol=1e-5):
     """Blocks of prompt + generated whose KV is complete are stored, equal to a recompute;
     the partial last block is not."""
     bt = codec.block_tokens

@@ -113,4 +113,4 @@ def test_decoder_batches_requests_that_join_and_leave(model, memory_store):
         wb.finish()
     for rid, prompt in enumerate(prompts):
         assert results[rid] == reference_generate(model, prompt, num_gen[rid])
-        check_written_back(model, memory_store, codec, list(prompt) + results[rid], num_gen[rid])
+        check_written_back(model, memory_store, codec, list(prompt) + results[rid])

@@ -36,7 +36,7 @@ def test_conversation_matches_full_recompute(model, make_store, mode, read_side,
         assert result.num_cached_blocks == result.num_matched_blocks
         if turn:
             assert result.num_cached_blocks == min(stored_blocks, len(prompt) // block_tokens)
-        check_written_back(model, store, codec, prompt + result.generated, num_gen)
+        check_written_back(model, store, codec, prompt + result.generated)
         stored_blocks = (len(prompt) + num_gen - 1) // block_tokens
         prompt = prompt + result.generated
     assert store.pool.num_free == store.pool.num_slots  # every buffer and slot came back
@@ -55,7 +55,7 @@ def test_plain_model_matches_within_fp_tolerance(make_store, mode, read_side):
         prompt = prompt + [int(t) for t in appended]
         result = run_turn(model, store, prompt, num_gen, mode, read_side)
         assert result.generated == reference_generate(model, prompt, num_gen)
-        check_written_back(model, store, codec, prompt + result.generated, num_gen, exact=False)
+        check_written_back(model, store, codec, prompt + result.generated, exact=False)
         prompt = prompt + result.generated
 
 
@@ -73,7 +73,7 @@ def test_cuda_engines_match_cuda_recompute(mode, read_side):
         prompt = prompt + [int(t) for t in appended]
         result = run_turn(model, store, prompt, num_gen, mode, read_side)
         assert result.generated == reference_generate(model, prompt, num_gen)
-        check_written_back(model, store, codec, prompt + result.generated, num_gen, exact=False,
+        check_written_back(model, store, codec, prompt + result.generated, exact=False,
                            tol=1e-4)
         prompt = prompt + result.generated
 
@@ -102,7 +102,7 @@ def test_unreadable_block_is_recomputed_not_served(model, make_store, mode, read
     assert result.generated == reference_generate(model, nxt, 10)
     if hasattr(store, "unreadable"):
         store.unreadable.clear()
-    check_written_back(model, store, LayerBlockCodec(TINY, 16), nxt + result.generated, 10)
+    check_written_back(model, store, LayerBlockCodec(TINY, 16), nxt + result.generated)
 
 
 def test_memory_store_keys_match_the_native_chain(memory_store):

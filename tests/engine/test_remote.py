@@ -80,6 +80,6 @@ def test_remote_conversation_matches_recompute(model, memory_store, agents, read
                                   read_side, 12, rid=turn + 1)
         assert out == reference_generate(model, prompt, 12), turn
         assert (cached > 0) == (turn > 0)
-        check_written_back(model, memory_store, LayerBlockCodec(TINY, BT), prompt + out, 12)
+        check_written_back(model, memory_store, LayerBlockCodec(TINY, BT), prompt + out)
         prompt = prompt + out + [int(t) for t in rng.integers(0, TINY.vocab_size, 7)]
     assert memory_store.pool.num_free == memory_store.pool.num_slots

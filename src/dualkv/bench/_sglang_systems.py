@@ -21,7 +21,7 @@ def _storage_config(model_name: str, extra_config: dict):
 
 
 class _Side:
-    def fresh_keys(self, num_pages: int, salt: int) -> list:
+    def fresh_keys(self, num_pages: int) -> list:
         return [os.urandom(32).hex() for _ in range(num_pages)]
 
     def _gbps(self, num_pages: int, seconds: float) -> float:

@@ -72,7 +72,7 @@ def run_preset(report, args, name, workdir, has_fio):
     for rep in range(args.repeat):
         order = [("dualkv", ours), ("HiCacheFile", theirs)]
         for side, system in order if rep % 2 == 0 else order[::-1]:
-            keys = system.fresh_keys(args.pages, rep)
+            keys = system.fresh_keys(args.pages)
             figures[side]["set_durable"].append(system.set_durable(keys, host_indices))
             # fio reads the same files next to dualkv's cold get, first in every other round:
             # the disk's speed drifts by up to 3x within a minute and is slower just after a
