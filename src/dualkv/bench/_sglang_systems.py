@@ -29,13 +29,14 @@ class _Side:
 
 
 class DualKVSide(_Side):
-    def __init__(self, pool, root: str, queue_depth: int, write_threads: int):
+    def __init__(self, pool, root: str, queue_depth: int, write_threads: int,
+                 direct_io: bool = True):
         from sglang.srt.mem_cache.storage.backend_factory import StorageBackendFactory
 
         extra = {"backend_name": "dualkv", "module_path": "dualkv.integrations.sglang",
                  "class_name": "DualKVHiCacheStorage", "interface_v1": 1, "root": root,
                  "fsync": True, "queue_depth": queue_depth, "pool_slots": 8,
-                 "write_threads": write_threads}
+                 "write_threads": write_threads, "direct_io": direct_io}
         self.backend = StorageBackendFactory.create_backend(
             "dynamic", _storage_config("bench-model", extra), pool)
         self.backend.register_mem_pool_host(pool)

@@ -47,6 +47,8 @@ def parse_args(argv):
     p.add_argument("--repeat", type=int, default=3, help="runs per system; the median is kept")
     p.add_argument("--queue-depth", type=int, default=32)
     p.add_argument("--write-threads", type=int, default=4)
+    p.add_argument("--buffered", action="store_true", help="dualkv without O_DIRECT "
+                   "(`direct_io: false`): its pages go through the kernel's page cache too")
     p.add_argument("--no-fio", action="store_true")
     p.add_argument("--json", action="store_true")
     return p.parse_args(argv)
@@ -63,7 +65,7 @@ def run_preset(report, args, name, workdir, has_fio):
     host_indices = pool.alloc(args.pages * pool.page_size)
     pool.kv_buffer.view(-1).view(dtype=torch.uint8).random_()
     ours = DualKVSide(pool, os.path.join(workdir, f"dualkv-{name}"), args.queue_depth,
-                      args.write_threads)
+                      args.write_threads, direct_io=not args.buffered)
     theirs = HiCacheFileSide(pool, os.path.join(workdir, f"hicachefile-{name}"))
     figures = {side: {op: [] for op in ("set_durable", "get_cold", "get_warm")}
                for side in ("dualkv", "HiCacheFile")}
@@ -90,7 +92,8 @@ def run_preset(report, args, name, workdir, has_fio):
                 fio["write"].append(fio_write_gbps(args.pages, ours.file_bytes,
                                                    args.queue_depth, workdir))
     base = {"preset": name, "kind": preset["kind"], "layout": args.layout,
-            "page_bytes": ours.page_bytes, "pages": args.pages, "io_path": ours.io_path(),
+            "page_bytes": ours.page_bytes, "pages": args.pages, "direct_io": not args.buffered,
+            "io_path": ours.io_path(),
             "store_backend": ours.store_backend(), "caches_dropped": dropped}
     for op in ("set_durable", "get_cold", "get_warm"):
         gbps = statistics.median(figures["dualkv"][op])
