@@ -61,6 +61,11 @@ class DualKVSide(_Side):
     def files(self, keys) -> list:
         return [self.backend.store.io.path_of(bytes.fromhex(k)) for k in keys]
 
+    def is_direct(self) -> bool:
+        """Whether the store read and wrote with O_DIRECT (it falls back where refused)."""
+        stats = self.backend.store.stats()
+        return bool(stats["direct_reads"] and stats["direct_writes"])
+
     def io_path(self) -> str:
         return self.backend.get_stats().as_dict()["io_path"]
 

@@ -92,7 +92,7 @@ def run_preset(report, args, name, workdir, has_fio):
                 fio["write"].append(fio_write_gbps(args.pages, ours.file_bytes,
                                                    args.queue_depth, workdir))
     base = {"preset": name, "kind": preset["kind"], "layout": args.layout,
-            "page_bytes": ours.page_bytes, "pages": args.pages, "direct_io": not args.buffered,
+            "page_bytes": ours.page_bytes, "pages": args.pages, "direct_io": ours.is_direct(),
             "io_path": ours.io_path(),
             "store_backend": ours.store_backend(), "caches_dropped": dropped}
     for op in ("set_durable", "get_cold", "get_warm"):
