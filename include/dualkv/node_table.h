@@ -96,11 +96,12 @@ class NodeTable {
   // memory already on its way in. The walk follows ids while each next node holds the next
   // key (compared in full, so a wrong guess only costs that compare); where the chain jumps
   // elsewhere, one hash lookup finds it and the walk follows ids again from there. A jump
-  // that leads to a short run says the chain is scattered (grown a block or two at a time,
-  // or rebuilt in file order): the next stretch of keys goes to the pipelined lookups, and a
-  // longer one after each further short run, so a scattered chain costs what it did when
-  // only hashing was used. In an A/B at 10 M blocks, chains grown 4 blocks per turn matched
-  // in ~33 µs against ~50 µs when the walk hashed everything after the first jump.
+  // that leads to a short run says the chain is scattered (an index rebuilt in file order,
+  // or turns of a block or two once the reserves ran out): the next stretch of keys goes to
+  // the pipelined lookups, and a longer one after each further short run, so a scattered
+  // chain costs about what it did when only hashing was used. In an A/B at 10 M blocks,
+  // chains grown 4 blocks per turn matched in ~33 µs against ~50 µs when the walk hashed
+  // everything after the first jump (bench/RESULTS.md, "Index and keys").
   template <class Visit>
   void find_each(const uint8_t* keys, size_t n, Visit&& visit) const {
     constexpr size_t kShortRun = 8, kFirstStretch = 64;
