@@ -17,8 +17,9 @@ fsync, run next to dualkv's cold get in every round, after it in even rounds and
 odd ones (the disk's speed drifts and dips right after a large write, so the median of the
 per-round ratios, `ratio_of_rounds`, is the figure to read). Runs alternate
 between the systems; each figure is the median of --repeat runs.
-Needs the SGLang venv (`scripts/venv.sh sglang`): `~/.cache/dualkv/venvs/sglang/bin/python -m dualkv.cli
-bench sglang` with PYTHONPATH=src.
+Needs the SGLang venv (`scripts/venv.sh sglang`):
+`PYTHONPATH=src ~/.cache/dualkv/venvs/sglang/bin/python -m dualkv.cli bench sglang`.
+`--buffered` runs dualkv without O_DIRECT (the backend's `direct_io: false`).
 """
 import argparse
 import os
