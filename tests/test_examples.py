@@ -31,6 +31,14 @@ def test_layer_streaming_between_two_processes():
     assert "every byte as stored" in done.stdout
 
 
+def test_schedule_reads_splits_reads_under_dualpath_only():
+    done = run_example("schedule_reads.py")
+    assert done.returncode == 0, done.stderr
+    share = {line.split()[0]: int(line.split("decode nodes read ")[1].rstrip("%)"))
+             for line in done.stdout.splitlines()}
+    assert share["basic"] == 0 and 30 <= share["dualpath"] <= 70
+
+
 def test_every_example_is_tested():
-    tested = {"store_roundtrip.py", "layer_streaming.py"}
+    tested = {"store_roundtrip.py", "layer_streaming.py", "schedule_reads.py"}
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
