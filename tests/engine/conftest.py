@@ -25,7 +25,7 @@ class MemoryBlockStore:
         self.layout, self.pool = layout, MemoryPool(layout, pool_slots)
         self.blocks, self.parents = {}, {}
         self._handles, self._ids = {}, itertools.count(1)
-        self.num_loads = self.num_stores = 0
+        self.num_stores = 0
         self.unreadable = set()  # keys whose next load fails (a corrupt block file)
 
     def chain_keys(self, tokens, prior=None):
@@ -54,7 +54,6 @@ class MemoryBlockStore:
             if data is not None:
                 self.pool.view(int(slot))[:] = data
             ok.append(data is not None)
-        self.num_loads += len(keys)
         return self._handle(np.array(ok, bool))
 
     def store(self, keys, slots, parent=None):
