@@ -24,6 +24,7 @@ struct Batch {
   std::vector<uint8_t> ok;
   Status first_error;
   std::vector<std::unique_ptr<IoCompletion>> ops;
+  int64_t finished_ns = -1;  // steady clock (CLOCK_MONOTONIC) when the last block finished
 
   explicit Batch(size_t n) : num_remaining(n), ok(n, 0) {}
 
@@ -31,7 +32,11 @@ struct Batch {
     std::lock_guard<std::mutex> lock(mu);
     ok[i] = is_ok ? 1 : 0;
     if (!error.ok() && first_error.ok()) first_error = error;
-    if (--num_remaining == 0) cv.notify_all();  // under the lock: the waiter may free us next
+    if (--num_remaining == 0) {
+      finished_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+          std::chrono::steady_clock::now().time_since_epoch()).count();
+      cv.notify_all();  // under the lock: the waiter may free us next
+    }
   }
 };
 
@@ -400,6 +405,14 @@ Status BlockIO::poll(uint64_t handle, bool* is_done) {
   if (batch == nullptr) return make_status(Code::kNotFound, "unknown or released handle");
   std::lock_guard<std::mutex> lock(batch->mu);
   *is_done = batch->num_remaining == 0;
+  return Status::Ok();
+}
+
+Status BlockIO::finished_at(uint64_t handle, int64_t* monotonic_ns) {
+  auto batch = find_batch(handle);
+  if (batch == nullptr) return make_status(Code::kNotFound, "unknown or released handle");
+  std::lock_guard<std::mutex> lock(batch->mu);
+  *monotonic_ns = batch->finished_ns;
   return Status::Ok();
 }
 

@@ -253,6 +253,11 @@ void register_storage(py::module_& m) {
         throw_if_error(io.poll(h, &is_done));
         return is_done;
       }, py::arg("handle"))
+      .def("finished_at", [](BlockIO& io, uint64_t h) {
+        int64_t ns = -1;
+        throw_if_error(io.finished_at(h, &ns));
+        return ns;
+      }, py::arg("handle"))
       .def("release", [](BlockIO& io, uint64_t h, double timeout_s) {
         Status s;
         {

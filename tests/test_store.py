@@ -1,4 +1,6 @@
 """BlockStore round trips and argument checking, on both I/O backends."""
+import time
+
 import numpy as np
 import pytest
 
@@ -170,6 +172,24 @@ def test_handles_poll_release_and_unknown(block_root):
     store.release(handle)
     with pytest.raises(NotFound):
         store.wait(handle)
+
+
+def test_finished_at_is_when_the_batch_finished_not_when_it_was_seen(block_root):
+    store = open_store(block_root, KVLayout(4, 4096, 16))
+    keys, slots = random_keys(np.random.default_rng(8), 8), store.pool.alloc(8)
+    for op in (lambda: store.store(keys, slots), lambda: store.load(keys, slots)):
+        submitted = time.monotonic()
+        handle = op()
+        done = store.finished_at(handle)
+        assert done is None or submitted <= done <= time.monotonic()  # None: still in flight
+        assert store.wait(handle).all()
+        seen = time.monotonic()
+        time.sleep(0.05)  # a late look must not move it
+        done = store.finished_at(handle)
+        assert submitted <= done <= seen and store.finished_at(handle) == done
+        store.release(handle)
+        with pytest.raises(NotFound):
+            store.finished_at(handle)
 
 
 @pytest.mark.parametrize("call", [

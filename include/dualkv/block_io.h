@@ -67,6 +67,10 @@ class BlockIO {
   // ok gets one byte per block (1 = done and verified); first_error the first store error.
   Status wait(uint64_t handle, double timeout_s, std::vector<uint8_t>* ok, Status* first_error);
   Status poll(uint64_t handle, bool* is_done);
+  // When the batch's last block finished, in ns of the steady clock (CLOCK_MONOTONIC, the
+  // clock of Python's time.monotonic()); -1 while blocks are in flight. For throughput
+  // figures that must not depend on when the caller happened to poll.
+  Status finished_at(uint64_t handle, int64_t* monotonic_ns);
   Status release(uint64_t handle, double timeout_s);
   void remove_files(const uint8_t* keys, size_t n);
 

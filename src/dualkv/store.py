@@ -133,6 +133,12 @@ class BlockStore:
         self._finish(handle, ok)
         return True
 
+    def finished_at(self, handle: Handle) -> float | None:
+        """When the batch's last block finished, in seconds of `time.monotonic()`; None while
+        blocks are in flight. Times a batch without depending on when it was polled."""
+        ns = self.io.finished_at(handle.id)
+        return None if ns < 0 else ns / 1e9
+
     def release(self, handle: Handle, timeout: float = 60.0) -> None:
         """Frees the handle; waits (up to `timeout`) for blocks still in flight."""
         if handle.ok is None:

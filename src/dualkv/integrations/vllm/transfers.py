@@ -86,7 +86,7 @@ class SaveBatch:
         batch.specs, batch.slots = batch._alloc(worker, specs)
         batch.req_ids = {s.req_id for s in specs}
         batch.staged, batch.futures, batch.handles = set(), [], []
-        batch.stage_s, batch.write_start_s, batch.write_done_s = 0.0, None, None
+        batch.stage_s, batch.write_start_s = 0.0, None
         if batch.specs:
             batch.block_ids = torch.from_numpy(np.concatenate([s.block_ids for s in batch.specs]))
             batch.slot_ids = torch.from_numpy(np.concatenate(batch.slots).astype(np.int64))
@@ -141,26 +141,26 @@ class SaveBatch:
             self.specs, failed = [], self.slots
             self.worker.stats["save_errors"] += sum(len(s) for s in failed)
             return
-        self.write_start_s = time.perf_counter()
+        self.write_start_s = time.monotonic()  # the clock of store.finished_at
         self.handles = [self.store.store(s.keys, slots, parent=s.parent)
                         for s, slots in zip(self.specs, self.slots)]
 
     def is_done(self) -> bool:
         if not self.handles:
             return not self.specs
-        if self.write_done_s is None and all(self.store.poll(h) for h in self.handles):
-            self.write_done_s = time.perf_counter()  # seen at the next poll: at most a layer late
-        return self.write_done_s is not None
+        return all(self.store.poll(h) for h in self.handles)
 
     def finish(self) -> None:
         """Verifies the writes, tells the scheduler the keys, frees the slots."""
         worker, stats = self.worker, self.worker.stats
+        finished = []
         for spec, handle in zip(self.specs, self.handles):
             try:
                 ok = self.store.wait(handle, worker.config.timeout_s)
             except StorageError as exc:
                 log.warning("dualkv: writing blocks of %s failed: %s", spec.req_id, exc)
                 ok = np.zeros(len(spec.keys), bool)
+            finished.append(self.store.finished_at(handle))
             self.store.release(handle)
             parents = [spec.parent] + [bytes(k) for k in spec.keys[:-1]]
             worker.saved.extend((bytes(k), p) for k, p, good in zip(spec.keys, parents, ok) if good)
@@ -170,5 +170,6 @@ class SaveBatch:
         for slots in self.slots:
             self.store.pool.free(slots)
         if self.write_start_s is not None:  # copying out of vLLM's pages + writing the files
-            done_s = self.write_done_s or time.perf_counter()
+            # until the last write finished, whenever vLLM's next call happened to look
+            done_s = max(finished) if finished else time.monotonic()
             stats["save_s"] += self.stage_s + done_s - self.write_start_s
