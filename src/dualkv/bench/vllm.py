@@ -90,6 +90,7 @@ def bench_config(args, workdir, model, name, turn1s, turn2):
         "replay_ttft_s": replay["seconds"], "replay_tokens_loaded": replay["num_cached_tokens"],
         "first_turn_s": sum(t["seconds"] for t in first["turns"]) / len(first["turns"]),
         "save_gbps": gbps(saved.get("bytes_saved", 0), saved.get("save_s")),
+        "save_s": saved.get("save_s"), "save_copy_s": saved.get("save_copy_s"),
         "load_gbps": gbps(loaded.get("bytes_loaded", 0), loaded.get("load_s")),
         "bytes_loaded": loaded.get("bytes_loaded", 0), "load_errors": loaded.get("load_errors", 0),
     }

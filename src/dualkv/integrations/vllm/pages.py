@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from dualkv.errors import InvalidArgument
+from dualkv.pool import copy_ranges
 
 
 def _layer_index(name: str) -> int:
@@ -55,14 +56,25 @@ class PagedKV:
 
     def gather(self, layer: int, block_ids: torch.Tensor, slots: SlotPages, slot_ids) -> None:
         """Pool slots' Layer Block `layer` <- this layer's pages of block_ids (one batch)."""
+        if self.is_host:  # one native copy per page, GIL released: runs beside the forward
+            copy_ranges(slots.layer_ptrs(layer, slot_ids), self._layer_ptrs(layer, block_ids),
+                        self.page_bytes)
+            return
         pages = self.pages[layer].index_select(0, block_ids.to(self.device))
         slots.layer(layer).index_copy_(0, slot_ids, pages.to("cpu"))
 
     def scatter(self, layer: int, block_ids: torch.Tensor, slots: SlotPages, slot_ids) -> None:
         """This layer's pages of block_ids <- pool slots' Layer Block `layer` (one batch)."""
+        if self.is_host:
+            copy_ranges(self._layer_ptrs(layer, block_ids), slots.layer_ptrs(layer, slot_ids),
+                        self.page_bytes)
+            return
         rows = slots.layer(layer).index_select(0, slot_ids)
         self.pages[layer].index_copy_(0, block_ids.to(self.device),
                                       rows.to(self.device))
+
+    def _layer_ptrs(self, layer: int, block_ids: torch.Tensor) -> np.ndarray:
+        return self.base_ptrs[layer] + np.asarray(block_ids, np.int64) * self.page_bytes
 
 
 class SlotPages:
@@ -76,6 +88,13 @@ class SlotPages:
         rows = pool.tensor()  # (num_slots, slot_bytes) uint8 over the pool, zero-copy
         self._layers = [rows[:, layout.layer_offset(l):layout.layer_offset(l) +
                              layout.layer_block_bytes] for l in range(layout.num_layers)]
+        self._base_ptr, self._slot_bytes = pool.base_ptr, pool.slot_bytes
+        self._layer_offsets = [layout.layer_offset(l) for l in range(layout.num_layers)]
 
     def layer(self, layer: int) -> torch.Tensor:
         return self._layers[layer]
+
+    def layer_ptrs(self, layer: int, slot_ids) -> np.ndarray:
+        """Addresses of Layer Block `layer` in each of these slots."""
+        return (self._base_ptr + self._layer_offsets[layer] +
+                np.asarray(slot_ids, np.int64) * self._slot_bytes)

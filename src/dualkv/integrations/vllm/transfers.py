@@ -173,3 +173,4 @@ class SaveBatch:
             # until the last write finished, whenever vLLM's next call happened to look
             done_s = max(finished) if finished else time.monotonic()
             stats["save_s"] += self.stage_s + done_s - self.write_start_s
+            stats["save_copy_s"] += self.stage_s  # of which: copies out of vLLM's pages

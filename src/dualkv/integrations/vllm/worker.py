@@ -42,7 +42,7 @@ class WorkerSide:
         self.saved: list[tuple[bytes, bytes | None]] = []  # for the scheduler's index
         self.stats = {"blocks_loaded": 0, "blocks_saved": 0, "bytes_loaded": 0, "bytes_saved": 0,
                       "load_errors": 0, "save_errors": 0, "save_skipped": 0,
-                      "load_s": 0.0, "save_s": 0.0}
+                      "load_s": 0.0, "save_s": 0.0, "save_copy_s": 0.0}
 
     # registration -------------------------------------------------------------------------
     def register_kv_caches(self, kv_caches: dict) -> None:
