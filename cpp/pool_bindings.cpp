@@ -1,7 +1,5 @@
 // Python binding of HostPool. The pool exposes the buffer protocol (the whole slot area as
 // bytes), so numpy and torch views are zero-copy and keep the pool alive while they exist.
-#include <cstring>
-
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -52,36 +50,9 @@ void free_slots(HostPool& pool, py::array ids) {
   throw_if_error(pool.free(contiguous.data(), static_cast<size_t>(contiguous.size())));
 }
 
-// dst[i] <- src[i] for lengths[i] bytes, each range a plain memcpy, with the GIL released:
-// host staging copies that run beside a model's forward on other threads (torch's index
-// copies there ran 2-5x slower under that contention, and hold its intra-op thread pool).
-void copy_ranges(py::array_t<int64_t, py::array::c_style | py::array::forcecast> dst,
-                 py::array_t<int64_t, py::array::c_style | py::array::forcecast> src,
-                 py::array_t<int64_t, py::array::c_style | py::array::forcecast> lengths) {
-  const py::ssize_t n = dst.size();
-  if (dst.ndim() != 1 || src.ndim() != 1 || lengths.ndim() != 1 || src.size() != n ||
-      lengths.size() != n) {
-    throw StatusError(make_status(Code::kInvalidArgument,
-                                  "copy_ranges needs three 1-D arrays of one length"));
-  }
-  const int64_t *d = dst.data(), *s = src.data(), *len = lengths.data();
-  for (py::ssize_t i = 0; i < n; ++i) {
-    if (len[i] < 0 || (len[i] > 0 && (d[i] == 0 || s[i] == 0))) {
-      throw StatusError(make_status(Code::kInvalidArgument,
-                                    "copy_ranges: a negative length or a null address"));
-    }
-  }
-  py::gil_scoped_release release;
-  for (py::ssize_t i = 0; i < n; ++i) {
-    std::memcpy(reinterpret_cast<void*>(d[i]), reinterpret_cast<const void*>(s[i]),
-                static_cast<size_t>(len[i]));
-  }
-}
-
 }  // namespace
 
 void register_pool(py::module_& m) {
-  m.def("copy_ranges", &copy_ranges, py::arg("dst"), py::arg("src"), py::arg("lengths"));
   py::class_<HostPool, std::shared_ptr<HostPool>>(m, "HostPool", py::buffer_protocol())
       .def(py::init(&make_pool), py::arg("num_slots"), py::arg("slot_bytes"),
            py::arg("huge_pages") = true, py::arg("cuda") = "auto")

@@ -18,6 +18,15 @@ static std::vector<CopyDesc> copy_descs(const py::array& dst, const py::array& s
 }
 
 void register_traffic(py::module_& m) {
+  m.def("copy_ranges", [](py::array dst, py::array src, py::array len) {
+    auto descs = copy_descs(dst, src, len);
+    Status st;
+    {
+      py::gil_scoped_release release;
+      st = copy_ranges(descs);
+    }
+    throw_if_error(st);
+  }, py::arg("dst"), py::arg("src"), py::arg("lengths"));
   py::class_<BatchPoster, std::shared_ptr<BatchPoster>>(m, "BatchPoster");
 
   py::class_<TokenBucket, std::shared_ptr<TokenBucket>>(m, "TokenBucket")

@@ -67,6 +67,11 @@ static Status check_copies(const std::vector<CopyDesc>& copies) {
   return Status::Ok();
 }
 
+Status copy_ranges(const std::vector<CopyDesc>& copies) {
+  Status st = check_copies(copies);
+  return st.ok() ? copy_now(copies) : st;
+}
+
 Status TrafficManager::submit_copy(std::vector<CopyDesc> copies, TrafficClass cls,
                                    uint64_t* handle) {
   Status st = check_copies(copies);

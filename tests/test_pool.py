@@ -124,20 +124,3 @@ def test_small_memlock_limit_says_how_to_raise_it(tmp_path):
     assert "RLIMIT_MEMLOCK" in done.stdout and "ulimit -l" in done.stdout
     assert "CAP_IPC_LOCK" in done.stdout
 
-
-def test_copy_ranges_copies_each_range_and_refuses_bad_ones():
-    from dualkv.pool import copy_ranges
-
-    src = np.arange(4096, dtype=np.uint8)
-    dst = np.zeros(4096, dtype=np.uint8)
-    s, d = src.ctypes.data, dst.ctypes.data
-    copy_ranges([d + 100, d + 2000], [s, s + 3000], [50, 7])  # lengths per range
-    assert (dst[100:150] == src[:50]).all() and (dst[2000:2007] == src[3000:3007]).all()
-    assert dst[:100].sum() == 0 and dst[150:2000].sum() == 0 and dst[2007:].sum() == 0
-    copy_ranges(np.array([d, d + 64]), np.array([s + 64, s]), 64)  # one length for all
-    assert (dst[:64] == src[64:128]).all() and (dst[64:128] == src[:64]).all()
-    for bad in [([d], [s, s], [1, 1]), ([d], [s], [-1]), ([0], [s], [1]), ([d], [0], [1]),
-                ([d], [s], [0.5])]:
-        with pytest.raises(InvalidArgument):
-            copy_ranges(*bad)
-    copy_ranges([0], [0], [0])  # nothing to copy: no address needed

@@ -237,3 +237,23 @@ def test_host_device_copies_on_cuda(node):
         tm.wait(tm.copy(dev, host), 10)
         tm.wait(tm.copy(back, dev, cls="model"), 10)
     assert torch.equal(back, host)
+
+
+def test_copy_ranges_copies_each_range_and_refuses_bad_ones():
+    from dualkv.traffic import copy_ranges
+
+    src = np.arange(4096, dtype=np.uint8)
+    dst = np.zeros(4096, dtype=np.uint8)
+    s, d = src.ctypes.data, dst.ctypes.data
+    copy_ranges([d + 100, d + 2000], [s, s + 3000], [50, 7])  # lengths per range
+    assert (dst[100:150] == src[:50]).all() and (dst[2000:2007] == src[3000:3007]).all()
+    assert dst[:100].sum() == 0 and dst[150:2000].sum() == 0 and dst[2007:].sum() == 0
+    copy_ranges(np.array([d, d + 64]), np.array([s + 64, s]), np.array([64, 64]))
+    assert (dst[:64] == src[64:128]).all() and (dst[64:128] == src[:64]).all()
+    before = dst.copy()
+    for bad in [([d], [s, s], [1, 1]), ([d], [s], [-1]), ([0], [s], [1]), ([d], [0], [1]),
+                ([d], [s], [0.5]), ([d, d], [s, s], [8, 0])]:
+        with pytest.raises(errors.InvalidArgument):
+            copy_ranges(*bad)
+    assert (dst == before).all()  # a bad descriptor anywhere: nothing was copied
+

@@ -37,6 +37,11 @@ struct CopyDesc {
   int64_t length;
 };
 
+// The copies, at once on the caller's thread (no traffic class, no pacing): for staging
+// copies that only need to leave the GIL, e.g. beside a model's forward. InvalidArgument
+// for a null address or a length <= 0, before anything is copied.
+Status copy_ranges(const std::vector<CopyDesc>& copies);
+
 struct TrafficStats {
   int64_t model_bytes = 0, kv_bytes = 0, kv_chunks = 0, model_jobs = 0, kv_jobs = 0;
   int64_t kv_chunks_beside_model = 0;  // posted on credit while model work was in flight

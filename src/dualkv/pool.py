@@ -12,7 +12,6 @@ import numpy as np
 from dualkv._native import C
 from dualkv.errors import InvalidArgument
 from dualkv.layout import KVLayout
-from dualkv.store_args import int64_array
 
 
 class HostPool:
@@ -103,12 +102,3 @@ class HostPool:
             raise InvalidArgument(f"slot {slot} outside the pool's 0..{self.num_slots - 1}")
         return int(slot)
 
-
-def copy_ranges(dst_ptrs, src_ptrs, lengths) -> None:
-    """Copies lengths[i] bytes from address src_ptrs[i] to dst_ptrs[i], in one native call
-    with the GIL released. The caller owns both sides (e.g. an engine's KV pages and pool
-    slots) and keeps them alive and unchanged until it returns."""
-    n = len(np.asarray(dst_ptrs).reshape(-1))
-    C.copy_ranges(int64_array(np.asarray(dst_ptrs).reshape(-1), (n,), "dst_ptrs"),
-                  int64_array(np.asarray(src_ptrs).reshape(-1), (n,), "src_ptrs"),
-                  int64_array(np.broadcast_to(np.asarray(lengths), (n,)), (n,), "lengths"))

@@ -27,6 +27,15 @@ from dualkv.transfer import _peer_id, _region_id, as_int64, buffer_address
 CLASSES = {"model": 0, "kv": 1}
 
 
+def copy_ranges(dst_ptrs, src_ptrs, lengths) -> None:
+    """Copies lengths[i] bytes from address src_ptrs[i] to dst_ptrs[i] now, on this thread,
+    with the GIL released: the traffic manager's host copy without its pacing, for staging
+    copies that run beside a model's forward (e.g. the vLLM connector's). The caller owns both
+    sides and keeps them alive and unchanged until it returns."""
+    C.copy_ranges(as_int64(dst_ptrs, "dst_ptrs"), as_int64(src_ptrs, "src_ptrs"),
+                  as_int64(lengths, "lengths"))
+
+
 @dataclass(frozen=True)
 class TrafficConfig:
     node: str = "node0"

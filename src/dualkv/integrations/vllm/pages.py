@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from dualkv.errors import InvalidArgument
-from dualkv.pool import copy_ranges
+from dualkv.traffic import copy_ranges
 
 
 def _layer_index(name: str) -> int:
@@ -57,8 +57,8 @@ class PagedKV:
     def gather(self, layer: int, block_ids: torch.Tensor, slots: SlotPages, slot_ids) -> None:
         """Pool slots' Layer Block `layer` <- this layer's pages of block_ids (one batch)."""
         if self.is_host:  # one native copy per page, GIL released: runs beside the forward
-            copy_ranges(slots.layer_ptrs(layer, slot_ids), self._layer_ptrs(layer, block_ids),
-                        self.page_bytes)
+            dst, src = slots.layer_ptrs(layer, slot_ids), self._layer_ptrs(layer, block_ids)
+            copy_ranges(dst, src, np.full(len(dst), self.page_bytes, np.int64))
             return
         pages = self.pages[layer].index_select(0, block_ids.to(self.device))
         slots.layer(layer).index_copy_(0, slot_ids, pages.to("cpu"))
@@ -66,8 +66,8 @@ class PagedKV:
     def scatter(self, layer: int, block_ids: torch.Tensor, slots: SlotPages, slot_ids) -> None:
         """This layer's pages of block_ids <- pool slots' Layer Block `layer` (one batch)."""
         if self.is_host:
-            copy_ranges(self._layer_ptrs(layer, block_ids), slots.layer_ptrs(layer, slot_ids),
-                        self.page_bytes)
+            dst, src = self._layer_ptrs(layer, block_ids), slots.layer_ptrs(layer, slot_ids)
+            copy_ranges(dst, src, np.full(len(dst), self.page_bytes, np.int64))
             return
         rows = slots.layer(layer).index_select(0, slot_ids)
         self.pages[layer].index_copy_(0, block_ids.to(self.device),
