@@ -32,8 +32,9 @@ Semantics the store relies on:
 - insert_edges() rebuilds from block headers in any order (a child may precede its parent);
   blocks it adds count as least recently used, parents ahead of children.
 - match() is fastest on a chain whose blocks were inserted in one call: their nodes are
-  consecutive in memory and it follows them without the hash table (~10 µs for 1,024 keys
-  against ~60-250 µs when they are scattered; bench/RESULTS.md). A chain's newest block keeps
+  consecutive in memory and it follows them without the hash table (~10-15 µs for 1,024
+  keys; ~40-50 µs for a chain grown a few blocks per turn, ~150-280 µs for one scattered block
+  by block; bench/RESULTS.md, 1-10 M blocks). A chain's newest block keeps
   32 ids behind it for the chain's next inserts (at most 1/8 of the blocks are kept so;
   stats()["reserved_ids"]), so a chain grown by turns stays in runs. compact() lays every chain
   out that way again: the store calls it after a rebuild (nodes come in file order); an index

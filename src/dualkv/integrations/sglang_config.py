@@ -22,7 +22,7 @@ class SGLangBackendConfig:
     write_threads: int = 4  # threads writing pages (each page: one write and a rename)
     io_backend: str = "auto"  # "auto" | "io_uring" | "posix"
     direct_io: bool = True  # O_DIRECT reads and writes where the filesystem allows
-    fsync: bool = False  # a set returns once the filesystem has flushed its pages (one syncfs per batch)
+    fsync: bool = False  # a set returns once its pages are flushed (one syncfs per batch)
     capacity_bytes: int = 0  # evict least-recently-used pages beyond this; 0 = no limit
     timeout_s: float = 60.0  # deadline of one batch; past it the batch reports False
     model_id: str = ""  # overrides SGLang's model name in the namespace
