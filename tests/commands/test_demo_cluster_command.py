@@ -49,10 +49,6 @@ def _demo(tmp_path, *extra):
 def test_demo_online_mooncake_trace(tmp_path):
     """The Mooncake trace as an online cluster workload: every request runs at its (rescaled)
     arrival, with TTFT / TTST / TPOT percentiles; Basic reads on the PE node only."""
-    from dualkv.workloads.mooncake import default_trace_path
-
-    if not default_trace_path().is_file():
-        pytest.skip("Mooncake trace not present")
     rows = _demo(tmp_path, "--workload", "mooncake", "--trace-requests", "6", "--rate", "3",
                  "--trace-block-tokens", "16", "--max-prompt", "256", "--policies", "basic,dualpath")
     for row in rows.values():

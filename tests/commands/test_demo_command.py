@@ -2,12 +2,7 @@ import json
 import subprocess
 import sys
 
-import pytest
 
-from dualkv.workloads.mooncake import default_trace_path
-
-
-@pytest.mark.skipif(not default_trace_path().is_file(), reason="trace not beside the repo")
 def test_demo_replays_the_trace_and_reports_json(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "dualkv.cli", "demo", "store", "--requests", "12", "--reread-blocks", "64",

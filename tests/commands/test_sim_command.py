@@ -1,9 +1,6 @@
 import json
 
-import pytest
-
 from dualkv.cli import main
-from dualkv.errors import InvalidArgument
 
 
 def test_offline_json_and_plots(tmp_path, capsys):
@@ -17,6 +14,7 @@ def test_offline_json_and_plots(tmp_path, capsys):
     assert (out / "jct.png").stat().st_size > 0 and (out / "snic_balance.png").exists()
 
 
-def test_bad_policy_is_a_clear_error(tmp_path):
-    with pytest.raises(InvalidArgument):
-        main(["sim", "offline", "--policy", "fastest", "--out", str(tmp_path)])
+def test_bad_policy_is_a_clear_error(tmp_path, capsys):
+    assert main(["sim", "offline", "--policy", "fastest", "--out", str(tmp_path)]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("dualkv sim: ") and "fastest" in line

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from dualkv.demo.cluster_online import agentic_sessions, mooncake_sessions
-from dualkv.workloads.mooncake import default_trace_path, load_trace
+from dualkv.workloads.mooncake import load_trace
 
 
 def args(**kw):
@@ -30,7 +30,6 @@ def test_agents_arrive_as_a_poisson_process_and_chain_their_turns():
     assert all(a.arrival_s == 0 for a in agentic_sessions(args(rate=0.0), 256))
 
 
-@pytest.mark.skipif(not default_trace_path().is_file(), reason="Mooncake trace not present")
 def test_trace_requests_share_exactly_the_prefixes_of_the_trace():
     a = args(rate=0.0)
     trace = load_trace(None, limit=a.trace_requests)

@@ -15,6 +15,7 @@ import time
 
 from dualkv import keys
 from dualkv.bench.report import Report
+from dualkv.errors import InvalidArgument
 from dualkv.index import PrefixIndex
 from dualkv.workloads import mooncake
 
@@ -56,8 +57,8 @@ def replay(chains, block_bytes, capacity_bytes):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="dualkv bench trace", description=__doc__.splitlines()[0])
     parser.add_argument("--trace", default=None,
-                        help="the jsonl trace (default: ../shared/data/"
-                             f"{mooncake.TRACE_FILE} beside the repository, or DUALKV_TRACE)")
+                        help="the .jsonl or .jsonl.gz trace (default: DUALKV_TRACE, else "
+                             f"{mooncake.TRACE_FILE}.gz shipped with dualkv)")
     parser.add_argument("--limit", type=int, default=None, help="replay only the first N requests")
     parser.add_argument("--block-tokens", type=int, default=64)
     parser.add_argument("--block-bytes", type=int, default=1 << 20,
@@ -70,7 +71,7 @@ def main(argv=None):
         parser.error(f"--block-tokens must divide {mooncake.TRACE_BLOCK_TOKENS}")
     try:
         chains, keys_ns_per_block = prompts(args.trace, args.limit, args.block_tokens)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, InvalidArgument) as exc:
         print(f"dualkv bench trace: {exc}", file=sys.stderr)
         return 2
     report = Report("bench trace", args.json)

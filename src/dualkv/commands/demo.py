@@ -30,7 +30,7 @@ def add_arguments(parser):
                              "mean request rate (mooncake; 0 = its own timestamps). 0 with "
                              "agentic: offline, all agents at t = 0 in synchronous rounds")
     parser.add_argument("--trace", default=None, help="Mooncake trace path (default: "
-                        "DUALKV_TRACE, else ../shared/data/)")
+                        "DUALKV_TRACE, else the trace shipped with dualkv)")
     parser.add_argument("--trace-requests", type=int, default=40)
     parser.add_argument("--trace-block-tokens", type=int, default=64,
                         help="tokens each 512-token trace block becomes")
@@ -76,6 +76,10 @@ def _check(args):
         raise InvalidArgument(f"--snic-mbps must be > 0, got {args.snic_mbps}")
     if args.rate < 0 or args.trace_requests < 1 or args.max_prompt < 2:
         raise InvalidArgument("need --rate >= 0, --trace-requests >= 1 and --max-prompt >= 2")
+    if args.workload == "mooncake":  # a bad trace file stops the demo before any node starts
+        from dualkv.workloads.mooncake import load_trace
+
+        load_trace(args.trace, limit=args.trace_requests)
     return policies
 
 

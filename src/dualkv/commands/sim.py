@@ -23,7 +23,7 @@ def add_arguments(parser):
                         help="comma list of basic, layer, dpl, dualpath, oracle")
     parser.add_argument("--bytes-per-token", type=int, help="override the model's stored KV bytes/token")
     parser.add_argument("--aps", help="online: comma list of agent arrival rates (default: the paper's grid)")
-    parser.add_argument("--trace", help="online: replay this Mooncake trace (jsonl) instead of agents")
+    parser.add_argument("--trace", help="online: replay this Mooncake trace (.jsonl[.gz]) instead of agents")
     parser.add_argument("--max-s", type=float, default=7200.0, help="online: longest simulated run")
     parser.add_argument("--fetch-ms", type=float, default=20.0, help="group fetch period")
     parser.add_argument("--seed", type=int, default=0)

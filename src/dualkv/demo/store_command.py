@@ -6,8 +6,9 @@ import tempfile
 
 
 def add_arguments(parser):
-    parser.add_argument("--trace", default=None, help="trace file (default: the Mooncake "
-                        "conversation trace in ../shared/data, or $DUALKV_TRACE)")
+    parser.add_argument("--trace", default=None, help="trace file, .jsonl or .jsonl.gz "
+                        "(default: $DUALKV_TRACE, else the Mooncake conversation trace shipped "
+                        "with dualkv)")
     parser.add_argument("--requests", type=int, default=400, help="trace requests to replay")
     parser.add_argument("--batch", type=int, default=32, help="blocks per load/store call; "
                         "also the queue depth of the cold re-read and of fio")

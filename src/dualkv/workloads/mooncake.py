@@ -7,17 +7,22 @@ prompt tokens, and any `block_tokens` dividing 512 cuts them into the same share
 """
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from dualkv import env
+from dualkv.errors import InvalidArgument
 
 TRACE_BLOCK_TOKENS = 512
 TRACE_FILE = "mooncake_conversation_trace.jsonl"
+PACKAGED_TRACE = Path(__file__).with_name("data") / f"{TRACE_FILE}.gz"  # see data/README.md
+FIELDS = ("timestamp", "input_length", "output_length", "hash_ids")
 
 
 @dataclass(frozen=True)
@@ -29,29 +34,67 @@ class TraceRequest:
 
 
 def default_trace_path() -> Path:
-    """DUALKV_TRACE, else ../shared/data/ beside the repository (where CI and sessions keep it)."""
+    """DUALKV_TRACE, else the trace shipped with the package (data/, gzipped)."""
     override = env.get_str("TRACE")
-    if override:
-        return Path(override)
-    repo = Path(__file__).resolve().parents[3]
-    return repo.parent / "shared" / "data" / TRACE_FILE
+    return Path(override) if override else PACKAGED_TRACE
 
 
 def load_trace(path: str | os.PathLike | None = None, limit: int | None = None) -> list[TraceRequest]:
+    """The first `limit` requests of a trace, .jsonl or .jsonl.gz (default: default_trace_path()).
+
+    A missing file raises FileNotFoundError; any other unusable file (unreadable, not gzip,
+    empty, a line that is not a request) raises InvalidArgument naming the file (and line).
+    """
     path = Path(path) if path is not None else default_trace_path()
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(
-            f"Mooncake trace not found at {path}; pass its path or set DUALKV_TRACE "
-            f"(the file is {TRACE_FILE} from kvcache-ai/Mooncake, FAST25-release/traces)")
-    requests = []
-    with open(path) as f:
-        for line in f:
-            if limit is not None and len(requests) >= limit:
-                break
-            row = json.loads(line)
-            requests.append(TraceRequest(int(row["timestamp"]), int(row["input_length"]),
-                                         int(row["output_length"]), tuple(row["hash_ids"])))
+            f"Mooncake trace not found: {path} (give a .jsonl or .jsonl.gz file; with no path "
+            f"and no DUALKV_TRACE, the trace shipped with dualkv is read)")
+    requests, line_number = [], 0
+    try:
+        with _open_text(path) as f:
+            for line_number, line in enumerate(f, 1):
+                if limit is not None and len(requests) >= limit:
+                    break
+                if line.strip():
+                    requests.append(_parse_request(line))
+    except UnicodeDecodeError:
+        raise InvalidArgument(f"{path}: not UTF-8 text (a gzipped trace must end in .gz)") from None
+    except ValueError as exc:
+        raise InvalidArgument(f"{path}: line {line_number}: {exc}") from None
+    except (OSError, EOFError, zlib.error) as exc:  # unreadable, not gzip, cut short
+        reason = getattr(exc, "strerror", None) or exc
+        raise InvalidArgument(f"{path}: cannot read it: {reason}") from None
+    if not requests and limit != 0:
+        raise InvalidArgument(f"{path}: holds no trace requests")
     return requests
+
+
+def _open_text(path: Path):
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def _parse_request(line: str) -> TraceRequest:
+    """One trace line as a request; ValueError saying what is wrong with it."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON ({exc.msg})") from None
+    if not isinstance(row, dict):
+        raise ValueError("not a JSON object")
+    missing = [name for name in FIELDS if name not in row]
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)}")
+    try:
+        numbers = [int(row[name]) for name in FIELDS[:3]]
+        hash_ids = tuple(int(h) for h in row["hash_ids"])
+    except (TypeError, ValueError):
+        raise ValueError(f"fields {', '.join(FIELDS)} must be integers (hash_ids a list)") from None
+    if min(numbers + list(hash_ids)) < 0:
+        raise ValueError("negative length, timestamp or hash id")
+    return TraceRequest(*numbers, hash_ids)
 
 
 def block_tokens_for_id(hash_id: int, vocab_size: int = 32000) -> np.ndarray:
