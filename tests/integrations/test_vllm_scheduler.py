@@ -10,49 +10,13 @@ pytest.importorskip("vllm")
 from vllm.v1.request import RequestStatus  # noqa: E402
 
 from dualkv.integrations.vllm.keys import block_keys  # noqa: E402
-from vllm_harness import BLOCK, Harness, expected_kv, write_model_config  # noqa: E402
-
-PROMPT = [(7 * i + 3) % 900 + 1 for i in range(5 * BLOCK + 5)]  # 5 full blocks and a tail
-TURN2 = PROMPT + [11, 12, 13] + [(5 * i) % 900 + 1 for i in range(20)]
-MODES = [dict(), dict(async_load=True), dict(load_path="staged"), dict(layerwise=False),
-         dict(async_load=True, load_path="staged")]
+from vllm_harness import (BLOCK, MODES, PROMPT, TURN2, Harness, assert_kv_correct,  # noqa: E402
+                          assert_nothing_left, first_turn, write_model_config)
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     return write_model_config(str(tmp_path_factory.mktemp("tiny-llama")))
-
-
-def first_turn(model_dir, root, **mode):
-    h = Harness(model_dir, root, **mode)
-    h.add("turn1", PROMPT, max_tokens=3)
-    h.run()
-    stats = dict(h.worker.worker_side.stats)
-    assert_nothing_left(h)
-    h.close()
-    return stats
-
-
-def assert_nothing_left(h):
-    """No request, block, slot or transfer outlives the requests (vLLM's own leak checks too)."""
-    s = h.scheduler
-    assert not s.requests and not s.waiting and not s.running and not s.finished_recving_kv_req_ids
-    pool = s.kv_cache_manager.block_pool
-    assert pool.free_block_queue.num_free_blocks == pool.num_gpu_blocks - 1
-    assert all(b.ref_cnt == 0 for b in pool.blocks)
-    side = h.worker.worker_side
-    assert not side.saves and not side.saving_req_ids and not side.async_loads
-    assert side.sync_load is None and side.step_save is None
-    assert side.store.pool.num_free == side.store.pool.num_slots
-    sched = h.connector.scheduler_side
-    assert not sched._tracked and not sched._matched and not sched._loads
-
-
-def assert_kv_correct(h, req_id, upto):
-    for pos in range(upto):
-        for layer in range(2):
-            assert h.page(req_id, pos, layer).equal(
-                expected_kv(layer, pos, h.requests[req_id].all_token_ids[pos])), (pos, layer)
 
 
 @pytest.mark.parametrize("mode", MODES, ids=lambda m: "-".join(f"{k}={v}" for k, v in m.items())

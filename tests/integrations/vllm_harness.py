@@ -1,6 +1,12 @@
 """Drives vLLM's real Scheduler and a worker-side connector the way vLLM's model runner does,
 with a stand-in model whose KV is a known function of (layer, position, token): a block that
-was loaded can be checked against what computing it would have written."""
+was loaded can be checked against what computing it would have written.
+
+Like a real model, the stand-in computes over the KV it attends to: when any page of the
+context (the request's positions before this step, layers up to the one computing) is not what
+computing it would have written, the new KV comes out wrong (negated) and so does the sampled
+token. KV computed over a page that failed to load is therefore visibly wrong wherever it
+ends up, in vLLM's pages or in the store."""
 from __future__ import annotations
 
 import os
@@ -30,6 +36,13 @@ NUM_LAYERS, HEADS, HEAD_DIM = 2, 2, 32
 LAYERS = [f"model.layers.{i}.self_attn.attn" for i in range(NUM_LAYERS)]
 EOS = 999
 
+# A conversation: turn 1 and the next turn that extends it.
+PROMPT = [(7 * i + 3) % 900 + 1 for i in range(5 * BLOCK + 5)]  # 5 full blocks and a tail
+TURN2 = PROMPT + [11, 12, 13] + [(5 * i) % 900 + 1 for i in range(20)]
+MODES = [dict(), dict(async_load=True), dict(load_path="staged"), dict(layerwise=False),
+         dict(async_load=True, load_path="staged")]
+
+
 
 def write_model_config(directory: str) -> str:
     from transformers import LlamaConfig
@@ -43,7 +56,8 @@ def write_model_config(directory: str) -> str:
 
 class Harness:
     def __init__(self, model_dir: str, root: str, num_blocks: int = 64, async_load=False,
-                 layerwise=True, load_path="direct", max_batched_tokens: int = 256):
+                 layerwise=True, load_path="direct", max_batched_tokens: int = 256,
+                 failure_policy: str = "recompute"):
         extra = {"root": root, "async_load": async_load, "layerwise": layerwise,
                  "load_path": load_path, "pool_slots": 64, "timeout_s": 20}
         self.config = VllmConfig(
@@ -55,7 +69,7 @@ class Harness:
             cache_config=CacheConfig(block_size=BLOCK, enable_prefix_caching=True),
             kv_transfer_config=KVTransferConfig(
                 kv_connector="DualKVConnector", kv_connector_module_path="dualkv.integrations.vllm",
-                kv_role="kv_both", kv_load_failure_policy="recompute",
+                kv_role="kv_both", kv_load_failure_policy=failure_policy,
                 kv_connector_extra_config=extra),
             device_config=DeviceConfig("cpu"))
         self.config.cache_config.num_gpu_blocks = num_blocks
@@ -75,6 +89,8 @@ class Harness:
         self.requests: dict[str, Request] = {}
         self.computed_positions: dict[str, list[int]] = {}  # positions the "model" computed
         self.outputs: dict[str, list[int]] = {}
+        self.context_ok: dict[str, bool] = {}  # this step, per request: its context was right
+        self.num_wrong_computes = 0  # (request, step, layer)s computed over a wrong context
         init_none_hash(sha256)
 
     @property
@@ -127,9 +143,15 @@ class Harness:
         for req_id, num_computed in self._scheduled(out):
             request = self.requests[req_id]
             block_ids = self.scheduler.kv_cache_manager.get_block_ids(req_id)[0]
+            ok = self.context_ok.get(req_id, True) if layer else True
+            ok = ok and all(self.page(req_id, pos, layer).equal(
+                expected_kv(layer, pos, request.all_token_ids[pos])) for pos in range(num_computed))
+            self.context_ok[req_id] = ok
+            self.num_wrong_computes += not ok
             for pos in range(num_computed, num_computed + out.num_scheduled_tokens[req_id]):
                 page = self.kv[name][block_ids[pos // BLOCK]]
-                page[:, pos % BLOCK] = expected_kv(layer, pos, request.all_token_ids[pos])
+                kv = expected_kv(layer, pos, request.all_token_ids[pos])
+                page[:, pos % BLOCK] = kv if ok else -kv
                 if layer == 0:
                     self.computed_positions[req_id].append(pos)
 
@@ -139,7 +161,8 @@ class Harness:
             request = self.requests[req_id]
             req_ids.append(req_id)
             done = num_computed + out.num_scheduled_tokens[req_id] >= request.num_tokens
-            token = 1 + (sum(request.all_token_ids) % 500) if done else None
+            wrong = 0 if self.context_ok.pop(req_id, True) else 7  # a wrong context, a wrong token
+            token = 1 + ((sum(request.all_token_ids) + wrong) % 500) if done else None
             sampled.append([token] if done else [])
             if done:
                 self.outputs[req_id].append(token)
@@ -172,3 +195,36 @@ def expected_kv(layer: int, pos: int, token: int) -> torch.Tensor:
     base = (layer * 7919 + pos * 31 + token * 131) % 2039
     values = torch.arange(2 * HEAD_DIM, dtype=torch.float32) + base
     return torch.stack([values + h for h in range(HEADS)]).to(torch.bfloat16)
+
+
+def first_turn(model_dir, root, **mode):
+    h = Harness(model_dir, root, **mode)
+    h.add("turn1", PROMPT, max_tokens=3)
+    h.run()
+    stats = dict(h.worker.worker_side.stats)
+    assert_nothing_left(h)
+    h.close()
+    return stats
+
+
+def assert_nothing_left(h):
+    """No request, block, slot or transfer outlives the requests (vLLM's own leak checks too)."""
+    s = h.scheduler
+    assert not s.requests and not s.waiting and not s.running and not s.finished_recving_kv_req_ids
+    pool = s.kv_cache_manager.block_pool
+    assert pool.free_block_queue.num_free_blocks == pool.num_gpu_blocks - 1
+    assert all(b.ref_cnt == 0 for b in pool.blocks)
+    side = h.worker.worker_side
+    assert not side.saves and not side.saving_req_ids and not side.async_loads
+    assert side.sync_load is None and side.step_save is None
+    assert side.store.pool.num_free == side.store.pool.num_slots
+    sched = h.connector.scheduler_side
+    assert not sched._tracked and not sched._matched and not sched._loads
+    assert not side.poisoned_req_ids
+
+
+def assert_kv_correct(h, req_id, upto):
+    for pos in range(upto):
+        for layer in range(2):
+            assert h.page(req_id, pos, layer).equal(
+                expected_kv(layer, pos, h.requests[req_id].all_token_ids[pos])), (pos, layer)

@@ -39,7 +39,8 @@ class DualKVConnector(KVConnectorBase_V1):
     def __init__(self, vllm_config, role: KVConnectorRole, kv_cache_config=None):
         super().__init__(vllm_config=vllm_config, role=role, kv_cache_config=kv_cache_config)
         self.config = ConnectorConfig.from_extra(self._kv_transfer_config.kv_connector_extra_config)
-        if self._kv_transfer_config.kv_load_failure_policy != "recompute":
+        if (role == KVConnectorRole.SCHEDULER  # once per engine, not once per role
+                and self._kv_transfer_config.kv_load_failure_policy != "recompute"):
             log.warning("dualkv: kv_load_failure_policy is %r: a corrupt or missing block fails "
                         "its request; set \"recompute\" to have vLLM recompute it",
                         self._kv_transfer_config.kv_load_failure_policy)
@@ -85,12 +86,12 @@ class DualKVConnector(KVConnectorBase_V1):
 
     def save_kv_layer(self, layer_name, kv_layer, attn_metadata, **kwargs) -> None:
         if self.worker_side.meta is None:  # before start_load_kv in this step (async loads)
-            self.worker_side.meta = self._get_connector_metadata()
+            self.worker_side.bind(self._get_connector_metadata())
         self.worker_side.save_kv_layer(layer_name)
 
     def wait_for_save(self):
         if self.worker_side.meta is None and self.has_connector_metadata():
-            self.worker_side.meta = self._get_connector_metadata()
+            self.worker_side.bind(self._get_connector_metadata())
         self.worker_side.wait_for_save()
 
     def get_finished(self, finished_req_ids):
@@ -126,7 +127,7 @@ class DualKVConnector(KVConnectorBase_V1):
     def update_connector_output(self, connector_output):
         meta = connector_output.kv_connector_worker_meta
         if meta is not None:
-            self.scheduler_side.learn_saved(meta.saved)
+            self.scheduler_side.learn(meta)
 
     def request_finished(self, request, block_ids):
         return self.scheduler_side.request_finished(request), None

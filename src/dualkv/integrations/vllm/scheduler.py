@@ -29,6 +29,7 @@ class SchedulerSide:
         self._matched: dict[str, tuple[int, int]] = {}  # req_id -> (local, store) hit blocks
         self._tracked: dict[str, _Tracked] = {}
         self._loads: list[LoadSpec] = []
+        self._rolled_back: set[str] = set()  # told to the worker in the next step's metadata
 
     def num_full_blocks(self, request) -> int:
         return len(request.block_hashes) // self.hash_stride
@@ -56,13 +57,14 @@ class SchedulerSide:
         num_load = num_external_tokens // self.block_size
         block_ids = blocks.get_block_ids()[0][num_local:num_local + num_load]
         keys = block_keys(request.block_hashes, num_local, num_local + num_load, self.hash_stride)
-        self._loads.append(LoadSpec(request.request_id, keys,
-                                    np.asarray(block_ids, np.int64), self.config.async_load))
+        self._loads.append(LoadSpec(request.request_id, keys, np.asarray(block_ids, np.int64),
+                                    self.config.async_load, first_block=num_local))
 
     def build_connector_meta(self, scheduler_output) -> DualKVMetadata:
         meta = DualKVMetadata(loads=self._loads,
-                              preempted_req_ids=set(scheduler_output.preempted_req_ids or ()))
-        self._loads = []
+                              preempted_req_ids=set(scheduler_output.preempted_req_ids or ()),
+                              rolled_back_req_ids=self._rolled_back)
+        self._loads, self._rolled_back = [], set()
         for new in scheduler_output.scheduled_new_reqs:
             self._plan_save(meta, new.req_id, new.num_computed_tokens, scheduler_output)
         cached = scheduler_output.scheduled_cached_reqs
@@ -80,11 +82,12 @@ class SchedulerSide:
         start = tracked.num_stored_blocks
         if stop <= start:
             return
-        block_ids = self.kv_cache_manager.get_block_ids(req_id)[0][start:stop]
+        depends_on = np.asarray(self.kv_cache_manager.get_block_ids(req_id)[0][:stop], np.int64)
         hashes = tracked.request.block_hashes
         keys = block_keys(hashes, start, stop, self.hash_stride)
         parent = bytes(block_keys(hashes, start - 1, start, self.hash_stride)[0]) if start else None
-        meta.saves.append(SaveSpec(req_id, keys, np.asarray(block_ids, np.int64), parent))
+        meta.saves.append(SaveSpec(req_id, keys, depends_on[start:stop], parent,
+                                   first_block=start, depends_on=depends_on))
         tracked.num_stored_blocks = stop
         tracked.has_saves = True
 
@@ -93,6 +96,32 @@ class SchedulerSide:
         self._matched.pop(request.request_id, None)
         tracked = self._tracked.pop(request.request_id, None)
         return bool(tracked and tracked.has_saves)
+
+    def learn(self, worker_meta) -> None:
+        """One step's news from the worker: blocks now stored, blocks that failed to load and
+        saves the worker dropped."""
+        self.learn_saved(worker_meta.saved)
+        self.forget_failed(worker_meta.failed)
+        for req_id, first_block in worker_meta.dropped:
+            self._roll_back(req_id, first_block)
+
+    def forget_failed(self, failed: list[tuple[str, int, bytes]]) -> None:
+        """Failed blocks leave the index at once (with the blocks chained after them, which
+        the index reaches only through them), so no later request is offered them; the
+        request that hit them saves again from the first one once vLLM has recomputed it."""
+        if not failed:
+            return
+        key_bytes = self.store.cfg.key_bytes
+        keys = np.frombuffer(b"".join(k for _, _, k in failed), np.uint8).reshape(-1, key_bytes)
+        self.store.index.remove(keys)
+        for req_id, position, _ in failed:
+            self._roll_back(req_id, position)
+
+    def _roll_back(self, req_id: str, position: int) -> None:
+        tracked = self._tracked.get(req_id)
+        if tracked is not None:
+            tracked.num_stored_blocks = min(tracked.num_stored_blocks, position)
+        self._rolled_back.add(req_id)  # also for a finished request: the worker forgets it
 
     def learn_saved(self, saved: list[tuple[bytes, bytes | None]]) -> None:
         """Blocks the worker wrote become visible to this process's prefix match (the worker's

@@ -12,6 +12,28 @@ from dualkv.errors import OutOfMemory, StorageError
 log = logging.getLogger(__name__)
 
 
+class RateLimitedLog:
+    """Warnings that may come once per block (a damaged disk): at most one line every
+    `interval_s` seconds, the next line saying how many were left out."""
+
+    def __init__(self, logger: logging.Logger, interval_s: float = 10.0):
+        self.logger, self.interval_s = logger, interval_s
+        self.last_s, self.num_suppressed = -float("inf"), 0
+
+    def log(self, message: str, *args) -> None:
+        now = time.monotonic()
+        if now - self.last_s < self.interval_s:
+            self.num_suppressed += 1
+            return
+        if self.num_suppressed:
+            message += f" ({self.num_suppressed} more since the last such line)"
+        self.last_s, self.num_suppressed = now, 0
+        self.logger.warning(message, *args)
+
+
+LOAD_FAILURES = RateLimitedLog(log)
+
+
 class LoadBatch:
     """Blocks of one or more requests loaded together; per layer when layerwise."""
 
@@ -21,6 +43,9 @@ class LoadBatch:
         batch.worker, batch.store, batch.kv = worker, worker.store, worker.kv
         batch.keys = np.ascontiguousarray(np.concatenate([s.keys for s in specs]))
         batch.block_ids = np.concatenate([s.block_ids for s in specs]).astype(np.int64)
+        # per block: which request it is for and where it sits in that request's chain
+        batch.req_ids = [s.req_id for s in specs for _ in range(len(s.keys))]
+        batch.positions = np.concatenate([s.first_block + np.arange(len(s.keys)) for s in specs])
         batch.layerwise, batch.slots, batch.ok = layerwise, None, None
         batch.start_s = time.perf_counter()
         num_layers = batch.kv.num_layers
@@ -61,19 +86,29 @@ class LoadBatch:
     def is_done(self) -> bool:
         return all(self.store.poll(self.handles[i]) for i in self.pending)
 
-    def close(self) -> None:
-        """Counts the outcome; failed blocks go to vLLM, which recomputes them."""
-        stats = self.worker.stats
+    def close(self) -> set[int]:
+        """Counts the outcome and returns the vLLM block ids that failed. vLLM recomputes them
+        (or fails the request); the scheduler side learns their keys and positions."""
+        worker, stats = self.worker, self.worker.stats
         ok = self.ok if self.ok is not None else np.zeros(len(self.block_ids), bool)
-        failed = self.block_ids[~ok]
-        self.worker.load_errors.update(int(b) for b in failed)
-        stats["load_errors"] += len(failed)
-        stats["blocks_loaded"] += int(ok.sum())
-        stats["bytes_loaded"] += int(ok.sum()) * self.worker.layout.payload_bytes
-        for handle in self.handles:
-            self.store.release(handle)
+        for handle in self.handles:  # waits for blocks still in flight (a timed-out wait)
+            self.store.release(handle, worker.config.timeout_s)
         if self.slots is not None:
             self.store.pool.free(self.slots)
+        failed = {int(b) for b in self.block_ids[~ok]}
+        worker.load_errors |= failed
+        stats["load_errors"] += len(failed)
+        stats["blocks_loaded"] += int(ok.sum())
+        stats["bytes_loaded"] += int(ok.sum()) * worker.layout.payload_bytes
+        for row in np.flatnonzero(~ok):
+            key = bytes(self.keys[row])
+            worker.news.failed.append((self.req_ids[row], int(self.positions[row]), key))
+            worker.poisoned_req_ids.add(self.req_ids[row])
+            LOAD_FAILURES.log("dualkv: block %s of request %s failed to load (missing, or "
+                              "failed its checksum) from %s; vLLM recomputes it and the "
+                              "connector saves it again", key.hex()[:16], self.req_ids[row],
+                              self.store.io.path_of(key))
+        return failed
 
 
 class SaveBatch:
@@ -85,7 +120,7 @@ class SaveBatch:
         batch.worker, batch.store = worker, worker.store
         batch.specs, batch.slots = batch._alloc(worker, specs)
         batch.req_ids = {s.req_id for s in specs}
-        batch.staged, batch.futures, batch.handles = set(), [], []
+        batch.staged, batch.futures, batch.handles, batch.dropped_slots = set(), [], [], []
         batch.stage_s, batch.write_start_s = 0.0, None
         if batch.specs:
             batch.block_ids = torch.from_numpy(np.concatenate([s.block_ids for s in batch.specs]))
@@ -105,6 +140,18 @@ class SaveBatch:
                 log.warning("dualkv: host pool full, %d blocks of %s not saved",
                             len(spec.block_ids), spec.req_id)
         return kept, slots
+
+    def drop(self, should_drop) -> list:
+        """Takes the specs for which should_drop(spec) is true out of the batch, before it is
+        written; their slots are freed in finish(), after the copies into them are done."""
+        dropped = [s for s in self.specs if should_drop(s)]
+        if dropped:
+            kept = [(s, slots) for s, slots in zip(self.specs, self.slots) if not should_drop(s)]
+            self.dropped_slots += [slots for s, slots in zip(self.specs, self.slots)
+                                   if should_drop(s)]
+            self.specs = [s for s, _ in kept]
+            self.slots = [slots for _, slots in kept]
+        return dropped
 
     def stage_layer(self, layer: int) -> None:
         if not self.specs or layer in self.staged:
@@ -146,8 +193,8 @@ class SaveBatch:
                         for s, slots in zip(self.specs, self.slots)]
 
     def is_done(self) -> bool:
-        if not self.handles:
-            return not self.specs
+        if not self.handles:  # nothing to write: done once no copy is running into a slot
+            return not self.specs and self.is_staged()
         return all(self.store.poll(h) for h in self.handles)
 
     def finish(self) -> None:
@@ -163,11 +210,16 @@ class SaveBatch:
             finished.append(self.store.finished_at(handle))
             self.store.release(handle)
             parents = [spec.parent] + [bytes(k) for k in spec.keys[:-1]]
-            worker.saved.extend((bytes(k), p) for k, p, good in zip(spec.keys, parents, ok) if good)
+            worker.news.saved.extend((bytes(k), p) for k, p, good in zip(spec.keys, parents, ok) if good)
             stats["blocks_saved"] += int(ok.sum())
             stats["bytes_saved"] += int(ok.sum()) * worker.layout.payload_bytes
             stats["save_errors"] += int((~ok).sum())
-        for slots in self.slots:
+        if self.dropped_slots:  # no copy may still be writing into a slot that is freed
+            try:
+                self.wait_staged(worker.config.timeout_s)
+            except Exception:  # noqa: BLE001 - a failed copy was logged by write(); free anyway
+                pass
+        for slots in self.slots + self.dropped_slots:
             self.store.pool.free(slots)
         if self.write_start_s is not None:  # copying out of vLLM's pages + writing the files
             # until the last write finished, whenever vLLM's next call happened to look

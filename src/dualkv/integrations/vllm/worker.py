@@ -8,11 +8,20 @@ slots on a copy thread while later layers compute; at the end of the step the sl
 store as Full Blocks (async; every store call is made from vLLM's thread). The request's pages
 stay held (request_finished returned True) until its writes are verified, then get_finished
 reports it.
+
+A failed load never leads to wrong KV in the store. The step that loads synchronously also
+computes the rest of the prompt over the loaded pages, so when a page fails, the KV computed
+in that step over it is wrong: its saves are dropped before they are written, and the request
+is "poisoned" (nothing of it is saved) until the scheduler side has rolled its stored-block
+count back to the failed block (it says so in a later step's metadata). The failed keys and
+the dropped saves go back in the worker metadata.
 """
 from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
 
 from dualkv.integrations.vllm.metadata import DualKVWorkerMetadata
 from dualkv.integrations.vllm.pages import PagedKV, SlotPages
@@ -39,9 +48,10 @@ class WorkerSide:
         self.saving_req_ids: dict[str, int] = {}    # req_id -> batches still in flight
         self.finished_req_ids: set[str] = set()     # finished in vLLM, waiting on our saves
         self.load_errors: set[int] = set()
-        self.saved: list[tuple[bytes, bytes | None]] = []  # for the scheduler's index
+        self.poisoned_req_ids: set[str] = set()  # saves dropped until the scheduler rolls back
+        self.news = DualKVWorkerMetadata()  # for the scheduler side, sent after the step
         self.stats = {"blocks_loaded": 0, "blocks_saved": 0, "bytes_loaded": 0, "bytes_saved": 0,
-                      "load_errors": 0, "save_errors": 0, "save_skipped": 0,
+                      "load_errors": 0, "save_errors": 0, "save_skipped": 0, "save_dropped": 0,
                       "load_s": 0.0, "save_s": 0.0, "save_copy_s": 0.0}
 
     # registration -------------------------------------------------------------------------
@@ -62,9 +72,15 @@ class WorkerSide:
     def load_path(self) -> str:
         return self.config.load_path if self.kv.is_host else "staged"
 
+    def bind(self, meta) -> None:
+        """The step's metadata, seen first by whichever hook vLLM calls first in the step."""
+        self.meta = meta
+        self.poisoned_req_ids -= meta.rolled_back_req_ids
+
     # loads ----------------------------------------------------------------------------------
     def start_load_kv(self, meta) -> None:
-        self.meta = meta
+        if self.meta is not meta:
+            self.bind(meta)
         sync_specs = [s for s in meta.loads if not s.is_async]
         for spec in meta.loads:
             if spec.is_async:
@@ -77,11 +93,33 @@ class WorkerSide:
         if self.sync_load is not None:
             self.sync_load.wait_layer(self.kv.layer_of[layer_name])
 
-    def _finish_sync_load(self) -> None:
-        if self.sync_load is not None:
+    def _finish_sync_load(self) -> set[int]:
+        """Waits for the step's loads; returns the vLLM block ids that failed."""
+        if self.sync_load is None:
+            return set()
+        try:
             self.sync_load.wait_all()
-            self.sync_load.close()
+        finally:  # a timed-out wait still reports its blocks as failed
+            failed = self.sync_load.close()
             self.sync_load = None
+        return failed
+
+    def _drop_poisoned_saves(self, batch, failed: set[int]) -> None:
+        """Saves computed over a page that failed to load in this step, or of a request whose
+        earlier load failed and that the scheduler has not rolled back yet, are not written."""
+        if not failed and not self.poisoned_req_ids:
+            return
+        failed_ids = np.fromiter(failed, np.int64, len(failed))
+
+        def is_poisoned(spec) -> bool:
+            return (spec.req_id in self.poisoned_req_ids
+                    or bool(np.isin(spec.depends_on, failed_ids).any()))
+        for spec in batch.drop(is_poisoned):
+            self.poisoned_req_ids.add(spec.req_id)
+            self.news.dropped.append((spec.req_id, spec.first_block))
+            self.stats["save_dropped"] += len(spec.keys)
+            log.info("dualkv: %d blocks of %s were computed over KV that failed to load; "
+                     "not saved (saved again once recomputed)", len(spec.keys), spec.req_id)
 
     # saves ----------------------------------------------------------------------------------
     def save_kv_layer(self, layer_name: str) -> None:
@@ -100,10 +138,11 @@ class WorkerSide:
                 batch.write()  # waits for its copies first
 
     def wait_for_save(self) -> None:
-        self._finish_sync_load()
+        failed = self._finish_sync_load()
         if self.meta is not None and self.meta.saves and self.step_save is None:
             self.step_save = SaveBatch.start(self, self.meta.saves)
         if self.step_save is not None:
+            self._drop_poisoned_saves(self.step_save, failed)
             self.step_save.publish()
             self.saves.append(self.step_save)
             for req_id in self.step_save.req_ids:
@@ -140,10 +179,11 @@ class WorkerSide:
         return errors
 
     def take_worker_meta(self) -> DualKVWorkerMetadata | None:
-        if not self.saved:
+        news = self.news
+        if not (news.saved or news.failed or news.dropped):
             return None
-        saved, self.saved = self.saved, []
-        return DualKVWorkerMetadata(saved)
+        self.news = DualKVWorkerMetadata()
+        return news
 
     def shutdown(self) -> None:
         for batch in self.saves:
