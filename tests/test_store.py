@@ -162,6 +162,28 @@ def test_capacity_evicts_on_store(block_root):
     assert store.match(second) == 2
 
 
+def test_wait_status_reports_a_failed_store_and_wait_raises_it(block_root):
+    import errno
+    import os
+
+    store = open_store(block_root, KVLayout(2, 64, 16))
+    keys = random_keys(np.random.default_rng(9), 2)
+    folder = os.path.dirname(store.io.path_of(keys[1].tobytes()))
+    assert folder != os.path.dirname(store.io.path_of(keys[0].tobytes()))
+    os.makedirs(os.path.dirname(folder), exist_ok=True)
+    open(folder, "w").close()  # a file where the block's folder goes: ENOTDIR on store
+    slots = store.pool.alloc(2)
+    ok, err, message = store.wait_status(store.store(keys, slots))
+    assert ok.tolist() == [True, False]
+    assert err == errno.ENOTDIR and os.strerror(errno.ENOTDIR) in message
+    assert store.contains(keys).tolist() == [True, False]
+    with pytest.raises(StorageError) as info:
+        store.wait(store.store(keys[1:], slots[1:]))
+    assert info.value.errno == errno.ENOTDIR
+    ok, err, message = store.wait_status(store.store(keys[:1], slots[:1]))
+    assert ok.all() and err == 0 and message == ""
+
+
 def test_handles_poll_release_and_unknown(block_root):
     store = open_store(block_root, KVLayout(2, 64, 16))
     keys, slots = random_keys(np.random.default_rng(6), 2), store.pool.alloc(2)

@@ -118,11 +118,18 @@ class BlockStore:
     def wait(self, handle: Handle, timeout: float = 60.0, check: bool = True) -> np.ndarray:
         """Per block: True = done (and verified, for loads). Raises TimedOut past `timeout`
         seconds; a failed store raises StorageError (errno kept) unless check=False."""
-        ok, err, message = self.io.wait(handle.id, float(timeout))
-        self._finish(handle, ok)
+        ok, err, message = self.wait_status(handle, timeout)
         if check and handle.kind == "store" and err:
             raise StorageError(err, message)
         return ok
+
+    def wait_status(self, handle: Handle, timeout: float = 60.0) -> tuple[np.ndarray, int, str]:
+        """`wait` that reports a failure instead of raising it: (ok per block, errno, message)
+        of the batch's first filesystem error; errno 0 when there was none (a load's missing
+        or corrupt blocks show in ok only). Raises TimedOut past `timeout` seconds."""
+        ok, err, message = self.io.wait(handle.id, float(timeout))
+        self._finish(handle, ok)
+        return ok, int(err), message
 
     def poll(self, handle: Handle) -> bool:
         if handle.ok is not None:

@@ -10,22 +10,29 @@ whose Layer Blocks are the page's regions in the pool (sglang_pages), so `batch_
 `batch_set_v1` move pages between disk and the pool with one native call per batch and no
 copy; pages whose addresses or sizes do not allow O_DIRECT go through the store's registered
 slots, and `get_stats()` says which path ran. No method raises into SGLang's controller
-threads: a failed, missing or corrupt page is False (or None), logged once.
+threads: a failed, missing or corrupt page is False (or None), logged once. A read-only root
+whose namespace no writer has created yet attaches anyway (misses, False sets) and opens the
+namespace once it appears.
 """
 from __future__ import annotations
 
+import errno
+import os
+import threading
 import time
 
 import numpy as np
 
-from dualkv.integrations.sglang_config import (SGLangBackendConfig, model_namespace,
-                                               page_keys, rank_namespace)
+from dualkv.integrations.sglang_config import (SGLangBackendConfig, block_store_config,
+                                               page_keys)
 from dualkv.integrations.sglang_pages import PageGeometry, geometry_of
-from dualkv.integrations.sglang_stats import PageStats
+from dualkv.integrations.sglang_stats import PageStats, logger
 from dualkv.layout import PAGE_BYTES
+from dualkv.store_config import META_NAME
 from sglang.srt.mem_cache.hicache_storage import HiCacheStorage, PoolName, PoolTransferResult
 
-MAX_IO_DEPTH = 4096  # the io_uring engine's limit on reads in flight
+READ_ONLY_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
+REOPEN_INTERVAL_S = 5.0  # a read-only attach retries opening its namespace at most this often
 
 
 class DualKVHiCacheStorage(HiCacheStorage):
@@ -35,14 +42,16 @@ class DualKVHiCacheStorage(HiCacheStorage):
         self.is_writer = storage_config.is_storage_writer
         self.stats = PageStats()
         self.geometry: PageGeometry | None = None
-        self.store = None
+        self.store = None  # also None after registration on a read-only root without namespace
         self.mem_pool_host = None
+        self._open_lock = threading.Lock()
+        self._next_open_s = 0.0
 
     # -- registration: the store opens once the host pool tells the page geometry ------------
     def register_mem_pool_host(self, mem_pool_host):
         super().register_mem_pool_host(mem_pool_host)
         geometry = geometry_of(mem_pool_host)
-        if self.store is not None:
+        if self.geometry is not None:
             if geometry.kv_layout() != self.geometry.kv_layout():
                 raise ValueError("dualkv: a second host pool with another page geometry")
             self.geometry = geometry  # same format, maybe another buffer: use its addresses
@@ -53,33 +62,61 @@ class DualKVHiCacheStorage(HiCacheStorage):
 
     def register_mem_host_pool_v2(self, host_pool, host_pool_name):
         super().register_mem_host_pool_v2(host_pool, host_pool_name)
-        if str(host_pool_name) == "kv" and self.store is None:
+        if str(host_pool_name) == "kv" and self.geometry is None:
             self.register_mem_pool_host(host_pool)
         elif str(host_pool_name) != "kv":
             self.stats.log_once(f"pool:{host_pool_name}", "dualkv: host pool %r is not "
                                 "persisted (only the KV pool is)", str(host_pool_name))
 
     def on_host_pools_registered(self) -> None:
-        if self.store is None:
+        if self.geometry is None:
             raise ValueError("dualkv: no KV host pool was registered")
 
     def _open_store(self, geometry: PageGeometry):
-        from dualkv.store import BlockStore, StoreConfig
+        """The block store; None where the root is read-only here (EROFS, EACCES, EPERM) and no
+        writer has created this namespace yet: gets miss and sets fail until a later call
+        finds it (`_attached_store`)."""
+        from dualkv.errors import StorageError
+        from dualkv.store import BlockStore
 
-        cfg = self.config
-        layout = geometry.kv_layout()
-        # queue_depth counts pages, like fio's iodepth counts files: each page costs the store
-        # one header read plus one read per region, so the ring holds that many per page.
-        io_depth = min(MAX_IO_DEPTH, cfg.queue_depth * (1 + layout.num_layers))
-        store = BlockStore(StoreConfig(
-            cfg.root, layout,
-            model_id=model_namespace(self.storage_config, cfg, geometry.namespace_tag()),
-            rank=rank_namespace(self.storage_config), pool_slots=cfg.pool_slots,
-            capacity_bytes=cfg.capacity_bytes, queue_depth=io_depth,
-            io_backend=cfg.io_backend, direct_io=cfg.direct_io, fsync=cfg.fsync,
-            num_write_threads=cfg.write_threads))
+        store_config = block_store_config(self.storage_config, self.config, geometry)
+        self._next_open_s = time.monotonic() + REOPEN_INTERVAL_S
+        try:
+            store = BlockStore(store_config)
+        except StorageError as exc:
+            meta = os.path.join(store_config.directory, META_NAME)
+            if exc.errno not in READ_ONLY_ERRNOS or os.path.exists(meta):
+                raise
+            self.stats.log_once(
+                "read-only-root", "dualkv: root %s is not writable here ([Errno %d] %s) and "
+                "namespace %s (model %r, rank %r) is not in it yet: attached read-only, every "
+                "get is a miss and every set returns False; re-checked every %g s until a "
+                "writer creates it", store_config.root, exc.errno, os.strerror(exc.errno),
+                store_config.namespace_bytes.hex(), store_config.model_id, store_config.rank,
+                REOPEN_INTERVAL_S)
+            return None
+        if not os.access(store.directory, os.W_OK):
+            logger.warning("dualkv: %s is not writable here (read-only filesystem or no write "
+                           "permission): its pages are read, sets return False", store.directory)
         self.stats.store_backend = store.backend
         return store
+
+    def _attached_store(self):
+        """The store; on a read-only attach, retries opening it at most every
+        REOPEN_INTERVAL_S (one thread at a time), so a namespace created later is read."""
+        if self.store is not None or time.monotonic() < self._next_open_s:
+            return self.store
+        if not self._open_lock.acquire(blocking=False):
+            return None  # another thread is opening it right now
+        try:
+            if self.store is None and self.geometry is not None:
+                self.store = self._open_store(self.geometry)
+                if self.store is not None:
+                    logger.info("dualkv: namespace %s appeared; reading its pages now",
+                                self.store.directory)
+        finally:
+            self._open_lock.release()
+        return self.store
 
     # -- zero-copy page I/O (interface_v1) ----------------------------------------------------
     def batch_get_v1(self, keys, host_indices, extra_info=None) -> list:
@@ -190,7 +227,7 @@ class DualKVHiCacheStorage(HiCacheStorage):
     def _load(self, keys, ptrs: np.ndarray, is_direct: bool) -> list:
         start = time.perf_counter()
         handle = self.store.load_into(page_keys(keys), ptrs)
-        ok = self._wait(handle)
+        ok, _, _ = self._wait(handle)
         num_hit = int(np.argmin(ok)) if not ok.all() else len(ok)
         ok[num_hit:] = False  # a failed page ends the usable prefix: nothing after it is served
         self.stats.record_read(num_hit, len(keys) - num_hit, time.perf_counter() - start, is_direct)
@@ -204,25 +241,32 @@ class DualKVHiCacheStorage(HiCacheStorage):
         parent = page_keys(prefix[-1:])[0] if prefix else None
         start = time.perf_counter()
         handle = self.store.store_from(page_keys(keys), ptrs, parent=parent)
-        ok = self._wait(handle)
+        ok, err, message = self._wait(handle)
         num_ok = int(ok.sum())
         self.stats.record_write(num_ok, len(keys) - num_ok, time.perf_counter() - start)
         if num_ok < len(keys):
-            self.stats.log_once("write-failed", "dualkv: %d of %d pages were not stored "
-                                "(disk full or unwritable?)", len(keys) - num_ok, len(keys))
+            reason = f"[Errno {err}] {message}" if err else "no errno reported"
+            self.stats.log_once(f"write-failed:{err}", "dualkv: %d of %d pages were not "
+                                "stored in %s: %s", len(keys) - num_ok, len(keys),
+                                self.store.directory, reason)
         return ok.tolist()
 
-    def _wait(self, handle) -> np.ndarray:
+    def _wait(self, handle) -> tuple[np.ndarray, int, str]:
+        """(ok per page, errno, message) of a batch; the errno is the batch's first failure."""
         try:
-            return np.array(self.store.wait(handle, self.config.timeout_s, check=False), dtype=bool)
+            ok, err, message = self.store.wait_status(handle, self.config.timeout_s)
+            return np.array(ok, dtype=bool), err, message
         finally:
             self.store.release(handle)
 
     def _guarded(self, what: str, n: int, run, failed=False):
-        """Runs a backend call; any error becomes `failed` per page, logged once per kind."""
+        """Runs a backend call; any error becomes `failed` per page, logged once per kind. While
+        the store is not attached (read-only root, no namespace yet) every page is `failed`."""
         try:
-            if self.store is None:
+            if self.geometry is None:
                 raise RuntimeError("no host pool registered yet")
+            if self._attached_store() is None:
+                return [failed] * n
             return run()
         except Exception as exc:  # never raise into SGLang's controller threads
             self.stats.record_error()
@@ -241,6 +285,7 @@ class DualKVHiCacheStorage(HiCacheStorage):
         return self.stats.snapshot(store_stats)
 
     def close(self) -> None:
+        self.geometry = None  # no reopen after close
         if self.store is not None:
             self.store.close()
             self.store = None

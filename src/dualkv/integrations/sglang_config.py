@@ -12,6 +12,7 @@ from dualkv.errors import InvalidArgument
 # Keys SGLang itself reads from --hicache-storage-backend-extra-config; accepted and ignored.
 SGLANG_KEYS = {"backend_name", "module_path", "class_name", "interface_v1", "tp_lcm_size"}
 KEY_BYTES = 32
+MAX_IO_DEPTH = 4096  # the io_uring engine's limit on reads in flight
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,23 @@ def model_namespace(storage_config, config: SGLangBackendConfig, format_tag: str
     """Model name (SGLang's, tagged with its page format) plus dualkv's byte-order tag."""
     model = config.model_id or storage_config.model_name or "unnamed-model"
     return f"{model}|{format_tag}"
+
+
+def block_store_config(storage_config, config: SGLangBackendConfig, geometry):
+    """The StoreConfig of one rank's pages, `geometry` being its host pool's PageGeometry."""
+    from dualkv.store_config import StoreConfig
+
+    layout = geometry.kv_layout()
+    # queue_depth counts pages, like fio's iodepth counts files: each page costs the store
+    # one header read plus one read per region, so the ring holds that many per page.
+    io_depth = min(MAX_IO_DEPTH, config.queue_depth * (1 + layout.num_layers))
+    return StoreConfig(
+        config.root, layout,
+        model_id=model_namespace(storage_config, config, geometry.namespace_tag()),
+        rank=rank_namespace(storage_config), pool_slots=config.pool_slots,
+        capacity_bytes=config.capacity_bytes, queue_depth=io_depth,
+        io_backend=config.io_backend, direct_io=config.direct_io, fsync=config.fsync,
+        num_write_threads=config.write_threads)
 
 
 def page_keys(keys) -> np.ndarray:
