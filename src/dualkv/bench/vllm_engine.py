@@ -19,7 +19,8 @@ CONNECTORS = {
 }
 
 
-def kv_transfer_config(connector: str, root: str, extra: dict):
+def kv_transfer_config(connector: str, root: str, extra: dict,
+                       failure_policy: str = "recompute"):
     from vllm.config import KVTransferConfig
 
     if connector == "none":
@@ -27,7 +28,7 @@ def kv_transfer_config(connector: str, root: str, extra: dict):
     name, module = CONNECTORS[connector]
     key = "root" if connector == "dualkv" else "shared_storage_path"
     return KVTransferConfig(kv_connector=name, kv_connector_module_path=module, kv_role="kv_both",
-                            kv_load_failure_policy="recompute",
+                            kv_load_failure_policy=failure_policy,
                             kv_connector_extra_config={key: root, **extra})
 
 
@@ -47,7 +48,7 @@ def run(args) -> dict:
     llm = LLM(model=args.model, skip_tokenizer_init=True, enforce_eager=True, dtype=args.dtype,
               max_model_len=args.max_model_len, seed=0, distributed_executor_backend="uni",
               kv_transfer_config=kv_transfer_config(args.connector, args.root,
-                                                    json.loads(args.extra)),
+                                                    json.loads(args.extra), args.failure_policy),
               block_size=args.block_size, max_num_batched_tokens=args.max_model_len)
     prompts = json.load(open(args.prompts))
     if args.warmup:  # first-call costs stay out of the timings; shorter than a block: no I/O
@@ -60,6 +61,7 @@ def run(args) -> dict:
         out = llm.generate([{"prompt_token_ids": prompt}], params, use_tqdm=False)[0]
         first = out.metrics.first_token_latency if getattr(out, "metrics", None) else None
         results.append({"tokens": list(out.outputs[0].token_ids),
+                        "finish_reason": out.outputs[0].finish_reason,
                         "num_prompt_tokens": len(prompt),
                         "num_cached_tokens": out.num_cached_tokens,
                         "seconds": time.perf_counter() - start, "ttft_s": first})
@@ -78,6 +80,8 @@ def main(argv=None) -> int:
     parser.add_argument("--connector", choices=["none", *CONNECTORS], default="none")
     parser.add_argument("--root", default="")
     parser.add_argument("--extra", default="{}", help="more kv_connector_extra_config (JSON)")
+    parser.add_argument("--failure-policy", choices=["recompute", "fail"], default="recompute",
+                        help="vLLM's kv_load_failure_policy")
     parser.add_argument("--prompts", required=True, help="JSON list of token-id lists")
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--max-model-len", type=int, default=4096)
