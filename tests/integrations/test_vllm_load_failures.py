@@ -5,6 +5,7 @@ over a wrong context, so a block saved from KV computed over a failed page is vi
 when a later engine loads it. Each test: turn 1 is stored; one of its blocks is damaged on
 disk; engine B runs the next turn (the load fails there) and a later turn; a fresh engine C
 then loads the whole conversation from the store. Runs in ~/.cache/dualkv/venvs/vllm."""
+import logging
 import os
 
 import pytest
@@ -109,17 +110,22 @@ def test_failed_load_saves_no_wrong_kv_and_is_offered_once(model_dir, tmp_path, 
     c.close()
 
 
-def test_saves_computed_over_a_failed_page_are_dropped(model_dir, tmp_path):
+def test_saves_computed_over_a_failed_page_are_dropped(model_dir, tmp_path, caplog):
     """The step that hits the failure computes turn 2's sixth block over the bad page: that
-    save is dropped (not written), reported, and written later from recomputed KV."""
+    save is dropped (not written), reported, and written later from recomputed KV. The
+    connector logs the failed block with its key and file."""
     root = str(tmp_path / "blocks")
     os.makedirs(root)
     first_turn(model_dir, root)
     h = Harness(model_dir, root)
     turn2 = h.add("turn2", TURN2, max_tokens=3)
-    damage_block(h, turn2, BAD_BLOCK)
-    h.step()  # the sync load, its failure and the compute over it
+    bad_key = damage_block(h, turn2, BAD_BLOCK)
+    with caplog.at_level("WARNING", logger="dualkv.integrations.vllm"):
+        h.step()  # the sync load, its failure and the compute over it
     side = h.worker.worker_side
+    lines = [r.getMessage() for r in caplog.records if "failed to load" in r.getMessage()]
+    assert len(lines) == 1
+    assert bad_key.hex()[:16] in lines[0] and side.store.io.path_of(bad_key) in lines[0]
     assert side.stats["load_errors"] == 1 and side.stats["save_dropped"] == 1
     assert h.num_wrong_computes > 0  # the stand-in did compute over the bad page
     sixth = bytes(block_keys(turn2.block_hashes, 5, 6)[0])
@@ -128,3 +134,16 @@ def test_saves_computed_over_a_failed_page_are_dropped(model_dir, tmp_path):
     assert os.path.exists(side.store.io.path_of(sixth))
     assert_nothing_left(h)
     h.close()
+
+
+def test_failure_lines_are_rate_limited(caplog):
+    from dualkv.integrations.vllm.transfers import RateLimitedLog
+
+    limited = RateLimitedLog(logging.getLogger("dualkv.test"), interval_s=3600)
+    with caplog.at_level("WARNING", logger="dualkv.test"):
+        for i in range(5):
+            limited.log("block %d failed", i)
+        limited.last_s -= 3600  # the interval has passed
+        limited.log("block %d failed", 5)
+    assert [r.getMessage() for r in caplog.records] == [
+        "block 0 failed", "block 5 failed (4 more since the last such line)"]

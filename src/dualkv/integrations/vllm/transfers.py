@@ -31,8 +31,6 @@ class RateLimitedLog:
         self.logger.warning(message, *args)
 
 
-LOAD_FAILURES = RateLimitedLog(log)
-
 
 class LoadBatch:
     """Blocks of one or more requests loaded together; per layer when layerwise."""
@@ -104,7 +102,7 @@ class LoadBatch:
             key = bytes(self.keys[row])
             worker.news.failed.append((self.req_ids[row], int(self.positions[row]), key))
             worker.poisoned_req_ids.add(self.req_ids[row])
-            LOAD_FAILURES.log("dualkv: block %s of request %s failed to load (missing, or "
+            worker.load_failure_log.log("dualkv: block %s of request %s failed to load (missing, or "
                               "failed its checksum) from %s; vLLM recomputes it and the "
                               "connector saves it again", key.hex()[:16], self.req_ids[row],
                               self.store.io.path_of(key))

@@ -25,7 +25,7 @@ import numpy as np
 
 from dualkv.integrations.vllm.metadata import DualKVWorkerMetadata
 from dualkv.integrations.vllm.pages import PagedKV, SlotPages
-from dualkv.integrations.vllm.transfers import LoadBatch, SaveBatch
+from dualkv.integrations.vllm.transfers import LoadBatch, RateLimitedLog, SaveBatch
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ class WorkerSide:
         self.saving_req_ids: dict[str, int] = {}    # req_id -> batches still in flight
         self.finished_req_ids: set[str] = set()     # finished in vLLM, waiting on our saves
         self.load_errors: set[int] = set()
+        self.load_failure_log = RateLimitedLog(log)  # a damaged disk: one line per 10 s
         self.poisoned_req_ids: set[str] = set()  # saves dropped until the scheduler rolls back
         self.news = DualKVWorkerMetadata()  # for the scheduler side, sent after the step
         self.stats = {"blocks_loaded": 0, "blocks_saved": 0, "bytes_loaded": 0, "bytes_saved": 0,
