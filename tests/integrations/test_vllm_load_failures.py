@@ -74,8 +74,7 @@ def test_failed_load_saves_no_wrong_kv_and_is_offered_once(model_dir, tmp_path, 
     turn2 = h.add("turn2", TURN2, max_tokens=3)
     bad_key = damage_block(h, turn2, BAD_BLOCK)
     side = h.worker.worker_side
-    while side.stats["load_errors"] == 0:
-        h.step()
+    h.step_until(lambda: side.stats["load_errors"])
     assert stored_prefix(h, turn2) == BAD_BLOCK  # left the scheduler's index in that step
     h.run()
     if policy == "recompute":
@@ -98,8 +97,7 @@ def test_failed_load_saves_no_wrong_kv_and_is_offered_once(model_dir, tmp_path, 
     for req_id, prompt in (("turn2", TURN2), ("turn3", TURN3)):
         request = c.add(req_id, prompt, max_tokens=3)
         num_full = (len(prompt) - 1) // BLOCK
-        while not c.computed_positions[req_id]:
-            c.step()
+        c.step_until(lambda: c.computed_positions[req_id])
         assert c.computed_positions[req_id][0] == num_full * BLOCK  # all loaded, none computed
         assert_kv_correct(c, req_id, num_full * BLOCK)
         c.run()

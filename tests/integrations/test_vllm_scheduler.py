@@ -29,9 +29,7 @@ def test_later_turn_loads_prefix_instead_of_computing(model_dir, block_root, mod
     request = h.add("turn2", TURN2, max_tokens=3)
     assert h.connector.get_num_new_matched_tokens(request, 0) == (5 * BLOCK, bool(
         mode.get("async_load")))
-    h.step()
-    while not h.computed_positions["turn2"]:  # async: the request waits for its load
-        h.step()
+    h.step_until(lambda: h.computed_positions["turn2"])  # async: the request waits for its load
     assert h.computed_positions["turn2"][0] == 5 * BLOCK  # the loaded tokens are not recomputed
     assert_kv_correct(h, "turn2", 5 * BLOCK)
     h.run()
@@ -52,10 +50,8 @@ def test_corrupt_block_is_reported_and_recomputed(model_dir, block_root, async_l
     with open(path, "r+b") as f:  # flip bytes inside layer 1's Layer Block
         f.seek(h.worker.worker_side.layout.layer_offset(1) + 100)
         f.write(b"\xff" * 64)
-    for _ in range(50):  # until the load, its failure and the recompute are through
-        out = h.step()
-        if h.computed_positions["turn2"] and "turn2" not in [r.req_id for r in out.scheduled_new_reqs]:
-            break
+    # until the load, its failure and the recompute are through
+    h.step_until(lambda: set(range(2 * BLOCK, len(TURN2))) <= set(h.computed_positions["turn2"]))
     stats = h.worker.worker_side.stats
     assert stats["load_errors"] == 1 and stats["blocks_loaded"] == 4
     positions = set(h.computed_positions["turn2"])

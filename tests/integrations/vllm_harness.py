@@ -170,6 +170,16 @@ class Harness:
                                  sampled_token_ids=sampled, logprobs=None, prompt_logprobs_dict={},
                                  pooler_output=None, kv_connector_output=conn_out)
 
+    def step_until(self, done, timeout_s: float = 60.0):
+        """Steps until done() holds; a deadline in seconds, not steps: async loads finish on
+        the store's threads, whenever a loaded machine lets them."""
+        deadline = time.monotonic() + timeout_s
+        while not done():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not done within {timeout_s} s")
+            if self.step().total_num_scheduled_tokens == 0:
+                time.sleep(0.002)
+
     def run(self, timeout_s: float = 120.0):
         """Steps like an engine loop until every request is done. Async loads and saves finish
         on the store's threads, so the deadline is in seconds, not steps: on a loaded machine a
