@@ -7,7 +7,9 @@ import torch
 
 from conftest import TINY, check_written_back, reference_generate
 from dualkv.engine import (BlockBuffer, BufferSink, BufferSource, LayerBlockCodec, PrefillItem,
-                           SlotSource, StoreWriteBack, decode, prefill_batch, run_turn)
+                           SlotSource, StoreWriteBack, decode, prefill_basic_batch, prefill_batch,
+                           run_turn)
+from dualkv.errors import InvalidArgument
 
 BT = 16
 
@@ -53,6 +55,40 @@ def test_batch_of_requests_on_both_read_sides(model, memory_store):
         out = finish_request(model, memory_store, codec, prompt, keys, source, buffer, first, 12)
         assert out == reference_generate(model, prompt, 12)
     assert memory_store.pool.num_free == memory_store.pool.num_slots
+
+
+def test_basic_batch_loads_every_hit_first_and_matches_a_recompute(model, memory_store):
+    """Basic batches its forward as DualPath does; only when KV moves differs: every hit is
+    in before the first layer runs, and nothing reaches a sink before the last one ran."""
+    codec = LayerBlockCodec(TINY, BT)
+    prompts = [conversation_prompt(model, memory_store, s, n, a)
+               for s, n, a in [(4, 50, 7), (5, 33, 21)]]
+    started = [start_request(memory_store, p, "pe") for p in prompts]
+    log = []
+
+    class Logged:
+        def __init__(self, inner, tag):
+            self.inner, self.tag = inner, tag
+
+        def __getattr__(self, name):
+            method = getattr(self.inner, name)
+
+            def call(*args):
+                if name in ("wait_layer", "put_layer"):
+                    log.append((name, self.tag, args[0]))
+                return method(*args)
+            return call
+    items = [PrefillItem(p, Logged(source, i), Logged(BufferSink(buffer, codec), i), "pe")
+             for i, (p, (_, source, buffer)) in enumerate(zip(prompts, started))]
+    firsts = prefill_basic_batch(model, items, codec)
+    waits = [i for i, entry in enumerate(log) if entry[0] == "wait_layer"]
+    puts = [i for i, entry in enumerate(log) if entry[0] == "put_layer"]
+    assert len(waits) == len(puts) == 2 * TINY.num_layers and max(waits) < min(puts)
+    for prompt, (keys, source, buffer), first in zip(prompts, started, firsts):
+        out = finish_request(model, memory_store, codec, prompt, keys, source, buffer, first, 10)
+        assert out == reference_generate(model, prompt, 10)
+    with pytest.raises(InvalidArgument, match="prefill side"):
+        prefill_basic_batch(model, [PrefillItem(prompts[0], None, None, "de")], codec)
 
 
 @pytest.mark.parametrize("read_side", ["pe", "de"])

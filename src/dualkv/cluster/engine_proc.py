@@ -21,7 +21,7 @@ from dualkv.cluster.decode_server import DecodeServer
 from dualkv.cluster.nic import ArrivesAt, SnicQueue
 from dualkv.cluster.protocol import pack, serve, unpack
 from dualkv.engine import (EngineConfig, LayerBlockCodec, Model, ModelConfig, PrefillItem,
-                           SlotSource, prefill_basic, prefill_batch)
+                           SlotSource, prefill_basic_batch, prefill_batch)
 from dualkv.engine.remote import RemoteBuffer, RemoteBufferSink, RemoteLayerSource
 from dualkv.errors import PeerDisconnected
 from dualkv.store import BlockStore, StoreConfig
@@ -81,8 +81,8 @@ class EngineServer:
 
     # -- PE ops ---------------------------------------------------------------------------
     def op_prefill(self, msg):
-        """PE: one layerwise forward over every request of the message (Basic: one request
-        after another, whole hit loaded first), KV put into each request's DE buffer."""
+        """PE: one forward over every request of the message, layerwise (Basic: every hit
+        loaded whole first, KV sent after the forward), KV put into each request's DE buffer."""
         sources, items = [], []
         self.max_rid = max([self.max_rid] + [req["rid"] for req in msg["requests"]])
         peers = sorted({req["de_peer"] for req in msg["requests"]})
@@ -99,8 +99,7 @@ class EngineServer:
                                         req["rid"], region_offset=offset)
                 items.append(PrefillItem(req["prompt"], sources[-1], sink, req["read_side"]))
             if msg.get("mode") == "basic":
-                firsts = [prefill_basic(self.model, it.tokens, it.source, it.sink, self.codec,
-                                        self.timeout_s) for it in items]
+                firsts = prefill_basic_batch(self.model, items, self.codec, self.timeout_s)
             else:
                 firsts = prefill_batch(self.model, items, self.codec, self.timeout_s)
             deadline = time.monotonic() + self.timeout_s

@@ -12,11 +12,11 @@ from dualkv.engine.interfaces import KVSink, KVSource
 from dualkv.engine.kv import LayerBlockCodec
 from dualkv.engine.local import TurnResult, run_turn
 from dualkv.engine.model import Model
-from dualkv.engine.prefill import (PrefillItem, prefill, prefill_basic, prefill_batch,
-                                   prefill_layerwise)
+from dualkv.engine.prefill import (PrefillItem, prefill, prefill_basic, prefill_basic_batch,
+                                   prefill_batch, prefill_layerwise)
 from dualkv.engine.sources import BufferSink, BufferSource, SlotSource
 
 __all__ = ["BlockBuffer", "BufferSink", "BufferSource", "Decoder", "EngineConfig", "KVSink", "KVSource",
            "LayerBlockCodec", "MemoryPool", "Model", "ModelConfig", "SlotSource",
            "PrefillItem", "StoreWriteBack", "TurnResult", "decode", "prefill", "prefill_basic",
-           "prefill_batch", "prefill_layerwise", "run_turn"]
+           "prefill_basic_batch", "prefill_batch", "prefill_layerwise", "run_turn"]

@@ -109,29 +109,49 @@ def prefill_layerwise(model: Model, tokens, source, sink, codec: LayerBlockCodec
 
 
 @torch.inference_mode()
-def prefill_basic(model: Model, tokens, source, sink, codec: LayerBlockCodec,
-                  timeout_s: float = 30.0) -> int:
-    """The paper's Basic: whole hit KV loaded first, no layerwise streaming, pe side only."""
+def prefill_basic_batch(model: Model, items: list[PrefillItem], codec: LayerBlockCodec,
+                        timeout_s: float = 30.0) -> list[int]:
+    """The paper's Basic over a batch: every request's whole hit KV (all layers) is loaded
+    before the forward, all layers' KV are held through it, and each prompt's KV goes to its
+    sink after the forward: no streaming. The forward is batched exactly as `prefill_batch`'s
+    (projections and MLP over all new tokens at once, attention per request), so Basic and
+    DualPath differ only in when KV moves, as in the paper. pe read side only."""
     deadline = time.monotonic() + timeout_s
-    tokens = _prompt(tokens)
-    total = tokens.numel()
-    hit = _cached_tokens(source, total, codec.block_tokens, deadline)
-    kvs = [torch.empty(model.kv_shape(total), dtype=model.dtype, device=model.device)
-           for _ in range(model.num_layers)]
-    if hit:
-        for layer in range(model.num_layers):
-            codec.gather(source.wait_layer(layer, deadline), kvs[layer], hit)
-            source.release_layer(layer)
-    positions = torch.arange(hit, total, device=model.device)
-    x = model.embed(tokens[hit:])
+    for it in items:
+        if it.read_side != "pe" or it.end != len(it.tokens):
+            raise InvalidArgument("Basic reads on the prefill side only, whole prompts")
+    cached = [_cached_tokens(it.source, it.end, codec.block_tokens, deadline) for it in items]
+    kvs = [[torch.empty(model.kv_shape(it.end), dtype=model.dtype, device=model.device)
+            for _ in range(model.num_layers)] for it in items]
+    for it, c, kv in zip(items, cached, kvs):
+        if c:
+            for layer in range(model.num_layers):
+                codec.gather(it.source.wait_layer(layer, deadline), kv[layer], c)
+                it.source.release_layer(layer)
+    sizes = [it.end - c for it, c in zip(items, cached)]
+    x = model.embed(torch.cat([it.tokens[c:it.end] for it, c in zip(items, cached)]))
+    positions = torch.cat([torch.arange(c, it.end) for it, c in zip(items, cached)])
+    positions = positions.to(model.device)
     for layer in range(model.num_layers):
         q, kv_new = model.attention_inputs(layer, x, positions)
-        kvs[layer][hit:] = kv_new
-        x = model.layer_output(layer, x, model.attend(q, kvs[layer], hit))
-    for layer in range(model.num_layers):
-        sink.put_layer(layer, kvs[layer], 0)
-    sink.finish(deadline)
-    return int(model.logits(x[-1:])[0].argmax())
+        outs, row = [], 0
+        for c, n, kv in zip(cached, sizes, kvs):
+            kv[layer][c:] = kv_new[row:row + n]
+            outs.append(model.attend(q[row:row + n], kv[layer], c))
+            row += n
+        x = model.layer_output(layer, x, torch.cat(outs))
+    for it, kv in zip(items, kvs):
+        for layer in range(model.num_layers):
+            it.sink.put_layer(layer, kv[layer], 0)
+        it.sink.finish(deadline)
+    last_rows = torch.tensor(sizes).cumsum(0) - 1
+    return model.logits(x[last_rows.to(model.device)]).argmax(-1).tolist()
+
+
+def prefill_basic(model: Model, tokens, source, sink, codec: LayerBlockCodec,
+                  timeout_s: float = 30.0) -> int:
+    """The paper's Basic for one request (see prefill_basic_batch)."""
+    return prefill_basic_batch(model, [PrefillItem(tokens, source, sink)], codec, timeout_s)[0]
 
 
 def prefill(model: Model, tokens, source, sink, codec: LayerBlockCodec, mode: str = "dualpath",
