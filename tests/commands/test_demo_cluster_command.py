@@ -2,6 +2,7 @@
 every turn on a real 1 PE + 2 DE local cluster, and the JSON document has the report shape,
 the simulator's prediction and the figure."""
 import json
+import os
 import subprocess
 import sys
 
@@ -12,12 +13,13 @@ pytest.importorskip("dualkv.transfer")
 
 
 def test_demo_runs_every_turn_of_every_policy(tmp_path):
+    env = dict(os.environ, DUALKV_CALIBRATION_DIR=str(tmp_path / "calibration"))
     out = subprocess.run(
         [sys.executable, "-m", "dualkv.cli", "demo", "--agents", "2", "--rounds", "1",
          "--context", "64", "--append", "8", "--gen", "2", "--block-tokens", "16",
          "--hidden", "32", "--snic-mbps", "5", "--root", str(tmp_path),
          "--out", str(tmp_path / "out"), "--json"],
-        check=True, capture_output=True, text=True, timeout=300).stdout
+        check=True, capture_output=True, text=True, timeout=300, env=env).stdout
     doc = json.loads(out)
     assert doc["command"] == "demo" and "machine" in doc
     rows = {row["policy"]: row for row in doc["results"]}
@@ -29,6 +31,11 @@ def test_demo_runs_every_turn_of_every_policy(tmp_path):
         assert row["tpot_p50_ms"] > 0 and row["sim_turns_per_s"] > 0
     assert rows["basic"]["snic_mb"][1:] == [0.0, 0.0]  # Basic reads on the PE node only
     assert rows["dualpath"]["ratio"] > 0 and rows["dualpath"]["sim_ratio"] > 0
+    # the prediction's constants: a calibration run of its own, made now and cached
+    calibration = rows["dualpath"]["sim_calibration"]
+    assert calibration.startswith(str(tmp_path / "calibration"))
+    assert rows["dualpath"]["sim_calibration_reused"] is False
+    assert json.load(open(calibration))["key"]["seed"] != 0
     assert (tmp_path / "out" / "demo.png").stat().st_size > 0
 
 

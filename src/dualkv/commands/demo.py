@@ -23,6 +23,9 @@ def add_arguments(parser):
     parser.add_argument("--root", default=None, help="parent of the block directories")
     parser.add_argument("--out", default="demo-out", help="where the PNG figure goes")
     parser.add_argument("--no-sim", action="store_true", help="skip the simulator's prediction")
+    parser.add_argument("--recalibrate", action="store_true",
+                        help="measure the simulator's compute constants again (an Oracle run on "
+                             "other conversations) instead of reusing the cached calibration")
     parser.add_argument("--workload", choices=("agentic", "mooncake"), default="agentic",
                         help="mooncake: the Mooncake trace, online (dualkv.demo.cluster_online)")
     parser.add_argument("--rate", type=float, default=0.0,
@@ -96,21 +99,27 @@ def _run_cluster(args):
     from tqdm import tqdm
 
     from dualkv.bench.report import Report, with_reference
+    from dualkv.demo.calibration import load_or_measure
     from dualkv.demo.cluster_demo import demo_model, run_policy as run_offline
     from dualkv.demo.cluster_online import run_online
     from dualkv.demo.cluster_predict import plot, predict
 
     policies, cfg = _check(args), demo_model(args)
-    report, rows, timed = Report("demo", args.json), {}, {}
+    report, rows = Report("demo", args.json), {}
     run_policy = run_online if is_online(args) else run_offline
+    calibration = None
     with tqdm(total=len(policies) * turns_per_run(args), desc="demo turns",
               disable=args.json) as bar:
+        if not args.no_sim and not is_online(args):
+            bar.set_postfix_str("calibration")
+            calibration = load_or_measure(args, cfg, force=args.recalibrate)
         for policy in policies:
             bar.set_postfix_str(policy)
-            rows[policy], timed[policy] = run_policy(args, policy, cfg, bar.update)
-    if not args.no_sim and "oracle" in rows and not is_online(args):
-        for policy, tps in predict(args, cfg, timed, rows).items():
-            rows[policy]["sim_turns_per_s"] = tps
+            rows[policy], _ = run_policy(args, policy, cfg, bar.update)
+    if calibration is not None:
+        for policy, tps in predict(args, cfg, calibration, rows).items():
+            rows[policy].update(sim_turns_per_s=tps, sim_calibration=calibration["path"],
+                                sim_calibration_reused=calibration["reused"])
     basic = rows.get("basic")
     for policy, row in rows.items():
         if basic is not None and policy != "basic":
@@ -151,10 +160,18 @@ def _run_capacity(args):
 
 
 def _summary(rows, figure):
-    dp = rows.get("dualpath", {})
+    oracle, dp = rows.get("oracle", {}), rows.get("dualpath", {})
+    if oracle.get("ratio"):
+        print(f"Oracle / Basic throughput: {oracle['ratio']:.2f}x (the I/O-free bound: how much "
+              "of Basic's time is waiting for storage)")
     if dp.get("ratio"):
         line = f"DualPath / Basic throughput: measured {dp['ratio']:.2f}x"
         if dp.get("sim_ratio"):
-            line += f", simulator {dp['sim_ratio']:.2f}x ({dp['ratio'] / dp['sim_ratio'] - 1:+.0%})"
+            line += (f", simulator {dp['sim_ratio']:.2f}x (measured/predicted "
+                     f"{dp['ratio'] / dp['sim_ratio'] - 1:+.0%})")
         print(line)
+    if dp.get("sim_calibration"):
+        how = "reused" if dp["sim_calibration_reused"] else "measured now"
+        print(f"simulator constants: an Oracle run on other conversations, {how}, "
+              f"{dp['sim_calibration']} (--recalibrate to measure again)")
     print(f"figure: {figure}")

@@ -3,10 +3,9 @@
 The preset is the demo's model as the simulator sees it: bytes per token = what the emulated
 storage NIC charges per hit token (a Full Block with its header page / block_tokens), SNIC
 rate = the demo's --snic-mbps, 1 PE + num_de DE nodes of one GPU each. The two compute
-constants are calibrated on the Oracle run of the same invocation (no I/O there): PE FLOP/s =
-the timed turns' prefill FLOPs / Oracle's prefill seconds, TPOT = Oracle's decode seconds per
-round (its slowest DE: rounds are synchronous batches) / (gen - 1). The workload is the timed
-turns exactly as the cluster ran them (prompt, hit, generated tokens).
+constants (PE FLOP/s, TPOT) and the turn shapes come from a calibration run of their own
+(dualkv.demo.calibration: Oracle on other conversations, cached on disk), never from the runs
+the prediction is compared with.
 """
 from __future__ import annotations
 
@@ -34,30 +33,35 @@ def _linear_flops_per_token(cfg) -> float:
     return 2.0 * cfg.num_layers * per_layer
 
 
-def demo_preset(args, cfg, work: Workload, oracle_prefill_s: float, tpot_s: float) -> ModelPreset:
+def _attention(cfg) -> AttentionFlops:
+    return AttentionFlops(cfg.num_layers, 2.0 * 2 * cfg.num_heads * cfg.head_dim)
+
+
+def prefill_flops(cfg, work: Workload) -> float:
+    """FLOPs of prefilling every turn of `work` over its hit (the simulator's cost model)."""
+    attention, miss = _attention(cfg), work.prompt - work.hit
+    return (sum(attention(int(h), int(m)) for h, m in zip(work.hit, miss))
+            + _linear_flops_per_token(cfg) * miss.sum())
+
+
+def demo_preset(args, cfg, pe_flops_per_s: float, tpot_s: float) -> ModelPreset:
     layout = cfg.layout(args.block_tokens)
     bytes_per_token = layout.full_block_bytes // args.block_tokens
-    attention = AttentionFlops(cfg.num_layers, 2.0 * 2 * cfg.num_heads * cfg.head_dim)
-    linear = _linear_flops_per_token(cfg)
-    miss = work.prompt - work.hit
-    flops = sum(attention(int(h), int(m)) for h, m in zip(work.hit, miss)) + linear * miss.sum()
-    return ModelPreset("demo", cfg.num_layers, bytes_per_token, attention, linear,
-                       pe_flops_per_s=flops / oracle_prefill_s,
+    return ModelPreset("demo", cfg.num_layers, bytes_per_token, _attention(cfg),
+                       _linear_flops_per_token(cfg), pe_flops_per_s=pe_flops_per_s,
                        snic_tokens_per_s=args.snic_mbps * 1e6 / bytes_per_token,
                        de_hbm_tokens=10**7, pe_hbm_tokens=10**7,
                        tpot_light_s=tpot_s, tpot_full_s=tpot_s, dram_bytes_per_node=64e9)
 
 
-def predict(args, cfg, timed_by_policy: dict, rows: dict) -> dict:
-    """{policy: simulated turns/s} for the demo's configuration."""
-    oracle = [t for _, t in timed_by_policy["oracle"]]  # round-major
-    work = timed_workload(args, timed_by_policy["oracle"])
-    rounds = [oracle[r * args.agents:(r + 1) * args.agents] for r in range(args.rounds)]
-    prefill_s = sum(batch[0].ttft_s for batch in rounds)
-    decode_s = sum(max(t.decode_s for t in batch) for batch in rounds) / args.rounds
-    preset = demo_preset(args, cfg, work, prefill_s, decode_s / (args.gen - 1))
+def predict(args, cfg, calibration: dict, policies) -> dict:
+    """{policy: simulated turns/s} for the demo's configuration, from the calibration alone."""
+    from dualkv.demo.calibration import workload_of
+
+    preset = demo_preset(args, cfg, calibration["pe_flops_per_s"], calibration["tpot_s"])
+    work = workload_of(calibration)
     out = {}
-    for policy in rows:
+    for policy in policies:
         sim_cfg = SimConfig(preset, policy, num_pe_nodes=1, num_de_nodes=args.num_de,
                             gpus_per_node=1, cnic_bytes_per_s=5e9, dram_bytes_per_s=20e9,
                             block_tokens=args.block_tokens)
