@@ -3,8 +3,8 @@ modules that live next to their Python code.
 
 Optional backends follow what the machine has (found with pkg-config): a source file named
 `*_uring.cpp` is built only with liburing, `*_ucx.cpp` only with UCX, `*_crypto.cpp` only with
-OpenSSL's libcrypto (SHA-256 key chains; without it dualkv.keys falls back to hashlib). Without
-them the build still succeeds and `dualkv info` says which backends are missing.
+OpenSSL's libcrypto (SHA-256 key chains; without it dualkv.store.keys falls back to
+hashlib). Without them the build still succeeds and `dualkv info` says which backends are missing.
 """
 import glob
 import os

@@ -33,7 +33,7 @@ py::array keys_arg(const py::object& obj, size_t key_bytes) {
       return arr;
     }
   }
-  return py::module_::import("dualkv.keys").attr("as_keys")(obj, key_bytes);
+  return py::module_::import("dualkv.store.keys").attr("as_keys")(obj, key_bytes);
 }
 
 size_t num_keys(const py::array& keys) { return static_cast<size_t>(keys.shape(0)); }

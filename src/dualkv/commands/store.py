@@ -38,7 +38,7 @@ def run(args):
 
 
 def namespace_dirs(path):
-    from dualkv.store_config import META_NAME
+    from dualkv.store.config import META_NAME
 
     if os.path.exists(os.path.join(path, META_NAME)):
         return [path]
@@ -49,7 +49,7 @@ def namespace_dirs(path):
 
 def config_of(directory):
     from dualkv.layout import KVLayout
-    from dualkv.store_config import StoreConfig, read_meta
+    from dualkv.store.config import StoreConfig, read_meta
 
     meta = read_meta(directory)
     layout = KVLayout(meta["num_layers"], meta["bytes_per_token_layer"], meta["block_tokens"])
@@ -65,7 +65,7 @@ def config_of(directory):
 def scan(cfg, remove_bad, remove_temp_after_s):
     """The header scan without opening a store (so `info` changes nothing)."""
     from dualkv._native import C
-    from dualkv.pool import HostPool
+    from dualkv.store.pool import HostPool
 
     pool = HostPool(cfg.layout, 1, huge_pages=False, cuda="off")
     io = C.BlockIO(cfg.layout.num_layers, cfg.layout.bytes_per_token_layer,

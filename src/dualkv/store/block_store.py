@@ -14,10 +14,10 @@ import numpy as np
 
 from dualkv._native import C
 from dualkv.errors import InvalidArgument, StorageError
-from dualkv.pool import HostPool
-from dualkv.store_args import int64_array, layer_range, parent_key
-from dualkv.store_config import StoreConfig, open_namespace
-from dualkv.keys import as_keys, chain_keys
+from dualkv.store.pool import HostPool
+from dualkv.store.args import int64_array, layer_range, parent_key
+from dualkv.store.config import StoreConfig, open_namespace
+from dualkv.store.keys import as_keys, chain_keys
 
 __all__ = ["BlockStore", "Handle", "StoreConfig"]
 
