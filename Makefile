@@ -7,7 +7,8 @@ SYS_PACKAGES = pkg-config liburing-dev libucx-dev ucx-utils fio libssl-dev
 # A .py with a .pxd beside it is compiled too (setup.py), so both are build inputs: a stale
 # extension would shadow an edited .py.
 COMPILED_PXD = $(wildcard src/dualkv/*/*.pxd)
-NATIVE_SOURCES = $(wildcard cpp/*.cpp include/dualkv/*.h src/dualkv/*.pyx src/dualkv/*/*.pyx) \
+NATIVE_SOURCES = $(wildcard cpp/*/*.cpp cpp/*/*.h include/dualkv/*.h src/dualkv/*.pyx \
+	src/dualkv/*/*.pyx) \
 	$(COMPILED_PXD) $(wildcard $(COMPILED_PXD:.pxd=.py))
 PYTEST_ARGS ?=
 

@@ -1,10 +1,11 @@
-"""Build dualkv's native parts: one pybind11 module `dualkv._C` from cpp/, and the Cython
-modules that live next to their Python code.
+"""Build dualkv's native parts: one pybind11 module `dualkv._C` from cpp/ (one folder per layer,
+cpp/bindings/ for the pybind11 code), and the Cython modules that live next to their Python
+code.
 
 Optional backends follow what the machine has (found with pkg-config): a source file named
 `*_uring.cpp` is built only with liburing, `*_ucx.cpp` only with UCX, `*_crypto.cpp` only with
-OpenSSL's libcrypto (SHA-256 key chains; without it dualkv.keys falls back to hashlib). Without
-them the build still succeeds and `dualkv info` says which backends are missing.
+OpenSSL's libcrypto (SHA-256 key chains; without it dualkv.store.keys falls back to
+hashlib). Without them the build still succeeds and `dualkv info` says which backends are missing.
 """
 import glob
 import os
@@ -46,8 +47,8 @@ def optional_backends():
 def native_extension():
     backends = optional_backends()
     sources, cflags, libs, macros = [], [], [], []
-    for path in sorted(glob.glob("cpp/*.cpp")):
-        tag = os.path.splitext(path)[0].rsplit("_", 1)[-1]
+    for path in sorted(glob.glob("cpp/**/*.cpp", recursive=True)):
+        tag = os.path.splitext(os.path.basename(path))[0].rsplit("_", 1)[-1]
         if tag in dict(OPTIONAL_BACKENDS) and tag not in backends:
             continue
         sources.append(path)

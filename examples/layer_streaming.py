@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from dualkv import KVLayout
-from dualkv.rendezvous import RendezvousServer, rendezvous
+from dualkv.transfer.rendezvous import RendezvousServer, rendezvous
 from dualkv.store import BlockStore, StoreConfig
 from dualkv.transfer import Agent, TransferConfig
 

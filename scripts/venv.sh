@@ -17,7 +17,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(dirname "$here")"
 specs="$here/venv"
 case "$name" in
-  sglang) import_check="from dualkv.integrations.sglang_cpu import import_sglang_storage; import_sglang_storage()" ;;
+  sglang) import_check="from dualkv.testing.sglang_cpu import import_sglang_storage; import_sglang_storage()" ;;
   vllm) import_check="import vllm; from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorBase_V1; from vllm.v1.core.sched.scheduler import Scheduler" ;;
   *) echo "usage: scripts/venv.sh sglang|vllm   (unknown venv: '${name}')" >&2; exit 2 ;;
 esac

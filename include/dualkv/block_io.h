@@ -22,14 +22,17 @@
 
 namespace dualkv {
 
-struct BlockIoOptions {
-  std::string dir;              // the namespace directory (created if missing)
+// Everything a BlockIO is opened with besides its pool: one struct with named fields, filled
+// once from the Python StoreConfig (dualkv.store.config.block_io_options).
+struct BlockIOOptions {
+  BlockLayout layout;            // block shape, key length and namespace fingerprint
+  std::string dir;               // the namespace directory, holding the block files
   std::string backend = "auto";  // "auto" | "io_uring" | "posix"
-  int queue_depth = 32;
-  int num_read_threads = 4;     // posix engine
+  int queue_depth = 32;          // reads in flight (io_uring)
+  int num_read_threads = 4;      // posix engine
   int num_write_threads = 2;
-  bool direct_io = true;        // O_DIRECT where the filesystem allows it
-  bool fsync = false;           // a store batch reports only once the filesystem has flushed it
+  bool direct_io = true;         // O_DIRECT where the filesystem allows it
+  bool fsync = false;            // a store batch reports only once the filesystem has flushed it
 };
 
 struct BlockIoStats {
@@ -45,8 +48,8 @@ void finish_batch_block(Batch* batch, size_t i, bool is_ok, const Status& error)
 
 class BlockIO {
  public:
-  static Status create(const BlockLayout& layout, const BlockIoOptions& options,
-                       std::shared_ptr<HostPool> pool, std::unique_ptr<BlockIO>* out);
+  static Status create(const BlockIOOptions& options, std::shared_ptr<HostPool> pool,
+                       std::unique_ptr<BlockIO>* out);
   ~BlockIO();  // waits for every batch in flight
   BlockIO(const BlockIO&) = delete;
   BlockIO& operator=(const BlockIO&) = delete;
@@ -74,15 +77,15 @@ class BlockIO {
   Status release(uint64_t handle, double timeout_s);
   void remove_files(const uint8_t* keys, size_t n);
 
-  const BlockLayout& layout() const { return layout_; }
-  const BlockIoOptions& options() const { return options_; }
+  const BlockLayout& layout() const { return options_.layout; }
+  const BlockIOOptions& options() const { return options_; }
   const char* backend() const { return engine_->name(); }
   bool is_direct_read() const { return is_direct_read_; }
   bool is_direct_write() const { return is_direct_write_; }
   bool has_registered_buffers() const { return engine_->has_registered_buffers(); }
   BlockIoStats& stats() { return stats_; }
   std::string path_of(const uint8_t* key) const {
-    return block_path(options_.dir, key, layout_.key_bytes);
+    return block_path(options_.dir, key, options_.layout.key_bytes);
   }
 
   // Used by the operations (block_io.cpp / block_write.cpp).
@@ -94,14 +97,12 @@ class BlockIO {
   IoEngine& engine() { return *engine_; }
 
  private:
-  BlockIO(const BlockLayout& layout, const BlockIoOptions& options,
-          std::shared_ptr<HostPool> pool);
+  BlockIO(const BlockIOOptions& options, std::shared_ptr<HostPool> pool);
   Status check_batch(const int64_t* slots, size_t n, uint32_t first, uint32_t last) const;
   uint64_t add_batch(std::shared_ptr<Batch> batch);
   std::shared_ptr<Batch> find_batch(uint64_t handle);
 
-  BlockLayout layout_;
-  BlockIoOptions options_;
+  BlockIOOptions options_;
   std::shared_ptr<HostPool> pool_;
   BlockIoStats stats_;
   std::atomic<bool> is_direct_read_{true};

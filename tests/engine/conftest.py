@@ -9,8 +9,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from dualkv.engine import MemoryPool, Model, ModelConfig  # noqa: E402
+from dualkv.engine import Model, ModelConfig  # noqa: E402
 from dualkv.errors import InvalidArgument  # noqa: E402
+from dualkv.testing.memory_pool import MemoryPool  # noqa: E402
 
 torch.set_num_threads(1)  # the test machine's cores are shared; one thread avoids OpenMP stalls
 

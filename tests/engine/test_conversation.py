@@ -106,7 +106,7 @@ def test_unreadable_block_is_recomputed_not_served(model, make_store, mode, read
 
 
 def test_memory_store_keys_match_the_native_chain(memory_store):
-    keys = pytest.importorskip("dualkv.keys")
+    keys = pytest.importorskip("dualkv.store.keys")
     tokens = np.arange(100, dtype=np.int32) * 7
     prior = np.arange(32, dtype=np.uint8)
     assert np.array_equal(memory_store.chain_keys(tokens, prior), keys.chain_keys(tokens, 16, prior))

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from conftest import TINY
-from dualkv.engine import LayerBlockCodec, MemoryPool
+from dualkv.engine import LayerBlockCodec
+from dualkv.testing.memory_pool import MemoryPool
 from dualkv.errors import InvalidArgument
 
 

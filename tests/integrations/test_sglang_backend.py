@@ -13,7 +13,7 @@ from sglang.srt.observability.metrics_collector import StorageMetrics  # noqa: E
 from dualkv.errors import InvalidArgument  # noqa: E402
 from dualkv.integrations.sglang import DualKVHiCacheStorage  # noqa: E402
 from dualkv.integrations.sglang_config import page_keys  # noqa: E402
-from dualkv.integrations.sglang_cpu import make_host_pool  # noqa: E402
+from dualkv.testing.sglang_cpu import make_host_pool  # noqa: E402
 from sglang_harness import fill_random, page_keys_of, read_pages  # noqa: E402
 
 PAGE = 16

@@ -15,7 +15,7 @@ import torch  # noqa: E402
 
 import dualkv  # noqa: E402
 
-from dualkv.integrations.sglang_cpu import make_host_pool  # noqa: E402
+from dualkv.testing.sglang_cpu import make_host_pool  # noqa: E402
 from sglang_harness import (ControllerHarness, fill_random, one_rank, page_keys_of,  # noqa: E402
                             read_pages)
 
@@ -112,7 +112,7 @@ CHILD = r"""
 import json, sys
 import numpy as np
 import torch
-from dualkv.integrations.sglang_cpu import import_sglang_storage, make_host_pool
+from dualkv.testing.sglang_cpu import import_sglang_storage, make_host_pool
 import_sglang_storage()
 from sglang.srt.mem_cache.hicache_storage import HiCacheStorageConfig
 from sglang.srt.mem_cache.storage.backend_factory import StorageBackendFactory

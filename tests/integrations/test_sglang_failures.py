@@ -12,7 +12,7 @@ pytest.importorskip("sglang")
 import torch  # noqa: E402
 
 from dualkv.integrations import sglang as backend_module  # noqa: E402
-from dualkv.integrations.sglang_cpu import make_host_pool  # noqa: E402
+from dualkv.testing.sglang_cpu import make_host_pool  # noqa: E402
 from sglang_harness import (ControllerHarness, fill_random, one_rank, page_keys_of,  # noqa: E402
                             read_pages)
 

@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from dualkv.bench.vllm_model import write_llama  # noqa: E402
+from dualkv.testing.vllm_model import write_llama  # noqa: E402
 
 pytestmark = pytest.mark.slow
 BLOCK = 128

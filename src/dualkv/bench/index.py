@@ -25,7 +25,7 @@ import time
 import numpy as np
 
 from dualkv.bench.report import Report
-from dualkv.index import PrefixIndex
+from dualkv.store.index import PrefixIndex
 
 
 def rss_bytes() -> int:

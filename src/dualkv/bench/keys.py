@@ -4,7 +4,7 @@ import argparse
 
 import numpy as np
 
-from dualkv import keys
+from dualkv.store import keys
 from dualkv._native import C
 from dualkv.bench.report import Report, median_time, with_reference
 

@@ -58,7 +58,7 @@ def parse_args(argv):
 def run_preset(report, args, name, workdir, has_fio):
     import torch
 
-    from dualkv.integrations.sglang_cpu import make_host_pool
+    from dualkv.testing.sglang_cpu import make_host_pool
 
     preset = PRESETS[name]
     pool = make_host_pool(preset["kind"], args.layout, num_pages=args.pages,
@@ -117,7 +117,7 @@ def fio_read(system, keys, args, workdir) -> float:
 
 def main(argv=None):
     args = parse_args(argv)
-    from dualkv.integrations.sglang_cpu import import_sglang_storage
+    from dualkv.testing.sglang_cpu import import_sglang_storage
 
     import_sglang_storage()
     has_fio = not args.no_fio and shutil.which("fio") is not None

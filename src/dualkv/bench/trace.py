@@ -13,10 +13,10 @@ import statistics
 import sys
 import time
 
-from dualkv import keys
+from dualkv.store import keys
 from dualkv.bench.report import Report
 from dualkv.errors import InvalidArgument
-from dualkv.index import PrefixIndex
+from dualkv.store.index import PrefixIndex
 from dualkv.workloads import mooncake
 
 

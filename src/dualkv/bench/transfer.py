@@ -13,7 +13,7 @@ from dualkv.bench import ucx_perftest
 from dualkv.bench.report import Report, with_reference
 from dualkv.bench.transfer_bandwidth import REGION_BYTES, bandwidth_rows
 from dualkv.bench.transfer_latency import notice_latency_us
-from dualkv.traffic import TrafficConfig, TrafficManager, measure_rate, open_bucket
+from dualkv.transfer.traffic import TrafficConfig, TrafficManager, measure_rate, open_bucket
 from dualkv.transfer import Agent, TransferConfig
 
 KIB, MIB = 1024, 1024 * 1024

@@ -17,7 +17,7 @@ import sys
 import tempfile
 
 from dualkv.bench.report import Report
-from dualkv.bench.vllm_model import PRESETS, write_llama
+from dualkv.testing.vllm_model import PRESETS, write_llama
 
 CONFIGS = {  # name -> (connector, extra config)
     "none": ("none", {}),

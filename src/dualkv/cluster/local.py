@@ -24,7 +24,7 @@ from dualkv.cluster.procs import ClusterProcs
 from dualkv.cluster.runner import Runner
 from dualkv.engine.config import ModelConfig
 from dualkv.errors import InvalidArgument
-from dualkv.keys import chain_keys
+from dualkv.store.keys import chain_keys
 
 __all__ = ["ClusterTurn", "LocalCluster", "Session"]
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from dualkv.cluster.jobs import Job
 from dualkv.errors import DualKVError, OutOfMemory, PeerDisconnected, TimedOut
-from dualkv.keys import chain_keys
+from dualkv.store.keys import chain_keys
 
 IDLE_SLEEP_S = (0.002, 0.02)  # idle back-off: first and longest sleep between loop passes
 

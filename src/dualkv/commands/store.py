@@ -2,6 +2,7 @@
 
 PATH is a store root (holding namespace folders) or one namespace folder.
 """
+import dataclasses
 import json
 import os
 
@@ -38,7 +39,7 @@ def run(args):
 
 
 def namespace_dirs(path):
-    from dualkv.store_config import META_NAME
+    from dualkv.store.config import META_NAME
 
     if os.path.exists(os.path.join(path, META_NAME)):
         return [path]
@@ -49,7 +50,7 @@ def namespace_dirs(path):
 
 def config_of(directory):
     from dualkv.layout import KVLayout
-    from dualkv.store_config import StoreConfig, read_meta
+    from dualkv.store.config import StoreConfig, read_meta
 
     meta = read_meta(directory)
     layout = KVLayout(meta["num_layers"], meta["bytes_per_token_layer"], meta["block_tokens"])
@@ -63,14 +64,15 @@ def config_of(directory):
 
 
 def scan(cfg, remove_bad, remove_temp_after_s):
-    """The header scan without opening a store (so `info` changes nothing)."""
+    """The header scan without opening a store (so `info` changes nothing): the store's own
+    BlockIO options, on one posix reader and a one-slot pool, and no index."""
     from dualkv._native import C
-    from dualkv.pool import HostPool
+    from dualkv.store.config import block_io_options
+    from dualkv.store.pool import HostPool
 
     pool = HostPool(cfg.layout, 1, huge_pages=False, cuda="off")
-    io = C.BlockIO(cfg.layout.num_layers, cfg.layout.bytes_per_token_layer,
-                   cfg.layout.block_tokens, cfg.key_bytes, cfg.namespace_bytes, pool.native,
-                   cfg.directory, "posix", 1, 1, 1, True, False)
+    scan_cfg = dataclasses.replace(cfg, io_backend="posix", queue_depth=1, num_write_threads=1)
+    io = C.BlockIO(block_io_options(scan_cfg), pool.native)
     return io.scan(remove_bad=remove_bad, remove_temp_after_s=remove_temp_after_s)
 
 
@@ -98,8 +100,6 @@ def gc(directory, cfg, min_age):
 
 def verify(directory, cfg, batch):
     """Reads every block in full and checks every checksum; damaged blocks are removed."""
-    import dataclasses
-
     from dualkv.store import BlockStore
 
     store = BlockStore(dataclasses.replace(cfg, pool_slots=max(1, batch)))

@@ -5,7 +5,7 @@ Basic prefill over the `KVSource` / `KVSink` seams (prefill.py, interfaces.py), 
 Full Block write-back (decode.py), in-process buffers and sources (buffer.py, sources.py), and
 one whole turn wired in one process (local.py).
 """
-from dualkv.engine.buffer import BlockBuffer, MemoryPool
+from dualkv.engine.buffer import BlockBuffer
 from dualkv.engine.config import EngineConfig, ModelConfig
 from dualkv.engine.decode import Decoder, StoreWriteBack, decode
 from dualkv.engine.interfaces import KVSink, KVSource
@@ -17,6 +17,6 @@ from dualkv.engine.prefill import (PrefillItem, prefill, prefill_basic, prefill_
 from dualkv.engine.sources import BufferSink, BufferSource, SlotSource
 
 __all__ = ["BlockBuffer", "BufferSink", "BufferSource", "Decoder", "EngineConfig", "KVSink", "KVSource",
-           "LayerBlockCodec", "MemoryPool", "Model", "ModelConfig", "SlotSource",
+           "LayerBlockCodec", "Model", "ModelConfig", "SlotSource",
            "PrefillItem", "StoreWriteBack", "TurnResult", "decode", "prefill", "prefill_basic",
            "prefill_basic_batch", "prefill_batch", "prefill_layerwise", "run_turn"]

@@ -4,8 +4,9 @@
 the pe read path): ceil(tokens / block_tokens) slots of a pool, Layer Block l of block b at
 `layout.layer_offset(l)` of slot b — the same bytes a storage read lands and a store write
 takes, so filling it from storage, from a PE, and writing it back never converts anything.
-The pool is the store's `HostPool` (`store.pool`) where a store exists; `MemoryPool` is a plain
-in-process pool with the same slot API for engines running without the native store.
+The pool is the store's `HostPool` (`store.pool`), or any object with its slot API (alloc,
+free, layer_view); the tests use `dualkv.testing.memory_pool.MemoryPool`, a numpy pool, to run
+engines without the native store.
 """
 from __future__ import annotations
 
@@ -14,63 +15,8 @@ import time
 
 import numpy as np
 
-from dualkv.errors import InvalidArgument, OutOfMemory, TimedOut
-from dualkv.layout import PAGE_BYTES, KVLayout
-
-
-class MemoryPool:
-    """Slots of `layout.full_block_bytes` in one page-aligned numpy array (HostPool's API)."""
-
-    def __init__(self, layout: KVLayout, num_slots: int):
-        if num_slots <= 0:
-            raise InvalidArgument(f"a pool needs at least one slot, got {num_slots}")
-        self.layout, self.num_slots = layout, num_slots
-        raw = np.zeros(num_slots * layout.full_block_bytes + PAGE_BYTES, dtype=np.uint8)
-        start = (-raw.ctypes.data) % PAGE_BYTES
-        self._memory = raw[start:start + num_slots * layout.full_block_bytes]
-        self._free = list(range(num_slots - 1, -1, -1))
-        self._lock = threading.Lock()
-
-    @property
-    def num_free(self) -> int:
-        return len(self._free)
-
-    @property
-    def base_ptr(self) -> int:
-        return self._memory.ctypes.data
-
-    @property
-    def size_bytes(self) -> int:
-        return self._memory.nbytes
-
-    def ptr(self, slot: int) -> int:
-        self._check(slot)
-        return self.base_ptr + slot * self.layout.full_block_bytes
-
-    def alloc(self, n: int) -> np.ndarray:
-        with self._lock:
-            if n > len(self._free):
-                raise OutOfMemory(f"pool has {len(self._free)} free slots, {n} wanted")
-            return np.array([self._free.pop() for _ in range(n)], dtype=np.int64)
-
-    def free(self, ids) -> None:
-        with self._lock:
-            for slot in np.asarray(ids, dtype=np.int64).reshape(-1):
-                self._check(int(slot))
-                self._free.append(int(slot))
-
-    def view(self, slot: int) -> np.ndarray:
-        self._check(slot)
-        size = self.layout.full_block_bytes
-        return self._memory[slot * size:(slot + 1) * size]
-
-    def layer_view(self, slot: int, layer: int) -> np.ndarray:
-        offset = self.layout.layer_offset(layer)
-        return self.view(slot)[offset:offset + self.layout.layer_block_bytes]
-
-    def _check(self, slot: int) -> None:
-        if not 0 <= slot < self.num_slots:
-            raise InvalidArgument(f"slot {slot} outside 0..{self.num_slots - 1}")
+from dualkv.errors import InvalidArgument, TimedOut
+from dualkv.layout import KVLayout
 
 
 class BlockBuffer:

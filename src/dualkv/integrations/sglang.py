@@ -28,7 +28,7 @@ from dualkv.integrations.sglang_config import (SGLangBackendConfig, block_store_
 from dualkv.integrations.sglang_pages import PageGeometry, geometry_of
 from dualkv.integrations.sglang_stats import PageStats, logger
 from dualkv.layout import PAGE_BYTES
-from dualkv.store_config import META_NAME
+from dualkv.store.config import META_NAME
 from sglang.srt.mem_cache.hicache_storage import HiCacheStorage, PoolName, PoolTransferResult
 
 READ_ONLY_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)

@@ -98,7 +98,7 @@ def model_namespace(storage_config, config: SGLangBackendConfig, format_tag: str
 
 def block_store_config(storage_config, config: SGLangBackendConfig, geometry):
     """The StoreConfig of one rank's pages, `geometry` being its host pool's PageGeometry."""
-    from dualkv.store_config import StoreConfig
+    from dualkv.store.config import StoreConfig
 
     layout = geometry.kv_layout()
     # queue_depth counts pages, like fio's iodepth counts files: each page costs the store

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from dualkv.errors import InvalidArgument
-from dualkv.traffic import copy_ranges
+from dualkv.transfer.traffic import copy_ranges
 
 
 def _layer_index(name: str) -> int:

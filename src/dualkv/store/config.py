@@ -1,5 +1,5 @@
-"""StoreConfig and the namespace directory of a store: where blocks of one model live and the
-small meta file that records their layout."""
+"""StoreConfig; the namespace directory of a store, where blocks of one model live beside the
+small meta file that records their layout; and the native BlockIO's options built from both."""
 from __future__ import annotations
 
 import hashlib
@@ -7,6 +7,7 @@ import json
 import os
 from dataclasses import dataclass
 
+from dualkv._native import C
 from dualkv.errors import InvalidArgument, StorageError
 from dualkv.layout import KVLayout
 
@@ -66,6 +67,19 @@ class StoreConfig:
     @property
     def directory(self) -> str:
         return os.path.join(os.fspath(self.root), self.namespace_bytes.hex())
+
+
+def block_io_options(cfg: StoreConfig) -> C.BlockIOOptions:
+    """The native BlockIO's options, built from a StoreConfig in this one place: the blocks'
+    layout and namespace, the namespace directory, and the I/O settings (the posix engine
+    reads on min(queue_depth, 16) threads)."""
+    layout = cfg.layout
+    return C.BlockIOOptions(
+        num_layers=layout.num_layers, bytes_per_token_layer=layout.bytes_per_token_layer,
+        block_tokens=layout.block_tokens, key_bytes=cfg.key_bytes,
+        fingerprint=cfg.namespace_bytes, dir=cfg.directory, backend=cfg.io_backend,
+        queue_depth=cfg.queue_depth, num_read_threads=min(cfg.queue_depth, 16),
+        num_write_threads=cfg.num_write_threads, direct_io=cfg.direct_io, fsync=cfg.fsync)
 
 
 def layout_record(cfg: StoreConfig) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from dualkv.errors import InvalidArgument
-from dualkv.keys import as_keys
+from dualkv.store.keys import as_keys
 
 
 def int64_array(values, shape: tuple, what: str) -> np.ndarray:

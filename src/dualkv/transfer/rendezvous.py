@@ -20,7 +20,7 @@ import msgpack
 import zmq
 
 from dualkv.errors import InvalidArgument, PeerDisconnected, TimedOut
-from dualkv.transfer import Region
+from dualkv.transfer.agent import Region
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ import struct
 import numpy as np
 import pytest
 
-from dualkv import keys
+from dualkv.store import keys
 from dualkv._native import C
 from dualkv.errors import InvalidArgument
 

@@ -7,7 +7,7 @@ from hypothesis import settings, strategies as st
 from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition,
                                  rule)
 
-from dualkv.index import PrefixIndex
+from dualkv.store.index import PrefixIndex
 
 
 class Model:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from dualkv._native import C
 from dualkv.errors import InvalidArgument, NotFound, TimedOut
-from dualkv.transfer import _peer_id, _region_id, as_int64, buffer_address
+from dualkv.transfer.agent import _peer_id, _region_id, as_int64, buffer_address
 
 CLASSES = {"model": 0, "kv": 1}
 
@@ -123,7 +123,7 @@ class TrafficManager:
                                         as_int64(lengths, "lengths"), CLASSES[_class(cls)])
 
     def _cuda_copy(self, dst, src, cls) -> int:
-        from dualkv.traffic_cuda import CudaCopier
+        from dualkv.transfer.traffic_cuda import CudaCopier
 
         if self._cuda is None:
             self._cuda = CudaCopier(self.cnic)

@@ -1,4 +1,7 @@
 // The one native module, dualkv._C. Each component registers its own bindings.
+//
+// cpp/<layer>/ (common, index, storage, pool, transfer, traffic) is plain C++ that never
+// includes pybind11; every binding lives here in cpp/bindings/ as <component>_bind.cpp.
 #include <pybind11/pybind11.h>
 
 namespace py = pybind11;

@@ -17,7 +17,7 @@ from dualkv._native import C
 
 pytestmark = pytest.mark.skipif(not hasattr(C, "Agent"), reason="built without UCX")
 
-from dualkv.rendezvous import RendezvousServer, rendezvous  # noqa: E402
+from dualkv.transfer.rendezvous import RendezvousServer, rendezvous  # noqa: E402
 from dualkv.transfer import Agent, TransferConfig  # noqa: E402
 
 PEER_SCRIPT = os.path.join(os.path.dirname(__file__), "transfer_peer.py")

@@ -12,7 +12,7 @@ import pytest
 import dualkv
 from dualkv import errors
 from dualkv._native import C
-from dualkv.traffic import TrafficConfig, TrafficManager, measure_rate, open_bucket
+from dualkv.transfer.traffic import TrafficConfig, TrafficManager, measure_rate, open_bucket
 
 KIB, MIB = 1024, 1024 * 1024
 needs_ucx = pytest.mark.skipif(not hasattr(C, "Agent"), reason="built without UCX")
@@ -77,7 +77,7 @@ def test_token_bucket_deadline_takes_nothing(node):
 
 BUCKET_WORKER = """
 import sys, time
-from dualkv.traffic import open_bucket
+from dualkv.transfer.traffic import open_bucket
 b = open_bucket(sys.argv[1], "snic", 0.1, burst_bytes=65536, shm_dir=sys.argv[2])
 print("ready", flush=True)
 sys.stdin.readline()
@@ -240,7 +240,7 @@ def test_host_device_copies_on_cuda(node):
 
 
 def test_copy_ranges_copies_each_range_and_refuses_bad_ones():
-    from dualkv.traffic import copy_ranges
+    from dualkv.transfer.traffic import copy_ranges
 
     src = np.arange(4096, dtype=np.uint8)
     dst = np.zeros(4096, dtype=np.uint8)

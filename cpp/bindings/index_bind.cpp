@@ -23,8 +23,8 @@ using Bytes = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
   throw StatusError(make_status(Code::kInvalidArgument, message));
 }
 
-// (n, key_bytes) C-contiguous uint8; anything else goes through dualkv.keys.as_keys, which
-// accepts lists of bytes or hex strings and raises InvalidArgument for the rest.
+// (n, key_bytes) C-contiguous uint8; anything else goes through dualkv.store.keys.as_keys,
+// which accepts lists of bytes or hex strings and raises InvalidArgument for the rest.
 py::array keys_arg(const py::object& obj, size_t key_bytes) {
   if (py::isinstance<py::array_t<uint8_t>>(obj)) {
     py::array arr = py::reinterpret_borrow<py::array>(obj);
@@ -33,7 +33,7 @@ py::array keys_arg(const py::object& obj, size_t key_bytes) {
       return arr;
     }
   }
-  return py::module_::import("dualkv.keys").attr("as_keys")(obj, key_bytes);
+  return py::module_::import("dualkv.store.keys").attr("as_keys")(obj, key_bytes);
 }
 
 size_t num_keys(const py::array& keys) { return static_cast<size_t>(keys.shape(0)); }

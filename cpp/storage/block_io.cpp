@@ -231,9 +231,8 @@ void start_reads(ThreadPool& openers, IoEngine& engine, const std::vector<ReadOp
 }  // namespace
 
 
-BlockIO::BlockIO(const BlockLayout& layout, const BlockIoOptions& options,
-                 std::shared_ptr<HostPool> pool)
-    : layout_(layout), options_(options), pool_(std::move(pool)) {
+BlockIO::BlockIO(const BlockIOOptions& options, std::shared_ptr<HostPool> pool)
+    : options_(options), pool_(std::move(pool)) {
   std::random_device rd;
   uint64_t id = (uint64_t(rd()) << 32) ^ rd() ^ uint64_t(getpid());
   writer_id_ = to_hex(reinterpret_cast<const uint8_t*>(&id), 8);
@@ -241,11 +240,20 @@ BlockIO::BlockIO(const BlockLayout& layout, const BlockIoOptions& options,
   is_direct_write_ = options.direct_io;
 }
 
-Status BlockIO::create(const BlockLayout& layout, const BlockIoOptions& options,
-                       std::shared_ptr<HostPool> pool, std::unique_ptr<BlockIO>* out) {
+Status BlockIO::create(const BlockIOOptions& options, std::shared_ptr<HostPool> pool,
+                       std::unique_ptr<BlockIO>* out) {
+  const BlockLayout& layout = options.layout;
   if (layout.key_bytes == 0 || layout.key_bytes > kMaxKeyBytes || layout.num_layers == 0 ||
       layout.layer_block_bytes() == 0) {
-    return make_status(Code::kInvalidArgument, "BlockIO: bad layout (key_bytes 1..64, layers > 0)");
+    return make_status(Code::kInvalidArgument,
+                       "BlockIOOptions: num_layers, bytes_per_token_layer and block_tokens must be "
+                       "> 0 and key_bytes in 1..64, got " + std::to_string(layout.num_layers) +
+                       ", " + std::to_string(layout.bytes_per_token_layer) + ", " +
+                       std::to_string(layout.block_tokens) + " and " +
+                       std::to_string(layout.key_bytes));
+  }
+  if (options.dir.empty()) {
+    return make_status(Code::kInvalidArgument, "BlockIOOptions.dir is empty");
   }
   if (pool == nullptr || pool->slot_bytes() < layout.full_block_bytes()) {
     return make_status(Code::kInvalidArgument,
@@ -253,14 +261,16 @@ Status BlockIO::create(const BlockLayout& layout, const BlockIoOptions& options,
   }
   if (options.backend != "auto" && options.backend != "io_uring" && options.backend != "posix") {
     return make_status(Code::kInvalidArgument,
-                       "io_backend must be 'auto', 'io_uring' or 'posix', got '" +
+                       "BlockIOOptions.backend must be 'auto', 'io_uring' or 'posix', got '" +
                        options.backend + "'");
   }
   if (options.queue_depth < 1 || options.queue_depth > 4096 || options.num_read_threads < 1 ||
       options.num_write_threads < 1) {
-    return make_status(Code::kInvalidArgument, "queue_depth 1..4096 and thread counts >= 1");
+    return make_status(Code::kInvalidArgument,
+                       "BlockIOOptions: queue_depth must be in 1..4096 and num_read_threads, "
+                       "num_write_threads >= 1");
   }
-  std::unique_ptr<BlockIO> io(new BlockIO(layout, options, std::move(pool)));
+  std::unique_ptr<BlockIO> io(new BlockIO(options, std::move(pool)));
   if (options.backend != "posix") {
     Status s = make_uring_engine(options.queue_depth, &io->engine_);
     if (!s.ok() && options.backend == "io_uring") return s;
@@ -299,10 +309,10 @@ int BlockIO::open_for_read(const std::string& path) {
 
 Status BlockIO::check_batch(const int64_t* slots, size_t n, uint32_t first,
                             uint32_t last) const {
-  if (first >= last || last > layout_.num_layers) {
+  if (first >= last || last > layout().num_layers) {
     return make_status(Code::kInvalidArgument, "layers [" + std::to_string(first) + ", " +
                        std::to_string(last) + ") is not a non-empty range within 0.." +
-                       std::to_string(layout_.num_layers));
+                       std::to_string(layout().num_layers));
   }
   if (slots == nullptr) return Status::Ok();
   std::vector<uint8_t> is_seen(pool_->num_slots(), 0);
@@ -337,7 +347,7 @@ Status BlockIO::load(const uint8_t* keys, size_t n, const int64_t* slots, uint32
   auto batch = std::make_shared<Batch>(n);
   std::vector<ReadOp*> ops;
   for (size_t i = 0; i < n; ++i) {
-    auto op = std::make_unique<ReadOp>(this, batch.get(), i, keys + i * layout_.key_bytes,
+    auto op = std::make_unique<ReadOp>(this, batch.get(), i, keys + i * layout().key_bytes,
                                        first, last);
     op->plan(pool_->slot_ptr(slots[i]), {});
     ops.push_back(op.get());
@@ -356,11 +366,11 @@ Status BlockIO::load_into(const uint8_t* keys, size_t n, const int64_t* dst_ptrs
   for (size_t i = 0; i < n * width; ++i) {
     if (dst_ptrs[i] == 0) return make_status(Code::kInvalidArgument, "null destination address");
   }
-  bool is_direct_size = layout_.layer_block_bytes() % 4096 == 0;
+  bool is_direct_size = layout().layer_block_bytes() % 4096 == 0;
   auto batch = std::make_shared<Batch>(n);
   std::vector<ReadOp*> ops;
   for (size_t i = 0; i < n; ++i) {
-    auto op = std::make_unique<ReadOp>(this, batch.get(), i, keys + i * layout_.key_bytes,
+    auto op = std::make_unique<ReadOp>(this, batch.get(), i, keys + i * layout().key_bytes,
                                        first, last);
     std::vector<char*> dst;
     bool is_direct = is_direct_size;

@@ -2,8 +2,8 @@
 
 An engine process creates one `Agent` per traffic class (`kv` for Layer Block streams, `model`
 for latency-critical messages); each owns a UCP context, a worker and a native progress
-thread. Memory is registered once (`register`), peers are joined through `dualkv.rendezvous`,
-and every move is one native call per batch of descriptors:
+thread. Memory is registered once (`register`), peers are joined through
+`dualkv.transfer.rendezvous`, and every move is one native call per batch of descriptors:
 
     handle = agent.put(peer, local, remote, local_offsets, remote_offsets, lengths,
                        request_id=r, layer=l)     # receiver: agent.wait_notice(r, l, timeout)

@@ -54,28 +54,87 @@ const uint8_t* parent_arg(const py::object& parent, const BlockLayout& layout,
   return reinterpret_cast<const uint8_t*>(holder->data());
 }
 
-std::unique_ptr<BlockIO> make_block_io(uint32_t num_layers, uint32_t bytes_per_token_layer,
-                                       uint32_t block_tokens, uint32_t key_bytes,
-                                       const py::bytes& fingerprint,
-                                       std::shared_ptr<HostPool> pool, const std::string& dir,
-                                       const std::string& backend, int queue_depth,
-                                       int num_read_threads, int num_write_threads,
-                                       bool direct_io, bool fsync) {
-  BlockLayout layout;
-  layout.num_layers = num_layers;
-  layout.bytes_per_token_layer = bytes_per_token_layer;
-  layout.block_tokens = block_tokens;
-  layout.key_bytes = key_bytes;
-  std::string fp = fingerprint;
-  if (fp.size() != kFingerprintBytes) invalid("fingerprint must be 16 bytes");
-  std::memcpy(layout.fingerprint, fp.data(), kFingerprintBytes);
-  BlockIoOptions options{dir, backend, queue_depth, num_read_threads, num_write_threads,
-                         direct_io, fsync};
+// BlockIOOptions(**fields): every keyword names a field; an unknown one is refused by name.
+std::unique_ptr<BlockIOOptions> make_options(const py::kwargs& fields) {
+  auto options = std::make_unique<BlockIOOptions>();
+  py::object self = py::cast(options.get(), py::return_value_policy::reference);
+  for (auto item : fields) {
+    std::string name = py::str(item.first);
+    if (name.empty() || name[0] == '_' || !py::hasattr(self, name.c_str())) {
+      invalid("BlockIOOptions has no field '" + name + "'");
+    }
+    try {
+      self.attr(name.c_str()) = item.second;
+    } catch (py::error_already_set& e) {
+      if (!e.matches(PyExc_TypeError)) throw;
+      invalid("BlockIOOptions." + name + " cannot be " + py::repr(item.second).cast<std::string>());
+    }
+  }
+  return options;
+}
+
+void set_fingerprint(BlockIOOptions& options, const py::bytes& value) {
+  std::string fingerprint = value;
+  if (fingerprint.size() != kFingerprintBytes) {
+    invalid("BlockIOOptions.fingerprint must be " + std::to_string(kFingerprintBytes) +
+            " bytes, got " + std::to_string(fingerprint.size()));
+  }
+  std::memcpy(options.layout.fingerprint, fingerprint.data(), kFingerprintBytes);
+}
+
+py::bytes get_fingerprint(const BlockIOOptions& options) {
+  return py::bytes(reinterpret_cast<const char*>(options.layout.fingerprint), kFingerprintBytes);
+}
+
+std::string options_repr(const BlockIOOptions& o) {
+  const BlockLayout& l = o.layout;
+  return "BlockIOOptions(num_layers=" + std::to_string(l.num_layers) +
+         ", bytes_per_token_layer=" + std::to_string(l.bytes_per_token_layer) +
+         ", block_tokens=" + std::to_string(l.block_tokens) +
+         ", key_bytes=" + std::to_string(l.key_bytes) +
+         ", fingerprint=" + to_hex(l.fingerprint, kFingerprintBytes) + ", dir='" + o.dir +
+         "', backend='" + o.backend + "', queue_depth=" + std::to_string(o.queue_depth) +
+         ", num_read_threads=" + std::to_string(o.num_read_threads) +
+         ", num_write_threads=" + std::to_string(o.num_write_threads) +
+         ", direct_io=" + (o.direct_io ? "True" : "False") +
+         ", fsync=" + (o.fsync ? "True" : "False") + ")";
+}
+
+// A field of the layout, read and written through the options as if it were their own.
+template <uint32_t BlockLayout::*field>
+void def_layout_field(py::class_<BlockIOOptions>& cls, const char* name) {
+  cls.def_property(
+      name, [](const BlockIOOptions& o) { return o.layout.*field; },
+      [](BlockIOOptions& o, uint32_t value) { o.layout.*field = value; });
+}
+
+void register_options(py::module_& m) {
+  py::class_<BlockIOOptions> cls(m, "BlockIOOptions",
+                                 "What a BlockIO is opened with besides its pool; built from a "
+                                 "StoreConfig by dualkv.store.config.block_io_options.");
+  cls.def(py::init(&make_options));
+  def_layout_field<&BlockLayout::num_layers>(cls, "num_layers");
+  def_layout_field<&BlockLayout::bytes_per_token_layer>(cls, "bytes_per_token_layer");
+  def_layout_field<&BlockLayout::block_tokens>(cls, "block_tokens");
+  def_layout_field<&BlockLayout::key_bytes>(cls, "key_bytes");
+  cls.def_property("fingerprint", &get_fingerprint, &set_fingerprint)
+      .def_readwrite("dir", &BlockIOOptions::dir)
+      .def_readwrite("backend", &BlockIOOptions::backend)
+      .def_readwrite("queue_depth", &BlockIOOptions::queue_depth)
+      .def_readwrite("num_read_threads", &BlockIOOptions::num_read_threads)
+      .def_readwrite("num_write_threads", &BlockIOOptions::num_write_threads)
+      .def_readwrite("direct_io", &BlockIOOptions::direct_io)
+      .def_readwrite("fsync", &BlockIOOptions::fsync)
+      .def("__repr__", &options_repr);
+}
+
+std::unique_ptr<BlockIO> make_block_io(const BlockIOOptions& options,
+                                       std::shared_ptr<HostPool> pool) {
   std::unique_ptr<BlockIO> io;
   Status s;
   {
     py::gil_scoped_release release;
-    s = BlockIO::create(layout, options, std::move(pool), &io);
+    s = BlockIO::create(options, std::move(pool), &io);
   }
   throw_if_error(s);
   return io;
@@ -234,13 +293,9 @@ py::dict probe_backends() {
 }  // namespace
 
 void register_storage(py::module_& m) {
+  register_options(m);
   py::class_<BlockIO>(m, "BlockIO")
-      .def(py::init(&make_block_io), py::arg("num_layers"), py::arg("bytes_per_token_layer"),
-           py::arg("block_tokens"), py::arg("key_bytes"), py::arg("fingerprint"),
-           py::arg("pool"), py::arg("dir"), py::arg("backend") = "auto",
-           py::arg("queue_depth") = 32, py::arg("num_read_threads") = 4,
-           py::arg("num_write_threads") = 2, py::arg("direct_io") = true,
-           py::arg("fsync") = false)
+      .def(py::init(&make_block_io), py::arg("options"), py::arg("pool"))
       .def("load", &load, py::arg("keys"), py::arg("slots"), py::arg("first"), py::arg("last"))
       .def("load_into", &load_into, py::arg("keys"), py::arg("dst_ptrs"), py::arg("first"),
            py::arg("last"))

@@ -2,8 +2,8 @@
 
 `PrefixIndex` is the C++ index (dualkv._C.PrefixIndex); every method is one native call per
 batch with the GIL released, under one mutex, so the store may call it from several threads.
-Keys are (n, key_bytes) uint8 arrays (`dualkv.keys.as_keys` converts lists of bytes or SGLang
-hex keys, and the methods call it for anything that is not such an array).
+Keys are (n, key_bytes) uint8 arrays (`dualkv.store.keys.as_keys` converts lists of bytes or
+SGLang hex keys, and the methods call it for anything that is not such an array).
 
     index = PrefixIndex(key_bytes=32, capacity_bytes=0)     # 0 = unbounded
     index.insert_chain(keys, parent_key=None, block_bytes=0) -> evicted keys (m, key_bytes)

@@ -77,7 +77,7 @@ Status BlockIO::write_block(const uint8_t* key, const std::vector<iovec>& pieces
   *is_skipped = access(path.c_str(), F_OK) == 0;
   if (*is_skipped) return Status::Ok();
   if (int err = make_parents(path)) return errno_status("creating folders for " + path, err);
-  std::string hex = to_hex(key, layout_.key_bytes);
+  std::string hex = to_hex(key, layout().key_bytes);
   std::string temp = path.substr(0, path.rfind('/') + 1) + "." + hex + "." + writer_id_ + "." +
                      std::to_string(next_temp_++) + ".tmp";
   int flags = O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC;
@@ -241,7 +241,7 @@ void store_gathered(const StoreBatch& sb, size_t i, const int64_t* ptrs) {
 
 Status BlockIO::store(const uint8_t* keys, size_t n, const int64_t* slots,
                       const uint8_t* parent, uint64_t* handle) {
-  Status s = check_batch(slots, n, 0, layout_.num_layers);
+  Status s = check_batch(slots, n, 0, layout().num_layers);
   if (!s.ok()) return s;
   auto batch = make_batch(n);
   auto sb = std::make_shared<StoreBatch>(this, batch.get(), keys, n, parent, options_.fsync);
@@ -255,14 +255,14 @@ Status BlockIO::store(const uint8_t* keys, size_t n, const int64_t* slots,
 
 Status BlockIO::store_from(const uint8_t* keys, size_t n, const int64_t* src_ptrs,
                            const uint8_t* parent, uint64_t* handle) {
-  const size_t width = layout_.num_layers;
+  const size_t width = layout().num_layers;
   for (size_t i = 0; i < n * width; ++i) {
     if (src_ptrs[i] == 0) return make_status(Code::kInvalidArgument, "null source address");
   }
   auto batch = make_batch(n);
   auto sb = std::make_shared<StoreBatch>(this, batch.get(), keys, n, parent, options_.fsync);
   auto sources = std::make_shared<std::vector<int64_t>>(src_ptrs, src_ptrs + n * width);
-  const bool in_place = can_write_in_place(layout_, src_ptrs, n * width);
+  const bool in_place = can_write_in_place(layout(), src_ptrs, n * width);
   *handle = add_batch(batch);
   for (size_t i = 0; i < n; ++i) {
     writers_->post([sb, i, width, sources, in_place] {
@@ -276,7 +276,7 @@ Status BlockIO::store_from(const uint8_t* keys, size_t n, const int64_t* src_ptr
 
 void BlockIO::remove_files(const uint8_t* keys, size_t n) {
   for (size_t i = 0; i < n; ++i) {
-    if (unlink(path_of(keys + i * layout_.key_bytes).c_str()) == 0) stats_.files_removed++;
+    if (unlink(path_of(keys + i * layout().key_bytes).c_str()) == 0) stats_.files_removed++;
   }
 }
 

@@ -3,7 +3,7 @@ import pytest
 
 from dualkv.errors import InvalidArgument, OutOfMemory
 from dualkv.layout import KVLayout
-from dualkv.pool import HostPool
+from dualkv.store.pool import HostPool
 
 LAYOUT = KVLayout(num_layers=3, bytes_per_token_layer=96, block_tokens=16)
 

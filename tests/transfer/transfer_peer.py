@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from dualkv.rendezvous import RendezvousServer, rendezvous
+from dualkv.transfer.rendezvous import RendezvousServer, rendezvous
 from dualkv.transfer import Agent, TransferConfig
 
 

@@ -14,10 +14,10 @@ import numpy as np
 
 from dualkv._native import C
 from dualkv.errors import InvalidArgument, StorageError
-from dualkv.pool import HostPool
-from dualkv.store_args import int64_array, layer_range, parent_key
-from dualkv.store_config import StoreConfig, open_namespace
-from dualkv.keys import as_keys, chain_keys
+from dualkv.store.args import int64_array, layer_range, parent_key
+from dualkv.store.config import StoreConfig, block_io_options, open_namespace
+from dualkv.store.keys import as_keys, chain_keys
+from dualkv.store.pool import HostPool
 
 __all__ = ["BlockStore", "Handle", "StoreConfig"]
 
@@ -43,11 +43,7 @@ class BlockStore:
         self.namespace = cfg.namespace_bytes.hex()
         self.directory = open_namespace(cfg)
         self.pool = HostPool(cfg.layout, cfg.pool_slots, cfg.huge_pages, cfg.cuda)
-        self.io = C.BlockIO(
-            cfg.layout.num_layers, cfg.layout.bytes_per_token_layer, cfg.layout.block_tokens,
-            cfg.key_bytes, cfg.namespace_bytes, self.pool.native, self.directory,
-            cfg.io_backend, cfg.queue_depth, min(cfg.queue_depth, 16), cfg.num_write_threads,
-            cfg.direct_io, cfg.fsync)
+        self.io = C.BlockIO(block_io_options(cfg), self.pool.native)
         self.index = C.PrefixIndex(cfg.key_bytes, cfg.capacity_bytes)
         self._lock = threading.Lock()
         self._is_closed = False

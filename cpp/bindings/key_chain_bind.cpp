@@ -1,5 +1,5 @@
 // Binding of the block-key chain: one call per prompt, GIL released while hashing. Registered
-// only when libcrypto was found; dualkv.keys falls back to hashlib otherwise.
+// only when libcrypto was found; dualkv.store.keys falls back to hashlib otherwise.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -12,7 +12,7 @@ namespace py = pybind11;
 namespace dualkv {
 
 #ifdef DUALKV_HAVE_CRYPTO
-// tokens: C-contiguous int32 (dualkv.keys validates and converts before calling).
+// tokens: C-contiguous int32 (dualkv.store.keys validates and converts before calling).
 static py::array_t<uint8_t> chain_keys_binding(const py::array& tokens, int64_t block_tokens,
                                                const py::object& prior) {
   if (tokens.ndim() != 1 || !py::isinstance<py::array_t<int32_t>>(tokens) ||

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from dualkv.errors import InvalidArgument
-from dualkv.index import PrefixIndex
+from dualkv.store.index import PrefixIndex
 
 
 def chain(n, seed=b"", prior=b""):
