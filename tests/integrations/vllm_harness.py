@@ -57,9 +57,10 @@ def write_model_config(directory: str) -> str:
 class Harness:
     def __init__(self, model_dir: str, root: str, num_blocks: int = 64, async_load=False,
                  layerwise=True, load_path="direct", max_batched_tokens: int = 256,
-                 failure_policy: str = "recompute"):
+                 failure_policy: str = "recompute", kv_role: str = "kv_both",
+                 extra: dict | None = None):
         extra = {"root": root, "async_load": async_load, "layerwise": layerwise,
-                 "load_path": load_path, "pool_slots": 64, "timeout_s": 20}
+                 "load_path": load_path, "pool_slots": 64, "timeout_s": 20, **(extra or {})}
         self.config = VllmConfig(
             model_config=ModelConfig(model=model_dir, dtype="bfloat16", seed=0,
                                      skip_tokenizer_init=True, max_model_len=2048),
@@ -69,7 +70,7 @@ class Harness:
             cache_config=CacheConfig(block_size=BLOCK, enable_prefix_caching=True),
             kv_transfer_config=KVTransferConfig(
                 kv_connector="DualKVConnector", kv_connector_module_path="dualkv.integrations.vllm",
-                kv_role="kv_both", kv_load_failure_policy=failure_policy,
+                kv_role=kv_role, kv_load_failure_policy=failure_policy,
                 kv_connector_extra_config=extra),
             device_config=DeviceConfig("cpu"))
         self.config.cache_config.num_gpu_blocks = num_blocks
@@ -86,9 +87,14 @@ class Harness:
         self.kv = {name: torch.zeros(num_blocks, HEADS, BLOCK, 2 * HEAD_DIM, dtype=torch.bfloat16)
                    for name in LAYERS}
         self.worker.register_kv_caches(self.kv)
+        handshake = self.worker.get_handshake_metadata()  # as vLLM's engine core passes it on
+        if handshake is not None:
+            self.scheduler.connector.set_xfer_handshake_metadata_pp_aware({(0, 0): handshake})
         self.requests: dict[str, Request] = {}
         self.computed_positions: dict[str, list[int]] = {}  # positions the "model" computed
         self.outputs: dict[str, list[int]] = {}
+        # req_id -> its last engine output (finish reason, kv_transfer_params), as the API returns
+        self.finished: dict[str, object] = {}
         self.context_ok: dict[str, bool] = {}  # this step, per request: its context was right
         self.num_wrong_computes = 0  # (request, step, layer)s computed over a wrong context
         init_none_hash(sha256)
@@ -97,8 +103,10 @@ class Harness:
     def connector(self):
         return self.scheduler.connector
 
-    def add(self, req_id: str, tokens: list[int], max_tokens: int = 4) -> Request:
-        params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
+    def add(self, req_id: str, tokens: list[int], max_tokens: int = 4,
+            kv_transfer_params: dict | None = None) -> Request:
+        extra = {"kv_transfer_params": dict(kv_transfer_params)} if kv_transfer_params else None
+        params = SamplingParams(max_tokens=max_tokens, temperature=0.0, extra_args=extra)
         params.update_from_generation_config({}, EOS)
         request = Request(request_id=req_id, prompt_token_ids=list(tokens), sampling_params=params,
                           pooling_params=None, block_hasher=get_request_block_hasher(BLOCK, sha256))
@@ -129,7 +137,11 @@ class Harness:
                 invalid_block_ids=self.worker.get_block_ids_with_load_errors(),
                 kv_connector_worker_meta=self.worker.build_connector_worker_meta())
             self.worker.clear_connector_metadata()
-        self.scheduler.update_from_output(out, self._runner_output(out, conn_out))
+        runner_output = self._runner_output(out, conn_out)
+        for outputs in self.scheduler.update_from_output(out, runner_output).values():
+            for output in outputs.outputs:
+                if output.finished:
+                    self.finished[output.request_id] = output
         return out
 
     def _scheduled(self, out):
@@ -231,6 +243,8 @@ def assert_nothing_left(h):
     sched = h.connector.scheduler_side
     assert not sched._tracked and not sched._matched and not sched._loads
     assert not side.poisoned_req_ids
+    assert side.page_server is None or not side.page_server.held
+    assert side.page_puller is None or not side.page_puller.pulls
 
 
 def assert_kv_correct(h, req_id, upto):

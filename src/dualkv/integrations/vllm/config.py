@@ -24,7 +24,12 @@ class ConnectorConfig:
     queue_depth: int = 32
     io_backend: str = "auto"     # "auto" | "io_uring" | "posix"
     direct_io: bool = True
-    timeout_s: float = 60.0      # deadline of every wait on the store
+    timeout_s: float = 60.0      # deadline of every wait on the store (and of a P/D pull)
+    # P/D roles (kv_producer / kv_consumer, docs/vllm-pd.md)
+    rendezvous_host: str = "127.0.0.1"  # where a producer's workers accept decode instances
+    rendezvous_port: int = 0     # first port (rank r listens on port + r); 0 = any free port
+    token: str = ""              # cluster token of the rendezvous; default $DUALKV_CLUSTER_TOKEN
+    pull_lease_s: float = 300.0  # a producer frees pages no decode instance pulled after this
 
     def __post_init__(self):
         if not isinstance(self.root, str) or not self.root:
@@ -33,6 +38,18 @@ class ConnectorConfig:
             raise InvalidArgument(f"load_path must be 'direct' or 'staged', got {self.load_path!r}")
         if self.pool_slots <= 0 or self.timeout_s <= 0:
             raise InvalidArgument("pool_slots and timeout_s must be positive")
+        if self.pull_lease_s <= self.timeout_s:
+            raise InvalidArgument("pull_lease_s must exceed timeout_s: a decode instance starts a "
+                                  "pull only when its deadline ends before the producer's lease")
+
+    def cluster_token(self) -> str:
+        from dualkv import env
+
+        token = self.token or env.get_str("CLUSTER_TOKEN", "")
+        if not token:
+            raise InvalidArgument("the P/D roles need a cluster token: kv_connector_extra_config "
+                                  "'token' or DUALKV_CLUSTER_TOKEN")
+        return token
 
     @classmethod
     def from_extra(cls, extra: dict | None) -> ConnectorConfig:

@@ -14,9 +14,12 @@ from typing import Any
 
 from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorBase_V1, KVConnectorRole
 
+from dualkv.errors import InvalidArgument
 from dualkv.integrations.vllm.config import ConnectorConfig, namespace_parts
 from dualkv.integrations.vllm.keys import layout_from_kv_cache_config
 from dualkv.integrations.vllm.metadata import DualKVMetadata
+from dualkv.integrations.vllm.pd_params import ProducerHandshake
+from dualkv.integrations.vllm.pd_scheduler import ConsumerPlan, ProducerPlan
 from dualkv.integrations.vllm.scheduler import SchedulerSide
 from dualkv.integrations.vllm.worker import WorkerSide
 
@@ -45,7 +48,11 @@ class DualKVConnector(KVConnectorBase_V1):
                         "its request; set \"recompute\" to have vLLM recompute it",
                         self._kv_transfer_config.kv_load_failure_policy)
         layout = layout_from_kv_cache_config(kv_cache_config)
+        self.kv_role = self._kv_transfer_config.kv_role
+        if self.kv_role in ("kv_producer", "kv_consumer"):
+            _check_pd_supported(vllm_config, self.config)
         self.scheduler_side = self.worker_side = None
+        self.producer = self.consumer = None  # P/D roles, scheduler side (pd_scheduler)
         if role == KVConnectorRole.SCHEDULER:
             hash_block_size = kv_cache_config.hash_block_size or layout.block_tokens
             model_id, rank = namespace_parts(vllm_config, kv_cache_config, self.config, rank=0)
@@ -53,8 +60,15 @@ class DualKVConnector(KVConnectorBase_V1):
             store = _open_store(self.config, model_id, rank, 1, 0)(layout)
             self.scheduler_side = SchedulerSide(store, layout.block_tokens,
                                                 layout.block_tokens // hash_block_size, self.config)
+            if self.kv_role == "kv_producer":
+                self.producer = ProducerPlan(self._kv_transfer_config.engine_id,
+                                             layout.block_tokens, model_id,
+                                             self.config.pull_lease_s)
+            elif self.kv_role == "kv_consumer":
+                self.consumer = ConsumerPlan(layout.block_tokens, model_id, self.config.timeout_s)
         else:
             model_id, rank = namespace_parts(vllm_config, kv_cache_config, self.config)
+            self.model_id = model_id
             self.worker_side = WorkerSide(_open_store(self.config, model_id, rank,
                                                       self.config.pool_slots,
                                                       self.config.capacity_bytes),
@@ -71,7 +85,20 @@ class DualKVConnector(KVConnectorBase_V1):
 
     # worker side ----------------------------------------------------------------------------
     def register_kv_caches(self, kv_caches):
-        self.worker_side.register_kv_caches(kv_caches)
+        side = self.worker_side
+        side.register_kv_caches(kv_caches)
+        rank = self._vllm_config.parallel_config.rank
+        if self.kv_role == "kv_producer":
+            from dualkv.integrations.vllm.pd_producer import PageServer
+            side.page_server = PageServer(self.config, side.kv, rank)
+        elif self.kv_role == "kv_consumer":
+            from dualkv.integrations.vllm.pd_consumer import PagePuller
+            side.page_puller = PagePuller(self.config, side.kv)
+
+    def get_handshake_metadata(self) -> ProducerHandshake | None:
+        """A producer worker's rendezvous address, for its scheduler side's kv_transfer_params."""
+        server = self.worker_side.page_server if self.worker_side else None
+        return ProducerHandshake(server.address, self.model_id) if server else None
 
     def handle_preemptions(self, kv_connector_metadata):
         self.worker_side.handle_preemptions(kv_connector_metadata)
@@ -111,18 +138,32 @@ class DualKVConnector(KVConnectorBase_V1):
             side.store.close()
 
     # scheduler side -------------------------------------------------------------------------
+    def set_xfer_handshake_metadata(self, metadata) -> None:
+        if self.producer is not None:
+            self.producer.set_handshake(metadata)
+
     def bind_kv_cache_manager(self, kv_cache_manager) -> None:
         super().bind_kv_cache_manager(kv_cache_manager)
         self.scheduler_side.kv_cache_manager = kv_cache_manager
 
     def get_num_new_matched_tokens(self, request, num_computed_tokens: int):
+        if self.consumer is not None:  # the producer computed the prompt; no store reads here
+            return self.consumer.get_num_new_matched_tokens(request, num_computed_tokens)
         return self.scheduler_side.get_num_new_matched_tokens(request, num_computed_tokens)
 
     def update_state_after_alloc(self, request, blocks, num_external_tokens: int):
+        if self.consumer is not None:
+            self.consumer.update_state_after_alloc(request, blocks, num_external_tokens)
+            return
         self.scheduler_side.update_state_after_alloc(request, blocks, num_external_tokens)
 
     def build_connector_meta(self, scheduler_output) -> DualKVMetadata:
-        return self.scheduler_side.build_connector_meta(scheduler_output)
+        meta = self.scheduler_side.build_connector_meta(scheduler_output)
+        if self.producer is not None:
+            meta.holds = self.producer.take_holds()
+        if self.consumer is not None:
+            meta.pulls = self.consumer.take_pulls()
+        return meta
 
     def update_connector_output(self, connector_output):
         meta = connector_output.kv_connector_worker_meta
@@ -130,4 +171,20 @@ class DualKVConnector(KVConnectorBase_V1):
             self.scheduler_side.learn(meta)
 
     def request_finished(self, request, block_ids):
-        return self.scheduler_side.request_finished(request), None
+        """True keeps the pages until get_finished reports the request: its saves are verified
+        and, on a producer, the decode instance pulled them."""
+        is_saving = self.scheduler_side.request_finished(request)
+        if self.producer is not None:
+            is_held, params = self.producer.request_finished(request, block_ids)
+            return is_saving or is_held, params
+        if self.consumer is not None:
+            self.consumer.request_finished(request)
+        return is_saving, None
+
+
+def _check_pd_supported(vllm_config, config: ConnectorConfig) -> None:
+    parallel = vllm_config.parallel_config
+    if parallel.tensor_parallel_size * parallel.pipeline_parallel_size != 1:
+        raise InvalidArgument("dualkv's P/D roles support one rank per instance for now "
+                              "(tensor and pipeline parallel size 1)")
+    config.cluster_token()  # fails now, not at the first request, without a token

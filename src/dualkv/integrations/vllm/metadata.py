@@ -35,6 +35,27 @@ class SaveSpec:
 
 
 @dataclass
+class HoldSpec:
+    """A finished producer request whose pages wait for a decode instance's pull."""
+    req_id: str
+    notice_id: int  # the agents' id of the request: the consumer's PULLED notice carries it
+
+
+@dataclass
+class PullSpec:
+    """Pages a consumer pulls from a producer: remote_block_ids[i] -> block_ids[i], every layer.
+    No blocks: nothing to pull, the producer is only told to free the request's pages."""
+    req_id: str
+    params: object         # pd_params.PullParams
+    block_ids: np.ndarray  # (n,) int64 local vLLM block ids
+    remote_block_ids: np.ndarray
+
+    @classmethod
+    def release(cls, req_id: str, params) -> PullSpec:
+        return cls(req_id, params, np.zeros(0, np.int64), np.zeros(0, np.int64))
+
+
+@dataclass
 class DualKVMetadata(KVConnectorMetadata):
     loads: list[LoadSpec] = field(default_factory=list)
     saves: list[SaveSpec] = field(default_factory=list)
@@ -42,6 +63,8 @@ class DualKVMetadata(KVConnectorMetadata):
     # Requests whose stored-block count the scheduler rolled back after a failed load or a
     # dropped save: the worker may save their blocks again from here on.
     rolled_back_req_ids: set[str] = field(default_factory=set)
+    holds: list[HoldSpec] = field(default_factory=list)  # P/D producer
+    pulls: list[PullSpec] = field(default_factory=list)  # P/D consumer
 
 
 @dataclass

@@ -51,6 +51,8 @@ class WorkerSide:
         self.load_failure_log = RateLimitedLog(log)  # a damaged disk: one line per 10 s
         self.poisoned_req_ids: set[str] = set()  # saves dropped until the scheduler rolls back
         self.news = DualKVWorkerMetadata()  # for the scheduler side, sent after the step
+        self.page_server = None  # P/D producer: pages held for decode instances (pd_producer)
+        self.page_puller = None  # P/D consumer: pulls prompts' KV from producers (pd_consumer)
         self.stats = {"blocks_loaded": 0, "blocks_saved": 0, "bytes_loaded": 0, "bytes_saved": 0,
                       "load_errors": 0, "save_errors": 0, "save_skipped": 0, "save_dropped": 0,
                       "load_s": 0.0, "save_s": 0.0, "save_copy_s": 0.0}
@@ -77,6 +79,10 @@ class WorkerSide:
         """The step's metadata, seen first by whichever hook vLLM calls first in the step."""
         self.meta = meta
         self.poisoned_req_ids -= meta.rolled_back_req_ids
+        if self.page_server is not None:
+            self.page_server.hold(meta.holds)
+        if self.page_puller is not None:
+            self.page_puller.start(meta.pulls)
 
     # loads ----------------------------------------------------------------------------------
     def start_load_kv(self, meta) -> None:
@@ -152,8 +158,16 @@ class WorkerSide:
         self.meta = None
 
     # completion -----------------------------------------------------------------------------
+    def _is_held(self, req_id: str) -> bool:
+        return self.page_server is not None and self.page_server.is_held(req_id)
+
     def get_finished(self, finished_req_ids: set[str]):
-        self.finished_req_ids |= set(finished_req_ids) & set(self.saving_req_ids)
+        """Sending: a finished request's saves are verified and, on a P/D producer, the decode
+        instance has pulled its pages. Receiving: its async loads or pulls ended."""
+        self.finished_req_ids |= {r for r in finished_req_ids
+                                  if r in self.saving_req_ids or self._is_held(r)}
+        if self.page_server is not None:
+            self.page_server.take_released()
         for batch in self.saves:
             if batch.is_staged():
                 batch.write()
@@ -162,9 +176,10 @@ class WorkerSide:
             batch.finish()
             for req_id in batch.req_ids:
                 self.saving_req_ids[req_id] -= 1
-        done_sending = {r for r in self.finished_req_ids if self.saving_req_ids[r] == 0}
+        done_sending = {r for r in self.finished_req_ids
+                        if not self.saving_req_ids.get(r) and not self._is_held(r)}
         for req_id in done_sending:
-            del self.saving_req_ids[req_id]
+            self.saving_req_ids.pop(req_id, None)
         self.finished_req_ids -= done_sending
         done_recving = set()
         for req_id, batch in list(self.async_loads.items()):
@@ -173,6 +188,10 @@ class WorkerSide:
                 batch.close()
                 del self.async_loads[req_id]
                 done_recving.add(req_id)
+        if self.page_puller is not None:
+            pulled, failed = self.page_puller.take_finished()
+            done_recving |= pulled
+            self.load_errors |= failed  # reported in this same pass, as vLLM requires
         return done_sending or None, done_recving or None
 
     def take_load_errors(self) -> set[int]:
@@ -187,6 +206,9 @@ class WorkerSide:
         return news
 
     def shutdown(self) -> None:
+        for side in (self.page_puller, self.page_server):
+            if side is not None:
+                side.close()
         for batch in self.saves:
             batch.write()
             batch.finish()

@@ -1,0 +1,283 @@
+"""P/D roles (Basic read): a prefill instance (kv_producer) computes the prompt and holds its
+pages; a decode instance (kv_consumer) pulls them over UCX and decodes. vLLM's real Scheduler
+on both sides (vllm_harness); the producer runs in this process or in its own (vllm_pd_peer).
+The stand-in model computes wrong KV and tokens over a wrong context, so KV pulled wrong shows
+up in the decode instance's pages and tokens. Runs in ~/.cache/dualkv/venvs/vllm."""
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytest.importorskip("vllm")
+
+from vllm.v1.request import FinishReason  # noqa: E402
+
+from dualkv.integrations.vllm.keys import block_keys  # noqa: E402
+from vllm_harness import (BLOCK, PROMPT, TURN2, Harness, assert_kv_correct,  # noqa: E402
+                          assert_nothing_left, first_turn, write_model_config)
+
+TOKEN = "pd-test-token"
+PD = {"token": TOKEN}
+NUM_DECODE = 4
+PEER_SCRIPT = os.path.join(os.path.dirname(__file__), "vllm_pd_peer.py")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return write_model_config(str(tmp_path_factory.mktemp("tiny-llama")))
+
+
+def reference(model_dir, root, prompt):
+    """Greedy tokens of one kv_both engine (empty store: everything computed)."""
+    h = Harness(model_dir, root)
+    h.add("ref", prompt, max_tokens=NUM_DECODE)
+    h.run()
+    tokens = list(h.requests["ref"].output_token_ids)
+    assert h.num_wrong_computes == 0
+    h.close()
+    return tokens
+
+
+def decode(model_dir, tmp_path, params, prompt, timeout_s=60.0, **kwargs):
+    """The decode instance: one request handed over with the producer's kv_transfer_params."""
+    d = Harness(model_dir, str(tmp_path / "decode-store"), kv_role="kv_consumer",
+                extra={**PD, **kwargs.pop("extra", {})}, **kwargs)
+    d.add("req", prompt, max_tokens=NUM_DECODE, kv_transfer_params=params)
+    return d
+
+
+def producer_params(p, req_id):
+    params = p.finished[req_id].kv_transfer_params
+    assert params["do_remote_prefill"] and not params["do_remote_decode"]
+    return params
+
+
+def test_decode_pulls_the_prefilled_kv_in_process(model_dir, tmp_path):
+    want = reference(model_dir, str(tmp_path / "ref"), PROMPT)
+    p = Harness(model_dir, str(tmp_path / "store"), kv_role="kv_producer", extra=PD)
+    p.add("req", PROMPT, max_tokens=1, kv_transfer_params={"do_remote_decode": True})
+    p.step_until(lambda: "req" in p.finished)
+    params = producer_params(p, "req")
+    assert params["remote_num_tokens"] == len(PROMPT)
+    assert len(params["remote_block_ids"]) == -(-len(PROMPT) // BLOCK)
+    p.step_until(lambda: p.worker.worker_side.stats["blocks_saved"] == 5)  # saves verified...
+    assert "req" in p.scheduler.requests  # ...and the pages still held: nobody pulled them
+    assert p.worker.worker_side.page_server.is_held("req")
+
+    d = decode(model_dir, tmp_path, params, PROMPT)
+    d.step_until(lambda: d.computed_positions["req"])  # the pull ended, D computes
+    assert d.computed_positions["req"] == [len(PROMPT) - 1]  # only the last token, to sample
+    assert_kv_correct(d, "req", len(PROMPT))  # every prompt position, every layer: pulled
+    d.run()
+    assert list(d.requests["req"].output_token_ids) == want
+    assert d.num_wrong_computes == 0
+    p.step_until(lambda: "req" not in p.scheduler.requests)  # freed once pulled
+    assert p.worker.worker_side.page_server.stats == {"requests_pulled": 1, "requests_expired": 0}
+    puller = d.worker.worker_side.page_puller
+    assert puller.stats["blocks_pulled"] == len(params["remote_block_ids"])
+    assert puller.stats["pull_errors"] == 0
+    # the store got the prompt's full blocks once, from the producer only
+    assert p.worker.worker_side.stats["blocks_saved"] == 5
+    assert d.worker.worker_side.stats["blocks_saved"] == 0
+    assert d.worker.worker_side.stats["blocks_loaded"] == 0
+    for h in (p, d):
+        assert_nothing_left(h)
+        h.close()
+
+
+def test_corrupt_stored_block_is_recomputed_on_the_producer(model_dir, tmp_path):
+    want = reference(model_dir, str(tmp_path / "ref"), TURN2)
+    root = str(tmp_path / "store")
+    os.makedirs(root)
+    assert first_turn(model_dir, root)["blocks_saved"] == 5
+    p = Harness(model_dir, root, kv_role="kv_producer", extra=PD)
+    request = p.add("req", TURN2, max_tokens=1, kv_transfer_params={"do_remote_decode": True})
+    key = bytes(block_keys(request.block_hashes, 2, 3)[0])
+    with open(p.worker.worker_side.store.io.path_of(key), "r+b") as f:
+        f.seek(p.worker.worker_side.layout.layer_offset(0) + 100)
+        f.write(b"\xff" * 64)
+    p.step_until(lambda: "req" in p.finished)
+    assert p.worker.worker_side.stats["load_errors"] == 1
+    assert set(range(2 * BLOCK, len(TURN2))) <= set(p.computed_positions["req"])  # recomputed
+    d = decode(model_dir, tmp_path, producer_params(p, "req"), TURN2)
+    d.step_until(lambda: d.computed_positions["req"])
+    assert d.computed_positions["req"] == [len(TURN2) - 1]
+    assert_kv_correct(d, "req", len(TURN2))  # the recomputed KV, not the corrupt block's
+    d.run()
+    assert list(d.requests["req"].output_token_ids) == want
+    p.step_until(lambda: not p.scheduler.has_requests())
+    for h in (p, d):
+        assert_nothing_left(h)
+        h.close()
+
+
+def test_unpulled_pages_are_freed_when_the_lease_ends(model_dir, tmp_path):
+    p = Harness(model_dir, str(tmp_path / "store"), kv_role="kv_producer",
+                extra={**PD, "timeout_s": 1, "pull_lease_s": 2})
+    p.add("req", PROMPT, max_tokens=1, kv_transfer_params={"do_remote_decode": True})
+    p.step_until(lambda: "req" in p.finished)
+    params = producer_params(p, "req")
+    p.step_until(lambda: not p.scheduler.has_requests(), timeout_s=30)
+    assert p.worker.worker_side.page_server.stats["requests_expired"] == 1
+    # a decode instance handed the expired params computes the prompt instead of pulling
+    want = reference(model_dir, str(tmp_path / "ref"), PROMPT)
+    d = decode(model_dir, tmp_path, params, PROMPT)
+    d.run()
+    assert d.computed_positions["req"][:len(PROMPT)] == list(range(len(PROMPT)))
+    assert list(d.requests["req"].output_token_ids) == want
+    for h in (p, d):
+        assert_nothing_left(h)
+        h.close()
+
+
+# the producer in its own process -------------------------------------------------------------
+class Producer:
+    def __init__(self, model_dir, root, extra=PD):
+        src = os.path.dirname(os.path.dirname(os.path.dirname(__file__))) + "/src"
+        env = dict(os.environ, PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        self.proc = subprocess.Popen(
+            [sys.executable, PEER_SCRIPT, "--model-dir", model_dir, "--root", root,
+             "--extra", json.dumps(extra)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            env=env, text=True)
+        self.events = []
+        self.wait_for("ready", timeout_s=120)
+
+    def send(self, **cmd):
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+
+    def read(self, timeout_s):
+        """Next event, or None when none came within timeout_s."""
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            if not select.select([self.proc.stdout], [], [], left)[0]:
+                return None
+            line = self.proc.stdout.readline()
+            assert line, "producer process exited"
+            if line.startswith("{"):  # vLLM and UCX may print other lines
+                event = json.loads(line)
+                self.events.append(event)
+                return event
+        return None
+
+    def wait_for(self, name, req_id=None, timeout_s=60.0):
+        deadline = time.monotonic() + timeout_s
+        for event in self.events:
+            if event["event"] == name and event.get("req_id") == req_id:
+                return event
+        while time.monotonic() < deadline:
+            event = self.read(deadline - time.monotonic())
+            if event and event["event"] == name and event.get("req_id") == req_id:
+                return event
+        raise AssertionError(f"no {name} event for {req_id} within {timeout_s} s")
+
+    def prefill(self, req_id, prompt):
+        self.send(op="add", req_id=req_id, tokens=prompt, params={"do_remote_decode": True})
+        return self.wait_for("finished", req_id)["kv_transfer_params"]
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def producer(model_dir, tmp_path):
+    proc = Producer(model_dir, str(tmp_path / "store"))
+    yield proc
+    proc.kill()
+
+
+def test_decode_pulls_from_a_producer_process(model_dir, tmp_path, producer):
+    want = reference(model_dir, str(tmp_path / "ref"), PROMPT)
+    params = producer.prefill("req", PROMPT)
+    d = decode(model_dir, tmp_path, params, PROMPT)
+    d.step_until(lambda: d.computed_positions["req"])
+    # the producer stepped all along, and freed nothing before the pull ended here
+    assert not any(e["event"] == "freed" for e in producer.events)
+    assert d.computed_positions["req"] == [len(PROMPT) - 1]
+    assert_kv_correct(d, "req", len(PROMPT))
+    d.run()
+    assert list(d.requests["req"].output_token_ids) == want
+    producer.wait_for("freed", "req", timeout_s=30)
+    producer.send(op="stats")
+    stats = producer.wait_for("stats")
+    assert stats["server"] == {"requests_pulled": 1, "requests_expired": 0}
+    assert stats["worker"]["blocks_saved"] == 5
+    assert d.worker.worker_side.stats["blocks_saved"] == 0
+    assert_nothing_left(d)
+    d.close()
+
+
+@pytest.mark.parametrize("policy", ["recompute", "fail"])
+def test_producer_killed_before_the_pull(model_dir, tmp_path, producer, policy):
+    want = reference(model_dir, str(tmp_path / "ref"), PROMPT)
+    params = producer.prefill("req", PROMPT)
+    producer.kill()
+    start = time.monotonic()
+    d = decode(model_dir, tmp_path, params, PROMPT, failure_policy=policy, extra={"timeout_s": 5})
+    d.run(timeout_s=30)
+    assert time.monotonic() - start < 20  # the pull's deadline (5 s), not a hang
+    assert d.worker.worker_side.page_puller.stats["pull_errors"] == 1
+    if policy == "recompute":  # computed here from the first token, the right tokens
+        assert d.computed_positions["req"][:len(PROMPT)] == list(range(len(PROMPT)))
+        assert list(d.requests["req"].output_token_ids) == want
+    else:
+        assert d.finished["req"].finish_reason == FinishReason.ERROR
+        assert not d.computed_positions["req"]
+    assert d.num_wrong_computes == 0
+    assert_nothing_left(d)
+    d.close()
+
+
+def test_producer_killed_with_the_endpoint_open(model_dir, tmp_path, producer):
+    """The decode worker joined the producer for a first request; the producer dies before the
+    second is pulled: the open endpoint fails it (keepalive), well within the deadline."""
+    second = [t + 1 for t in PROMPT]
+    want = reference(model_dir, str(tmp_path / "ref"), second)
+    first_params = producer.prefill("a", PROMPT)
+    second_params = producer.prefill("b", second)
+    d = decode(model_dir, tmp_path, first_params, PROMPT, extra={"timeout_s": 20})
+    d.run()
+    producer.kill()
+    start = time.monotonic()
+    d.add("b", second, max_tokens=NUM_DECODE, kv_transfer_params=second_params)
+    d.run(timeout_s=60)
+    assert time.monotonic() - start < 15  # failed by the dead endpoint, not the 20 s deadline
+    assert d.worker.worker_side.page_puller.stats["pull_errors"] == 1
+    assert d.computed_positions["b"][:len(second)] == list(range(len(second)))
+    assert list(d.requests["b"].output_token_ids) == want
+    assert d.num_wrong_computes == 0
+    assert_nothing_left(d)
+    d.close()
+
+
+def test_producer_stalled_mid_pull_fails_it_at_the_deadline(model_dir, tmp_path, producer):
+    """A producer that stops answering (SIGSTOP) after the decode worker joined it: the reads
+    cannot complete, the pull fails at its deadline and the prompt is recomputed here; a
+    decode worker that did not wait for its reads would decode over empty pages."""
+    second = [t + 1 for t in PROMPT]
+    want = reference(model_dir, str(tmp_path / "ref"), second)
+    first_params = producer.prefill("a", PROMPT)
+    second_params = producer.prefill("b", second)
+    d = decode(model_dir, tmp_path, first_params, PROMPT, extra={"timeout_s": 3})
+    d.run()
+    producer.proc.send_signal(signal.SIGSTOP)
+    try:
+        start = time.monotonic()
+        d.add("b", second, max_tokens=NUM_DECODE, kv_transfer_params=second_params)
+        d.run(timeout_s=60)
+        assert time.monotonic() - start < 15  # the pull's 3 s deadline, then the recompute
+    finally:
+        producer.proc.send_signal(signal.SIGCONT)
+    assert d.worker.worker_side.page_puller.stats["pull_errors"] == 1
+    assert d.computed_positions["b"][:len(second)] == list(range(len(second)))
+    assert list(d.requests["b"].output_token_ids) == want
+    assert d.num_wrong_computes == 0
+    assert_nothing_left(d)
+    d.close()
