@@ -18,7 +18,7 @@ import numpy as np
 
 from dualkv.errors import InvalidArgument, TimedOut
 from dualkv.integrations.vllm.pd_params import PULLED
-from dualkv.rendezvous import rendezvous
+from dualkv.transfer.rendezvous import rendezvous
 from dualkv.transfer import Agent, TransferConfig
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ import logging
 import time
 
 from dualkv.integrations.vllm.pd_params import PULLED
-from dualkv.rendezvous import RendezvousServer
+from dualkv.transfer.rendezvous import RendezvousServer
 from dualkv.transfer import Agent, TransferConfig
 
 log = logging.getLogger(__name__)
