@@ -45,6 +45,16 @@ void register_traffic(py::module_& m) {
         throw_if_error(st);
       }, py::arg("num_bytes"), py::arg("timeout"))
       .def("debit", &TokenBucket::debit, py::arg("num_bytes"))
+      .def("reserve_until", [](TokenBucket& self, int64_t num_bytes) {
+        if (num_bytes < 0) throw_if_error(make_status(Code::kInvalidArgument,
+                                                      "reserve of a negative byte count"));
+        return double(self.reserve_until(num_bytes)) / 1e9;
+      }, py::arg("num_bytes"),
+         "Queues num_bytes behind earlier traffic; returns when the last byte has gone "
+         "(seconds of time.monotonic()), without waiting.")
+      .def_property_readonly("backlog_s", [](const TokenBucket& self) {
+        return double(self.backlog_ns()) / 1e9;
+      }, "Seconds of traffic queued and not yet through the NIC.")
       .def_property_readonly("bytes_per_s", &TokenBucket::bytes_per_s)
       .def_property_readonly("burst_bytes", &TokenBucket::burst_bytes)
       .def_property_readonly("path", &TokenBucket::path);

@@ -98,6 +98,22 @@ Status TokenBucket::acquire(int64_t bytes, int64_t deadline_ns) {
   return Status::Ok();
 }
 
+int64_t TokenBucket::reserve_until(int64_t bytes) {
+  double rate = bytes_per_s();
+  int64_t now = now_ns();
+  if (rate <= 0 || bytes <= 0) return now;
+  int64_t cost = cost_ns(bytes, rate);
+  int64_t tat = state_->tat_ns.load();
+  while (!state_->tat_ns.compare_exchange_weak(tat, std::max(tat, now) + cost)) {
+  }
+  return std::max(tat, now) + cost;
+}
+
+int64_t TokenBucket::backlog_ns() const {
+  if (bytes_per_s() <= 0) return 0;
+  return std::max<int64_t>(0, state_->tat_ns.load() - now_ns());
+}
+
 void TokenBucket::debit(int64_t bytes) {
   double rate = bytes_per_s();
   if (rate <= 0 || bytes <= 0) return;

@@ -31,8 +31,14 @@ class TokenBucket {
   // Reserves `bytes` and returns the time at which they may go, without sleeping; a caller
   // that must stay responsive (the traffic manager) waits for that time itself.
   int64_t reserve(int64_t bytes);
+  // Reserves `bytes` queued behind everything reserved before and returns when their last byte
+  // has gone through the NIC (CLOCK_MONOTONIC ns), without sleeping: an emulated storage read
+  // whose data is read for real at once but counts as arrived only then.
+  int64_t reserve_until(int64_t bytes);
   // Charges bytes that went without waiting (model traffic shares the NIC with KV traffic).
   void debit(int64_t bytes);
+  // Nanoseconds of traffic queued and not yet through the NIC (0 when idle or uncapped).
+  int64_t backlog_ns() const;
 
   double bytes_per_s() const;
   int64_t burst_bytes() const;

@@ -86,3 +86,25 @@ def test_killed_decode_process_is_replaced_and_its_requests_rerun(block_root):
                 prompts[i] = prompt + result.generated + [int(t) for t in rng.integers(0, 256, 5)]
         assert cluster.num_restarts == 1
         assert cluster.procs["de1"].poll() is None
+
+
+def test_kv_between_nodes_pays_the_compute_nic(block_root):
+    """Each node's TrafficManager carries its KV to other nodes: with the compute NIC capped,
+    a turn's first token comes no sooner than its prompt KV could cross the PE's compute NIC
+    (PE -> DE on every read path), and with it uncapped the same turn is much faster."""
+    from dualkv.cluster.engine_proc import NIC_BURST_BYTES
+    from dualkv.cluster.local import LocalCluster
+
+    rng = np.random.default_rng(5)
+    prompt = [int(t) for t in rng.integers(0, CFG.vocab_size, 600)]
+    kv_bytes = len(prompt) * CFG.layout(BT).bytes_per_token_layer * CFG.num_layers  # 307 KB
+    cnic_mbps = 0.2  # about 1.5 s for it
+    ttft = {}
+    for cap in (cnic_mbps, 0.0):
+        with LocalCluster(CFG, block_root, num_de=1, seed=3, block_tokens=BT,
+                          batch_invariant=False, cnic_mbps=cap) as cluster:
+            ttft[cap] = cluster.run_turn(prompt, 2).ttft_s
+    # a burst goes through free, and the last chunk (one burst) is granted when it starts
+    floor = (kv_bytes - 2 * NIC_BURST_BYTES) / (cnic_mbps * 1e6)
+    assert ttft[cnic_mbps] >= floor > 0.8, ttft
+    assert ttft[0.0] < ttft[cnic_mbps] / 2, ttft

@@ -15,8 +15,10 @@ transfer = pytest.importorskip("dualkv.transfer")
 BT = 16
 
 
-@pytest.fixture
-def agents(memory_store):
+@pytest.fixture(params=["agent", "traffic"])
+def agents(memory_store, request, tmp_path):
+    """Two agents joined; KV moves through the agents themselves, or (as in the cluster)
+    through each node's TrafficManager: kv class, chunked, paced by a capped compute NIC."""
     try:
         pe, de = transfer.Agent(transfer.TransferConfig(name="pe")), transfer.Agent(transfer.TransferConfig(name="de"))
     except Exception as exc:  # a build without UCX
@@ -30,7 +32,19 @@ def agents(memory_store):
                    recv_region=pe.register(recv))
     de_peer = pe.connect(de.local_info())
     pe_peer = de.connect(pe.local_info())
-    yield dict(pe=pe, de=de, de_peer=de_peer, pe_peer=pe_peer, staging=staging, recv=recv, **regions)
+    movers = dict(pe_mover=pe, de_mover=de)
+    if request.param == "traffic":
+        from dualkv.transfer.traffic import TrafficConfig, TrafficManager
+
+        movers = {f"{role}_mover": TrafficManager(
+            TrafficConfig(node=f"{role}{id(pe)}", cnic_gbps=0.05, chunk_bytes=4096,
+                          shm_dir=str(tmp_path)), kv_agent=agent)
+            for role, agent in (("pe", pe), ("de", de))}
+    yield dict(pe=pe, de=de, de_peer=de_peer, pe_peer=pe_peer, staging=staging, recv=recv,
+               **regions, **movers)
+    if request.param == "traffic":
+        for mover in movers.values():
+            mover.close()
     pe.close()
     de.close()
 
@@ -48,13 +62,13 @@ def remote_turn(model, store, a, prompt, read_side, num_gen, rid):
         loaded = SlotSource.load(store, keys[:hit], de_buffer.slots[:hit])
         hit = loaded.prepare(time.monotonic() + 10) // BT
         if hit:
-            stream = stream_hit_layers(a["de"], de_buffer, a["pool_de"], hit, a["pe_peer"],
+            stream = stream_hit_layers(a["de_mover"], de_buffer, a["pool_de"], hit, a["pe_peer"],
                                        a["recv_region"], rid)
         source = RemoteLayerSource(a["pe"], a["recv"], hit, store.layout, rid, a["de_peer"])
     else:
         source = SlotSource.load(store, keys[:hit])
     target = RemoteBuffer.of(de_buffer, a["de_peer"], a["pool_de"])
-    sink = RemoteBufferSink(a["pe"], a["staging"], a["staging_region"], target, codec, rid)
+    sink = RemoteBufferSink(a["pe_mover"], a["staging"], a["staging_region"], target, codec, rid)
     first = prefill_batch(model, [PrefillItem(prompt, source, sink, read_side)], codec)[0]
     cached = source.prepare(0) // BT
     source.close()

@@ -75,6 +75,21 @@ def test_token_bucket_deadline_takes_nothing(node):
     assert time.perf_counter() - start < 0.3
 
 
+def test_reserve_until_queues_reads_and_reports_the_backlog(node):
+    """An emulated storage read: bytes queue behind earlier ones and arrive when the NIC would
+    have delivered them; nothing sleeps; the backlog is what is still queued."""
+    bucket = open_bucket(node["node"], "snic", 0.001, burst_bytes=0, shm_dir=node["shm_dir"])
+    start = time.monotonic()
+    first, second = bucket.reserve_until(500_000), bucket.reserve_until(250_000)
+    assert time.monotonic() - start < 0.1  # no wait
+    assert 0.5 <= first - start < 0.6 and 0.75 <= second - start < 0.85  # 1 MB/s, in order
+    assert 0.65 < bucket.backlog_s <= 0.75 + (time.monotonic() - start)
+    with pytest.raises(errors.InvalidArgument):
+        bucket.reserve_until(-1)
+    free = open_bucket(node["node"], "cnic", 0.0, shm_dir=node["shm_dir"])  # uncapped
+    assert free.reserve_until(1 << 30) - time.monotonic() < 0.1 and free.backlog_s == 0
+
+
 BUCKET_WORKER = """
 import sys, time
 from dualkv.transfer.traffic import open_bucket

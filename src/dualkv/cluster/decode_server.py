@@ -26,7 +26,7 @@ from dualkv.errors import OutOfMemory
 
 class DecodeServer:
     def __init__(self, server):
-        self.server = server  # the EngineServer: store, agent, codec, snic, timeout_s
+        self.server = server  # the EngineServer: store, agent, traffic manager, codec, timeout_s
         self.decoder = Decoder(server.model, server.codec, server.timeout_s)
         self.opened = {}    # rid -> (BlockBuffer, hit stream or None, max blocks written back)
         self.running = {}   # rid -> (StoreWriteBack, max blocks written back, admitted_at)
@@ -67,9 +67,9 @@ class DecodeServer:
         if msg["read_side"] == "de" and len(keys):
             source = SlotSource.load(s.store, keys, buffer.slots[:len(keys)])
             num_hit = source.prepare(time.monotonic() + s.timeout_s) // bt
-            ready_at = s.snic.reserve(len(keys) * s.store.layout.full_block_bytes)
+            ready_at = s.read_through_snic(len(keys))
             if num_hit:
-                stream = stream_hit_layers(s.agent, buffer, s.pool_region, num_hit,
+                stream = stream_hit_layers(s.tm, buffer, s.pool_region, num_hit,
                                            msg["pe_peer"], msg["pe_recv_region"], msg["rid"],
                                            msg.get("pe_recv_offset", 0))
         self.opened[msg["rid"]] = (buffer, stream, wb_end)
@@ -126,6 +126,10 @@ class DecodeServer:
         for rid, generated in done.items():
             wb, _, admitted_at = self.running.pop(rid)
             wb.finish(self.server.timeout_s)
+            # write-backs go out through the node's storage NIC too (never waited for here:
+            # they are off the turn's critical path, but later reads queue behind them)
+            self.server.tm.snic.debit((wb.next_block - wb.first_block)
+                                      * self.server.store.layout.full_block_bytes)
             second_at = self.second_at.pop(rid, now if len(generated) >= 2 else None)
             self.finished.append({"rid": rid, "generated": generated,
                                   "num_written_blocks": wb.next_block, "admitted_at": admitted_at,

@@ -18,7 +18,7 @@ import numpy as np
 import zmq
 
 from dualkv.cluster.decode_server import DecodeServer
-from dualkv.cluster.nic import ArrivesAt, SnicQueue
+from dualkv.cluster.arrival import ArrivesAt
 from dualkv.cluster.protocol import pack, serve, unpack
 from dualkv.engine import (EngineConfig, LayerBlockCodec, Model, ModelConfig, PrefillItem,
                            SlotSource, prefill_basic_batch, prefill_batch)
@@ -26,6 +26,12 @@ from dualkv.engine.remote import RemoteBuffer, RemoteBufferSink, RemoteLayerSour
 from dualkv.errors import PeerDisconnected
 from dualkv.store import BlockStore, StoreConfig
 from dualkv.transfer import Agent, TransferConfig
+from dualkv.transfer.traffic import TrafficConfig, TrafficManager
+
+
+# The emulated NICs run at MB/s here (a 2-core machine stands in for a cluster): a 1 MiB burst
+# would let a whole layer through free. 64 KiB keeps the pacing smooth at these rates.
+NIC_BURST_BYTES = 64 * 1024
 
 
 class EngineServer:
@@ -49,7 +55,13 @@ class EngineServer:
                              * layout.layer_block_bytes, np.uint8)
         self.staging_region = self.agent.register(self.staging)
         self.recv_region = self.agent.register(self.recv)
-        self.snic = SnicQueue(args.snic_mbps * 1e6)
+        # every bulk move of this node goes through its traffic manager: storage reads pay the
+        # storage NIC's bucket, KV to other nodes the compute NIC's (kv class, chunked)
+        self.tm = TrafficManager(TrafficConfig(
+            node=args.node, snic_gbps=args.snic_mbps / 1e3, cnic_gbps=args.cnic_mbps / 1e3,
+            chunk_bytes=NIC_BURST_BYTES, burst_bytes=NIC_BURST_BYTES, shm_dir=args.shm_dir),
+            kv_agent=self.agent)
+        self.snic_bytes = 0  # read through the storage NIC
         self.timeout_s = engine.timeout_s
         self.decode = DecodeServer(self) if args.role == "de" else None
         self.engine_id, self.reports, self.max_rid = args.engine_id, None, 0
@@ -95,7 +107,7 @@ class EngineServer:
                 part = self._staging_part(start, len(req["prompt"]), total)
                 start += len(req["prompt"])
                 offset = part.ctypes.data - self.staging.ctypes.data
-                sink = RemoteBufferSink(self.agent, part, self.staging_region, target, self.codec,
+                sink = RemoteBufferSink(self.tm, part, self.staging_region, target, self.codec,
                                         req["rid"], region_offset=offset)
                 items.append(PrefillItem(req["prompt"], sources[-1], sink, req["read_side"]))
             if msg.get("mode") == "basic":
@@ -119,8 +131,16 @@ class EngineServer:
                                        self.store.layout, req["rid"], req["de_peer"])
             return ArrivesAt(source, req["ready_at"], check)
         keys = np.frombuffer(req["hit_keys"], np.uint8).reshape(-1, 32)
-        ready_at = self.snic.reserve(len(keys) * self.store.layout.full_block_bytes)
+        ready_at = self.read_through_snic(len(keys))
         return ArrivesAt(SlotSource.load(self.store, keys), ready_at, check)
+
+    def read_through_snic(self, num_blocks: int) -> float:
+        """Charges a storage read of num_blocks Full Blocks to this node's storage NIC: the
+        bytes are read for real at once, and count as arrived when the NIC would have
+        delivered them (the returned monotonic time), queued behind the node's earlier reads."""
+        num_bytes = num_blocks * self.store.layout.full_block_bytes
+        self.snic_bytes += num_bytes
+        return self.tm.snic.reserve_until(num_bytes)
 
     def _check_peers(self, peers) -> None:
         """Raises PeerDisconnected naming the first DE of a batch whose process died (the
@@ -132,7 +152,7 @@ class EngineServer:
                 raise PeerDisconnected(f"DE peer {peer} of this prefill batch: {exc}") from None
 
     def op_stats(self, msg):
-        return {"snic_bytes": self.snic.num_bytes}
+        return {"snic_bytes": self.snic_bytes}
 
     def _staging_part(self, first_token: int, num_tokens: int, total: int) -> np.ndarray:
         """A request's share of the staging ring, in proportion to its prompt."""
@@ -147,7 +167,7 @@ class EngineServer:
         if self.reports is None:
             return
         per_token = self.store.layout.full_block_bytes / self.codec.block_tokens
-        report = {"engine": self.engine_id, "read_q": int(self.snic.backlog_bytes() / per_token),
+        report = {"engine": self.engine_id, "read_q": int(self.tm.snic.backlog_s * self.tm.snic.bytes_per_s / per_token),
                   "seq": 0, "tok": 0, "max_rid": self.max_rid}
         if self.decode is not None:
             report.update(max_rid=self.decode.max_rid, seq=len(self.decode.opened) + len(self.decode.running),
@@ -178,6 +198,7 @@ class EngineServer:
                     self.report()
         if self.reports is not None:
             self.reports.close(0)
+        self.tm.close()
         self.agent.close()
         self.store.close()
 
@@ -198,6 +219,10 @@ def main(argv=None):
                    help="the scheduler process's report endpoint (PUSH of load reports)")
     p.add_argument("--snic-mbps", type=float, default=0.0,
                    help="emulated storage NIC of this node, MB/s (0: unlimited)")
+    p.add_argument("--cnic-mbps", type=float, default=0.0,
+                   help="emulated compute NIC of this node (KV to other nodes), MB/s (0: unlimited)")
+    p.add_argument("--node", default="node0", help="this node's name (its NIC buckets)")
+    p.add_argument("--shm-dir", default="/dev/shm", help="where this node's NIC buckets live")
     args = p.parse_args(argv)
     EngineServer(args).serve(args.endpoint)
     return 0

@@ -8,9 +8,13 @@ opens each placed turn's DE buffer (on the de read path the DE reads the hit and
 the PE), prefills placed turns in batches on the PE, admits them into the DEs' running decode
 batches, and collects finished turns.
 
-The driver owns the prefix view (which chain keys are stored): engine processes each open
-their own `BlockStore` on the shared directory, and a store's index sees only the blocks its
-own process wrote, so DEs report what they wrote back and the driver matches against that.
+Matching is the store's: the driver opens its own `BlockStore` on the shared directory and
+matches with `probe_disk=True`, so blocks the DEs wrote back (published files) join its index
+at the first match that reaches them; a load still verifies every block.
+
+Each engine process is a node with its own TrafficManager: storage reads pay its storage-NIC
+bucket (`snic_mbps`), KV sent to another node (DE -> PE hit layers, PE -> DE prompt KV) its
+compute-NIC bucket (`cnic_mbps`), write-backs are charged to its storage NIC.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ from dualkv.cluster.procs import ClusterProcs
 from dualkv.cluster.runner import Runner
 from dualkv.engine.config import ModelConfig
 from dualkv.errors import InvalidArgument
-from dualkv.store.keys import chain_keys
+from dualkv.store import BlockStore, StoreConfig
 
 __all__ = ["ClusterTurn", "LocalCluster", "Session"]
 
@@ -33,14 +37,15 @@ class LocalCluster:
     def __init__(self, cfg: ModelConfig, root: str, num_de: int = 1, policy: str = "dualpath",
                  seed: int = 0, block_tokens: int = 64, batch_invariant: bool = True,
                  timeout_s: float = 120.0, snic_mbps: float = 0.0, device: str = "cpu",
-                 de_pool_slots: int = 256, max_tokens: int = 8192, num_pe: int = 1):
+                 de_pool_slots: int = 256, max_tokens: int = 8192, num_pe: int = 1,
+                 cnic_mbps: float = 0.0):
         if num_de < 1 or num_pe < 1:
             raise InvalidArgument(f"a cluster needs a PE and a DE, got {num_pe} and {num_de}")
         self.cfg, self.block_tokens, self.timeout_s = cfg, block_tokens, timeout_s
         self.layout = cfg.layout(block_tokens)
         self.mode = "basic" if policy == "basic" else "dualpath"
         self.de_pool_slots, self.max_tokens = de_pool_slots, max_tokens
-        self.stored: set[bytes] = set()
+        self.store = BlockStore(StoreConfig(root, self.layout, pool_slots=1, cuda="off"))
         self.num_buffer_waits = 0  # turns a full DE buffer refused (they waited, then ran)
         self.peak_waiting_turns = 0  # most turns the scheduler held back after a placement pass
         self.on_poll = None        # on_poll(role, reply): a hook that sees every DE poll
@@ -49,7 +54,8 @@ class LocalCluster:
         self._rid = 0
         spec = json.dumps({"config": asdict(cfg), "seed": seed, "batch_invariant": batch_invariant})
         argv = ["--root", root, "--model", spec, "--block-tokens", str(block_tokens),
-                "--snic-mbps", str(snic_mbps), "--timeout-s", str(timeout_s),
+                "--snic-mbps", str(snic_mbps), "--cnic-mbps", str(cnic_mbps),
+                "--timeout-s", str(timeout_s),
                 "--device", device, "--max-tokens", str(max_tokens)]
         self.procs = ClusterProcs(num_de, policy, argv, timeout_s,
                                   de_argv=["--pool-slots", str(de_pool_slots)], num_pe=num_pe)
@@ -84,7 +90,9 @@ class LocalCluster:
         return self._rid
 
     def match(self, keys: np.ndarray) -> int:
-        return next((i for i, k in enumerate(keys) if k.tobytes() not in self.stored), len(keys))
+        """Stored prefix of the chain, in blocks (the store's match, seeing other processes'
+        published blocks)."""
+        return self.store.match(keys, touch=False, probe_disk=True)
 
     def check_fits(self, num_prompt: int, max_new_tokens: int) -> None:
         """A turn that could never be admitted is an error now, not a wait without end (the
@@ -127,12 +135,6 @@ class LocalCluster:
                     prior_key=job.keys[cached - 1].tobytes() if cached else b"",
                     pe_peer=self.procs.pe_peer[job.pe_role, job.role])
 
-    def remember(self, prompt: np.ndarray, out: dict) -> None:
-        """The chain keys of the Full Blocks a DE wrote back for a finished turn."""
-        seq = np.concatenate([prompt, np.asarray(out["generated"], np.int32)])
-        written = chain_keys(seq, self.block_tokens)[:out["num_written_blocks"]]
-        self.stored.update(k.tobytes() for k in written)
-
     # -- figures and lifetime -------------------------------------------------------------
     def snic_bytes(self) -> dict:
         """Bytes each node's emulated storage NIC has read, by role."""
@@ -141,6 +143,7 @@ class LocalCluster:
 
     def close(self) -> None:
         self.procs.close()
+        self.store.close()
 
     def __enter__(self):
         return self

@@ -67,6 +67,7 @@ class ClusterProcs:
         endpoint = f"ipc://{self._dir}/{role}-{self.num_restarts}.sock"
         argv = [sys.executable, "-m", "dualkv.cluster.engine_proc", "--role", role[:2],
                 "--endpoint", endpoint, "--engine-id", str(self.engine_id(role)),
+                "--node", role, "--shm-dir", self._dir,  # this node's NIC buckets
                 "--sched-reports", self.reports_endpoint] + self.engine_argv
         proc = self.procs[role] = subprocess.Popen(
             argv + (self.de_argv if role in self.de_roles else []), env=_child_env())

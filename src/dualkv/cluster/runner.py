@@ -142,8 +142,17 @@ class Runner:
                 continue
             for job, reply in zip(jobs, replies):
                 job.first = dict(reply, first_at=reply.get("done_at") or time.monotonic())
+                self._forget_failed(job)
             self._admit(jobs)
         return done
+
+    def _forget_failed(self, job: Job) -> None:
+        """Hit blocks that did not load (missing, corrupt: the engine's store deleted them)
+        leave the driver's index, so no later turn is offered them; they are written back
+        again by the turn that recomputes them."""
+        hit, cached = job.hit_tokens // self.c.block_tokens, job.first["num_cached_blocks"]
+        if cached < hit:
+            self.c.store.index.remove(job.keys[cached:hit])
 
     def _take_batches(self, pes) -> dict:
         """Per PE, placed turns in order while their tokens fit its staging and receive areas."""
@@ -244,7 +253,6 @@ class Runner:
 
     def _finish(self, job: Job, out: dict) -> None:
         del self.by_rid[job.rid]
-        self.c.remember(job.prompt, out)
         self.results[job.session].append(job.turn(out, self.start))
         nxt = self.sessions[job.session].next_turn
         follow = nxt(job.prompt.tolist(), out["generated"]) if nxt is not None else None

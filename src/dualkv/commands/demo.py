@@ -16,6 +16,10 @@ def add_arguments(parser):
     parser.add_argument("--gen", type=int, default=4, help="tokens generated per turn (>= 2)")
     parser.add_argument("--snic-mbps", type=float, default=0.2,
                         help="emulated storage NIC per node, MB/s (the scarce resource)")
+    parser.add_argument("--cnic-mbps", type=float, default=None,
+                        help="emulated compute NIC per node (KV between nodes), MB/s; default "
+                             "8x --snic-mbps: the paper's per-GPU CNIC against a storage NIC "
+                             "that g = 8 GPUs share (s = 1)")
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--block-tokens", type=int, default=64)
@@ -77,6 +81,8 @@ def _check(args):
                               "--block-tokens")
     if not args.snic_mbps > 0:
         raise InvalidArgument(f"--snic-mbps must be > 0, got {args.snic_mbps}")
+    if args.cnic_mbps is not None and not args.cnic_mbps > 0:
+        raise InvalidArgument(f"--cnic-mbps must be > 0, got {args.cnic_mbps}")
     if args.rate < 0 or args.trace_requests < 1 or args.max_prompt < 2:
         raise InvalidArgument("need --rate >= 0, --trace-requests >= 1 and --max-prompt >= 2")
     if args.workload == "mooncake":  # a bad trace file stops the demo before any node starts

@@ -5,9 +5,10 @@ Workload: the cluster bench's shape — `agents` conversations, a first round th
 agent's `context` tokens (no hit, untimed), then `rounds` timed rounds that each read the whole
 context back, append `append` tokens and generate `gen`. Rounds run as synchronous batches.
 
-Oracle here = the DualPath engines and scheduler with the storage-NIC emulation switched off
-(snic_mbps = 0): the hit blocks are still read from the block files (outputs stay correct) but
-no emulated NIC time is charged, so its throughput is the compute-only bound of this machine.
+Oracle here = the DualPath engines and scheduler with both NIC emulations switched off
+(snic_mbps = cnic_mbps = 0): the hit blocks are still read from the block files and moved
+between processes (outputs stay correct) but no emulated NIC time is charged, so its
+throughput is the compute-only bound of this machine.
 """
 from __future__ import annotations
 
@@ -19,6 +20,16 @@ import numpy as np
 from dualkv.engine import ModelConfig
 
 POLICIES = ("basic", "dualpath", "oracle")
+CNIC_PER_SNIC = 8  # one CNIC per GPU, one SNIC per node of g = 8 GPUs (paper.md, s = 1)
+
+
+def nic_rates(args, policy: str) -> tuple[float, float]:
+    """(storage NIC, compute NIC) MB/s of every node under `policy`: both uncapped for Oracle;
+    the compute NIC defaults to CNIC_PER_SNIC x the storage NIC."""
+    if policy == "oracle":
+        return 0.0, 0.0
+    cnic = getattr(args, "cnic_mbps", None)
+    return args.snic_mbps, CNIC_PER_SNIC * args.snic_mbps if cnic is None else cnic
 
 
 def demo_model(args) -> ModelConfig:
@@ -32,11 +43,11 @@ def run_policy(args, policy: str, cfg: ModelConfig, progress=None) -> tuple[dict
 
     rng = np.random.default_rng(args.seed)  # the same conversations for every policy
     prompts = [rng.integers(0, cfg.vocab_size, args.context).tolist() for _ in range(args.agents)]
-    snic_mbps = 0.0 if policy == "oracle" else args.snic_mbps
+    snic_mbps, cnic_mbps = nic_rates(args, policy)
     timed = []
     with tempfile.TemporaryDirectory(dir=args.root) as root, \
             LocalCluster(cfg, root, num_de=args.num_de, policy=policy,
-                         block_tokens=args.block_tokens, snic_mbps=snic_mbps,
+                         block_tokens=args.block_tokens, snic_mbps=snic_mbps, cnic_mbps=cnic_mbps,
                          batch_invariant=False) as cluster:
         before, start = None, None
         for round_ in range(args.rounds + 1):
@@ -51,15 +62,15 @@ def run_policy(args, policy: str, cfg: ModelConfig, progress=None) -> tuple[dict
                        for p, r in zip(prompts, results)]
         jct = time.perf_counter() - start
         after = cluster.snic_bytes()
-    return _row(args, policy, snic_mbps, jct, before, after, timed), timed
+    return _row(args, policy, (snic_mbps, cnic_mbps), jct, before, after, timed), timed
 
 
-def _row(args, policy, snic_mbps, jct, before, after, timed) -> dict:
+def _row(args, policy, nics, jct, before, after, timed) -> dict:
     read = [after[role] - before[role] for role in after]
     ttft = [t.ttft_s for _, t in timed]
     tpot = [t.decode_s / max(1, len(t.generated) - 1) for _, t in timed]
     return dict(policy=policy, num_pe=1, num_de=args.num_de, agents=args.agents,
-                rounds=args.rounds, context=args.context, snic_mbps=snic_mbps,
+                rounds=args.rounds, context=args.context, snic_mbps=nics[0], cnic_mbps=nics[1],
                 turns=len(timed), turns_done=sum(len(t.generated) == args.gen for _, t in timed),
                 jct_s=jct, turns_per_s=len(timed) / jct,
                 snic_mb=[round(b / 1e6, 3) for b in read],

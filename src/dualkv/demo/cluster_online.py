@@ -25,6 +25,7 @@ import time
 import numpy as np
 
 from dualkv.cluster.local import Session
+from dualkv.demo.cluster_demo import nic_rates
 from dualkv.errors import InvalidArgument
 
 
@@ -89,10 +90,10 @@ def run_online(args, policy: str, cfg, progress=None) -> tuple[dict, list]:
 
     maker = mooncake_sessions if args.workload == "mooncake" else agentic_sessions
     sessions = maker(args, cfg.vocab_size)
-    snic_mbps = 0.0 if policy == "oracle" else args.snic_mbps
+    snic_mbps, cnic_mbps = nic_rates(args, policy)
     with tempfile.TemporaryDirectory(dir=args.root) as root, \
             LocalCluster(cfg, root, num_de=args.num_de, policy=policy,
-                         block_tokens=args.block_tokens, snic_mbps=snic_mbps,
+                         block_tokens=args.block_tokens, snic_mbps=snic_mbps, cnic_mbps=cnic_mbps,
                          batch_invariant=False, max_tokens=max(8192, args.max_prompt)) as cluster:
         if progress is not None:
             cluster.on_poll = lambda role, reply: progress(len(reply["results"]))

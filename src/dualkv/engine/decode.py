@@ -31,6 +31,7 @@ class StoreWriteBack:
             raise InvalidArgument("writing from block > 0 needs the key of the block before")
         self.store, self.codec = store, codec
         self.next_block, self.prior_key = first_block, prior_key
+        self.first_block = first_block  # blocks before it were stored already
         self._pending = []  # (handle, slots) of stores in flight
 
     def __call__(self, block_index: int, token_ids: np.ndarray, kv: torch.Tensor) -> None:

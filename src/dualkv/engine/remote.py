@@ -1,4 +1,5 @@
-"""`KVSource` / `KVSink` between processes over the transfer engine (`dualkv.transfer.Agent`).
+"""`KVSource` / `KVSink` between processes over the transfer engine: the node's
+`TrafficManager` (kv class, paced by its compute NIC) in the cluster, or a bare `Agent`.
 
 Both engines register their node buffer (a pool) once with their `kv`-class agent and swap
 `local_info()` at rendezvous. Every move is a one-sided put of Layer Blocks followed by a
@@ -9,7 +10,7 @@ Both engines register their node buffer (a pool) once with their `kv`-class agen
   starting or ending mid-block writes only its tokens). The DE's `wait_landed` turns the
   notices into `BlockBuffer.mark_layer_done`, after which `Decoder.admit` proceeds.
 - DE buffer → PE (de read path): the DE, after its storage read, posts `stream_hit_layers`:
-  one prepared put per layer of every hit Layer Block into the PE's receive region, and the PE's
+  one put per layer of every hit Layer Block into the PE's receive region, and the PE's
   `RemoteLayerSource.wait_layer(l)` waits for notice l and returns views of that region.
 
 Request ids are the scheduler's; a request's prefill must not be chunked across remote puts
@@ -48,13 +49,14 @@ def _left(deadline: float) -> float:
 
 
 class RemoteBufferSink:
-    """KVSink putting each layer's KV into a remote DE buffer, from a registered staging ring."""
+    """KVSink putting each layer's KV into a remote DE buffer, from a registered staging ring,
+    through `mover` (the node's TrafficManager, or an Agent)."""
 
-    def __init__(self, agent, staging: np.ndarray, staging_region, target: RemoteBuffer,
+    def __init__(self, mover, staging: np.ndarray, staging_region, target: RemoteBuffer,
                  codec: LayerBlockCodec, request_id: int, depth: int = 2, region_offset: int = 0):
         """`staging` is a uint8 array registered in `staging_region` at `region_offset`, split
         into `depth` equal parts; each holds one layer's KV while its put is in flight."""
-        self.agent, self.staging = agent, staging
+        self.mover, self.staging = mover, staging
         self.region = getattr(staging_region, "id", staging_region)
         self.target, self.codec, self.request_id = target, codec, request_id
         self.region_offset = region_offset
@@ -77,7 +79,7 @@ class RemoteBufferSink:
         byte_tensor(self.staging[base:base + nbytes]).copy_(kv.contiguous().view(-1).view(torch.uint8))
         local, remote, lengths = self._descriptors(layer, first_token, kv.shape[0],
                                                    self.region_offset + base)
-        self._in_flight[part] = self.agent.put(self.target.peer, self.region, self.target.region,
+        self._in_flight[part] = self.mover.put(self.target.peer, self.region, self.target.region,
                                                local, remote, lengths,
                                                request_id=self.request_id, layer=layer)
 
@@ -96,9 +98,9 @@ class RemoteBufferSink:
         handle, self._in_flight[part] = self._in_flight[part], None
         if handle is not None:
             try:
-                self.agent.wait(handle, _left(deadline))
+                self.mover.wait(handle, _left(deadline))
             finally:
-                self.agent.release(handle)
+                self.mover.release(handle)
 
     def finish(self, deadline: float) -> None:
         for part in range(len(self._in_flight)):
@@ -113,29 +115,51 @@ def wait_landed(agent, buffer: BlockBuffer, request_id: int, deadline: float, pe
     agent.clear_notices(request_id)
 
 
-def stream_hit_layers(agent, buffer: BlockBuffer, local_region, num_blocks: int, peer: int,
+def stream_hit_layers(mover, buffer: BlockBuffer, local_region, num_blocks: int, peer: int,
                       remote_region, request_id: int, remote_offset: int = 0):
     """DE side of the de read path: puts Layer Block l of the first num_blocks blocks of the
     buffer into the PE's receive region at remote_offset ([layer][block][layer_block_bytes]),
-    layer by layer, each followed by notice (request_id, l). Every layer's descriptors are
-    layer 0's shifted by one stride on each side, so they are validated once
-    (`Agent.prepare_put`) and each layer is one native post. Returns the PreparedTransfer:
-    `wait(timeout)` once the PE has them (raises the first failure)."""
+    layer by layer, each followed by notice (request_id, l). `mover` is the node's
+    TrafficManager (kv class: chunked, paced by its compute NIC) or a bare Agent; one native
+    put per layer. Returns the stream: `wait(timeout)` once the PE has every layer (raises the
+    first failure)."""
     layout, base = buffer.layout, buffer.pool.base_ptr
     lbb = layout.layer_block_bytes
     slots = np.fromiter((int(buffer.pool.ptr(int(s))) - base for s in buffer.slots[:num_blocks]),
                         np.int64, num_blocks)
-    prepared = agent.prepare_put(peer, getattr(local_region, "id", local_region),
-                                 getattr(remote_region, "id", remote_region),
-                                 slots + layout.layer_offset(0),
-                                 remote_offset + np.arange(num_blocks, dtype=np.int64) * lbb,
-                                 np.full(num_blocks, lbb, np.int64), request_id=request_id,
-                                 num_layers=layout.num_layers,
-                                 local_layer_stride=layout.layer_stride,
-                                 remote_layer_stride=num_blocks * lbb)
+    local_region = getattr(local_region, "id", local_region)
+    remote_region = getattr(remote_region, "id", remote_region)
+    remote = remote_offset + np.arange(num_blocks, dtype=np.int64) * lbb
+    lengths = np.full(num_blocks, lbb, np.int64)
+    stream = LayerStream(mover)
     for layer in range(layout.num_layers):
-        prepared.post(layer)
-    return prepared
+        stream.handles.append(mover.put(peer, local_region, remote_region,
+                                        slots + layout.layer_offset(layer),
+                                        remote + layer * num_blocks * lbb, lengths,
+                                        request_id=request_id, layer=layer))
+    return stream
+
+
+class LayerStream:
+    """The puts of one streamed hit: waited for and released together."""
+
+    def __init__(self, mover):
+        self.mover, self.handles = mover, []
+
+    @property
+    def num_pending(self) -> int:
+        """Puts not yet waited for."""
+        return len(self.handles)
+
+    def wait(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        try:
+            for handle in self.handles:
+                self.mover.wait(handle, _left(deadline))
+        finally:
+            for handle in self.handles:
+                self.mover.release(handle)
+            self.handles = []
 
 
 class RemoteLayerSource:

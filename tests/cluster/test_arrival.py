@@ -1,11 +1,12 @@
-"""The emulated storage NIC: reads queue FIFO at the set rate; a hit is not served before its
-bytes would have arrived; unlimited means now."""
+"""A hit is not served before its bytes would have arrived through the emulated storage NIC
+(the queueing itself is the token bucket's, tests/transfer/test_traffic.py), and a wait ends
+as soon as a peer it depends on dies."""
 import time
 
 import pytest
 
-from dualkv.cluster.nic import ArrivesAt, SnicQueue
-from dualkv.errors import InvalidArgument, TimedOut
+from dualkv.cluster.arrival import ArrivesAt
+from dualkv.errors import TimedOut
 
 
 class ReadySource:
@@ -20,21 +21,6 @@ class ReadySource:
         pass
 
 
-def test_reads_queue_fifo_at_the_rate():
-    nic = SnicQueue(1e6)
-    start = time.monotonic()
-    first, second = nic.reserve(100_000), nic.reserve(300_000)
-    assert first - start == pytest.approx(0.1, abs=0.05)
-    assert second - first == pytest.approx(0.3, abs=1e-6)
-    assert nic.num_bytes == 400_000
-
-
-def test_unlimited_is_immediate_and_bad_rate_raises():
-    assert SnicQueue(0).reserve(10**9) <= time.monotonic()
-    with pytest.raises(InvalidArgument):
-        SnicQueue(-1)
-
-
 def test_source_waits_for_its_bytes_and_respects_the_deadline():
     inner = ReadySource()
     ready_at = time.monotonic() + 0.2
@@ -42,7 +28,6 @@ def test_source_waits_for_its_bytes_and_respects_the_deadline():
     assert inner.prepared_at >= ready_at
     with pytest.raises(TimedOut):
         ArrivesAt(ReadySource(), time.monotonic() + 10).prepare(time.monotonic() + 0.1)
-
 
 
 def test_wait_for_a_read_fails_as_soon_as_its_check_does():
