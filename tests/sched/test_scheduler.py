@@ -100,3 +100,14 @@ def test_report_de_load_is_a_fetch_with_no_work(policy):
         states.append((dict(sched.read_q), loads, r.de, r.read_side, got.woken_groups))
     assert states[0] == states[1]
     assert states[0][0][3] == 700  # the report's read queue was recorded
+
+
+def test_read_node_is_the_pe_node_on_the_pe_side_and_the_de_node_on_the_de_side():
+    from dualkv.sched import Request
+
+    r = Request(1, 100, 64, 8)
+    r.pe_node, r.de_node = 3, 7
+    r.read_side = "pe"
+    assert r.read_node == 3
+    r.read_side = "de"
+    assert r.read_node == 7

@@ -89,7 +89,7 @@ class SchedulerServer:
                     self.unseen[engine][r.rid] = (r.prompt_tokens, r.hbm_tokens)
                 for r in result.placed:
                     if r.hit_tokens and not self.sched.policy.is_io_free:
-                        node = r.pe_node if r.read_side == "pe" else r.de_node
+                        node = r.read_node
                         self.unseen_reads[node][r.rid] = r.hit_tokens
                 placed += result.placed
         return {"placed": [[r.rid, r.pe, r.de, r.read_side] for r in placed],

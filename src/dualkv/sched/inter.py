@@ -160,7 +160,7 @@ class Scheduler:
             return
         request.read_side = self.choose_read_side(request)
         if not self._io_free:
-            node = request.pe_node if request.read_side == "pe" else request.de_node
+            node = request.read_node
             self.read_q[node] += request.hit_tokens
         result.placed.append(request)
 

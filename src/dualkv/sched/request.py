@@ -40,6 +40,12 @@ class Request:
         return self.prompt_tokens + self.gen_tokens
 
     @property
+    def read_node(self) -> int:
+        """The node whose storage NIC reads this request's hit: the PE's on the pe read side,
+        the DE's on the de side (the one place this rule is written)."""
+        return self.pe_node if self.read_side == "pe" else self.de_node
+
+    @property
     def is_placed(self) -> bool:
         return self.pe >= 0 and self.de >= 0 and self.read_side is not None
 

@@ -242,7 +242,7 @@ class Simulator:
         if self.io_free:
             self.make_ready(r)
             return
-        node = r.pe_node if r.read_side == "pe" else r.de_node
+        node = r.read_node
         self.c.read_q[node] += r.hit_tokens
         self.c.snic_pending[node].append(r)
         self.start_reads(node)
@@ -272,7 +272,7 @@ class Simulator:
             self.push(end, READ_DONE, r)
 
     def on_read_done(self, r: Request) -> None:
-        node = r.pe_node if r.read_side == "pe" else r.de_node
+        node = r.read_node
         self.c.snic_busy[node] = False
         self.c.read_q[node] -= r.hit_tokens
         self.dirty_read_q.add(node)
