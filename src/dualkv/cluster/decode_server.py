@@ -126,9 +126,9 @@ class DecodeServer:
         for rid, generated in done.items():
             wb, _, admitted_at = self.running.pop(rid)
             wb.finish(self.server.timeout_s)
-            # write-backs go out through the node's storage NIC too (never waited for here:
-            # they are off the turn's critical path, but later reads queue behind them)
-            self.server.tm.snic.debit((wb.next_block - wb.first_block)
+            # write-backs go out through the node's storage NIC too, in its transmit direction
+            # (never waited for: they are off the turn's critical path)
+            self.server.snic_tx.debit((wb.next_block - wb.first_block)
                                       * self.server.store.layout.full_block_bytes)
             second_at = self.second_at.pop(rid, now if len(generated) >= 2 else None)
             self.finished.append({"rid": rid, "generated": generated,
