@@ -15,6 +15,7 @@ import sys
 import time
 
 import numpy as np
+import torch
 import zmq
 
 from dualkv.cluster.decode_server import DecodeServer
@@ -36,6 +37,8 @@ NIC_BURST_BYTES = 64 * 1024
 
 class EngineServer:
     def __init__(self, args):
+        if args.torch_threads:
+            torch.set_num_threads(args.torch_threads)
         spec = json.loads(args.model)
         self.cfg = ModelConfig(**spec["config"])
         engine = EngineConfig(args.device, args.block_tokens, args.timeout_s)
@@ -225,6 +228,8 @@ def main(argv=None):
                    help="emulated storage NIC of this node, MB/s (0: unlimited)")
     p.add_argument("--cnic-mbps", type=float, default=0.0,
                    help="emulated compute NIC of this node (KV to other nodes), MB/s (0: unlimited)")
+    p.add_argument("--torch-threads", type=int, default=0,
+                   help="torch CPU threads of this engine (0: torch's default)")
     p.add_argument("--node", default="node0", help="this node's name (its NIC buckets)")
     p.add_argument("--shm-dir", default="/dev/shm", help="where this node's NIC buckets live")
     args = p.parse_args(argv)

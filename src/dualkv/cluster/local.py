@@ -19,6 +19,7 @@ compute-NIC bucket (`cnic_mbps`), write-backs are charged to its storage NIC.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict
 
 import numpy as np
@@ -32,6 +33,12 @@ from dualkv.sched import get_policy
 from dualkv.store import BlockStore, StoreConfig
 
 __all__ = ["ClusterTurn", "LocalCluster", "Session"]
+
+
+def engine_threads(num_engines: int) -> int:
+    """torch CPU threads per engine process: the machine's cores shared by its engines, so
+    that emulated nodes do not oversubscribe the cores they stand on."""
+    return max(1, (os.cpu_count() or 1) // num_engines)
 
 
 class LocalCluster:
@@ -58,6 +65,7 @@ class LocalCluster:
         argv = ["--root", root, "--model", spec, "--block-tokens", str(block_tokens),
                 "--snic-mbps", str(snic_mbps), "--cnic-mbps", str(cnic_mbps),
                 "--timeout-s", str(timeout_s),
+                "--torch-threads", str(engine_threads(num_pe + num_de)),
                 "--device", device, "--max-tokens", str(max_tokens)]
         self.procs = ClusterProcs(num_de, policy, argv, timeout_s,
                                   de_argv=["--pool-slots", str(de_pool_slots)], num_pe=num_pe)

@@ -6,7 +6,7 @@ FLOP/s and a DE's decode step time (TPOT). Both come from an Oracle run (no I/O 
 the same cluster on *other* conversations (the demo's seed + CALIBRATION_SEED), together with
 the turn shapes (prompt, hit, generated tokens) that run had. The result is cached as JSON
 under ~/.cache/dualkv/calibration, keyed by everything that changes it (model, workload
-shape, cluster size, torch threads, CPU count), and reused until one of them changes or
+shape, cluster size, engine threads, CPU count), and reused until one of them changes or
 `--recalibrate` asks for a fresh one. The demo says which file its prediction came from.
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ def cache_dir() -> str:
 
 def calibration_key(args, cfg) -> dict:
     """Everything the two constants and the turn shapes depend on."""
-    import torch
+    from dualkv.cluster.local import engine_threads
 
     return {"format": FORMAT, "model": {k: getattr(cfg, k) for k in (
                 "vocab_size", "hidden", "num_layers", "num_heads", "num_kv_heads", "head_dim",
@@ -38,7 +38,7 @@ def calibration_key(args, cfg) -> dict:
             "agents": args.agents, "rounds": args.rounds, "context": args.context,
             "append": args.append, "gen": args.gen, "num_de": args.num_de,
             "block_tokens": args.block_tokens, "seed": args.seed + CALIBRATION_SEED,
-            "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count()}
+            "engine_threads": engine_threads(1 + args.num_de), "cpus": os.cpu_count()}
 
 
 def cache_path(key: dict) -> str:
