@@ -13,10 +13,10 @@ def demo_args(*argv):
 
 
 def test_default_ttft_bound_is_two_idle_reads_of_a_context():
-    args = demo_args()
-    # the demo's defaults: 16 blocks of 36 KiB (incl. the header page) at 0.2 MB/s, twice
+    small = ("--hidden", "64", "--layers", "2")  # Full Blocks of 36 KiB (incl. the header page)
+    args = demo_args(*small, "--snic-mbps", "0.2", "--context", "1024")
     assert default_ttft_slo_s(args, demo_model(args)) == pytest.approx(2 * 16 * 36864 / 0.2e6)
-    slower = demo_args("--snic-mbps", "0.1", "--context", "512")
+    slower = demo_args(*small, "--snic-mbps", "0.1", "--context", "512")
     assert default_ttft_slo_s(slower, demo_model(slower)) == pytest.approx(2 * 8 * 36864 / 0.1e6)
     assert args.ttft_slo_s is None and args.tpot_slo_ms == 300.0
 
