@@ -3,12 +3,8 @@ pages; a decode instance (kv_consumer) pulls them over UCX and decodes. vLLM's r
 on both sides (vllm_harness); the producer runs in this process or in its own (vllm_pd_peer).
 The stand-in model computes wrong KV and tokens over a wrong context, so KV pulled wrong shows
 up in the decode instance's pages and tokens. Runs in ~/.cache/dualkv/venvs/vllm."""
-import json
 import os
-import select
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -20,11 +16,11 @@ from vllm.v1.request import FinishReason  # noqa: E402
 from dualkv.integrations.vllm.keys import block_keys  # noqa: E402
 from vllm_harness import (BLOCK, PROMPT, TURN2, Harness, assert_kv_correct,  # noqa: E402
                           assert_nothing_left, first_turn, write_model_config)
+from vllm_pd_peer import PeerProcess  # noqa: E402
 
 TOKEN = "pd-test-token"
 PD = {"token": TOKEN}
 NUM_DECODE = 4
-PEER_SCRIPT = os.path.join(os.path.dirname(__file__), "vllm_pd_peer.py")
 
 
 @pytest.fixture(scope="module")
@@ -136,59 +132,9 @@ def test_unpulled_pages_are_freed_when_the_lease_ends(model_dir, tmp_path):
 
 
 # the producer in its own process -------------------------------------------------------------
-class Producer:
-    def __init__(self, model_dir, root, extra=PD):
-        src = os.path.dirname(os.path.dirname(os.path.dirname(__file__))) + "/src"
-        env = dict(os.environ, PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        self.proc = subprocess.Popen(
-            [sys.executable, PEER_SCRIPT, "--model-dir", model_dir, "--root", root,
-             "--extra", json.dumps(extra)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            env=env, text=True)
-        self.events = []
-        self.wait_for("ready", timeout_s=120)
-
-    def send(self, **cmd):
-        self.proc.stdin.write(json.dumps(cmd) + "\n")
-        self.proc.stdin.flush()
-
-    def read(self, timeout_s):
-        """Next event, or None when none came within timeout_s."""
-        deadline = time.monotonic() + timeout_s
-        while (left := deadline - time.monotonic()) > 0:
-            if not select.select([self.proc.stdout], [], [], left)[0]:
-                return None
-            line = self.proc.stdout.readline()
-            assert line, "producer process exited"
-            if line.startswith("{"):  # vLLM and UCX may print other lines
-                event = json.loads(line)
-                self.events.append(event)
-                return event
-        return None
-
-    def wait_for(self, name, req_id=None, timeout_s=60.0):
-        deadline = time.monotonic() + timeout_s
-        for event in self.events:
-            if event["event"] == name and event.get("req_id") == req_id:
-                return event
-        while time.monotonic() < deadline:
-            event = self.read(deadline - time.monotonic())
-            if event and event["event"] == name and event.get("req_id") == req_id:
-                return event
-        raise AssertionError(f"no {name} event for {req_id} within {timeout_s} s")
-
-    def prefill(self, req_id, prompt):
-        self.send(op="add", req_id=req_id, tokens=prompt, params={"do_remote_decode": True})
-        return self.wait_for("finished", req_id)["kv_transfer_params"]
-
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-
 @pytest.fixture
 def producer(model_dir, tmp_path):
-    proc = Producer(model_dir, str(tmp_path / "store"))
+    proc = PeerProcess(model_dir, str(tmp_path / "store"), PD)
     yield proc
     proc.kill()
 

@@ -238,7 +238,7 @@ def assert_nothing_left(h):
     assert all(b.ref_cnt == 0 for b in pool.blocks)
     side = h.worker.worker_side
     assert not side.saves and not side.saving_req_ids and not side.async_loads
-    assert side.sync_load is None and side.step_save is None
+    assert side.sync_load is None and side.sync_fetch is None and side.step_save is None
     assert side.store.pool.num_free == side.store.pool.num_slots
     sched = h.connector.scheduler_side
     assert not sched._tracked and not sched._matched and not sched._loads

@@ -18,8 +18,9 @@ from dualkv.errors import InvalidArgument
 from dualkv.integrations.vllm.config import ConnectorConfig, namespace_parts
 from dualkv.integrations.vllm.keys import layout_from_kv_cache_config
 from dualkv.integrations.vllm.metadata import DualKVMetadata
-from dualkv.integrations.vllm.pd_params import ProducerHandshake
-from dualkv.integrations.vllm.pd_scheduler import ConsumerPlan, ProducerPlan
+from dualkv.integrations.vllm.pd_params import (ProducerHandshake, wants_dualpath_read,
+                                                wants_remote_prefill)
+from dualkv.integrations.vllm.pd_scheduler import HoldPlan, PullPlan
 from dualkv.integrations.vllm.scheduler import SchedulerSide
 from dualkv.integrations.vllm.worker import WorkerSide
 
@@ -52,20 +53,23 @@ class DualKVConnector(KVConnectorBase_V1):
         if self.kv_role in ("kv_producer", "kv_consumer"):
             _check_pd_supported(vllm_config, self.config)
         self.scheduler_side = self.worker_side = None
-        self.producer = self.consumer = None  # P/D roles, scheduler side (pd_scheduler)
+        self.holds = self.pulls = None  # P/D roles, scheduler side (pd_scheduler)
         if role == KVConnectorRole.SCHEDULER:
             hash_block_size = kv_cache_config.hash_block_size or layout.block_tokens
+            hash_stride = layout.block_tokens // hash_block_size
             model_id, rank = namespace_parts(vllm_config, kv_cache_config, self.config, rank=0)
             # no pool use and no capacity: only the workers' stores evict (and delete files)
             store = _open_store(self.config, model_id, rank, 1, 0)(layout)
-            self.scheduler_side = SchedulerSide(store, layout.block_tokens,
-                                                layout.block_tokens // hash_block_size, self.config)
-            if self.kv_role == "kv_producer":
-                self.producer = ProducerPlan(self._kv_transfer_config.engine_id,
-                                             layout.block_tokens, model_id,
-                                             self.config.pull_lease_s)
-            elif self.kv_role == "kv_consumer":
-                self.consumer = ConsumerPlan(layout.block_tokens, model_id, self.config.timeout_s)
+            self.scheduler_side = SchedulerSide(store, layout.block_tokens, hash_stride,
+                                                self.config)
+            if self.kv_role in ("kv_producer", "kv_consumer"):
+                self.holds = HoldPlan(self._kv_transfer_config.engine_id, layout.block_tokens,
+                                      hash_stride, model_id, self.config.pull_lease_s)
+                # consumer: Basic pulls and DualPath's new tokens, async; producer: DualPath's
+                # hit, sync and layerwise
+                self.pulls = PullPlan(layout.block_tokens, hash_stride, model_id,
+                                      self.config.timeout_s,
+                                      is_async=self.kv_role == "kv_consumer")
         else:
             model_id, rank = namespace_parts(vllm_config, kv_cache_config, self.config)
             self.model_id = model_id
@@ -88,15 +92,14 @@ class DualKVConnector(KVConnectorBase_V1):
         side = self.worker_side
         side.register_kv_caches(kv_caches)
         rank = self._vllm_config.parallel_config.rank
-        if self.kv_role == "kv_producer":
+        if self.kv_role in ("kv_producer", "kv_consumer"):  # each serves pages and pulls them
+            from dualkv.integrations.vllm.pd_consumer import PagePuller
             from dualkv.integrations.vllm.pd_producer import PageServer
             side.page_server = PageServer(self.config, side.kv, rank)
-        elif self.kv_role == "kv_consumer":
-            from dualkv.integrations.vllm.pd_consumer import PagePuller
             side.page_puller = PagePuller(self.config, side.kv)
 
     def get_handshake_metadata(self) -> ProducerHandshake | None:
-        """A producer worker's rendezvous address, for its scheduler side's kv_transfer_params."""
+        """The worker's rendezvous address, for its scheduler side's kv_transfer_params."""
         server = self.worker_side.page_server if self.worker_side else None
         return ProducerHandshake(server.address, self.model_id) if server else None
 
@@ -139,30 +142,43 @@ class DualKVConnector(KVConnectorBase_V1):
 
     # scheduler side -------------------------------------------------------------------------
     def set_xfer_handshake_metadata(self, metadata) -> None:
-        if self.producer is not None:
-            self.producer.set_handshake(metadata)
+        if self.holds is not None:
+            self.holds.set_handshake(metadata)
 
     def bind_kv_cache_manager(self, kv_cache_manager) -> None:
         super().bind_kv_cache_manager(kv_cache_manager)
         self.scheduler_side.kv_cache_manager = kv_cache_manager
 
+    def _reads_store(self, request) -> bool:
+        """kv_both, a producer's Basic read, a consumer's DualPath hit request. A consumer never
+        reads the store otherwise (its prompts come from a producer)."""
+        return self.kv_role != "kv_consumer" or wants_dualpath_read(request)
+
     def get_num_new_matched_tokens(self, request, num_computed_tokens: int):
-        if self.consumer is not None:  # the producer computed the prompt; no store reads here
-            return self.consumer.get_num_new_matched_tokens(request, num_computed_tokens)
+        if self.pulls is not None and wants_remote_prefill(request):  # held by another instance
+            matched = self.pulls.get_num_new_matched_tokens(request, num_computed_tokens)
+            if matched is not None:
+                return matched
+        if not self._reads_store(request):
+            return 0, False
         return self.scheduler_side.get_num_new_matched_tokens(request, num_computed_tokens)
 
     def update_state_after_alloc(self, request, blocks, num_external_tokens: int):
-        if self.consumer is not None:
-            self.consumer.update_state_after_alloc(request, blocks, num_external_tokens)
-            return
-        self.scheduler_side.update_state_after_alloc(request, blocks, num_external_tokens)
+        if self.pulls is not None and wants_remote_prefill(request):
+            num_hit = self.pulls.update_state_after_alloc(request, blocks, num_external_tokens)
+            if num_hit is not None:
+                if self.kv_role == "kv_producer":  # the decode instance read the hit from the
+                    self.scheduler_side.track(request, num_hit)  # store: save after it
+                return
+        if self._reads_store(request):
+            self.scheduler_side.update_state_after_alloc(request, blocks, num_external_tokens)
 
     def build_connector_meta(self, scheduler_output) -> DualKVMetadata:
         meta = self.scheduler_side.build_connector_meta(scheduler_output)
-        if self.producer is not None:
-            meta.holds = self.producer.take_holds()
-        if self.consumer is not None:
-            meta.pulls = self.consumer.take_pulls()
+        if self.holds is not None:
+            meta.holds = self.holds.take_holds()
+            meta.pulls = self.pulls.take_pulls()
+            meta.fetches = self.pulls.take_fetches()
         return meta
 
     def update_connector_output(self, connector_output):
@@ -172,14 +188,13 @@ class DualKVConnector(KVConnectorBase_V1):
 
     def request_finished(self, request, block_ids):
         """True keeps the pages until get_finished reports the request: its saves are verified
-        and, on a producer, the decode instance pulled them."""
+        and, where another instance reads them (pd_scheduler.HoldPlan), it has read them."""
         is_saving = self.scheduler_side.request_finished(request)
-        if self.producer is not None:
-            is_held, params = self.producer.request_finished(request, block_ids)
-            return is_saving or is_held, params
-        if self.consumer is not None:
-            self.consumer.request_finished(request)
-        return is_saving, None
+        if self.holds is None:
+            return is_saving, None
+        self.pulls.request_finished(request)
+        is_held, params = self.holds.request_finished(request, block_ids)
+        return is_saving or is_held, params
 
 
 def _check_pd_supported(vllm_config, config: ConnectorConfig) -> None:

@@ -63,8 +63,9 @@ class DualKVMetadata(KVConnectorMetadata):
     # Requests whose stored-block count the scheduler rolled back after a failed load or a
     # dropped save: the worker may save their blocks again from here on.
     rolled_back_req_ids: set[str] = field(default_factory=set)
-    holds: list[HoldSpec] = field(default_factory=list)  # P/D producer
-    pulls: list[PullSpec] = field(default_factory=list)  # P/D consumer
+    holds: list[HoldSpec] = field(default_factory=list)  # P/D: pages held for another instance
+    pulls: list[PullSpec] = field(default_factory=list)  # P/D: async pulls (and releases)
+    fetches: list[PullSpec] = field(default_factory=list)  # P/D: sync layerwise pulls (this step)
 
 
 @dataclass

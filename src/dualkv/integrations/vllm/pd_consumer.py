@@ -1,11 +1,16 @@
-"""Consumer worker: pulls a prefilled request's KV from the producer into its own pages.
+"""Pulls another instance's held pages into this worker's own pages.
 
-Per request, on a pull thread: join the producer (token-guarded rendezvous, once per producer),
+Async pulls (a decode instance pulling a prefilled prompt) run per request on a pull thread: join the producer (token-guarded rendezvous, once per producer),
 read every layer's pages one-sided (one get per layer: remote block ids -> local block ids),
 wait for all of them within the deadline, then send the producer the PULLED notice so it frees
 its pages. Any failure (producer dead, refused, deadline, lease over) fails the whole request:
 all its blocks are reported as load errors, so vLLM recomputes it (or fails it under "fail").
 Bytes of a failed pull are never used.
+
+Layerwise fetches (a prefill instance fetching a DualPath hit from the decode instance that
+loaded it) run inside the forward: `LayerFetch` posts one get per layer in start_load_kv,
+`wait_layer(l)` waits for layer l only, and at the end of the step a failure fails every block
+of that request (vLLM recomputes them), a success sends the PULLED notice.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from dualkv.errors import InvalidArgument, TimedOut
+from dualkv.integrations.vllm.metadata import PullSpec
 from dualkv.integrations.vllm.pd_params import PULLED
 from dualkv.transfer.rendezvous import rendezvous
 from dualkv.transfer import Agent, TransferConfig
@@ -42,7 +48,8 @@ class PagePuller:
         self.peers: dict[str, object] = {}  # rendezvous address -> rendezvous.Peer
         self.peers_lock = threading.Lock()
         self.pulls: dict[str, tuple] = {}  # req_id -> (future, local block ids)
-        self.stats = {"blocks_pulled": 0, "bytes_pulled": 0, "pull_errors": 0, "pull_s": 0.0}
+        self.stats = {"blocks_pulled": 0, "bytes_pulled": 0, "pull_errors": 0, "pull_s": 0.0,
+                      "blocks_fetched": 0, "bytes_fetched": 0, "fetch_errors": 0}
 
     def start(self, specs) -> None:
         for spec in specs:
@@ -84,18 +91,24 @@ class PagePuller:
         self.stats["bytes_pulled"] += len(spec.block_ids) * self.kv.page_bytes * len(self.regions)
         self.stats["pull_s"] += time.monotonic() - start
 
+    def fetch(self, specs) -> LayerFetch:
+        return LayerFetch(self, specs)
+
     def _read_layers(self, peer, spec, deadline: float) -> None:
+        for handle in self._post_layers(peer, spec):
+            self._finish(handle, deadline)
+
+    def _post_layers(self, peer, spec) -> list[int]:
+        """One one-sided get per layer: remote_block_ids -> block_ids; the handles, in order."""
         if len(peer.regions) != len(self.regions):
-            raise InvalidArgument(f"producer has {len(peer.regions)} KV layers, "
-                                  f"this engine {len(self.regions)}")
+            raise InvalidArgument(f"the other instance has {len(peer.regions)} KV layers, "
+                                  f"this one {len(self.regions)}")
         page = self.kv.page_bytes
         local, remote = spec.block_ids * page, spec.remote_block_ids * page
         lengths = np.full(len(local), page, np.int64)
-        handles = [self.agent.get(peer.id, region, peer.regions[layer].id, local, remote,
-                                  lengths, block_bytes=page)
-                   for layer, region in enumerate(self.regions)]
-        for handle in handles:
-            self._finish(handle, deadline)
+        return [self.agent.get(peer.id, region, peer.regions[layer].id, local, remote,
+                               lengths, block_bytes=page)
+                for layer, region in enumerate(self.regions)]
 
     def _finish(self, handle: int, deadline: float) -> None:
         try:
@@ -125,3 +138,67 @@ class PagePuller:
     def close(self) -> None:
         self.threads.shutdown(wait=True)  # every pull ends by its deadline
         self.agent.close()
+
+
+class _Fetch:
+    """One request's layerwise fetch: its peer, deadline, per-layer handles, first error."""
+
+    def __init__(self, spec):
+        self.spec, self.peer, self.deadline = spec, None, 0.0
+        self.handles: list[int | None] = []
+        self.error: Exception | None = None
+
+
+class LayerFetch:
+    """One step's fetches: posted at once, waited for layer by layer."""
+
+    def __init__(self, puller: PagePuller, specs):
+        self.puller = puller
+        self.fetches = [self._start(spec) for spec in specs]
+
+    def _start(self, spec) -> _Fetch:
+        fetch, puller = _Fetch(spec), self.puller
+        try:  # never past the lease: the holder may reuse the pages after it
+            left = min(puller.config.timeout_s, spec.params.seconds_left())
+            fetch.deadline = time.monotonic() + left
+            fetch.peer = puller._peer(spec.params.remote_rendezvous, fetch.deadline)
+            fetch.handles = puller._post_layers(fetch.peer, spec)
+        except Exception as exc:  # noqa: BLE001 - a failed fetch is a load error, not a crash
+            fetch.error = exc
+        return fetch
+
+    def wait_layer(self, layer: int) -> None:
+        """Layer `layer` of every fetch is in the pages (or that fetch failed)."""
+        for fetch in self.fetches:
+            if fetch.error is None and fetch.handles[layer] is not None:
+                handle, fetch.handles[layer] = fetch.handles[layer], None
+                try:
+                    self.puller._finish(handle, fetch.deadline)
+                except Exception as exc:  # noqa: BLE001
+                    fetch.error = exc
+
+    def finish(self) -> set[int]:
+        """Waits for every layer; returns the local block ids of the fetches that failed (their
+        endpoint closed first, so nothing lands in those pages later) and releases the holders
+        of the others (PULLED, sent on the pull threads)."""
+        for layer in range(len(self.puller.regions)):
+            self.wait_layer(layer)
+        failed, stats = set(), self.puller.stats
+        for fetch in self.fetches:
+            spec = fetch.spec
+            if fetch.error is None:
+                self.puller.start([PullSpec.release(spec.req_id, spec.params)])
+                stats["blocks_fetched"] += len(spec.block_ids)
+                stats["bytes_fetched"] += (len(spec.block_ids) * self.puller.kv.page_bytes
+                                           * len(self.puller.regions))
+                continue
+            if fetch.peer is not None:
+                self.puller._forget(spec.params.remote_rendezvous, fetch.peer)
+            for handle in (h for h in fetch.handles if h is not None):
+                self.puller.agent.release(handle)
+            stats["fetch_errors"] += 1
+            failed |= {int(b) for b in spec.block_ids}
+            log.warning("dualkv: fetching %s's hit from the decode instance failed (%s: %s); "
+                        "vLLM recomputes it here", spec.req_id, type(fetch.error).__name__,
+                        fetch.error)
+        return failed

@@ -1,16 +1,27 @@
-"""The P/D handshake: what a prefill instance hands back in `kv_transfer_params`, what the router
-forwards to a decode instance, and the notices the two workers exchange.
+"""The P/D handshake: what an instance hands back in `kv_transfer_params`, what the router
+forwards to the other one, and the notices the two workers exchange. Plain JSON types: vLLM
+returns them in the HTTP response.
 
-The router sends the prompt to the prefill instance with `{"do_remote_decode": true}` (and
-max_tokens 1). Its request_finished answers with `PullParams.to_dict()` (`do_remote_prefill`
-true), which the router passes, unchanged, to the decode instance with the same prompt. Plain
-JSON types: vLLM returns them in the HTTP response.
+Basic read: the router sends the prompt to the prefill instance with `{"do_remote_decode":
+true}` (and max_tokens 1). Its request_finished answers with `PullParams.to_dict()`
+(`do_remote_prefill` true), which the router passes, unchanged, to the decode instance with the
+same prompt.
+
+DualPath read (the decode instance reads the store), three hops:
+1. hit request to the decode instance: `hit_prompt(prompt, num_hit_tokens)` (the hit prefix and
+   one more token) with `{"dualpath_read": true}`, max_tokens 1. It loads the hit from the store
+   into its pages, holds them and answers `PullParams` naming them (`dualpath_read` true).
+2. the prompt to the prefill instance with `prefill_params(answer)`: it fetches the hit's pages
+   from the decode instance layer by layer during its forward, computes the rest, writes the
+   new Full Blocks to the store, holds its pages and answers `PullParams` as in Basic.
+3. the prompt to the decode instance with that answer: its prefix cache holds the hit already,
+   so it pulls only the new tokens' pages.
 """
 from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 
 from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorHandshakeMetadata
 
@@ -42,17 +53,21 @@ class PullParams:
     remote_rendezvous: str
     remote_namespace: str              # a decode instance with another namespace computes instead
     remote_expires_at: float           # unix time: the producer frees the pages then if not pulled
+    # hex key of the last full block those pages hold (vLLM's chained hash: it names the whole
+    # prefix); a receiver whose prompt has another key there computes instead. "" = unchecked
+    remote_prefix_key: str = ""
 
-    def to_dict(self) -> dict:
+    def to_dict(self, **extra) -> dict:
         params = asdict(self)
         params["remote_block_ids"] = list(self.remote_block_ids)
-        return {"do_remote_prefill": True, "do_remote_decode": False, **params}
+        return {"do_remote_prefill": True, "do_remote_decode": False, **params, **extra}
 
     @classmethod
     def from_dict(cls, params: dict) -> PullParams | None:
         """None when fields are missing or malformed (the request is then computed locally)."""
         try:
-            values = {f.name: params[f.name] for f in fields(cls)}
+            values = {f.name: params[f.name] for f in fields(cls)
+                      if f.name in params or f.default is MISSING}
             values["remote_block_ids"] = tuple(int(b) for b in values["remote_block_ids"])
             values["remote_num_tokens"] = int(values["remote_num_tokens"])
             values["remote_expires_at"] = float(values["remote_expires_at"])
@@ -76,3 +91,26 @@ def wants_remote_decode(request) -> bool:
 def wants_remote_prefill(request) -> bool:
     params = request.kv_transfer_params
     return bool(params and params.get("do_remote_prefill"))
+
+
+def wants_dualpath_read(request) -> bool:
+    """A hit request (DualPath read, hop 1): load the hit from the store, hold it for a prefill
+    instance."""
+    params = request.kv_transfer_params
+    return bool(params and params.get("dualpath_read") and not params.get("do_remote_prefill")
+                and not params.get("do_remote_decode"))
+
+
+def hit_prompt(prompt: list[int], num_hit_tokens: int) -> list[int]:
+    """The router's hit request (hop 1): the hit prefix (whole blocks) and the next token, which
+    the decode instance computes (vLLM computes at least one token of every prompt)."""
+    if not 0 < num_hit_tokens < len(prompt):
+        raise ValueError(f"a hit of {num_hit_tokens} tokens leaves nothing to prefill "
+                         f"in a prompt of {len(prompt)}")
+    return list(prompt[:num_hit_tokens + 1])
+
+
+def prefill_params(hit_answer: dict) -> dict:
+    """The router's kv_transfer_params for the prefill instance (hop 2): the decode instance's
+    hit answer, and a request to hold the result for the decode instance."""
+    return {**hit_answer, "do_remote_decode": True}

@@ -1,9 +1,11 @@
-"""Producer worker: serves its KV pages to decode instances and frees them once pulled.
+"""Serves a worker's held KV pages to other instances and frees them once read.
 
-vLLM's page tensors (one per layer) are registered once with a UCX agent, region i = layer i;
-decode workers join through the token-guarded rendezvous and read the pages one-sided. A held
-request is done when its consumer's PULLED notice arrived (the consumer sends it after every
-layer's read completed), or when its lease ends (a decode instance that never came).
+A producer holds a prefilled prompt for a decode instance (Basic read); a consumer holds the
+hit prefix it loaded from the store for a prefill instance (DualPath read). vLLM's page tensors
+(one per layer) are registered once with a UCX agent, region i = layer i; the other side's
+worker joins through the token-guarded rendezvous and reads the pages one-sided. A held request
+is done when the reader's PULLED notice arrived (sent after every layer's read completed), or
+when its lease ends (a reader that never came, or failed).
 """
 from __future__ import annotations
 

@@ -60,6 +60,13 @@ class SchedulerSide:
         self._loads.append(LoadSpec(request.request_id, keys, np.asarray(block_ids, np.int64),
                                     self.config.async_load, first_block=num_local))
 
+    def track(self, request, num_stored_blocks: int) -> None:
+        """A request whose first blocks are in the store but not loaded here (a DualPath read:
+        the decode instance loaded them): its saves start after them."""
+        self._matched.pop(request.request_id, None)
+        tracked = self._tracked.setdefault(request.request_id, _Tracked(request, num_stored_blocks))
+        tracked.num_stored_blocks = max(tracked.num_stored_blocks, num_stored_blocks)
+
     def build_connector_meta(self, scheduler_output) -> DualKVMetadata:
         meta = DualKVMetadata(loads=self._loads,
                               preempted_req_ids=set(scheduler_output.preempted_req_ids or ()),

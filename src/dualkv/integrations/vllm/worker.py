@@ -42,6 +42,7 @@ class WorkerSide:
         self.copier = ThreadPoolExecutor(1, thread_name_prefix="dualkv-stage")
         self.meta = None
         self.sync_load: LoadBatch | None = None
+        self.sync_fetch = None  # P/D: this step's layerwise fetches (pd_consumer.LayerFetch)
         self.async_loads: dict[str, LoadBatch] = {}
         self.step_save: SaveBatch | None = None
         self.saves: list[SaveBatch] = []            # staged, being written
@@ -95,19 +96,29 @@ class WorkerSide:
                     self, [spec], layerwise=False)
         if sync_specs:
             self.sync_load = LoadBatch.submit(self, sync_specs, self.config.layerwise)
+        if meta.fetches:
+            self.sync_fetch = self.page_puller.fetch(meta.fetches)
 
     def wait_for_layer_load(self, layer_name: str) -> None:
+        layer = self.kv.layer_of[layer_name]
         if self.sync_load is not None:
-            self.sync_load.wait_layer(self.kv.layer_of[layer_name])
+            self.sync_load.wait_layer(layer)
+        if self.sync_fetch is not None:
+            self.sync_fetch.wait_layer(layer)
 
     def _finish_sync_load(self) -> set[int]:
-        """Waits for the step's loads; returns the vLLM block ids that failed."""
+        """Waits for the step's loads and fetches; returns the vLLM block ids that failed."""
+        failed = set()
+        if self.sync_fetch is not None:
+            fetch, self.sync_fetch = self.sync_fetch, None
+            failed = fetch.finish()
+            self.load_errors |= failed
         if self.sync_load is None:
-            return set()
+            return failed
         try:
             self.sync_load.wait_all()
         finally:  # a timed-out wait still reports its blocks as failed
-            failed = self.sync_load.close()
+            failed |= self.sync_load.close()
             self.sync_load = None
         return failed
 
