@@ -14,7 +14,7 @@ def add_arguments(parser):
     parser.add_argument("--context", type=int, default=2048, help="tokens stored per agent")
     parser.add_argument("--append", type=int, default=64, help="tokens appended per round")
     parser.add_argument("--gen", type=int, default=8, help="tokens generated per turn (>= 2)")
-    parser.add_argument("--snic-mbps", type=float, default=60.0,
+    parser.add_argument("--snic-mbps", type=float, default=90.0,
                         help="emulated storage NIC per node, MB/s (the scarce resource); the "
                              "default, with the default model and workload, leaves compute a "
                              "real share of the run: Oracle/Basic 2-3x on 2 cores")

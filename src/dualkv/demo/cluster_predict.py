@@ -69,6 +69,34 @@ def predict(args, cfg, calibration: dict, policies) -> dict:
     return out
 
 
+def _plot_throughput(ax, rows: list[dict]) -> None:
+    """Throughput normalised to Basic, measured beside predicted; Oracle (the I/O-free bound)
+    as horizontal lines rather than a bar, so the DualPath/Basic ratio reads at a glance."""
+    by_policy = {r["policy"]: r for r in rows}
+    basic = by_policy.get("basic")
+    if basic is None:  # nothing to normalise to: plain turns/s
+        ax.bar(np.arange(len(rows)), [r["turns_per_s"] for r in rows], 0.5)
+        ax.set_xticks(np.arange(len(rows)), [r["policy"] for r in rows])
+        ax.set_ylabel("turns/s")
+        return
+    bars = [r for r in rows if r["policy"] != "oracle"]
+    x = np.arange(len(bars))
+    for offset, key, label in ((-0.2, "turns_per_s", "measured"),
+                               (0.2, "sim_turns_per_s", "simulator")):
+        if not basic.get(key):
+            continue
+        heights = [(r.get(key) or 0) / basic[key] for r in bars]
+        drawn = ax.bar(x + offset, heights, 0.4, label=label)
+        ax.bar_label(drawn, fmt="%.2fx", fontsize=8)
+        oracle = by_policy.get("oracle", {}).get(key)
+        if oracle:
+            ax.axhline(oracle / basic[key], color=drawn.patches[0].get_facecolor(), ls="--",
+                       label=f"Oracle, {label}")
+    ax.set_xticks(x, [r["policy"] for r in bars])
+    ax.set_ylabel("throughput / Basic's")
+    ax.legend(fontsize=8)
+
+
 def plot(rows: list[dict], path: str) -> str:
     import matplotlib
 
@@ -78,10 +106,7 @@ def plot(rows: list[dict], path: str) -> str:
     names = [r["policy"] for r in rows]
     x = np.arange(len(rows))
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
-    axes[0].bar(x - 0.2, [r["turns_per_s"] for r in rows], 0.4, label="measured")
-    axes[0].bar(x + 0.2, [r.get("sim_turns_per_s") or 0 for r in rows], 0.4, label="simulator")
-    axes[0].set_ylabel("turns/s")
-    axes[0].legend()
+    _plot_throughput(axes[0], rows)
     num_nodes = len(rows[0]["snic_mb"])
     for n in range(num_nodes):
         label = "PE node" if n == 0 else f"DE node {n}"
@@ -93,7 +118,7 @@ def plot(rows: list[dict], path: str) -> str:
     axes[2].bar(x + 0.2, [r["ttft_p90_s"] for r in rows], 0.4, label="p90")
     axes[2].set_ylabel("TTFT (s)")
     axes[2].legend()
-    for ax in axes:
+    for ax in axes[1:]:
         ax.set_xticks(x, names)
     r = rows[0]
     if "workload" in r:  # an online run
@@ -101,7 +126,7 @@ def plot(rows: list[dict], path: str) -> str:
     else:
         shape = f"{r['agents']} agents x {r['rounds']} rounds, {r['context']}-token context"
     fig.suptitle(f"dualkv demo: 1P{r['num_de']}D local cluster, {shape}, "
-                 f"SNIC {r['snic_mbps']} MB/s")
+                 f"SNIC {r['snic_mbps']:g} MB/s, CNIC {r.get('cnic_mbps', 0):g} MB/s")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
