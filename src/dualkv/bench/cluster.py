@@ -1,5 +1,5 @@
-"""Local cluster, Basic vs DualPath: 1 PE + N DE processes, each node with an emulated storage
-NIC (the scarce resource), agents replaying multi-turn conversations. The first round stores
+"""Local cluster, Basic vs DualPath: 1 PE + N DE processes, each node with emulated storage
+(the scarce resource) and compute NICs, agents replaying multi-turn conversations. The first round stores
 every agent's context (no hit); the timed rounds each read the whole context back (hit) and
 append/generate a little, so they are I/O-bound as in the paper's agentic setting.
 
@@ -25,6 +25,8 @@ def parse(argv):
     p.add_argument("--append", type=int, default=32)
     p.add_argument("--gen", type=int, default=4)
     p.add_argument("--snic-mbps", type=float, default=2.0, help="per-node storage NIC, MB/s")
+    p.add_argument("--cnic-mbps", type=float, default=None,
+                   help="per-node compute NIC (KV between nodes), MB/s; default 8x --snic-mbps")
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--block-tokens", type=int, default=64)
@@ -35,12 +37,14 @@ def parse(argv):
 
 def run_policy(args, policy, cfg):
     from dualkv.cluster.local import LocalCluster
+    from dualkv.demo.cluster_demo import nic_rates
 
     rng = np.random.default_rng(0)  # same conversations for every policy
     prompts = [rng.integers(0, cfg.vocab_size, args.context).tolist() for _ in range(args.agents)]
     with tempfile.TemporaryDirectory(dir=args.root) as root, \
             LocalCluster(cfg, root, num_de=args.num_de, policy=policy, block_tokens=args.block_tokens,
-                         snic_mbps=args.snic_mbps, batch_invariant=False) as cluster:
+                         snic_mbps=args.snic_mbps, cnic_mbps=nic_rates(args, policy)[1],
+                         batch_invariant=False) as cluster:
         before, start = None, None
         for round_ in range(args.rounds + 1):
             if round_ == 1:
@@ -52,7 +56,8 @@ def run_policy(args, policy, cfg):
         after = cluster.snic_bytes()
     read = [after[role] - before[role] for role in after]
     return dict(policy=policy, num_pe=1, num_de=args.num_de, agents=args.agents,
-                rounds=args.rounds, context=args.context, snic_mbps=args.snic_mbps, jct_s=jct,
+                rounds=args.rounds, context=args.context, snic_mbps=args.snic_mbps,
+                cnic_mbps=nic_rates(args, policy)[1], jct_s=jct,
                 turns_per_s=args.agents * args.rounds / jct,
                 snic_mb=[round(b / 1e6, 3) for b in read],
                 snic_max_avg=max(read) / (sum(read) / len(read)) if sum(read) else None)
