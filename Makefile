@@ -18,11 +18,13 @@ export DUALKV_VENVS
 
 .PHONY: demo test test-sglang test-vllm build sysdeps clean
 
+# PYTHONPATH: this checkout's src/ even where another clone on the machine was installed in
+# editable mode after it (the editable install points at whichever clone ran it last).
 demo: build
-	$(PYTHON) -m dualkv.cli demo
+	PYTHONPATH=$(CURDIR)/src $(PYTHON) -m dualkv.cli demo
 
 test: build
-	$(PYTHON) -m pytest -q $(PYTEST_ARGS) tests
+	PYTHONPATH=$(CURDIR)/src $(PYTHON) -m pytest -q $(PYTEST_ARGS) tests
 	$(MAKE) --no-print-directory test-sglang
 	$(MAKE) --no-print-directory test-vllm
 
