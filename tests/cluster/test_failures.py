@@ -11,6 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("dualkv.transfer")
 
+from dualkv.cluster.messages import Place  # noqa: E402
 from dualkv.engine import Model  # noqa: E402
 from dualkv.errors import PeerDisconnected  # noqa: E402
 
@@ -41,7 +42,7 @@ def test_decode_process_killed_mid_decode(block_root):
     killed = {}
     with LocalCluster(CFG, block_root, num_de=2, seed=3, block_tokens=BT) as cluster:
         def kill_mid_decode(role, reply):
-            progress = dict(reply["progress"])
+            progress = dict(reply.progress)
             if role == "de1" and not killed and any(1 < n < 24 for n in progress.values()):
                 cluster.procs["de1"].send_signal(signal.SIGKILL)
                 cluster.procs["de1"].wait()
@@ -81,7 +82,7 @@ def test_killed_prefill_process_fails_the_run_naming_it(block_root):
         with pytest.raises(PeerDisconnected, match="prefill engine process 'pe'"):
             cluster.run_sessions([session])
         assert time.monotonic() - start < 30  # noticed at once, not at a timeout
-        assert cluster.procs.sched.call("place", 10)["no_pe"]
+        assert cluster.procs.sched.call(Place(), 10).no_pe
 
 
 @pytest.mark.slow
@@ -156,8 +157,8 @@ def test_decode_process_killed_while_streaming_hit_kv_to_the_prefill(block_root)
                    for p, r in zip(prompts, first)]
 
         def kill_while_streaming(pe, jobs):
-            streaming = [j for j in jobs if j.read_side == "de" and j.opened["num_hit_blocks"]
-                         and j.opened["ready_at"] - time.monotonic() > 2.5]
+            streaming = [j for j in jobs if j.read_side == "de" and j.opened.num_hit_blocks
+                         and j.opened.ready_at - time.monotonic() > 2.5]
             if killed or not streaming:
                 return
             time.sleep(0.3)  # the PE takes the batch and waits for the DE's hit
@@ -165,7 +166,7 @@ def test_decode_process_killed_while_streaming_hit_kv_to_the_prefill(block_root)
             cluster.procs[victim].send_signal(signal.SIGKILL)
             cluster.procs[victim].wait()
             killed.update(role=victim, at=time.monotonic(), rids={j.rid for j in jobs},
-                          ready_at=streaming[0].opened["ready_at"])
+                          ready_at=streaming[0].opened.ready_at)
 
         cluster.on_prefill = kill_while_streaming
         results = cluster.run_batch([(p, 4) for p in prompts])

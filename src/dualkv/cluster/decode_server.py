@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 
+from dualkv.cluster.messages import Admitted, DecodeResult, Dropped, Opened, Polled
 from dualkv.engine import BlockBuffer, Decoder, SlotSource, StoreWriteBack
 from dualkv.engine.remote import RemoteBuffer, stream_hit_layers, wait_landed
 from dualkv.errors import OutOfMemory
@@ -53,50 +54,50 @@ class DecodeServer:
         pool, bt = self.server.store.pool, self.server.codec.block_tokens
         return max(0, pool.num_free - self._future_slots() - 1) * bt // 2
 
-    def open(self, msg) -> dict:
+    def open(self, msg) -> Opened:
         s, bt = self.server, self.server.codec.block_tokens
-        self.max_rid = max(self.max_rid, msg["rid"])  # seen, whether it fits or not
-        num_blocks = -(-msg["num_tokens"] // bt)
-        wb_end = (msg["num_tokens"] + msg["max_new_tokens"] - 1) // bt
+        self.max_rid = max(self.max_rid, msg.rid)  # seen, whether it fits or not
+        num_blocks = -(-msg.num_tokens // bt)
+        wb_end = (msg.num_tokens + msg.max_new_tokens - 1) // bt
         if s.store.pool.num_free - self._future_slots() < num_blocks + wb_end:
             raise OutOfMemory(f"DE buffer: {num_blocks + wb_end} slots needed for request "
-                              f"{msg['rid']}, {s.store.pool.num_free - self._future_slots()} free")
-        keys = np.frombuffer(msg["hit_keys"], np.uint8).reshape(-1, 32)
-        buffer = BlockBuffer(s.store.pool, s.store.layout, msg["num_tokens"])
+                              f"{msg.rid}, {s.store.pool.num_free - self._future_slots()} free")
+        keys = np.frombuffer(msg.hit_keys, np.uint8).reshape(-1, 32)
+        buffer = BlockBuffer(s.store.pool, s.store.layout, msg.num_tokens)
         num_hit, stream, ready_at = 0, None, time.monotonic()
-        if msg["read_side"] == "de" and len(keys):
+        if msg.read_side == "de" and len(keys):
             source = SlotSource.load(s.store, keys, buffer.slots[:len(keys)])
             num_hit = source.prepare(time.monotonic() + s.timeout_s) // bt
             ready_at = s.read_through_snic(len(keys))
             if num_hit:
                 stream = stream_hit_layers(s.tm, buffer, s.pool_region, num_hit,
-                                           msg["pe_peer"], msg["pe_recv_region"], msg["rid"],
-                                           msg.get("pe_recv_offset", 0))
-        self.opened[msg["rid"]] = (buffer, stream, wb_end)
+                                           msg.pe_peer, msg.pe_recv_region, msg.rid,
+                                           msg.pe_recv_offset)
+        self.opened[msg.rid] = (buffer, stream, wb_end)
         target = RemoteBuffer.of(buffer, 0, s.pool_region)
-        return {"slot_offsets": list(target.slot_offsets), "num_hit_blocks": num_hit,
-                "ready_at": ready_at}
+        return Opened(slot_offsets=list(target.slot_offsets), num_hit_blocks=num_hit,
+                      ready_at=ready_at)
 
-    def admit(self, msg) -> dict:
+    def admit(self, msg) -> Admitted:
         """Each request's prompt KV has been put by the PE: into the running batch."""
         s = self.server
-        for req in msg["requests"]:
-            rid = req["rid"]
+        for req in msg.requests:
+            rid = req.rid
             buffer, stream, wb_end = self.opened.pop(rid)
             deadline = time.monotonic() + s.timeout_s
             self._settle(stream, deadline)
-            wait_landed(s.agent, buffer, rid, deadline, req["pe_peer"])
-            cached = req["num_cached_blocks"]
-            prior = np.frombuffer(req["prior_key"], np.uint8) if cached else None
+            wait_landed(s.agent, buffer, rid, deadline, req.pe_peer)
+            cached = req.num_cached_blocks
+            prior = np.frombuffer(req.prior_key, np.uint8) if cached else None
             wb = StoreWriteBack(s.store, s.codec, cached, prior)
-            self.decoder.admit(rid, buffer, req["prompt"], req["first_token"],
-                               req["max_new_tokens"], num_cached_blocks=cached, writeback=wb)
+            self.decoder.admit(rid, buffer, req.prompt, req.first_token,
+                               req.max_new_tokens, num_cached_blocks=cached, writeback=wb)
             self.running[rid] = (wb, wb_end, time.monotonic())
-        return {"num_running": len(self.running)}
+        return Admitted(num_running=len(self.running))
 
-    def drop(self, msg) -> dict:
+    def drop(self, msg) -> Dropped:
         """Frees the buffers of opened requests that will not be admitted (a failed batch)."""
-        rids = msg.get("rids") or list(self.opened)
+        rids = msg.rids or list(self.opened)
         for rid in rids:
             if rid in self.opened:
                 buffer, stream, _ = self.opened.pop(rid)
@@ -105,7 +106,7 @@ class DecodeServer:
                 except Exception:
                     pass
                 buffer.free()
-        return {"num_dropped": len(rids)}
+        return Dropped(num_dropped=len(rids))
 
     def _settle(self, stream, deadline: float) -> None:
         if stream is not None:  # the hit's layers streamed to the PE (stream_hit_layers)
@@ -131,12 +132,12 @@ class DecodeServer:
             self.server.snic_tx.debit((wb.next_block - wb.first_block)
                                       * self.server.store.layout.full_block_bytes)
             second_at = self.second_at.pop(rid, now if len(generated) >= 2 else None)
-            self.finished.append({"rid": rid, "generated": generated,
-                                  "num_written_blocks": wb.next_block, "admitted_at": admitted_at,
-                                  "second_at": second_at, "done_at": time.monotonic()})
+            self.finished.append(DecodeResult(
+                rid=rid, generated=generated, num_written_blocks=wb.next_block,
+                admitted_at=admitted_at, second_at=second_at, done_at=time.monotonic()))
 
-    def poll(self, msg) -> dict:
+    def poll(self, msg) -> Polled:
         """Finished results since the last poll, and how far each running request is."""
         done, self.finished = self.finished, []
-        progress = [[rid, len(r.generated)] for rid, r in self.decoder.running.items()]
-        return {"results": done, "progress": progress, "free_tokens": self.free_tokens()}
+        progress = [(rid, len(r.generated)) for rid, r in self.decoder.running.items()]
+        return Polled(results=done, progress=progress, free_tokens=self.free_tokens())

@@ -20,7 +20,9 @@ import zmq
 
 from dualkv.cluster.decode_server import DecodeServer
 from dualkv.cluster.arrival import ArrivesAt
-from dualkv.cluster.protocol import pack, serve, unpack
+from dualkv.cluster.messages import (Ack, Admit, Connected, Drop, HelloReply, LoadReport, Open,
+                                     Prefill, Prefilled, PrefillResult, StatsReply, Stop, encode)
+from dualkv.cluster.protocol import serve
 from dualkv.engine import (EngineConfig, LayerBlockCodec, Model, ModelConfig, PrefillItem,
                            SlotSource, prefill_basic_batch, prefill_batch)
 from dualkv.engine.remote import RemoteBuffer, RemoteBufferSink, RemoteLayerSource
@@ -78,12 +80,15 @@ class EngineServer:
             self.reports.setsockopt(zmq.SNDHWM, 64)
             self.reports.connect(args.sched_reports)
 
-    def op_hello(self, msg):
-        return {"info": self.agent.local_info(), "pool_region": self.pool_region.id,
-                "recv_region": self.recv_region.id}
+    def op_hello(self, msg) -> HelloReply:
+        return HelloReply(info=self.agent.local_info(), pool_region=self.pool_region.id,
+                          recv_region=self.recv_region.id)
 
-    def op_connect(self, msg):
-        return {"peer": self.agent.connect(msg["info"])}
+    def op_connect(self, msg) -> Connected:
+        return Connected(peer=self.agent.connect(msg.info))
+
+    def op_stop(self, msg) -> Ack:
+        return Ack()
 
     # -- DE ops (decode_server.py) ---------------------------------------------------------
     def op_open(self, msg):
@@ -99,25 +104,25 @@ class EngineServer:
         return self.decode.drop(msg)
 
     # -- PE ops ---------------------------------------------------------------------------
-    def op_prefill(self, msg):
+    def op_prefill(self, msg) -> Prefilled:
         """PE: one forward over every request of the message, layerwise (Basic: every hit
         loaded whole first, KV sent after the forward), KV put into each request's DE buffer."""
         sources, items = [], []
-        self.max_rid = max([self.max_rid] + [req["rid"] for req in msg["requests"]])
-        peers = sorted({req["de_peer"] for req in msg["requests"]})
+        self.max_rid = max([self.max_rid] + [req.rid for req in msg.requests])
+        peers = sorted({req.de_peer for req in msg.requests})
         try:
-            total = sum(len(req["prompt"]) for req in msg["requests"])
+            total = sum(len(req.prompt) for req in msg.requests)
             start = 0
-            for req in msg["requests"]:
+            for req in msg.requests:
                 sources.append(self._source(req, lambda: self._check_peers(peers)))
-                target = RemoteBuffer(req["de_peer"], req["de_region"], tuple(req["slot_offsets"]))
-                part = self._staging_part(start, len(req["prompt"]), total)
-                start += len(req["prompt"])
+                target = RemoteBuffer(req.de_peer, req.de_region, tuple(req.slot_offsets))
+                part = self._staging_part(start, len(req.prompt), total)
+                start += len(req.prompt)
                 offset = part.ctypes.data - self.staging.ctypes.data
                 sink = RemoteBufferSink(self.tm, part, self.staging_region, target, self.codec,
-                                        req["rid"], region_offset=offset)
-                items.append(PrefillItem(req["prompt"], sources[-1], sink, req["read_side"]))
-            if msg.get("mode") == "basic":
+                                        req.rid, region_offset=offset)
+                items.append(PrefillItem(req.prompt, sources[-1], sink, req.read_side))
+            if msg.mode == "basic":
                 firsts = prefill_basic_batch(self.model, items, self.codec, self.timeout_s)
             else:
                 firsts = prefill_batch(self.model, items, self.codec, self.timeout_s)
@@ -127,17 +132,17 @@ class EngineServer:
             for source in sources:
                 source.close()
         done_at = time.monotonic()  # the first tokens' time (the driver polls for replies)
-        return {"results": [{"first_token": f, "num_cached_blocks": c, "done_at": done_at}
-                            for f, c in zip(firsts, cached)]}
+        return Prefilled(results=[PrefillResult(first_token=f, num_cached_blocks=c, done_at=done_at)
+                                  for f, c in zip(firsts, cached)])
 
     def _source(self, req, check):
         """The request's hit: streamed by its DE (de side) or read here (pe side), counted as
         arrived when the emulated NIC delivers it; the wait checks the batch's DEs live."""
-        if req["read_side"] == "de":
-            source = RemoteLayerSource(self.agent, self._recv_part(req), req["num_hit_blocks"],
-                                       self.store.layout, req["rid"], req["de_peer"])
-            return ArrivesAt(source, req["ready_at"], check)
-        keys = np.frombuffer(req["hit_keys"], np.uint8).reshape(-1, 32)
+        if req.read_side == "de":
+            source = RemoteLayerSource(self.agent, self.recv[req.recv_offset:], req.num_hit_blocks,
+                                       self.store.layout, req.rid, req.de_peer)
+            return ArrivesAt(source, req.ready_at, check)
+        keys = np.frombuffer(req.hit_keys, np.uint8).reshape(-1, 32)
         ready_at = self.read_through_snic(len(keys))
         return ArrivesAt(SlotSource.load(self.store, keys), ready_at, check)
 
@@ -158,29 +163,28 @@ class EngineServer:
             except PeerDisconnected as exc:
                 raise PeerDisconnected(f"DE peer {peer} of this prefill batch: {exc}") from None
 
-    def op_stats(self, msg):
-        return {"snic_bytes": self.snic_bytes}
+    def op_stats(self, msg) -> StatsReply:
+        return StatsReply(snic_bytes=self.snic_bytes)
 
     def _staging_part(self, first_token: int, num_tokens: int, total: int) -> np.ndarray:
         """A request's share of the staging ring, in proportion to its prompt."""
         size = self.staging.nbytes // max(total, self.staging.nbytes // self._staging_token_bytes)
         return self.staging[first_token * size:(first_token + num_tokens) * size]
 
-    def _recv_part(self, req) -> np.ndarray:
-        return self.recv[req.get("recv_offset", 0):]
-
     def report(self) -> None:
         """Pushes this engine's load to the scheduler process (engine id = node = group)."""
         if self.reports is None:
             return
         per_token = self.store.layout.full_block_bytes / self.codec.block_tokens
-        report = {"engine": self.engine_id, "read_q": int(self.tm.snic.backlog_s * self.tm.snic.bytes_per_s / per_token),
-                  "seq": 0, "tok": 0, "max_rid": self.max_rid}
+        read_q = int(self.tm.snic.backlog_s * self.tm.snic.bytes_per_s / per_token)
+        report = LoadReport(engine=self.engine_id, read_q=read_q, max_rid=self.max_rid)
         if self.decode is not None:
-            report.update(max_rid=self.decode.max_rid, seq=len(self.decode.opened) + len(self.decode.running),
-                          tok=self.decode.num_tokens(), free_tokens=self.decode.free_tokens())
+            d = self.decode
+            report = LoadReport(engine=self.engine_id, read_q=read_q, max_rid=d.max_rid,
+                                seq=len(d.opened) + len(d.running), tok=d.num_tokens(),
+                                free_tokens=d.free_tokens())
         try:
-            self.reports.send(pack(report), zmq.NOBLOCK)
+            self.reports.send(encode(report), zmq.NOBLOCK)
         except zmq.Again:  # the scheduler is not reading yet: a later report supersedes this
             pass
 
@@ -191,12 +195,11 @@ class EngineServer:
         while True:
             busy = self.decode is not None and self.decode.is_busy
             if socket.poll(0 if busy else 100):  # a message between decode steps
-                msg = unpack(socket.recv())
-                if msg["op"] == "stop":
-                    socket.send(pack({"ok": True}))
+                msg, reply = serve(self, socket.recv())
+                socket.send(reply)
+                if isinstance(msg, Stop):
                     break
-                socket.send(pack(serve(self, msg)))
-                if msg["op"] in ("open", "admit", "prefill", "drop"):
+                if isinstance(msg, (Open, Admit, Prefill, Drop)):
                     self.report()
             if busy:
                 num_done = len(self.decode.finished)

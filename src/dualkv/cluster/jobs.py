@@ -2,10 +2,12 @@
 turns they produce, and the bookkeeping of one turn in flight."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+
+from dualkv.cluster.messages import DecodeResult, Opened, PrefillResult
 
 
 @dataclass
@@ -49,14 +51,17 @@ class Job:
     role: str = ""        # its DE
     pe_role: str = ""     # its PE
     read_side: str = ""
-    opened: dict = field(default_factory=dict)
-    first: dict = field(default_factory=dict)
+    opened: Opened | None = None       # its DE buffer
+    recv_offset: int = 0               # where its hit lands in the PE's receive area
+    de_pid: int = 0                    # the DE process its buffer was opened in
+    first: PrefillResult | None = None  # the PE's prefill reply
+    first_at: float = 0.0
     attempts: int = 0
 
-    def turn(self, out: dict, start: float) -> ClusterTurn:
-        first_at, done_at = self.first["first_at"], out["done_at"]
-        second = out.get("second_at") or done_at
-        return ClusterTurn(out["generated"], self.matched, self.first["num_cached_blocks"],
+    def turn(self, out: DecodeResult, start: float) -> ClusterTurn:
+        first_at, done_at = self.first_at, out.done_at
+        second = out.second_at or done_at
+        return ClusterTurn(out.generated, self.matched, self.first.num_cached_blocks,
                            int(self.role[2:]), self.read_side, first_at - self.submitted_at,
                            done_at - first_at, second - self.submitted_at,
                            self.submitted_at - start, done_at - start, self.pe_role)

@@ -1,7 +1,8 @@
 """A local cluster: a scheduler process running `dualkv.sched.Scheduler` unchanged, `num_pe`
-PE processes (default one) and `num_de` DE processes sharing a block directory, joined by UCX (KV) and ZeroMQ +
-msgpack (control). One engine per node, so every engine is its own group; engines push their
-load to the scheduler process, which places each request (PE, DE, read side).
+PE processes (default one) and `num_de` DE processes sharing a block directory, joined by UCX
+(KV) and ZeroMQ + typed msgpack messages (control, messages.py). One engine per node, so every
+engine is its own group; engines push their load to the scheduler process, which places each
+request (PE, DE, read side).
 
 This process is the driver (runner.py): it submits turns, asks the scheduler for placements,
 opens each placed turn's DE buffer (on the de read path the DE reads the hit and streams it to
@@ -25,6 +26,7 @@ from dataclasses import asdict
 import numpy as np
 
 from dualkv.cluster.jobs import ClusterTurn, Job, Session
+from dualkv.cluster.messages import AdmitRequest, Open, Opened, PrefillRequest, Stats
 from dualkv.cluster.procs import ClusterProcs
 from dualkv.cluster.runner import Runner
 from dualkv.engine.config import ModelConfig
@@ -113,42 +115,48 @@ class LocalCluster:
                                   f"empty DE buffer ({room} tokens of {self.de_pool_slots} slots) "
                                   f"or the PE's {self.max_tokens} prompt tokens")
 
-    def open(self, job: Job, recv_offset: int) -> dict:
+    def open(self, job: Job, recv_offset: int) -> Opened:
+        """Opens the turn's DE buffer; its hit (de read side) lands at recv_offset of the PE's
+        receive area."""
         procs = self.procs
-        opened = procs.clients[job.role].call(
-            "open", self.timeout_s, rid=job.rid, num_tokens=len(job.prompt),
-            max_new_tokens=job.gen, hit_keys=self._hit_keys(job), read_side=job.read_side,
+        opened = procs.clients[job.role].call(Open(
+            rid=job.rid, num_tokens=len(job.prompt), max_new_tokens=job.gen,
+            hit_keys=self._hit_keys(job), read_side=job.read_side,
             pe_peer=procs.pe_peer[job.pe_role, job.role],
-            pe_recv_region=procs.hello[job.pe_role]["recv_region"],
-            pe_recv_offset=recv_offset)
-        lay = self.layout
-        opened["recv_offset"] = recv_offset
-        opened["recv_bytes"] = lay.num_layers * opened["num_hit_blocks"] * lay.layer_block_bytes
+            pe_recv_region=procs.hello[job.pe_role].recv_region,
+            pe_recv_offset=recv_offset), self.timeout_s)
+        job.recv_offset = recv_offset
         return opened
+
+    def recv_bytes(self, opened: Opened) -> int:
+        """What an opened turn's hit takes of the PE's receive area."""
+        lay = self.layout
+        return lay.num_layers * opened.num_hit_blocks * lay.layer_block_bytes
 
     def _hit_keys(self, job: Job) -> bytes:
         return job.keys[:job.hit_tokens // self.block_tokens].tobytes()
 
-    def prefill_request(self, job: Job) -> dict:
+    def prefill_request(self, job: Job) -> PrefillRequest:
         procs, opened = self.procs, job.opened
-        return dict(rid=job.rid, prompt=job.prompt.tolist(), read_side=job.read_side,
-                    hit_keys=self._hit_keys(job), num_hit_blocks=opened["num_hit_blocks"],
-                    recv_offset=opened["recv_offset"], ready_at=opened["ready_at"],
-                    de_peer=procs.de_peer[job.pe_role, job.role],
-                    de_region=procs.hello[job.role]["pool_region"],
-                    slot_offsets=opened["slot_offsets"])
+        return PrefillRequest(
+            rid=job.rid, prompt=job.prompt.tolist(), read_side=job.read_side,
+            hit_keys=self._hit_keys(job), num_hit_blocks=opened.num_hit_blocks,
+            recv_offset=job.recv_offset, ready_at=opened.ready_at,
+            de_peer=procs.de_peer[job.pe_role, job.role],
+            de_region=procs.hello[job.role].pool_region, slot_offsets=opened.slot_offsets)
 
-    def admit_request(self, job: Job) -> dict:
-        cached = job.first["num_cached_blocks"]
-        return dict(rid=job.rid, prompt=job.prompt.tolist(), first_token=job.first["first_token"],
-                    max_new_tokens=job.gen, num_cached_blocks=cached,
-                    prior_key=job.keys[cached - 1].tobytes() if cached else b"",
-                    pe_peer=self.procs.pe_peer[job.pe_role, job.role])
+    def admit_request(self, job: Job) -> AdmitRequest:
+        cached = job.first.num_cached_blocks
+        return AdmitRequest(
+            rid=job.rid, prompt=job.prompt.tolist(), first_token=job.first.first_token,
+            max_new_tokens=job.gen, num_cached_blocks=cached,
+            prior_key=job.keys[cached - 1].tobytes() if cached else b"",
+            pe_peer=self.procs.pe_peer[job.pe_role, job.role])
 
     # -- figures and lifetime -------------------------------------------------------------
     def snic_bytes(self) -> dict:
         """Bytes each node's emulated storage NIC has read, by role."""
-        return {role: self.procs.clients[role].call("stats", self.timeout_s)["snic_bytes"]
+        return {role: self.procs.clients[role].call(Stats(), self.timeout_s).snic_bytes
                 for role in self.roles}
 
     def close(self) -> None:

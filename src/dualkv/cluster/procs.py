@@ -13,6 +13,7 @@ import tempfile
 
 import zmq
 
+from dualkv.cluster.messages import Connect, Down, Hello, Stop, Up
 from dualkv.cluster.protocol import Client
 from dualkv.errors import PeerDisconnected
 
@@ -44,7 +45,7 @@ class ClusterProcs:
         for role in self.roles:
             self._spawn(role)
         for role in self.roles:
-            self.hello[role] = self.clients[role].call("hello", timeout_s)
+            self.hello[role] = self.clients[role].call(Hello(), timeout_s)
         for role in self.de_roles:
             self._join(role)
 
@@ -81,8 +82,8 @@ class ClusterProcs:
         """UCX rendezvous of every live PE and one DE, both ways."""
         t = self.timeout_s
         for pe in self.live_pes():
-            self.de_peer[pe, de] = self.clients[pe].call("connect", t, info=self.hello[de]["info"])["peer"]
-            self.pe_peer[pe, de] = self.clients[de].call("connect", t, info=self.hello[pe]["info"])["peer"]
+            self.de_peer[pe, de] = self.clients[pe].call(Connect(info=self.hello[de].info), t).peer
+            self.pe_peer[pe, de] = self.clients[de].call(Connect(info=self.hello[pe].info), t).peer
 
     def is_alive(self, role: str) -> bool:
         return self.procs[role].poll() is None
@@ -92,7 +93,7 @@ class ClusterProcs:
         the rest, and fails naming them when no PE is left. Returns the newly dead."""
         dead = [r for r in self.live_pes() if not self.is_alive(r)]
         for role in dead:
-            self.sched.call("down", self.timeout_s, engine=self.engine_id(role))
+            self.sched.call(Down(engine=self.engine_id(role)), self.timeout_s)
             self.dead_pes.append(role)
         if not self.live_pes():
             names = ", ".join(f"'{r}' (pid {self.procs[r].pid}, exit {self.procs[r].returncode})"
@@ -104,13 +105,13 @@ class ClusterProcs:
     def replace_de(self, role: str) -> None:
         """A fresh DE process in place of a dead one (same node, same engine id)."""
         engine = self.engine_id(role)
-        self.sched.call("down", self.timeout_s, engine=engine)
+        self.sched.call(Down(engine=engine), self.timeout_s)
         self.clients[role].close()
         self.num_restarts += 1
         self._spawn(role)
-        self.hello[role] = self.clients[role].call("hello", self.timeout_s)
+        self.hello[role] = self.clients[role].call(Hello(), self.timeout_s)
         self._join(role)
-        self.sched.call("up", self.timeout_s, engine=engine)
+        self.sched.call(Up(engine=engine), self.timeout_s)
 
     def close(self) -> None:
         for role in self.roles:
@@ -118,12 +119,12 @@ class ClusterProcs:
                 self.clients[role].close()
                 continue
             try:
-                self.clients[role].call("stop", 10.0)
+                self.clients[role].call(Stop(), 10.0)
             except Exception:
                 self.procs[role].kill()
             self.clients[role].close()
         try:
-            self.sched.call("stop", 10.0)
+            self.sched.call(Stop(), 10.0)
         except Exception:
             self.procs["sched"].kill()
         self.sched.close()

@@ -1,18 +1,20 @@
-"""Control plane of the local cluster: msgpack dicts over ZeroMQ, every wait with a deadline.
+"""Control plane of the local cluster: typed messages (messages.py) over ZeroMQ, every wait
+with a deadline.
 
-A message is a dict with an "op" (request) or "ok" (reply) field; a failed request replies
-{"ok": False, "error": <exception class name>, "message": ...}, which `Client.call` raises
-again as the same dualkv error class. Bulk data never travels here: KV moves through the
-transfer engine and the store.
+A request is a `messages.Request` Struct; its handler `op_<op>(msg)` returns the reply
+Struct. A failed request — a malformed message included — replies `Error(error=<exception
+class name>, message=...)`, which `Client.call` raises again as the same dualkv error class.
+Bulk data never travels here: KV moves through the transfer engine and the store.
 """
 from __future__ import annotations
 
 import time
 
-import msgpack
 import zmq
 
 from dualkv import errors
+from dualkv.cluster.messages import (Error, Op, Reply, Request, decode_reply, decode_request,
+                                     encode, op_name)
 
 POLL_SLICE_S = 0.25  # how often a waiting client checks that its engine process lives
 
@@ -21,26 +23,22 @@ ERRORS = {name: getattr(errors, name) for name in
            "StorageError", "Unavailable")}
 
 
-def pack(message: dict) -> bytes:
-    return msgpack.packb(message, use_bin_type=True)
-
-
-def unpack(data: bytes) -> dict:
-    return msgpack.unpackb(data, raw=False)
-
-
-def error_reply(exc: BaseException) -> dict:
+def error_reply(exc: BaseException) -> Error:
     name = type(exc).__name__
-    return {"ok": False, "error": name if name in ERRORS else "DualKVError", "message": str(exc)}
+    return Error(error=name if name in ERRORS else "DualKVError", message=str(exc))
 
 
-def serve(handler, msg: dict) -> dict:
-    """The reply to a request: handler.op_<op>(msg) merged into {"ok": True}, or the failure,
-    typed, for the caller to raise again."""
+def serve(handler, data: bytes) -> tuple[Request | None, bytes]:
+    """The request in `data` (None if malformed) and the encoded reply: handler.op_<op>(msg),
+    or the failure, typed, for the caller to raise again."""
     try:
-        return {"ok": True, **getattr(handler, f"op_{msg['op']}")(msg)}
+        msg = decode_request(data)
+    except errors.InvalidArgument as exc:
+        return None, encode(error_reply(exc))
+    try:
+        return msg, encode(getattr(handler, f"op_{op_name(msg)}")(msg))
     except Exception as exc:  # every failure goes back to the caller
-        return error_reply(exc)
+        return msg, encode(error_reply(exc))
 
 
 class Client:
@@ -53,16 +51,16 @@ class Client:
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.connect(endpoint)
 
-    def call(self, op: str, timeout_s: float = 60.0, **fields) -> dict:
-        self.send(op, **fields)
+    def call(self, msg: Op, timeout_s: float = 60.0) -> Reply:
+        self.send(msg)
         return self.recv(timeout_s)
 
-    def send(self, op: str, **fields) -> None:
+    def send(self, msg: Op) -> None:
         """Starts a request; `recv` finishes it (lets several engines work at once)."""
-        self._op = op
-        self.socket.send(pack({"op": op, **fields}))
+        self._op = op_name(msg)
+        self.socket.send(encode(msg))
 
-    def recv(self, timeout_s: float = 60.0) -> dict:
+    def recv(self, timeout_s: float = 60.0) -> Reply:
         deadline = time.monotonic() + timeout_s
         while not self.socket.poll(int(1000 * max(0.0, min(POLL_SLICE_S,
                                                            deadline - time.monotonic())))):
@@ -70,10 +68,10 @@ class Client:
                 raise errors.PeerDisconnected(f"{self.endpoint} died during {self._op!r}")
             if time.monotonic() >= deadline:
                 raise errors.TimedOut(f"{self.endpoint} did not answer {self._op!r} in {timeout_s} s")
-        reply = unpack(self.socket.recv())
-        if not reply.get("ok"):
-            cls = ERRORS.get(reply.get("error"), errors.DualKVError)
-            raise cls(f"{self.endpoint} {self._op}: {reply.get('message')}")
+        reply = decode_reply(self.socket.recv())
+        if isinstance(reply, Error):
+            cls = ERRORS.get(reply.error, errors.DualKVError)
+            raise cls(f"{self.endpoint} {self._op}: {reply.message}")
         return reply
 
     def close(self) -> None:

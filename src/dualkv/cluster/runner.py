@@ -22,6 +22,8 @@ from collections import deque
 import numpy as np
 
 from dualkv.cluster.jobs import Job
+from dualkv.cluster.messages import (Admit, DecodeResult, Drop, Place, Poll, Prefill, Submit,
+                                     SubmitRequest)
 from dualkv.errors import DualKVError, OutOfMemory, PeerDisconnected, TimedOut
 from dualkv.store.keys import chain_keys
 
@@ -72,11 +74,12 @@ class Runner:
             job.keys = chain_keys(job.prompt, bt)
             job.matched = c.match(job.keys)
             job.hit_tokens = min(job.matched * bt, (len(job.prompt) - 1) // bt * bt)
-            job.rid, job.role, job.opened, job.first = c.next_rid(), "", {}, {}
+            job.rid, job.role, job.opened, job.first = c.next_rid(), "", None, None
             self.by_rid[job.rid] = job
             self.unplaced.add(job.rid)
-        c.procs.sched.call("submit", c.timeout_s, requests=[
-            [j.rid, len(j.prompt), j.hit_tokens, j.gen] for j in jobs])
+        c.procs.sched.call(Submit(requests=[
+            SubmitRequest(rid=j.rid, prompt_tokens=len(j.prompt), hit_tokens=j.hit_tokens,
+                          gen_tokens=j.gen) for j in jobs]), c.timeout_s)
 
     def _resubmit(self, jobs) -> None:
         """Turns caught by a failure go again, a bounded number of times."""
@@ -88,20 +91,20 @@ class Runner:
         self._submit(jobs)
 
     def _place(self) -> bool:
-        reply = self.c.procs.sched.call("place", self.c.timeout_s)
-        if reply["no_pe"]:
+        reply = self.c.procs.sched.call(Place(), self.c.timeout_s)
+        if reply.no_pe:
             self.c.procs.check_pes()  # raises: no PE is left
         roles, lost = self.c.procs.roles, []
-        for rid, pe, de, side in reply["placed"]:
-            self.unplaced.discard(rid)
-            job = self.by_rid[rid]
-            job.pe_role, job.role, job.read_side = roles[pe], roles[de], side
+        for p in reply.placed:
+            self.unplaced.discard(p.rid)
+            job = self.by_rid[p.rid]
+            job.pe_role, job.role, job.read_side = roles[p.pe], roles[p.de], p.read_side
             (lost if job.pe_role in self.c.procs.dead_pes else self.ready).append(job)
         self._resubmit(lost)  # given a PE before it died
-        self.num_waiting = reply["num_waiting"]
+        self.num_waiting = reply.num_waiting
         # turns the scheduler holds back (no DE with room): admission waiting
         self.c.peak_waiting_turns = max(self.c.peak_waiting_turns, len(self.unplaced))
-        return bool(reply["placed"])
+        return bool(reply.placed)
 
     # -- prefill --------------------------------------------------------------------------
     def _start_prefills(self) -> bool:
@@ -113,13 +116,13 @@ class Runner:
             jobs = [job for job in batch if self._open(job)]
             # a DE that died during these opens was replaced: the buffers opened on it before
             # went with it, so those turns go again too
-            stale = [j for j in jobs if j.opened["de_pid"] != self.c.procs[j.role].pid]
+            stale = [j for j in jobs if j.de_pid != self.c.procs[j.role].pid]
             if stale:
                 jobs = [j for j in jobs if j not in stale]
                 self._resubmit(stale)
             if jobs and pe in self.c.procs.live_pes():
-                self.c.procs.clients[pe].send("prefill", mode=self.c.mode, requests=[
-                    self.c.prefill_request(j) for j in jobs])
+                self.c.procs.clients[pe].send(Prefill(mode=self.c.mode, requests=[
+                    self.c.prefill_request(j) for j in jobs]))
                 self.prefilling[pe] = jobs
                 if self.c.on_prefill is not None:
                     self.c.on_prefill(pe, jobs)
@@ -136,12 +139,12 @@ class Runner:
                 continue
             jobs, done = self.prefilling.pop(pe), True
             try:
-                replies = client.recv(self.c.timeout_s)["results"]
+                replies = client.recv(self.c.timeout_s).results
             except DualKVError as exc:
                 self._fail_batch(pe, jobs, exc)
                 continue
             for job, reply in zip(jobs, replies):
-                job.first = dict(reply, first_at=reply.get("done_at") or time.monotonic())
+                job.first, job.first_at = reply, reply.done_at or time.monotonic()
                 self._forget_failed(job)
             self._admit(jobs)
         return done
@@ -150,7 +153,7 @@ class Runner:
         """Hit blocks that did not load (missing, corrupt: the engine's store deleted them)
         leave the driver's index, so no later turn is offered them; they are written back
         again by the turn that recomputes them."""
-        hit, cached = job.hit_tokens // self.c.block_tokens, job.first["num_cached_blocks"]
+        hit, cached = job.hit_tokens // self.c.block_tokens, job.first.num_cached_blocks
         if cached < hit:
             self.c.store.index.remove(job.keys[cached:hit])
 
@@ -169,8 +172,8 @@ class Runner:
 
     def _open(self, job: Job) -> bool:
         try:
-            job.opened = dict(self.c.open(job, self._recv_offset),
-                              de_pid=self.c.procs[job.role].pid)
+            job.opened = self.c.open(job, self._recv_offset)
+            job.de_pid = self.c.procs[job.role].pid
         except OutOfMemory:
             self.buffer_wait.append(job)  # admission waits for buffer room
             self.c.num_buffer_waits += 1
@@ -178,7 +181,7 @@ class Runner:
         except PeerDisconnected:
             self._replace(job.role, extra=[job])
             return False
-        self._recv_offset += job.opened["recv_bytes"]
+        self._recv_offset += self.c.recv_bytes(job.opened)
         return True
 
     def _admit(self, jobs) -> None:
@@ -187,8 +190,8 @@ class Runner:
             per_de.setdefault(job.role, []).append(job)
         for role, group in per_de.items():
             try:
-                self.c.procs.clients[role].call("admit", self.c.timeout_s, requests=[
-                    self.c.admit_request(j) for j in group])
+                self.c.procs.clients[role].call(Admit(requests=[
+                    self.c.admit_request(j) for j in group]), self.c.timeout_s)
             except PeerDisconnected:
                 self._replace(role, extra=group)
                 continue
@@ -201,8 +204,8 @@ class Runner:
         roles = {j.role for j in jobs}
         for role in roles:
             if self.c.procs.is_alive(role):
-                self.c.procs.clients[role].call("drop", self.c.timeout_s, rids=[
-                    j.rid for j in jobs if j.role == role])
+                self.c.procs.clients[role].call(Drop(rids=[
+                    j.rid for j in jobs if j.role == role]), self.c.timeout_s)
         self._check_pes()  # raises when no PE is left
         if pe in self.c.procs.dead_pes:
             self._resubmit(jobs)
@@ -232,15 +235,15 @@ class Runner:
             if not jobs:
                 continue
             try:
-                reply = self.c.procs.clients[role].call("poll", self.c.timeout_s)
+                reply = self.c.procs.clients[role].call(Poll(), self.c.timeout_s)
             except PeerDisconnected:
                 self._replace(role)
                 busy = True
                 continue
             if self.c.on_poll is not None:
                 self.c.on_poll(role, reply)
-            for out in reply["results"]:
-                self._finish(jobs.pop(out["rid"]), out)
+            for out in reply.results:
+                self._finish(jobs.pop(out.rid), out)
                 busy = True
         if busy or not any(self.in_de.values()):
             self._retry_buffer_waits()
@@ -251,11 +254,11 @@ class Runner:
         waiting, self.buffer_wait = self.buffer_wait, []
         self._submit(waiting)
 
-    def _finish(self, job: Job, out: dict) -> None:
+    def _finish(self, job: Job, out: DecodeResult) -> None:
         del self.by_rid[job.rid]
         self.results[job.session].append(job.turn(out, self.start))
         nxt = self.sessions[job.session].next_turn
-        follow = nxt(job.prompt.tolist(), out["generated"]) if nxt is not None else None
+        follow = nxt(job.prompt.tolist(), out.generated) if nxt is not None else None
         if follow is None:
             self.num_open -= 1
             return

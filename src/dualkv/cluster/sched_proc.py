@@ -18,7 +18,9 @@ import sys
 
 import zmq
 
-from dualkv.cluster.protocol import pack, serve, unpack
+from dualkv.cluster.messages import Ack, LoadReport, Placed, Placement, Stop, decode_report
+from dualkv.cluster.protocol import serve
+from dualkv.errors import InvalidArgument
 from dualkv.sched import EngineReport, GroupReport, GroupSpec, Request, Scheduler, SchedulerConfig
 
 
@@ -39,39 +41,40 @@ class SchedulerServer:
         self.down: set[int] = set()
 
     @staticmethod
-    def _empty(engine: int) -> dict:
-        return {"engine": engine, "seq": 0, "tok": 0, "read_q": 0, "max_rid": 0}
+    def _empty(engine: int) -> LoadReport:
+        return LoadReport(engine=engine)
 
-    def on_report(self, report: dict) -> None:
-        engine = report["engine"]
+    def on_report(self, report: LoadReport) -> None:
+        engine = report.engine
         if engine not in self.reports or engine in self.down:
             return
         self.reports[engine] = report
-        mark = report["max_rid"]
+        mark = report.max_rid
         self.unseen[engine] = {r: v for r, v in self.unseen[engine].items() if r > mark}
         self.unseen_reads[engine] = {r: v for r, v in self.unseen_reads[engine].items() if r > mark}
         self.sched.report_read_q(engine, self._read_q(engine))
 
     def _read_q(self, node: int) -> int:
         """The node's read queue: what its engine reported plus the reads placed since."""
-        return self.reports[node]["read_q"] + sum(self.unseen_reads[node].values())
+        return self.reports[node].read_q + sum(self.unseen_reads[node].values())
 
     def _load(self, engine: int) -> EngineReport:
         """The engine's report with the requests placed on it that it had not yet seen."""
         report, unseen = self.reports[engine], self.unseen[engine].values()
-        return EngineReport(engine, report["seq"] + len(unseen),
-                            report["tok"] + sum(t for t, _ in unseen),
-                            report.get("free_tokens", float("inf")) - sum(h for _, h in unseen))
+        free = float("inf") if report.free_tokens is None else report.free_tokens
+        return EngineReport(engine, report.seq + len(unseen),
+                            report.tok + sum(t for t, _ in unseen),
+                            free - sum(h for _, h in unseen))
 
-    def op_submit(self, msg) -> dict:
-        for rid, prompt_tokens, hit_tokens, gen_tokens in msg["requests"]:
-            self.sched.submit(Request(rid, prompt_tokens, hit_tokens, gen_tokens))
-        return {}
+    def op_submit(self, msg) -> Ack:
+        for r in msg.requests:
+            self.sched.submit(Request(r.rid, r.prompt_tokens, r.hit_tokens, r.gen_tokens))
+        return Ack()
 
-    def op_place(self, msg) -> dict:
+    def op_place(self, msg) -> Placed:
         """Fetches for every live group (PEs first); the requests now placed."""
         if not set(self.pe_ids) - self.down:
-            return {"placed": [], "num_waiting": self.sched.num_waiting, "no_pe": True}
+            return Placed(placed=[], num_waiting=self.sched.num_waiting, no_pe=True)
         placed = []
         for _ in range(2):  # a request gets its PE on one fetch and its DE on the next
             for gid in self.pe_ids + self.de_ids:
@@ -92,19 +95,23 @@ class SchedulerServer:
                         node = r.read_node
                         self.unseen_reads[node][r.rid] = r.hit_tokens
                 placed += result.placed
-        return {"placed": [[r.rid, r.pe, r.de, r.read_side] for r in placed],
-                "num_waiting": self.sched.num_waiting, "no_pe": False}
+        return Placed(placed=[Placement(rid=r.rid, pe=r.pe, de=r.de, read_side=r.read_side)
+                              for r in placed],
+                      num_waiting=self.sched.num_waiting, no_pe=False)
 
-    def op_down(self, msg) -> dict:
+    def op_down(self, msg) -> Ack:
         """An engine process died: no fetch for its group until `up`."""
-        self.down.add(msg["engine"])
-        return {}
+        self.down.add(msg.engine)
+        return Ack()
 
-    def op_up(self, msg) -> dict:
-        self.down.discard(msg["engine"])
-        self.reports[msg["engine"]] = self._empty(msg["engine"])
-        self.unseen[msg["engine"]], self.unseen_reads[msg["engine"]] = {}, {}
-        return {}
+    def op_up(self, msg) -> Ack:
+        self.down.discard(msg.engine)
+        self.reports[msg.engine] = self._empty(msg.engine)
+        self.unseen[msg.engine], self.unseen_reads[msg.engine] = {}, {}
+        return Ack()
+
+    def op_stop(self, msg) -> Ack:
+        return Ack()
 
     def serve(self, endpoint: str, reports_endpoint: str) -> None:
         context = zmq.Context.instance()
@@ -117,14 +124,16 @@ class SchedulerServer:
         while True:
             events = dict(poller.poll(1000))
             while pull.poll(0):  # every report first, so a fetch sees the freshest loads
-                self.on_report(unpack(pull.recv()))
+                try:
+                    self.on_report(decode_report(pull.recv()))
+                except InvalidArgument:  # a malformed report: the engine's next one counts
+                    pass
             if rep not in events:
                 continue
-            msg = unpack(rep.recv())
-            if msg["op"] == "stop":
-                rep.send(pack({"ok": True}))
+            msg, reply = serve(self, rep.recv())
+            rep.send(reply)
+            if isinstance(msg, Stop):
                 break
-            rep.send(pack(serve(self, msg)))
         rep.close(0)
         pull.close(0)
 

@@ -96,7 +96,7 @@ def run_online(args, policy: str, cfg, progress=None) -> tuple[dict, list]:
                          block_tokens=args.block_tokens, snic_mbps=snic_mbps, cnic_mbps=cnic_mbps,
                          batch_invariant=False, max_tokens=max(8192, args.max_prompt)) as cluster:
         if progress is not None:
-            cluster.on_poll = lambda role, reply: progress(len(reply["results"]))
+            cluster.on_poll = lambda role, reply: progress(len(reply.results))
         before, start = cluster.snic_bytes(), time.perf_counter()
         turns = [t for session in cluster.run_sessions(sessions) for t in session]
         makespan = time.perf_counter() - start
