@@ -368,3 +368,19 @@ def test_concurrent_batches_from_threads(block_root, io_backend):
     for t in threads:
         t.join()
     assert errors == []
+
+
+@pytest.mark.parametrize("layers", [range(0, 4, 2), (0.5, 2), (0, 2.0), (True, 2), range(2, 0, -1)])
+def test_layer_ranges_are_integer_and_contiguous(block_root, layers):
+    """range(0, 4, 2) loaded layers 0-1 and reported success with layer 2 stale; float bounds
+    were truncated. Both are refused before any I/O."""
+    from dualkv.layout import KVLayout
+    from dualkv.store import BlockStore, StoreConfig
+
+    layout = KVLayout(num_layers=4, bytes_per_token_layer=64, block_tokens=16)
+    with BlockStore(StoreConfig(block_root, layout, pool_slots=2, cuda="off")) as store:
+        keys = store.chain_keys(np.arange(16, dtype=np.int32))
+        slots = store.pool.alloc(1)
+        with pytest.raises(InvalidArgument, match="layers"):
+            store.load(keys, slots, layers=layers)
+        assert store.wait(store.load(keys, slots, layers=range(1, 3)), 10, check=False).shape == (1,)

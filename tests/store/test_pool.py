@@ -124,3 +124,14 @@ def test_small_memlock_limit_says_how_to_raise_it(tmp_path):
     assert "RLIMIT_MEMLOCK" in done.stdout and "ulimit -l" in done.stdout
     assert "CAP_IPC_LOCK" in done.stdout
 
+
+
+@pytest.mark.parametrize("bad", [[1.7], [True], ["1"], 2.0])
+def test_slot_ids_must_be_integers(pool, bad):
+    """A float is not rounded to a slot (free([1.7]) freed slot 1), a bool is not a slot."""
+    pool.alloc(8)
+    with pytest.raises(InvalidArgument):
+        pool.free(bad)
+    assert pool.num_free == 0
+    with pytest.raises(InvalidArgument):
+        HostPool(LAYOUT, num_slots=4, cuda="off").alloc(1.5)

@@ -12,6 +12,7 @@ import numpy as np
 from dualkv._native import C
 from dualkv.errors import InvalidArgument
 from dualkv.layout import KVLayout
+from dualkv.store.args import is_integer
 
 
 class HostPool:
@@ -57,10 +58,16 @@ class HostPool:
 
     def alloc(self, n: int) -> np.ndarray:
         """n free slot ids (int64), all or none: raises OutOfMemory when fewer are free."""
+        if not is_integer(n):
+            raise InvalidArgument(f"alloc takes an integer count, got {n!r}")
         return self.native.alloc(int(n))
 
     def free(self, ids) -> None:
-        self.native.free(np.ascontiguousarray(ids, dtype=np.int64).reshape(-1))
+        """Frees slot ids (integers; a float is never rounded to a slot)."""
+        ids = np.asarray(ids).reshape(-1)
+        if ids.size and ids.dtype.kind not in "iu":
+            raise InvalidArgument(f"slot ids must be integers, got {ids.dtype}")
+        self.native.free(np.ascontiguousarray(ids, dtype=np.int64))
 
     def array(self) -> np.ndarray:
         """The whole pool as a (num_slots, slot_bytes) uint8 array, zero-copy."""
