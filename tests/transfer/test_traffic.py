@@ -272,3 +272,12 @@ def test_copy_ranges_copies_each_range_and_refuses_bad_ones():
             copy_ranges(*bad)
     assert (dst == before).all()  # a bad descriptor anywhere: nothing was copied
 
+
+
+def test_storage_writes_have_their_own_direction(node):
+    """A NIC is full duplex: writes charged to snic_tx, at the storage NIC's rate, leave the
+    read bucket's queue as it was."""
+    with TrafficManager(TrafficConfig(snic_gbps=0.001, **node)) as tm:
+        assert tm.snic_tx.bytes_per_s == tm.snic.bytes_per_s == 1e6
+        tm.snic_tx.debit(10_000_000)  # 10 s of writes
+        assert tm.snic.backlog_s < 0.1 and tm.snic_tx.backlog_s > 9

@@ -129,7 +129,7 @@ class DecodeServer:
             wb.finish(self.server.timeout_s)
             # write-backs go out through the node's storage NIC too, in its transmit direction
             # (never waited for: they are off the turn's critical path)
-            self.server.snic_tx.debit((wb.next_block - wb.first_block)
+            self.server.tm.snic_tx.debit((wb.next_block - wb.first_block)
                                       * self.server.store.layout.full_block_bytes)
             second_at = self.second_at.pop(rid, now if len(generated) >= 2 else None)
             self.finished.append(DecodeResult(

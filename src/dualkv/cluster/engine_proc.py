@@ -29,7 +29,7 @@ from dualkv.engine.remote import RemoteBuffer, RemoteBufferSink, RemoteLayerSour
 from dualkv.errors import PeerDisconnected
 from dualkv.store import BlockStore, StoreConfig
 from dualkv.transfer import Agent, TransferConfig
-from dualkv.transfer.traffic import TrafficConfig, TrafficManager, open_bucket
+from dualkv.transfer.traffic import TrafficConfig, TrafficManager
 
 
 # The emulated NICs run at MB/s here (a 2-core machine stands in for a cluster): a 1 MiB burst
@@ -66,10 +66,6 @@ class EngineServer:
             node=args.node, snic_gbps=args.snic_mbps / 1e3, cnic_gbps=args.cnic_mbps / 1e3,
             chunk_bytes=NIC_BURST_BYTES, burst_bytes=NIC_BURST_BYTES, shm_dir=args.shm_dir),
             kv_agent=self.agent)
-        # write-backs go out the storage NIC's other direction (a NIC is full duplex: they
-        # never delay this node's reads, paper.md: under 1% of the read traffic)
-        self.snic_tx = open_bucket(args.node, "snic-tx", args.snic_mbps / 1e3, NIC_BURST_BYTES,
-                                   args.shm_dir)
         self.snic_bytes = 0  # read through the storage NIC
         self.timeout_s = engine.timeout_s
         self.decode = DecodeServer(self) if args.role == "de" else None

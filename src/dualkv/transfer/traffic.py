@@ -5,7 +5,8 @@ host<->device copies) is cut into `chunk_bytes` chunks that wait while any model
 flight, so a KV stream delays a model message by at most `kv_window` chunks. Token buckets in
 shared memory cap the node's storage NIC and compute NIC (`snic_gbps`, `cnic_gbps`, in GB/s =
 1e9 bytes/s, 0 = uncapped): the processes of one emulated node open the same buckets and so
-share one NIC's bandwidth. The storage reader pays for every read with `tm.snic.acquire`.
+share one NIC's bandwidth. The storage reader pays for every read with `tm.snic.acquire` (or
+`reserve_until`); storage writes are charged to `tm.snic_tx`, the NIC's other direction.
 
     tm = TrafficManager(TrafficConfig(node="n0", cnic_gbps=5), kv_agent=kv, model_agent=model)
     h = tm.put(peer, local, remote, loc, rem, lengths, request_id=r, layer=l)   # kv class
@@ -77,6 +78,10 @@ class TrafficManager:
                                 config.shm_dir)
         self.cnic = open_bucket(config.node, "cnic", config.cnic_gbps, config.burst_bytes,
                                 config.shm_dir)
+        # storage writes: the storage NIC's transmit direction (a NIC is full duplex, so
+        # writes never delay reads); charged with snic_tx.debit, at the storage NIC's rate
+        self.snic_tx = open_bucket(config.node, "snic-tx", config.snic_gbps,
+                                   config.burst_bytes, config.shm_dir)
         self.agents = {"kv": kv_agent, "model": model_agent}
         self._native = C.TrafficManager(config.chunk_bytes, config.kv_window, self.cnic,
                                         kv_min_share=config.kv_min_share)

@@ -142,13 +142,11 @@ class SaveBatch:
     def drop(self, should_drop) -> list:
         """Takes the specs for which should_drop(spec) is true out of the batch, before it is
         written; their slots are freed in finish(), after the copies into them are done."""
-        dropped = [s for s in self.specs if should_drop(s)]
-        if dropped:
-            kept = [(s, slots) for s, slots in zip(self.specs, self.slots) if not should_drop(s)]
-            self.dropped_slots += [slots for s, slots in zip(self.specs, self.slots)
-                                   if should_drop(s)]
-            self.specs = [s for s, _ in kept]
-            self.slots = [slots for _, slots in kept]
+        keep = [not should_drop(s) for s in self.specs]  # one call per spec
+        dropped = [s for s, k in zip(self.specs, keep) if not k]
+        self.dropped_slots += [slots for slots, k in zip(self.slots, keep) if not k]
+        self.specs = [s for s, k in zip(self.specs, keep) if k]
+        self.slots = [slots for slots, k in zip(self.slots, keep) if k]
         return dropped
 
     def stage_layer(self, layer: int) -> None:
