@@ -30,6 +30,10 @@ class ConnectorConfig:
     rendezvous_port: int = 0     # first port (rank r listens on port + r); 0 = any free port
     token: str = ""              # cluster token of the rendezvous; default $DUALKV_CLUSTER_TOKEN
     pull_lease_s: float = 300.0  # a producer frees pages no decode instance pulled after this
+    # emulated NICs (pacing.py): "" = no pacing; else the node whose buckets this instance pays
+    traffic_node: str = ""
+    snic_gbps: float = 0.0       # storage reads, GB/s (0 = unpaced)
+    cnic_gbps: float = 0.0       # pulls from other instances, GB/s (0 = unpaced)
 
     def __post_init__(self):
         if not isinstance(self.root, str) or not self.root:
@@ -38,6 +42,9 @@ class ConnectorConfig:
             raise InvalidArgument(f"load_path must be 'direct' or 'staged', got {self.load_path!r}")
         if self.pool_slots <= 0 or self.timeout_s <= 0:
             raise InvalidArgument("pool_slots and timeout_s must be positive")
+        if not (self.snic_gbps >= 0 and self.cnic_gbps >= 0) or "/" in self.traffic_node:
+            raise InvalidArgument("snic_gbps and cnic_gbps must be >= 0 and traffic_node a "
+                                  "name without '/'")
         if self.pull_lease_s <= self.timeout_s:
             raise InvalidArgument("pull_lease_s must exceed timeout_s: a decode instance starts a "
                                   "pull only when its deadline ends before the producer's lease")

@@ -54,6 +54,7 @@ class DualKVConnector(KVConnectorBase_V1):
             _check_pd_supported(vllm_config, self.config)
         self.scheduler_side = self.worker_side = None
         self.holds = self.pulls = None  # P/D roles, scheduler side (pd_scheduler)
+        self.store_block_bytes = layout.payload_bytes  # one Full Block's KV bytes
         if role == KVConnectorRole.SCHEDULER:
             hash_block_size = kv_cache_config.hash_block_size or layout.block_tokens
             hash_stride = layout.block_tokens // hash_block_size
@@ -96,7 +97,7 @@ class DualKVConnector(KVConnectorBase_V1):
             from dualkv.integrations.vllm.pd_consumer import PagePuller
             from dualkv.integrations.vllm.pd_producer import PageServer
             side.page_server = PageServer(self.config, side.kv, rank)
-            side.page_puller = PagePuller(self.config, side.kv)
+            side.page_puller = PagePuller(self.config, side.kv, side.pacer)
 
     def get_handshake_metadata(self) -> ProducerHandshake | None:
         """The worker's rendezvous address, for its scheduler side's kv_transfer_params."""
@@ -190,10 +191,14 @@ class DualKVConnector(KVConnectorBase_V1):
         """True keeps the pages until get_finished reports the request: its saves are verified
         and, where another instance reads them (pd_scheduler.HoldPlan), it has read them."""
         is_saving = self.scheduler_side.request_finished(request)
+        read_blocks = self.scheduler_side.take_read_blocks(request.request_id)
         if self.holds is None:
             return is_saving, None
         self.pulls.request_finished(request)
         is_held, params = self.holds.request_finished(request, block_ids)
+        if params is not None:  # what this instance read from the store for it (the router's stats)
+            params["dualkv_store_read_tokens"] = read_blocks * self.scheduler_side.block_size
+            params["dualkv_store_read_bytes"] = read_blocks * self.store_block_bytes
         return is_saving or is_held, params
 
 

@@ -38,8 +38,8 @@ def _left(deadline: float) -> float:
 
 
 class PagePuller:
-    def __init__(self, config, kv, num_threads: int = 4):
-        self.config, self.kv = config, kv
+    def __init__(self, config, kv, pacer, num_threads: int = 4):
+        self.config, self.kv, self.pacer = config, kv, pacer  # pacer: the compute NIC
         self.agent = Agent(TransferConfig(name="dualkv-vllm-consumer",
                                           op_timeout_s=config.timeout_s))
         self.regions = [self.agent.register(pages) for pages in kv.pages]
@@ -95,20 +95,24 @@ class PagePuller:
         return LayerFetch(self, specs)
 
     def _read_layers(self, peer, spec, deadline: float) -> None:
-        for handle in self._post_layers(peer, spec):
+        handles, arrivals = self._post_layers(peer, spec)
+        for handle, arrives_at in zip(handles, arrivals):
             self._finish(handle, deadline)
+            self.pacer.wait_until(arrives_at, deadline)
 
-    def _post_layers(self, peer, spec) -> list[int]:
-        """One one-sided get per layer: remote_block_ids -> block_ids; the handles, in order."""
+    def _post_layers(self, peer, spec) -> tuple[list[int], list[float]]:
+        """One one-sided get per layer: remote_block_ids -> block_ids. The handles, in order,
+        and when each layer would have come through this node's compute NIC (pacing.py)."""
         if len(peer.regions) != len(self.regions):
             raise InvalidArgument(f"the other instance has {len(peer.regions)} KV layers, "
                                   f"this one {len(self.regions)}")
         page = self.kv.page_bytes
         local, remote = spec.block_ids * page, spec.remote_block_ids * page
         lengths = np.full(len(local), page, np.int64)
-        return [self.agent.get(peer.id, region, peer.regions[layer].id, local, remote,
-                               lengths, block_bytes=page)
-                for layer, region in enumerate(self.regions)]
+        handles = [self.agent.get(peer.id, region, peer.regions[layer].id, local, remote,
+                                  lengths, block_bytes=page)
+                   for layer, region in enumerate(self.regions)]
+        return handles, [self.pacer.network_read(len(local) * page) for _ in handles]
 
     def _finish(self, handle: int, deadline: float) -> None:
         try:
@@ -146,6 +150,7 @@ class _Fetch:
     def __init__(self, spec):
         self.spec, self.peer, self.deadline = spec, None, 0.0
         self.handles: list[int | None] = []
+        self.arrivals: list[float] = []
         self.error: Exception | None = None
 
 
@@ -162,7 +167,7 @@ class LayerFetch:
             left = min(puller.config.timeout_s, spec.params.seconds_left())
             fetch.deadline = time.monotonic() + left
             fetch.peer = puller._peer(spec.params.remote_rendezvous, fetch.deadline)
-            fetch.handles = puller._post_layers(fetch.peer, spec)
+            fetch.handles, fetch.arrivals = puller._post_layers(fetch.peer, spec)
         except Exception as exc:  # noqa: BLE001 - a failed fetch is a load error, not a crash
             fetch.error = exc
         return fetch
@@ -174,6 +179,7 @@ class LayerFetch:
                 handle, fetch.handles[layer] = fetch.handles[layer], None
                 try:
                     self.puller._finish(handle, fetch.deadline)
+                    self.puller.pacer.wait_until(fetch.arrivals[layer], fetch.deadline)
                 except Exception as exc:  # noqa: BLE001
                     fetch.error = exc
 

@@ -25,6 +25,8 @@ from dataclasses import MISSING, asdict, dataclass, fields
 
 from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorHandshakeMetadata
 
+from dualkv.router.protocol import hit_prompt, prefill_params  # noqa: F401 - the hops' shapes
+
 # Notice layer a decode worker sends the producer once it holds the request's whole KV: the
 # producer frees the pages. (Data notices use layers 0..num_layers-1.)
 PULLED = 1 << 30
@@ -99,18 +101,3 @@ def wants_dualpath_read(request) -> bool:
     params = request.kv_transfer_params
     return bool(params and params.get("dualpath_read") and not params.get("do_remote_prefill")
                 and not params.get("do_remote_decode"))
-
-
-def hit_prompt(prompt: list[int], num_hit_tokens: int) -> list[int]:
-    """The router's hit request (hop 1): the hit prefix (whole blocks) and the next token, which
-    the decode instance computes (vLLM computes at least one token of every prompt)."""
-    if not 0 < num_hit_tokens < len(prompt):
-        raise ValueError(f"a hit of {num_hit_tokens} tokens leaves nothing to prefill "
-                         f"in a prompt of {len(prompt)}")
-    return list(prompt[:num_hit_tokens + 1])
-
-
-def prefill_params(hit_answer: dict) -> dict:
-    """The router's kv_transfer_params for the prefill instance (hop 2): the decode instance's
-    hit answer, and a request to hold the result for the decode instance."""
-    return {**hit_answer, "do_remote_decode": True}

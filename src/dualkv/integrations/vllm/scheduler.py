@@ -30,6 +30,10 @@ class SchedulerSide:
         self._tracked: dict[str, _Tracked] = {}
         self._loads: list[LoadSpec] = []
         self._rolled_back: set[str] = set()  # told to the worker in the next step's metadata
+        self._read_blocks: dict[str, int] = {}  # req_id -> blocks loaded from the store
+        # keys that failed to load (corrupt or missing) and were not saved again since: the
+        # directory may still hold their files, which a disk probe would offer again
+        self._failed_keys: set[bytes] = set()
 
     def num_full_blocks(self, request) -> int:
         return len(request.block_hashes) // self.hash_stride
@@ -38,7 +42,13 @@ class SchedulerSide:
         """Store hit beyond vLLM's own, in tokens; one native call, nothing touched."""
         num_blocks = self.num_full_blocks(request)
         keys = block_keys(request.block_hashes, 0, num_blocks, self.hash_stride)
-        num_hit = self.store.match(keys, touch=False) if len(keys) else 0
+        for i, key in enumerate(keys):  # never past a block that failed to load here
+            if key.tobytes() in self._failed_keys:
+                keys = keys[:i]
+                break
+        # probe_disk: blocks other instances wrote to the shared directory since this one
+        # opened it (a P/D prefill instance's, another engine's) count too
+        num_hit = self.store.match(keys, touch=False, probe_disk=True) if len(keys) else 0
         num_local = num_computed_tokens // self.block_size
         self._matched[request.request_id] = (num_local, num_hit)
         # vLLM must compute at least the last prompt token to sample the next one.
@@ -57,6 +67,7 @@ class SchedulerSide:
         num_load = num_external_tokens // self.block_size
         block_ids = blocks.get_block_ids()[0][num_local:num_local + num_load]
         keys = block_keys(request.block_hashes, num_local, num_local + num_load, self.hash_stride)
+        self._read_blocks[request.request_id] = self._read_blocks.get(request.request_id, 0) + num_load
         self._loads.append(LoadSpec(request.request_id, keys, np.asarray(block_ids, np.int64),
                                     self.config.async_load, first_block=num_local))
 
@@ -98,6 +109,10 @@ class SchedulerSide:
         tracked.num_stored_blocks = stop
         tracked.has_saves = True
 
+    def take_read_blocks(self, req_id: str) -> int:
+        """Blocks of the request read from the store (planned, less those reported failed)."""
+        return self._read_blocks.pop(req_id, 0)
+
     def request_finished(self, request) -> bool:
         """True holds the request's pages until the worker reports its saves done."""
         self._matched.pop(request.request_id, None)
@@ -121,8 +136,11 @@ class SchedulerSide:
         key_bytes = self.store.cfg.key_bytes
         keys = np.frombuffer(b"".join(k for _, _, k in failed), np.uint8).reshape(-1, key_bytes)
         self.store.index.remove(keys)
+        self._failed_keys.update(k for _, _, k in failed)
         for req_id, position, _ in failed:
             self._roll_back(req_id, position)
+            if self._read_blocks.get(req_id):
+                self._read_blocks[req_id] -= 1
 
     def _roll_back(self, req_id: str, position: int) -> None:
         tracked = self._tracked.get(req_id)
@@ -135,6 +153,7 @@ class SchedulerSide:
         store has its own index; this one was built from the directory when it opened)."""
         if not saved:
             return
+        self._failed_keys.difference_update(k for k, _ in saved)
         key_bytes = self.store.cfg.key_bytes
         keys = np.frombuffer(b"".join(k for k, _ in saved), np.uint8).reshape(-1, key_bytes)
         parents = np.frombuffer(b"".join(p or bytes(key_bytes) for _, p in saved),

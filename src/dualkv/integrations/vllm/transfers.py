@@ -57,6 +57,10 @@ class LoadBatch:
                                                    layers=(a, b)) for a, b in ranges]
         batch.ranges = ranges
         batch.pending = list(range(len(ranges)))
+        # when each range's bytes would have come through the node's storage NIC (pacing.py)
+        layer_bytes = len(batch.block_ids) * worker.layout.layer_block_bytes
+        batch.arrives_at = [worker.pacer.storage_read((b - a) * layer_bytes) for a, b in ranges]
+        batch.deadline = time.monotonic() + worker.config.timeout_s
         return batch
 
     def wait_layer(self, layer: int) -> None:
@@ -71,6 +75,7 @@ class LoadBatch:
     def _wait(self, index: int) -> None:
         ok = self.store.wait(self.handles[index], self.worker.config.timeout_s)
         self.pending.remove(index)
+        self.worker.pacer.wait_until(self.arrives_at[index], self.deadline)
         if not self.pending:  # includes model compute between layer waits when layerwise
             self.worker.stats["load_s"] += time.perf_counter() - self.start_s
         self.ok = ok if self.ok is None else (self.ok & ok)
@@ -82,7 +87,8 @@ class LoadBatch:
                 self.kv.scatter(layer, block_ids, self.worker.slots, slot_ids)
 
     def is_done(self) -> bool:
-        return all(self.store.poll(self.handles[i]) for i in self.pending)
+        return (time.monotonic() >= max(self.arrives_at)
+                and all(self.store.poll(self.handles[i]) for i in self.pending))
 
     def close(self) -> set[int]:
         """Counts the outcome and returns the vLLM block ids that failed. vLLM recomputes them

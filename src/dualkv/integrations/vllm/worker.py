@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from dualkv.integrations.vllm.metadata import DualKVWorkerMetadata
+from dualkv.integrations.vllm.pacing import NicPacer
 from dualkv.integrations.vllm.pages import PagedKV, SlotPages
 from dualkv.integrations.vllm.transfers import LoadBatch, RateLimitedLog, SaveBatch
 
@@ -40,6 +41,7 @@ class WorkerSide:
         self.kv: PagedKV | None = None
         self.slots: SlotPages | None = None
         self.copier = ThreadPoolExecutor(1, thread_name_prefix="dualkv-stage")
+        self.pacer = NicPacer(config)  # emulated storage and compute NICs (off by default)
         self.meta = None
         self.sync_load: LoadBatch | None = None
         self.sync_fetch = None  # P/D: this step's layerwise fetches (pd_consumer.LayerFetch)
