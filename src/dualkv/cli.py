@@ -13,6 +13,7 @@ COMMANDS = {
     "bench": ("dualkv.commands.bench", "microbenchmarks: dualkv bench NAME --help"),
     "store": ("dualkv.commands.store", "inspect, verify or clean a block store: info|verify|gc"),
     "demo": ("dualkv.commands.demo", "the main job: Basic vs DualPath vs Oracle on a local 1P2D cluster (demo store: trace replay)"),
+    "router": ("dualkv.commands.router", "OpenAI-compatible P/D router over vLLM instances (DualPath's scheduler)"),
     "sim": ("dualkv.commands.sim", "simulate a DualPath cluster (offline JCT, online SLO capacity)"),
 }
 

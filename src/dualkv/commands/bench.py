@@ -7,7 +7,8 @@ import pkgutil
 def available() -> list[str]:
     import dualkv.bench
 
-    return sorted(m.name for m in pkgutil.iter_modules(dualkv.bench.__path__) if m.name != "report")
+    return sorted(m.name.replace("_", "-") for m in pkgutil.iter_modules(dualkv.bench.__path__)
+                  if m.name != "report" and not m.name.startswith("_"))
 
 
 def add_arguments(parser):
@@ -16,6 +17,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    if args.name not in available():
+    if args.name.replace("_", "-") not in available():
         raise SystemExit(f"unknown bench {args.name!r}; available: {', '.join(available())}")
-    return importlib.import_module(f"dualkv.bench.{args.name}").main(args.args)
+    module = args.name.replace("-", "_")
+    return importlib.import_module(f"dualkv.bench.{module}").main(args.args)
