@@ -13,8 +13,9 @@ one and every turn it held is submitted again, recomputed from what the store ho
 blocks it wrote back stay (atomic block files). One that dies under a PE's prefill (streaming
 the hit, or the target of its KV) fails that batch at once (`_fail_batch`): every turn of the
 batch goes again, once (a chunked turn from its first chunk). A dead PE's turns go to the
-other PEs; with none left the run ends with PeerDisconnected naming it. A DE without buffer room refuses a turn (OutOfMemory); the turn waits and is
-submitted again when a DE has finished something — nothing is dropped.
+other PEs; with none left the run ends with PeerDisconnected naming it. A DE without buffer
+room refuses a turn (OutOfMemory); the turn waits and is submitted again when a DE has
+finished something — nothing is dropped.
 """
 from __future__ import annotations
 
@@ -124,17 +125,14 @@ class Runner:
                 continue
             chunks, _ = self.c.batchers[pe].next_batch(self.queues[pe])
             started = True
-            self._recv_offset = 0
-            chunks = [ch for ch in chunks if self._is_current(ch) and
-                      (ch.request.tag.opened is not None or self._open(ch.request.tag))]
-            chunks = [ch for ch in chunks if self._is_current(ch)]  # not resubmitted meanwhile
+            chunks = self._open_chunks(chunks)
             # a DE that died during these opens was replaced: the buffers opened on it before
             # went with it, so those turns go again too
-            stale = [ch.request.tag for ch in chunks
+            stale = [ch for ch in chunks
                      if ch.request.tag.de_pid != self.c.procs[ch.request.tag.role].pid]
             if stale:
-                chunks = [ch for ch in chunks if ch.request.tag not in stale]
-                self._resubmit(self._unqueue(stale))
+                chunks = [ch for ch in chunks if ch not in stale]
+                self._resubmit(self._unqueue([ch.request.tag for ch in stale]))
             if chunks and pe in self.c.procs.live_pes():
                 self.c.procs.clients[pe].send(Prefill(mode=self.c.mode, requests=[
                     self.c.prefill_request(ch.request.tag, ch) for ch in chunks]))
@@ -144,6 +142,21 @@ class Runner:
             elif chunks:
                 self._resubmit(self._unqueue([ch.request.tag for ch in chunks]))
         return started
+
+    def _open_chunks(self, chunks) -> list:
+        """The chunks whose turn has its DE buffer open, opening it with the turn's first
+        chunk. A turn refused (full DE buffer) or caught by a DE's death leaves its PE's
+        queue, where a chunked turn would stay: it goes to the scheduler again."""
+        self._recv_offset = 0
+        kept, refused = [], []
+        for ch in chunks:
+            job = ch.request.tag
+            if self._is_current(ch) and (job.opened is not None or self._open(job)):
+                kept.append(ch)
+            else:
+                refused.append(job)
+        self._unqueue(refused)
+        return [ch for ch in kept if self._is_current(ch)]  # not submitted again meanwhile
 
     @staticmethod
     def _is_current(chunk) -> bool:
@@ -310,7 +323,8 @@ class Runner:
             self.c.procs.replace_de(role)
         lost = list(self.in_de[role].values()) + list(extra)
         gone = {id(job) for job in lost}
-        lost += self._take_queued(lambda pe, job: job.role == role and id(job) not in gone)
+        taken = self._take_queued(lambda pe, job: job.role == role or id(job) in gone)
+        lost += [job for job in taken if id(job) not in gone]
         self.in_de[role] = {}
         self._resubmit(lost)
         self._retry_buffer_waits()
