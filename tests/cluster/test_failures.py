@@ -156,7 +156,8 @@ def test_decode_process_killed_while_streaming_hit_kv_to_the_prefill(block_root)
         prompts = [p + r.generated + [int(t) for t in rng.integers(0, 256, 5)]
                    for p, r in zip(prompts, first)]
 
-        def kill_while_streaming(pe, jobs):
+        def kill_while_streaming(pe, chunks):
+            jobs = [ch.request.tag for ch in chunks]
             streaming = [j for j in jobs if j.read_side == "de" and j.opened.num_hit_blocks
                          and j.opened.ready_at - time.monotonic() > 2.5]
             if killed or not streaming:
@@ -207,7 +208,7 @@ def test_decode_process_killed_between_the_opens_of_one_batch(block_root):
             return out
 
         cluster.open = open_then_kill
-        cluster.on_prefill = lambda pe, jobs: batches.append([j.rid for j in jobs])
+        cluster.on_prefill = lambda pe, chunks: batches.append([c.request.rid for c in chunks])
         results = cluster.run_batch([(p, 4) for p in prompts])
         assert cluster.num_restarts == 1 and opened[0] not in sum(batches, [])
         for prompt, result in zip(prompts, results):

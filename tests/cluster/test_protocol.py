@@ -12,8 +12,9 @@ from dualkv.cluster import messages as m
 from dualkv.cluster.protocol import Client, error_reply, serve
 from dualkv.errors import InvalidArgument, OutOfMemory, PeerDisconnected
 
-PREFILL_REQUEST = m.PrefillRequest(rid=3, prompt=[1, 2, 3], read_side="de", hit_keys=b"\x00" * 32,
-                                   num_hit_blocks=1, ready_at=12.5, de_peer=2, de_region=4,
+PREFILL_REQUEST = m.PrefillRequest(rid=3, prompt=[1, 2, 3], cached=1, end=2, is_last=False,
+                                   read_side="de", hit_keys=b"\x00" * 32, num_hit_blocks=1,
+                                   ready_at=12.5, de_peer=2, de_region=4,
                                    slot_offsets=[0, 8192], recv_offset=64)
 ADMIT_REQUEST = m.AdmitRequest(rid=3, prompt=[1, 2, 3], first_token=7, max_new_tokens=4,
                                num_cached_blocks=1, prior_key=b"\x01" * 32, pe_peer=1)
@@ -35,7 +36,8 @@ REPLIES = [
     m.Polled(results=[m.DecodeResult(rid=3, generated=[5, 6], num_written_blocks=1,
                                      admitted_at=1.0, second_at=None, done_at=2.0)],
              progress=[(4, 7)], free_tokens=96),
-    m.Prefilled(results=[m.PrefillResult(first_token=7, num_cached_blocks=1, done_at=4.5)]),
+    m.Prefilled(results=[m.PrefillResult(first_token=7, num_cached_blocks=1, done_at=4.5),
+                         m.PrefillResult(first_token=None, num_cached_blocks=1, done_at=4.5)]),
 ]
 
 

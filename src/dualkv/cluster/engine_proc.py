@@ -2,10 +2,11 @@
 store handle on the shared block directory, its own `kv` transfer agent, and a REP socket.
 
 Run as `python -m dualkv.cluster.engine_proc --role pe|de --endpoint ipc://... --root DIR
---model JSON`. A PE serves one prefill batch per message. A DE (decode_server.py) decodes
-between messages: requests admitted while others decode join the running batch. Each engine
-pushes its load (read queue, unfinished requests and tokens, free DE buffer) to the scheduler
-process after every change.
+--model JSON`. A PE serves one prefill batch per message: the chunks of one `PrefillBatcher`
+batch, formed by the driver (batching.py); it keeps a chunked request's KV between its chunks.
+A DE (decode_server.py) decodes between messages: requests admitted while others decode join
+the running batch. Each engine pushes its load (read queue, unfinished requests and tokens,
+free DE buffer) to the scheduler process after every change.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -23,10 +25,11 @@ from dualkv.cluster.arrival import ArrivesAt
 from dualkv.cluster.messages import (Ack, Admit, Connected, Drop, HelloReply, LoadReport, Open,
                                      Prefill, Prefilled, PrefillResult, StatsReply, Stop, encode)
 from dualkv.cluster.protocol import serve
-from dualkv.engine import (EngineConfig, LayerBlockCodec, Model, ModelConfig, PrefillItem,
-                           SlotSource, prefill_basic_batch, prefill_batch)
+from dualkv.engine import (BlockBuffer, BufferSink, BufferSource, EngineConfig,
+                           LayerBlockCodec, Model, ModelConfig, PrefillItem, SlotSource,
+                           prefill_basic_batch, prefill_batch)
 from dualkv.engine.remote import RemoteBuffer, RemoteBufferSink, RemoteLayerSource
-from dualkv.errors import PeerDisconnected
+from dualkv.errors import InvalidArgument, PeerDisconnected
 from dualkv.store import BlockStore, StoreConfig
 from dualkv.transfer import Agent, TransferConfig
 from dualkv.transfer.traffic import TrafficConfig, TrafficManager
@@ -35,6 +38,15 @@ from dualkv.transfer.traffic import TrafficConfig, TrafficManager
 # The emulated NICs run at MB/s here (a 2-core machine stands in for a cluster): a 1 MiB burst
 # would let a whole layer through free. 64 KiB keeps the pacing smooth at these rates.
 NIC_BURST_BYTES = 64 * 1024
+
+
+@dataclass
+class Partial:
+    """A request prefilled in chunks, between two of its chunks: KV of [0, end) kept in this
+    PE's pool (a real engine keeps it in HBM), and the hit blocks its first chunk loaded."""
+    buffer: BlockBuffer
+    end: int = 0
+    num_cached_blocks: int = 0
 
 
 class EngineServer:
@@ -70,6 +82,7 @@ class EngineServer:
         self.timeout_s = engine.timeout_s
         self.decode = DecodeServer(self) if args.role == "de" else None
         self.engine_id, self.reports, self.max_rid = args.engine_id, None, 0
+        self.partial: dict[int, Partial] = {}  # PE: rid -> a chunked request between chunks
         if args.sched_reports:  # engines report their load to the scheduler process
             self.reports = zmq.Context.instance().socket(zmq.PUSH)
             self.reports.setsockopt(zmq.LINGER, 0)
@@ -101,35 +114,95 @@ class EngineServer:
 
     # -- PE ops ---------------------------------------------------------------------------
     def op_prefill(self, msg) -> Prefilled:
-        """PE: one forward over every request of the message, layerwise (Basic: every hit
-        loaded whole first, KV sent after the forward), KV put into each request's DE buffer."""
-        sources, items = [], []
+        """PE: one forward over the chunks of one batch (layerwise; Basic: every cached KV
+        loaded whole first, KV sent after the forward), each chunk's new KV put into its
+        request's DE buffer. A request's first chunk reads its hit; a chunk that is not the
+        last keeps [0, end) here (`self.partial`) for the next one, and puts without notices:
+        the last chunk's notices tell the DE the whole prompt landed."""
         self.max_rid = max([self.max_rid] + [req.rid for req in msg.requests])
+        self._drop_partial(keep={req.rid for req in msg.requests})
         peers = sorted({req.de_peer for req in msg.requests})
+        sources, items = [], []
         try:
-            total = sum(len(req.prompt) for req in msg.requests)
-            start = 0
+            total, start = sum(req.end for req in msg.requests), 0
             for req in msg.requests:
-                sources.append(self._source(req, lambda: self._check_peers(peers)))
-                target = RemoteBuffer(req.de_peer, req.de_region, tuple(req.slot_offsets))
-                part = self._staging_part(start, len(req.prompt), total)
-                start += len(req.prompt)
-                offset = part.ctypes.data - self.staging.ctypes.data
-                sink = RemoteBufferSink(self.tm, part, self.staging_region, target, self.codec,
-                                        req.rid, region_offset=offset)
-                items.append(PrefillItem(req.prompt, sources[-1], sink, req.read_side))
-            if msg.mode == "basic":
-                firsts = prefill_basic_batch(self.model, items, self.codec, self.timeout_s)
-            else:
-                firsts = prefill_batch(self.model, items, self.codec, self.timeout_s)
+                source, item = self._chunk(req, lambda: self._check_peers(peers), start, total)
+                sources.append(source)
+                items.append(item)
+                start += req.end
+            run = prefill_basic_batch if msg.mode == "basic" else prefill_batch
+            firsts = run(self.model, items, self.codec, self.timeout_s)
             deadline = time.monotonic() + self.timeout_s
-            cached = [s.prepare(deadline) // self.codec.block_tokens for s in sources]
+            cached = [self._chunk_done(req, source, deadline)
+                      for req, source in zip(msg.requests, sources)]
+        except BaseException:
+            self._abandon(items, [req.rid for req in msg.requests])
+            raise
         finally:
             for source in sources:
                 source.close()
         done_at = time.monotonic()  # the first tokens' time (the driver polls for replies)
         return Prefilled(results=[PrefillResult(first_token=f, num_cached_blocks=c, done_at=done_at)
                                   for f, c in zip(firsts, cached)])
+
+    def _chunk(self, req, check, start: int, total: int):
+        """The chunk's source (its hit on a first chunk, else [0, cached) kept here), and its
+        PrefillItem: the sink into its DE buffer, and a keep sink unless it is the last."""
+        partial = self.partial.get(req.rid)
+        if partial is None:
+            source = self._source(req, check)
+        elif partial.end != req.cached:
+            raise InvalidArgument(f"request {req.rid}: chunk from {req.cached}, but "
+                                  f"{partial.end} tokens were prefilled")
+        else:
+            source = BufferSource(partial.buffer, partial.end)
+        target = RemoteBuffer(req.de_peer, req.de_region, tuple(req.slot_offsets))
+        part = self._staging_part(start, req.end, total)
+        offset = part.ctypes.data - self.staging.ctypes.data
+        sink = RemoteBufferSink(self.tm, part, self.staging_region, target, self.codec,
+                                req.rid, region_offset=offset, notify=req.is_last)
+        keep = None
+        if not req.is_last:
+            if partial is None:
+                buffer = BlockBuffer(self.store.pool, self.store.layout, len(req.prompt))
+                self.partial[req.rid] = Partial(buffer)
+            keep = BufferSink(self.partial[req.rid].buffer, self.codec)
+        return source, PrefillItem(req.prompt, source, sink, req.read_side, end=req.end,
+                                   first_chunk=partial is None, keep=keep)
+
+    def _chunk_done(self, req, source, deadline: float) -> int:
+        """After the forward: the request's loadable hit blocks (found by its first chunk);
+        its kept KV grows to `end`, or is freed with its last chunk."""
+        partial = self.partial.get(req.rid)
+        if partial is None or partial.end == 0:  # a first chunk: its source read the hit
+            num_cached = source.prepare(deadline) // self.codec.block_tokens
+        else:
+            num_cached = partial.num_cached_blocks
+        if req.is_last:
+            self._drop_partial(drop=[req.rid])
+        else:
+            partial.end, partial.num_cached_blocks = req.end, num_cached
+        return num_cached
+
+    def _abandon(self, items, rids) -> None:
+        """A failed batch: its keep sinks settle (never a write into a freed slot), and the
+        KV kept for its requests is freed (the driver submits them again from scratch)."""
+        for item in items:
+            if item.keep is not None:
+                try:
+                    item.keep.finish(time.monotonic() + 5.0)
+                except Exception:
+                    pass
+        self._drop_partial(drop=rids)
+
+    def _drop_partial(self, keep=None, drop=()) -> None:
+        """Frees the kept KV of `drop`, or of every request not in `keep`: a chunked request
+        continues in its PE's very next batch, so one missing from it was given up."""
+        rids = [r for r in self.partial if r not in keep] if keep is not None else drop
+        for rid in rids:
+            partial = self.partial.pop(rid, None)
+            if partial is not None:
+                partial.buffer.free()
 
     def _source(self, req, check):
         """The request's hit: streamed by its DE (de side) or read here (pe side), counted as

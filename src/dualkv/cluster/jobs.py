@@ -3,7 +3,7 @@ turns they produce, and the bookkeeping of one turn in flight."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -51,6 +51,7 @@ class Job:
     role: str = ""        # its DE
     pe_role: str = ""     # its PE
     read_side: str = ""
+    request: Any = None                # its sched.Request in its PE's queue (batcher state)
     opened: Opened | None = None       # its DE buffer
     recv_offset: int = 0               # where its hit lands in the PE's receive area
     de_pid: int = 0                    # the DE process its buffer was opened in

@@ -5,9 +5,11 @@ engine is its own group; engines push their load to the scheduler process, which
 request (PE, DE, read side).
 
 This process is the driver (runner.py): it submits turns, asks the scheduler for placements,
-opens each placed turn's DE buffer (on the de read path the DE reads the hit and streams it to
-the PE), prefills placed turns in batches on the PE, admits them into the DEs' running decode
-batches, and collects finished turns.
+queues each placed turn on its PE, takes the PE's batches from its `PrefillBatcher`
+(batching.py: the simulator's batcher, compute quota and chunked prefill), opens each turn's
+DE buffer with its first chunk (on the de read path the DE reads the hit and streams it to
+the PE), admits turns whose last chunk is done into the DEs' running decode batches, and
+collects finished turns.
 
 Matching is the store's: the driver opens its own `BlockStore` on the shared directory and
 matches with `probe_disk=True`, so blocks the DEs wrote back (published files) join its index
@@ -25,6 +27,7 @@ from dataclasses import asdict
 
 import numpy as np
 
+from dualkv.cluster.batching import DEFAULT_QUOTA_S, pe_batcher
 from dualkv.cluster.jobs import ClusterTurn, Job, Session
 from dualkv.cluster.messages import AdmitRequest, Open, Opened, PrefillRequest, Stats
 from dualkv.cluster.procs import ClusterProcs
@@ -48,7 +51,11 @@ class LocalCluster:
                  seed: int = 0, block_tokens: int = 64, batch_invariant: bool = True,
                  timeout_s: float = 120.0, snic_mbps: float = 0.0, device: str = "cpu",
                  de_pool_slots: int = 256, max_tokens: int = 8192, num_pe: int = 1,
-                 cnic_mbps: float = 0.0):
+                 cnic_mbps: float = 0.0, pe_flops_per_s: float | None = None,
+                 compute_quota_s: float | None = DEFAULT_QUOTA_S):
+        """pe_flops_per_s and compute_quota_s set the PEs' batchers (batching.py): the
+        measured prefill FLOP/s (None: DEFAULT_PE_FLOPS_PER_S) and the attention quota of a
+        batch (None: no quota, every ready turn that fits max_tokens)."""
         if num_de < 1 or num_pe < 1:
             raise InvalidArgument(f"a cluster needs a PE and a DE, got {num_pe} and {num_de}")
         self.cfg, self.block_tokens, self.timeout_s = cfg, block_tokens, timeout_s
@@ -60,7 +67,8 @@ class LocalCluster:
         self.num_buffer_waits = 0  # turns a full DE buffer refused (they waited, then ran)
         self.peak_waiting_turns = 0  # most turns the scheduler held back after a placement pass
         self.on_poll = None        # on_poll(role, reply): a hook that sees every DE poll
-        self.on_prefill = None     # on_prefill(pe, jobs): a hook that sees every batch sent to a PE
+        self.on_prefill = None     # on_prefill(pe, chunks): sees every batch sent to a PE
+        #                            (its sched.Chunks; chunk.request.tag is the turn's Job)
         self.prefill_failures = []  # (pe, exception, monotonic time) of every failed prefill batch
         self._rid = 0
         spec = json.dumps({"config": asdict(cfg), "seed": seed, "batch_invariant": batch_invariant})
@@ -71,6 +79,9 @@ class LocalCluster:
                 "--device", device, "--max-tokens", str(max_tokens)]
         self.procs = ClusterProcs(num_de, policy, argv, timeout_s,
                                   de_argv=["--pool-slots", str(de_pool_slots)], num_pe=num_pe)
+        # one batcher per PE, the same for every policy (the policy's flags set the engines)
+        self.batchers = {pe: pe_batcher(cfg, max_tokens, pe_flops_per_s, compute_quota_s)
+                         for pe in self.procs.pe_roles}
 
     @property
     def roles(self) -> list[str]:
@@ -136,10 +147,12 @@ class LocalCluster:
     def _hit_keys(self, job: Job) -> bytes:
         return job.keys[:job.hit_tokens // self.block_tokens].tobytes()
 
-    def prefill_request(self, job: Job) -> PrefillRequest:
+    def prefill_request(self, job: Job, chunk) -> PrefillRequest:
+        """The PE's message for one `sched.Chunk` of the turn."""
         procs, opened = self.procs, job.opened
         return PrefillRequest(
-            rid=job.rid, prompt=job.prompt.tolist(), read_side=job.read_side,
+            rid=job.rid, prompt=job.prompt.tolist(), cached=chunk.cached,
+            end=chunk.cached + chunk.bsz, is_last=chunk.is_last, read_side=job.read_side,
             hit_keys=self._hit_keys(job), num_hit_blocks=opened.num_hit_blocks,
             recv_offset=job.recv_offset, ready_at=opened.ready_at,
             de_peer=procs.de_peer[job.pe_role, job.role],

@@ -45,9 +45,14 @@ class Placement(Message, array_like=True):
 
 
 class PrefillRequest(Message):
-    """One request of a PE batch: its hit (read on `read_side`) and its DE buffer's slots."""
+    """One chunk of a PE batch (a `sched.Chunk`): tokens [cached, end) of the request's prompt,
+    its hit (read on `read_side`, by its first chunk) and its DE buffer's slots. A chunk that
+    is not the last leaves the rest of the request to the PE's next batch."""
     rid: int
     prompt: list[int]
+    cached: int      # tokens before this chunk: the hit, then the earlier chunks' end
+    end: int         # this chunk computes the prompt up to here
+    is_last: bool    # end == len(prompt): the request's prefill is done with it
     read_side: str
     hit_keys: bytes
     num_hit_blocks: int
@@ -59,8 +64,8 @@ class PrefillRequest(Message):
 
 
 class PrefillResult(Message):
-    first_token: int
-    num_cached_blocks: int
+    first_token: int | None  # None for a chunk that is not the last
+    num_cached_blocks: int   # hit blocks the first chunk found loadable
     done_at: float
 
 
@@ -149,7 +154,7 @@ class Drop(Op, tag="drop"):
 
 class Prefill(Op, tag="prefill"):
     mode: str  # "dualpath" (layerwise) or "basic"
-    requests: list[PrefillRequest]
+    requests: list[PrefillRequest]  # the chunks of one batch of the PE's PrefillBatcher
 
 
 class Stats(Op, tag="stats"):

@@ -1,6 +1,8 @@
 """The driver's event loop: sessions arrive, their turns go to the scheduler process, placed
-turns are prefilled in batches on the PE and admitted into the DEs' running decode batches,
-and finished turns come back from DE polls, which submits each session's next turn at once.
+turns queue on their PE, whose `PrefillBatcher` (batching.py) forms every batch — a long
+turn may be prefilled in chunks over several batches — and turns whose last chunk is done are
+admitted into the DEs' running decode batches; finished turns come back from DE polls, which
+submits each session's next turn at once.
 
 DEs decode between control messages and the driver does not wait for a PE's prefill (it
 polls for the reply), so the PE prefills the next batch while the DEs decode earlier ones,
@@ -10,9 +12,10 @@ Failures: a DE process that dies (at any moment, mid-decode included) is replace
 one and every turn it held is submitted again, recomputed from what the store holds; the
 blocks it wrote back stay (atomic block files). One that dies under a PE's prefill (streaming
 the hit, or the target of its KV) fails that batch at once (`_fail_batch`): every turn of the
-batch goes again, once. A dead PE ends the run with PeerDisconnected
-naming it. A DE without buffer room refuses a turn (OutOfMemory); the turn waits and is
-submitted again when a DE has finished something — nothing is dropped.
+batch goes again, once (a chunked turn from its first chunk). A dead PE's turns go to the
+other PEs; with none left the run ends with PeerDisconnected naming it. A DE without buffer
+room refuses a turn (OutOfMemory); the turn waits and is submitted again when a DE has
+finished something — nothing is dropped.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from dualkv.cluster.jobs import Job
 from dualkv.cluster.messages import (Admit, DecodeResult, Drop, Place, Poll, Prefill, Submit,
                                      SubmitRequest)
 from dualkv.errors import DualKVError, OutOfMemory, PeerDisconnected, TimedOut
+from dualkv.sched import Request
 from dualkv.store.keys import chain_keys
 
 IDLE_SLEEP_S = (0.002, 0.02)  # idle back-off: first and longest sleep between loop passes
@@ -36,7 +40,8 @@ class Runner:
         self.results = [[] for _ in sessions]
         self.arrivals = deque(sorted(range(len(sessions)), key=lambda i: sessions[i].arrival_s))
         self.by_rid: dict[int, Job] = {}
-        self.ready: deque[Job] = deque()      # placed, waiting for a prefill batch
+        # per PE: placed turns waiting for (the rest of) their prefill, as the batcher's queue
+        self.queues: dict[str, deque[Request]] = {pe: deque() for pe in cluster.procs.pe_roles}
         self.in_de: dict[str, dict[int, Job]] = {r: {} for r in cluster.procs.roles[1:]}
         self.buffer_wait: list[Job] = []      # refused by a full DE buffer
         self.num_open = 0                     # sessions not finished
@@ -44,7 +49,7 @@ class Runner:
         self.num_waiting, self._recv_offset = 0, 0
         self.idle_sleep = IDLE_SLEEP_S[0]
         self.unplaced: set[int] = set()       # submitted, not yet placed by the scheduler
-        self.prefilling: dict[str, list] = {}  # PE -> the batch it is prefilling
+        self.prefilling: dict[str, list] = {}  # PE -> the chunks it is prefilling
 
     def run(self) -> list:
         self.start = time.monotonic()
@@ -99,7 +104,11 @@ class Runner:
             self.unplaced.discard(p.rid)
             job = self.by_rid[p.rid]
             job.pe_role, job.role, job.read_side = roles[p.pe], roles[p.de], p.read_side
-            (lost if job.pe_role in self.c.procs.dead_pes else self.ready).append(job)
+            if job.pe_role in self.c.procs.dead_pes:
+                lost.append(job)
+                continue
+            job.request = Request(job.rid, len(job.prompt), job.hit_tokens, job.gen, tag=job)
+            self.queues[job.pe_role].append(job.request)
         self._resubmit(lost)  # given a PE before it died
         self.num_waiting = reply.num_waiting
         # turns the scheduler holds back (no DE with room): admission waiting
@@ -108,45 +117,88 @@ class Runner:
 
     # -- prefill --------------------------------------------------------------------------
     def _start_prefills(self) -> bool:
-        """Every idle PE with placed turns starts one batch; the driver does not wait for it."""
-        idle = [pe for pe in self.c.procs.live_pes() if pe not in self.prefilling]
-        batches = self._take_batches(idle)
-        for pe, batch in batches.items():
-            self._recv_offset = 0
-            jobs = [job for job in batch if self._open(job)]
+        """Every idle PE with queued turns starts its batcher's next batch; the driver does not
+        wait for it. A turn's DE buffer is opened with its first chunk."""
+        started = False
+        for pe in self.c.procs.live_pes():
+            if pe in self.prefilling or not self.queues[pe]:
+                continue
+            chunks, _ = self.c.batchers[pe].next_batch(self.queues[pe])
+            started = True
+            chunks = self._open_chunks(chunks)
             # a DE that died during these opens was replaced: the buffers opened on it before
             # went with it, so those turns go again too
-            stale = [j for j in jobs if j.de_pid != self.c.procs[j.role].pid]
+            stale = [ch for ch in chunks
+                     if ch.request.tag.de_pid != self.c.procs[ch.request.tag.role].pid]
             if stale:
-                jobs = [j for j in jobs if j not in stale]
-                self._resubmit(stale)
-            if jobs and pe in self.c.procs.live_pes():
+                chunks = [ch for ch in chunks if ch not in stale]
+                self._resubmit(self._unqueue([ch.request.tag for ch in stale]))
+            if chunks and pe in self.c.procs.live_pes():
                 self.c.procs.clients[pe].send(Prefill(mode=self.c.mode, requests=[
-                    self.c.prefill_request(j) for j in jobs]))
-                self.prefilling[pe] = jobs
+                    self.c.prefill_request(ch.request.tag, ch) for ch in chunks]))
+                self.prefilling[pe] = chunks
                 if self.c.on_prefill is not None:
-                    self.c.on_prefill(pe, jobs)
-            elif jobs:
-                self._resubmit(jobs)
-        return bool(batches)
+                    self.c.on_prefill(pe, chunks)
+            elif chunks:
+                self._resubmit(self._unqueue([ch.request.tag for ch in chunks]))
+        return started
+
+    def _open_chunks(self, chunks) -> list:
+        """The chunks whose turn has its DE buffer open, opening it with the turn's first
+        chunk. A turn refused (full DE buffer) or caught by a DE's death leaves its PE's
+        queue, where a chunked turn would stay: it goes to the scheduler again."""
+        self._recv_offset = 0
+        kept, refused = [], []
+        for ch in chunks:
+            job = ch.request.tag
+            if self._is_current(ch) and (job.opened is not None or self._open(job)):
+                kept.append(ch)
+            else:
+                refused.append(job)
+        self._unqueue(refused)
+        return [ch for ch in kept if self._is_current(ch)]  # not submitted again meanwhile
+
+    @staticmethod
+    def _is_current(chunk) -> bool:
+        """The chunk's turn was not submitted again (a failure gives it a new rid)."""
+        return chunk.request.tag.rid == chunk.request.rid
+
+    def _unqueue(self, jobs) -> list[Job]:
+        """Takes `jobs` out of the PE queues (a chunked turn stays queued between chunks)."""
+        gone = {id(job) for job in jobs}
+        self._take_queued(lambda pe, job: id(job) in gone)
+        return list(jobs)
+
+    def _take_queued(self, pick) -> list[Job]:
+        """Takes out of the PE queues, and returns, every queued turn with pick(pe, job)."""
+        taken = []
+        for pe, queue in self.queues.items():
+            taken += [r.tag for r in queue if pick(pe, r.tag)]
+            self.queues[pe] = deque(r for r in queue if not pick(pe, r.tag))
+        return taken
 
     def _collect_prefills(self, block: bool = False) -> bool:
-        """Admits the turns of every PE batch that has finished (`block`: of all of them)."""
+        """Admits the turns whose last chunk a finished PE batch held (`block`: waits for
+        every batch). A turn with chunks left stays at the head of its PE's queue."""
         done = False
         for pe in list(self.prefilling):
             client = self.c.procs.clients[pe]
             if not block and not client.socket.poll(0) and self.c.procs.is_alive(pe):
                 continue
-            jobs, done = self.prefilling.pop(pe), True
+            chunks, done = self.prefilling.pop(pe), True
+            jobs = [ch.request.tag for ch in chunks]
             try:
                 replies = client.recv(self.c.timeout_s).results
             except DualKVError as exc:
                 self._fail_batch(pe, jobs, exc)
                 continue
-            for job, reply in zip(jobs, replies):
-                job.first, job.first_at = reply, reply.done_at or time.monotonic()
-                self._forget_failed(job)
-            self._admit(jobs)
+            finished = []
+            for ch, job, reply in zip(chunks, jobs, replies):
+                if ch.is_last:
+                    job.first, job.first_at = reply, reply.done_at or time.monotonic()
+                    self._forget_failed(job)
+                    finished.append(job)
+            self._admit(finished)
         return done
 
     def _forget_failed(self, job: Job) -> None:
@@ -156,19 +208,6 @@ class Runner:
         hit, cached = job.hit_tokens // self.c.block_tokens, job.first.num_cached_blocks
         if cached < hit:
             self.c.store.index.remove(job.keys[cached:hit])
-
-    def _take_batches(self, pes) -> dict:
-        """Per PE, placed turns in order while their tokens fit its staging and receive areas."""
-        batches, tokens, keep = {}, {}, deque()
-        for job in self.ready:
-            n = tokens.get(job.pe_role, 0) + len(job.prompt)
-            if job.pe_role in pes and n <= self.c.max_tokens:
-                batches.setdefault(job.pe_role, []).append(job)
-                tokens[job.pe_role] = n
-            else:
-                keep.append(job)
-        self.ready = keep
-        return batches
 
     def _open(self, job: Job) -> bool:
         try:
@@ -201,6 +240,7 @@ class Runner:
         """A prefill failed: its PE died (the others go on) or a DE died under it. Live DEs
         free the batch's buffers, dead DEs are replaced, every turn of it goes again."""
         self.c.prefill_failures.append((pe, exc, time.monotonic()))
+        self._unqueue(jobs)  # a chunked turn of the batch starts again from scratch
         roles = {j.role for j in jobs}
         for role in roles:
             if self.c.procs.is_alive(role):
@@ -220,12 +260,21 @@ class Runner:
             self._replace(role, extra=lost[role])
         self._resubmit(survivors)
 
+    def _drop_opened(self, jobs) -> None:
+        """Frees the DE buffers of opened turns that will not be admitted (live DEs only)."""
+        per_de = {}
+        for job in jobs:
+            if job.opened is not None and self.c.procs.is_alive(job.role):
+                per_de.setdefault(job.role, []).append(job.rid)
+        for role, rids in per_de.items():
+            self.c.procs.clients[role].call(Drop(rids=rids), self.c.timeout_s)
+
     def _check_pes(self) -> None:
         """PEs found dead: their placed turns go to the scheduler again (raises if none left)."""
         dead = self.c.procs.check_pes()
         if dead:
-            lost = [j for j in self.ready if j.pe_role in dead]
-            self.ready = deque(j for j in self.ready if j.pe_role not in dead)
+            lost = self._take_queued(lambda pe, job: pe in dead)
+            self._drop_opened(lost)  # a chunked turn between chunks holds its DE buffer
             self._resubmit(lost)
 
     # -- decode results -------------------------------------------------------------------
@@ -273,8 +322,9 @@ class Runner:
         if not self.c.procs.is_alive(role):  # else replaced while the batches finished
             self.c.procs.replace_de(role)
         lost = list(self.in_de[role].values()) + list(extra)
-        lost += [j for j in self.ready if j.role == role]
-        self.ready = deque(j for j in self.ready if j.role != role)
+        gone = {id(job) for job in lost}
+        taken = self._take_queued(lambda pe, job: job.role == role or id(job) in gone)
+        lost += [job for job in taken if id(job) not in gone]
         self.in_de[role] = {}
         self._resubmit(lost)
         self._retry_buffer_waits()

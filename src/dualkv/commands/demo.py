@@ -121,6 +121,8 @@ def _run_cluster(args):
         if not args.no_sim and not is_online(args):
             bar.set_postfix_str("calibration")
             calibration = load_or_measure(args, cfg, force=args.recalibrate)
+            # the PE batchers of the compared runs use the calibration's FLOP/s too
+            args.pe_flops_per_s = calibration["pe_flops_per_s"]
         for policy in policies:
             bar.set_postfix_str(policy)
             rows[policy], _ = run_policy(args, policy, cfg, bar.update)

@@ -48,7 +48,8 @@ def run_policy(args, policy: str, cfg: ModelConfig, progress=None) -> tuple[dict
     with tempfile.TemporaryDirectory(dir=args.root) as root, \
             LocalCluster(cfg, root, num_de=args.num_de, policy=policy,
                          block_tokens=args.block_tokens, snic_mbps=snic_mbps, cnic_mbps=cnic_mbps,
-                         batch_invariant=False) as cluster:
+                         batch_invariant=False,
+                         pe_flops_per_s=getattr(args, "pe_flops_per_s", None)) as cluster:
         before, start = None, None
         for round_ in range(args.rounds + 1):
             if round_ == 1:

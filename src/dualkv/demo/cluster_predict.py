@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from dualkv.cluster.batching import model_attention
 from dualkv.sched import AttentionFlops
 from dualkv.sim.config import ModelPreset, SimConfig
 from dualkv.sim.run import run_offline
@@ -34,7 +35,7 @@ def _linear_flops_per_token(cfg) -> float:
 
 
 def _attention(cfg) -> AttentionFlops:
-    return AttentionFlops(cfg.num_layers, 2.0 * 2 * cfg.num_heads * cfg.head_dim)
+    return model_attention(cfg)  # the cluster's PE batchers count attention the same way
 
 
 def prefill_flops(cfg, work: Workload) -> float:

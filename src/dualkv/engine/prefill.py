@@ -11,8 +11,10 @@ layer's KV of the batch (plus the one still in flight to the sinks) is held at a
 Basic: the whole hit KV of every layer is loaded before the forward, all layers' KV are held
 through it, and the prompt KV goes to the sink after the forward: no streaming.
 
-Both leave the sinks finished and return the first generated token (greedy) of every request
-whose prompt they completed.
+Both take chunks (`PrefillItem.end` before the prompt's end): a chunk's source gives the KV of
+[0, cached) (the hit, or the hit and earlier chunks), and an item's optional `keep` sink gets
+the KV a later chunk of the same request will need. Both leave the sinks finished and return
+the first generated token (greedy) of every request whose prompt they completed.
 """
 from __future__ import annotations
 
@@ -35,7 +37,9 @@ class PrefillItem:
 
     The source provides the KV of tokens [0, cached); the pass computes [cached, end). The sink
     gets [0, end) when `send_cached` (pe read path, first chunk: the DE buffer has nothing yet)
-    and [cached, end) otherwise (de read path, or a later chunk).
+    and [cached, end) otherwise (de read path, or a later chunk). `keep`, for a chunk that is
+    not the last, is a second sink for this engine's own copy: it gets [0, end) on a first
+    chunk and [cached, end) after, so that it holds [0, end) for the next chunk's source.
     """
     tokens: Any                  # the whole prompt
     source: Any                  # KVSource
@@ -43,6 +47,7 @@ class PrefillItem:
     read_side: str = "pe"
     end: int | None = None       # None: to the end of the prompt
     first_chunk: bool = True
+    keep: Any = None             # KVSink for the next chunk's cached KV, or None
 
     def __post_init__(self):
         if self.read_side not in READ_SIDES:
@@ -55,6 +60,23 @@ class PrefillItem:
     @property
     def send_cached(self) -> bool:
         return self.read_side == "pe" and self.first_chunk
+
+    @property
+    def is_last(self) -> bool:
+        return self.end == len(self.tokens)
+
+    def hand_over(self, layer: int, kv, cached: int) -> None:
+        """Layer `layer`'s KV of tokens [0, end) to the sink (and the keep sink)."""
+        first = 0 if self.send_cached else cached
+        self.sink.put_layer(layer, kv[first:], first)  # the sink holds it until it lands
+        if self.keep is not None:
+            first = 0 if self.first_chunk else cached
+            self.keep.put_layer(layer, kv[first:], first)
+
+    def finish(self, deadline: float) -> None:
+        self.sink.finish(deadline)
+        if self.keep is not None:
+            self.keep.finish(deadline)
 
 
 def _prompt(tokens) -> torch.Tensor:
@@ -90,15 +112,19 @@ def prefill_batch(model: Model, items: list[PrefillItem], codec: LayerBlockCodec
                 it.source.release_layer(layer)
             kv[c:] = kv_new[row:row + n]
             outs.append(model.attend(q[row:row + n], kv, c))
-            first = 0 if it.send_cached else c
-            it.sink.put_layer(layer, kv[first:], first)  # the sink holds it until it lands
+            it.hand_over(layer, kv, c)
             row += n
         x = model.layer_output(layer, x, torch.cat(outs))
     for it in items:
-        it.sink.finish(deadline)
+        it.finish(deadline)
+    return _first_tokens(model, items, x, sizes)
+
+
+def _first_tokens(model: Model, items, x, sizes) -> list[int | None]:
+    """The greedy next token after each item's last row; None for a chunk that is not last."""
     last_rows = torch.tensor(sizes).cumsum(0) - 1
     firsts = model.logits(x[last_rows.to(model.device)]).argmax(-1).tolist()
-    return [tok if it.end == len(it.tokens) else None for it, tok in zip(items, firsts)]
+    return [tok if it.is_last else None for it, tok in zip(items, firsts)]
 
 
 def prefill_layerwise(model: Model, tokens, source, sink, codec: LayerBlockCodec,
@@ -110,16 +136,17 @@ def prefill_layerwise(model: Model, tokens, source, sink, codec: LayerBlockCodec
 
 @torch.inference_mode()
 def prefill_basic_batch(model: Model, items: list[PrefillItem], codec: LayerBlockCodec,
-                        timeout_s: float = 30.0) -> list[int]:
+                        timeout_s: float = 30.0) -> list[int | None]:
     """The paper's Basic over a batch: every request's whole hit KV (all layers) is loaded
     before the forward, all layers' KV are held through it, and each prompt's KV goes to its
     sink after the forward: no streaming. The forward is batched exactly as `prefill_batch`'s
-    (projections and MLP over all new tokens at once, attention per request), so Basic and
-    DualPath differ only in when KV moves, as in the paper. pe read side only."""
+    (projections and MLP over all new tokens at once, attention per request), and chunks are
+    taken as there, so Basic and DualPath differ only in when KV moves, as in the paper. pe
+    read side only."""
     deadline = time.monotonic() + timeout_s
     for it in items:
-        if it.read_side != "pe" or it.end != len(it.tokens):
-            raise InvalidArgument("Basic reads on the prefill side only, whole prompts")
+        if it.read_side != "pe":
+            raise InvalidArgument("Basic reads on the prefill side only")
     cached = [_cached_tokens(it.source, it.end, codec.block_tokens, deadline) for it in items]
     kvs = [[torch.empty(model.kv_shape(it.end), dtype=model.dtype, device=model.device)
             for _ in range(model.num_layers)] for it in items]
@@ -140,12 +167,11 @@ def prefill_basic_batch(model: Model, items: list[PrefillItem], codec: LayerBloc
             outs.append(model.attend(q[row:row + n], kv[layer], c))
             row += n
         x = model.layer_output(layer, x, torch.cat(outs))
-    for it, kv in zip(items, kvs):
+    for it, c, kv in zip(items, cached, kvs):
         for layer in range(model.num_layers):
-            it.sink.put_layer(layer, kv[layer], 0)
-        it.sink.finish(deadline)
-    last_rows = torch.tensor(sizes).cumsum(0) - 1
-    return model.logits(x[last_rows.to(model.device)]).argmax(-1).tolist()
+            it.hand_over(layer, kv[layer], c)
+        it.finish(deadline)
+    return _first_tokens(model, items, x, sizes)
 
 
 def prefill_basic(model: Model, tokens, source, sink, codec: LayerBlockCodec,

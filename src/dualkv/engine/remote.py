@@ -13,8 +13,10 @@ Both engines register their node buffer (a pool) once with their `kv`-class agen
   one put per layer of every hit Layer Block into the PE's receive region, and the PE's
   `RemoteLayerSource.wait_layer(l)` waits for notice l and returns views of that region.
 
-Request ids are the scheduler's; a request's prefill must not be chunked across remote puts
-(one notice per (request, layer) marks the whole prompt landed).
+Request ids are the scheduler's. A notice only says "arrived" (a set per request), so a
+request prefilled in several chunks sends its notices with its last chunk only
+(`RemoteBufferSink(notify=False)` for the others): a peer's notices go out in submission
+order, after every earlier put's bytes landed, so layer l's notice then covers every chunk.
 """
 from __future__ import annotations
 
@@ -53,10 +55,12 @@ class RemoteBufferSink:
     through `mover` (the node's TrafficManager, or an Agent)."""
 
     def __init__(self, mover, staging: np.ndarray, staging_region, target: RemoteBuffer,
-                 codec: LayerBlockCodec, request_id: int, depth: int = 2, region_offset: int = 0):
+                 codec: LayerBlockCodec, request_id: int, depth: int = 2, region_offset: int = 0,
+                 notify: bool = True):
         """`staging` is a uint8 array registered in `staging_region` at `region_offset`, split
-        into `depth` equal parts; each holds one layer's KV while its put is in flight."""
-        self.mover, self.staging = mover, staging
+        into `depth` equal parts; each holds one layer's KV while its put is in flight.
+        `notify` False: the puts carry no (request, layer) notice (a chunk before the last)."""
+        self.mover, self.staging, self.notify = mover, staging, notify
         self.region = getattr(staging_region, "id", staging_region)
         self.target, self.codec, self.request_id = target, codec, request_id
         self.region_offset = region_offset
@@ -81,7 +85,8 @@ class RemoteBufferSink:
                                                    self.region_offset + base)
         self._in_flight[part] = self.mover.put(self.target.peer, self.region, self.target.region,
                                                local, remote, lengths,
-                                               request_id=self.request_id, layer=layer)
+                                               request_id=self.request_id,
+                                               layer=layer if self.notify else -1)
 
     def _descriptors(self, layer, first_token, num_tokens, base):
         bt, bpt = self.codec.block_tokens, self.codec.layout.bytes_per_token_layer
