@@ -430,3 +430,29 @@ def test_prepared_put_to_killed_peer_raises_peer_disconnected(remote, agent):
         prepared.wait(1)  # the failure is sticky: whatever was in flight is reported too
     agent.disconnect(peer.id)
     agent.deregister(region, timeout=2)
+
+
+def test_notices_from_an_agent_that_never_joined_are_refused_and_counted():
+    server, joiner, stranger = (Agent(TransferConfig()) for _ in range(3))
+    try:
+        region = server.register(np.zeros(BLOCK * 2, dtype=np.uint8))
+        own = stranger.register(np.ones(BLOCK, dtype=np.uint8))
+        with RendezvousServer(server, TOKEN) as rendezvous_server:
+            peer = rendezvous(joiner, rendezvous_server.address, TOKEN, timeout=10)
+        intruder = stranger.connect(server.local_info())  # an address learnt elsewhere
+        stranger.wait(stranger.send_notice(intruder, 5, 0), 5)
+        stranger.wait(stranger.put(intruder, own, region.id, [0], [0], [BLOCK], request_id=6,
+                                   layer=0), 5)
+        deadline = time.monotonic() + 5
+        while server.num_refused_notices < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.num_refused_notices == 2
+        for request_id in (5, 6):
+            with pytest.raises(errors.TimedOut):
+                server.wait_notice(request_id, 0, timeout=0.1)
+        joiner.wait(joiner.send_notice(peer.id, 5, 0), 5)
+        server.wait_notice(5, 0, timeout=5)  # the joined peer's notice is recorded
+        assert server.num_refused_notices == 2 and server.notices(5).tolist() == [0]
+    finally:
+        for agent in (stranger, joiner, server):
+            agent.close()

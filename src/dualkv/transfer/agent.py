@@ -10,7 +10,8 @@ thread. Memory is registered once (`register`), peers are joined through
     agent.wait(handle, timeout); agent.release(handle)
 
 The receiver of a put (or the caller of a get) records a notice (request_id, layer) once the
-batch's bytes have landed; notices from one peer arrive in submission order.
+batch's bytes have landed; notices from one peer arrive in submission order. A notice whose
+sender is no peer this agent connected is dropped and counted (`num_refused_notices`).
 """
 from __future__ import annotations
 
@@ -119,6 +120,11 @@ class Agent:
     @property
     def uid(self) -> int:
         return self._native.uid
+
+    @property
+    def num_refused_notices(self) -> int:
+        """Notices dropped because their sender's uid is no peer this agent connected."""
+        return self._native.num_refused_notices
 
     @property
     def native(self):
