@@ -456,3 +456,32 @@ def test_notices_from_an_agent_that_never_joined_are_refused_and_counted():
     finally:
         for agent in (stranger, joiner, server):
             agent.close()
+
+
+CONNECT_MALFORMED = """
+import random, sys
+from dualkv import errors
+from dualkv.transfer import Agent, TransferConfig
+agent, other = Agent(TransferConfig()), Agent(TransferConfig())
+good = other.local_info()["address"]
+rng = random.Random(16)
+bad = [rng.randbytes(200) for _ in range(300)] + [rng.randbytes(rng.randrange(1, 400))
+                                                  for _ in range(100)]
+bad += [b"", good[:-1], good + b"x", good[:30] + bytes([good[30] ^ 1]) + good[31:],
+        good[:17] + rng.randbytes(len(good) - 17), other.native.worker_address, "text"]
+for i, address in enumerate(bad):
+    try:
+        agent.connect({"uid": i + 1, "address": address, "regions": []})
+    except errors.InvalidArgument:
+        continue
+    sys.exit(f"malformed address {i} was accepted")
+agent.connect(other.local_info())
+print("survived", len(bad), "malformed addresses", flush=True)
+"""
+
+
+def test_connect_refuses_malformed_addresses_and_the_process_survives():
+    out = subprocess.run([sys.executable, "-c", CONNECT_MALFORMED], env=peer_env(),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout[-1000:] + out.stderr[-3000:]
+    assert "survived 407 malformed addresses" in out.stdout
