@@ -101,6 +101,7 @@ void register_transfer(py::module_& m) {
            }), py::arg("name"), py::arg("ucx_options"), py::arg("op_timeout_s"),
            py::arg("spin_us"))
       .def_property_readonly("uid", &Agent::uid)
+      .def_property_readonly("num_refused_notices", &Agent::num_refused_notices)
       .def_property_readonly("worker_address",
                              [](Agent& self) { return py::bytes(self.worker_address()); })
       .def("register", [](Agent& self, uint64_t ptr, int64_t size) {

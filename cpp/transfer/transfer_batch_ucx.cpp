@@ -286,9 +286,22 @@ ucs_status_t Agent::on_am(void* arg, const void* header, size_t header_length, v
   NoticeHeader h;
   std::memcpy(&h, header, sizeof(h));
   if (h.magic != kNoticeMagic) return UCS_OK;
+  if (!self->is_connected(h.sender_uid)) {
+    // Not a peer this agent connected (through the rendezvous): refused and counted. The
+    // uid is what the sender claims; UCX does not authenticate who sent an active message.
+    self->num_refused_notices_.fetch_add(1, std::memory_order_relaxed);
+    return UCS_OK;
+  }
   if (h.kind == kLayerNotice) self->record_notice(h.sender_uid, h.request_id, h.layer);
   if (h.kind == kRevokeRegion) self->mark_stale(h.sender_uid, uint64_t(h.layer));
   return UCS_OK;
+}
+
+bool Agent::is_connected(uint64_t uid) {
+  std::lock_guard<std::mutex> lock(state_mu_);
+  for (auto& [id, peer] : peers_)
+    if (peer->uid == uid) return true;
+  return false;
 }
 
 void Agent::record_notice(uint64_t, int64_t request_id, int64_t layer) {

@@ -96,6 +96,10 @@ class Agent : public BatchPoster {
   std::vector<int64_t> notices(int64_t request_id);
   void clear_notices(int64_t request_id);
   Status send_notice(uint64_t peer_id, int64_t request_id, int64_t layer, uint64_t* handle);
+  // Notices (and region revocations) refused because their sender is no connected peer.
+  int64_t num_refused_notices() const {
+    return num_refused_notices_.load(std::memory_order_relaxed);
+  }
 
  private:
   struct Region {
@@ -154,6 +158,7 @@ class Agent : public BatchPoster {
   void fail_peer(Peer* peer, Status why);
   void close_endpoint(Peer* peer);
   void record_notice(uint64_t sender_uid, int64_t request_id, int64_t layer);
+  bool is_connected(uint64_t uid);  // a peer with this uid is in peers_ (takes state_mu_)
   void mark_stale(uint64_t sender_uid, uint64_t region_id);
   Status import_regions(Peer* peer, const std::vector<RegionInfo>& remote);
 
@@ -183,6 +188,7 @@ class Agent : public BatchPoster {
   std::atomic<int> num_drivers_{0};  // notice waiters progressing the worker themselves
   std::atomic<int64_t> num_pending_{0};  // batches queued on peers, not finished yet
   std::atomic<uint64_t> notice_seq_{0};  // bumped per recorded notice: cheap spin check
+  std::atomic<int64_t> num_refused_notices_{0};
 
   // Tables read by callers (validation) and written under worker_mu_.
   std::mutex state_mu_;

@@ -430,3 +430,58 @@ def test_prepared_put_to_killed_peer_raises_peer_disconnected(remote, agent):
         prepared.wait(1)  # the failure is sticky: whatever was in flight is reported too
     agent.disconnect(peer.id)
     agent.deregister(region, timeout=2)
+
+
+def test_notices_from_an_agent_that_never_joined_are_refused_and_counted():
+    server, joiner, stranger = (Agent(TransferConfig()) for _ in range(3))
+    try:
+        region = server.register(np.zeros(BLOCK * 2, dtype=np.uint8))
+        own = stranger.register(np.ones(BLOCK, dtype=np.uint8))
+        with RendezvousServer(server, TOKEN) as rendezvous_server:
+            peer = rendezvous(joiner, rendezvous_server.address, TOKEN, timeout=10)
+        intruder = stranger.connect(server.local_info())  # an address learnt elsewhere
+        stranger.wait(stranger.send_notice(intruder, 5, 0), 5)
+        stranger.wait(stranger.put(intruder, own, region.id, [0], [0], [BLOCK], request_id=6,
+                                   layer=0), 5)
+        deadline = time.monotonic() + 5
+        while server.num_refused_notices < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.num_refused_notices == 2
+        for request_id in (5, 6):
+            with pytest.raises(errors.TimedOut):
+                server.wait_notice(request_id, 0, timeout=0.1)
+        joiner.wait(joiner.send_notice(peer.id, 5, 0), 5)
+        server.wait_notice(5, 0, timeout=5)  # the joined peer's notice is recorded
+        assert server.num_refused_notices == 2 and server.notices(5).tolist() == [0]
+    finally:
+        for agent in (stranger, joiner, server):
+            agent.close()
+
+
+CONNECT_MALFORMED = """
+import random, sys
+from dualkv import errors
+from dualkv.transfer import Agent, TransferConfig
+agent, other = Agent(TransferConfig()), Agent(TransferConfig())
+good = other.local_info()["address"]
+rng = random.Random(16)
+bad = [rng.randbytes(200) for _ in range(300)] + [rng.randbytes(rng.randrange(1, 400))
+                                                  for _ in range(100)]
+bad += [b"", good[:-1], good + b"x", good[:30] + bytes([good[30] ^ 1]) + good[31:],
+        good[:17] + rng.randbytes(len(good) - 17), other.native.worker_address, "text"]
+for i, address in enumerate(bad):
+    try:
+        agent.connect({"uid": i + 1, "address": address, "regions": []})
+    except errors.InvalidArgument:
+        continue
+    sys.exit(f"malformed address {i} was accepted")
+agent.connect(other.local_info())
+print("survived", len(bad), "malformed addresses", flush=True)
+"""
+
+
+def test_connect_refuses_malformed_addresses_and_the_process_survives():
+    out = subprocess.run([sys.executable, "-c", CONNECT_MALFORMED], env=peer_env(),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout[-1000:] + out.stderr[-3000:]
+    assert "survived 407 malformed addresses" in out.stdout

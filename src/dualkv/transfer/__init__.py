@@ -2,6 +2,7 @@
 
     agent.py         Agent, TransferConfig, Region: one-sided put/get of Layer Blocks + notices
     rendezvous.py    RendezvousServer / rendezvous: token-guarded joining of peers (ZeroMQ)
+    session.py       the rendezvous's session keys and sealed boxes (stdlib HMAC-SHA256)
     traffic.py       TrafficManager: kv work chunked behind model work; NIC token buckets
     traffic_cuda.py  host <-> device copies through the traffic manager's classes
 

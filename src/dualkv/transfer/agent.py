@@ -10,13 +10,16 @@ thread. Memory is registered once (`register`), peers are joined through
     agent.wait(handle, timeout); agent.release(handle)
 
 The receiver of a put (or the caller of a get) records a notice (request_id, layer) once the
-batch's bytes have landed; notices from one peer arrive in submission order.
+batch's bytes have landed; notices from one peer arrive in submission order. A notice whose
+sender is no peer this agent connected is dropped and counted (`num_refused_notices`).
 """
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import logging
 import os
+import struct
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -78,6 +81,42 @@ class Region:
         return {"id": self.id, "base": self.base, "size": self.size, "rkey": self.rkey}
 
 
+# The worker address an agent publishes is framed: magic + version, length and a digest of
+# UCX's packed address. UCX unpacks an address with assertions that abort the process on
+# damaged bytes, so connect() hands it only addresses that an agent framed and that arrived
+# whole. (A frame built on purpose around bad bytes still passes: connect only infos from
+# peers that proved the cluster token, as the rendezvous does.)
+_ADDRESS_FRAME = struct.Struct("<4sBI8s")  # b"DKVA", version 1, length, blake2b-64
+_ADDRESS_MAGIC, _ADDRESS_VERSION, MAX_ADDRESS_BYTES = b"DKVA", 1, 1 << 16
+
+
+def _address_digest(raw: bytes) -> bytes:
+    return hashlib.blake2b(raw, digest_size=8, person=b"dualkv-address").digest()
+
+
+def frame_address(raw: bytes) -> bytes:
+    return _ADDRESS_FRAME.pack(_ADDRESS_MAGIC, _ADDRESS_VERSION, len(raw),
+                               _address_digest(raw)) + raw
+
+
+def unframe_address(framed) -> bytes:
+    """UCX's packed address inside a frame from frame_address(); InvalidArgument otherwise."""
+    if not isinstance(framed, (bytes, bytearray, memoryview)):
+        raise InvalidArgument(f"a worker address is bytes, got {type(framed).__name__}")
+    framed = bytes(framed)
+    if len(framed) <= _ADDRESS_FRAME.size:
+        raise InvalidArgument(f"a worker address of {len(framed)} bytes is too short")
+    magic, version, length, digest = _ADDRESS_FRAME.unpack_from(framed)
+    raw = framed[_ADDRESS_FRAME.size:]
+    if magic != _ADDRESS_MAGIC or version != _ADDRESS_VERSION:
+        raise InvalidArgument("not a dualkv worker address (bad magic or version)")
+    if length != len(raw) or length > MAX_ADDRESS_BYTES:
+        raise InvalidArgument(f"a worker address says {length} bytes, carries {len(raw)}")
+    if digest != _address_digest(raw):
+        raise InvalidArgument("a damaged worker address (digest mismatch)")
+    return raw
+
+
 _INT64 = np.dtype(np.int64)
 
 
@@ -121,6 +160,11 @@ class Agent:
         return self._native.uid
 
     @property
+    def num_refused_notices(self) -> int:
+        """Notices dropped because their sender's uid is no peer this agent connected."""
+        return self._native.num_refused_notices
+
+    @property
     def native(self):
         return self._native
 
@@ -155,13 +199,15 @@ class Agent:
     def local_info(self) -> dict:
         """What a peer needs to reach this agent: uid, worker address, regions and rkeys."""
         return {"uid": self.uid, "traffic_class": self.config.traffic_class,
-                "address": self._native.worker_address,
+                "address": frame_address(self._native.worker_address),
                 "regions": [r.as_dict() for r in self.regions()]}
 
     def connect(self, info: dict) -> int:
-        """Creates the endpoint to a peer from its local_info(); refreshes it if known."""
-        return self._native.connect(int(info["uid"]), bytes(info["address"]),
-                                    list(info["regions"]))
+        """Creates the endpoint to a peer from its local_info(); refreshes it if known.
+        A worker address that is not one local_info() framed, or arrived damaged, raises
+        InvalidArgument before UCX sees it."""
+        address = unframe_address(info["address"])
+        return self._native.connect(int(info["uid"]), address, list(info["regions"]))
 
     def disconnect(self, peer: int, timeout: float = 5.0) -> None:
         self._native.disconnect(peer, timeout)
