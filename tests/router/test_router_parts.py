@@ -127,7 +127,8 @@ def test_launch_lines(tmp_path):
     kv = json.loads(line[line.index("--kv-transfer-config") + 1])
     assert kv["kv_role"] == "kv_consumer" and kv["kv_connector"] == "DualKVConnector"
     assert kv["kv_connector_extra_config"] == {"root": "/blocks", "rendezvous_host": "127.0.0.1",
-                                               "traffic_node": "vllm9000-d1", "snic_gbps": 0.1}
+                                               "traffic_node": "vllm9000-d1", "snic_gbps": 0.1,
+                                               "async_load": True}
     assert json.loads(local.command(0)[local.command(0).index("--kv-transfer-config") + 1])[
         "kv_role"] == "kv_producer"
     assert local.env()["DUALKV_CLUSTER_TOKEN"] == "tok"

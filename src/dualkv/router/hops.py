@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 
 import aiohttp
 
@@ -79,10 +80,13 @@ class Hops:
 
     async def post_json(self, instance: Instance, body: dict) -> dict:
         instance.stats["requests"] += 1
+        started = time.monotonic()
         try:
             response = await self._send(instance, body, stream=False)
             try:
-                return json.loads(await response.text())
+                answer = json.loads(await response.text())
+                answer.setdefault("_hop_s", round(time.monotonic() - started, 6))
+                return answer
             except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
                 raise HopFailed(instance, f"answer broken off ({type(exc).__name__})") from exc
             finally:
@@ -120,6 +124,7 @@ class Hops:
                 answer = await self.post_json(
                     placement.de, prefill_body(body, hit_prompt(prompt, hit), {"dualpath_read": True}))
                 self._count_reads(placement.de, answer, trace)
+                trace["hop_s"].append(answer.pop("_hop_s"))
                 held = answer.get("kv_transfer_params")
                 if is_pull_answer(held):
                     kv_for_p = prefill_params(held)
@@ -146,6 +151,7 @@ class Hops:
                 on_read_done()
             self._count_reads(pe, answer, trace)
             trace["hops"].append(f"prefill:{pe.name}")
+            trace["hop_s"].append(answer.pop("_hop_s"))
             params = answer.get("kv_transfer_params")
             return (params if is_pull_answer(params) else None), pe
         return None, None
@@ -174,6 +180,7 @@ class Hops:
                     return response
                 answer = await self.post_json(de, hop)
                 trace["hops"].append(f"decode:{de.name}")
+                trace["hop_s"].append(answer.pop("_hop_s"))
                 return answer
             except HopFailed as exc:
                 if exc.is_client_error:

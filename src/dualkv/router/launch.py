@@ -72,6 +72,8 @@ class LocalSet:
         role = "kv_producer" if name.startswith("p") else "kv_consumer"
         extra = {"root": self.root, "rendezvous_host": "127.0.0.1",
                  "traffic_node": self.node(name), **self.extra_config}
+        if role == "kv_consumer":  # a decode instance reads DualPath hits between its steps,
+            extra.setdefault("async_load", True)  # so its decode batches never wait on storage
         kv_config = {"kv_connector": "DualKVConnector",
                      "kv_connector_module_path": "dualkv.integrations.vllm",
                      "kv_role": role, "kv_load_failure_policy": "recompute",

@@ -221,7 +221,7 @@ class Router:
         rid = next(self.rids)
         hit = self.prefix.hit_tokens(prompt)
         trace = {"rid": rid, "prompt_tokens": len(prompt), "hit_tokens": hit, "hops": [],
-                 "retries": 0, "store_read_bytes": {}, "arrived": time.time()}
+                 "hop_s": [], "retries": 0, "store_read_bytes": {}, "arrived": time.time()}
         self.totals["requests"] += 1
         try:
             placement = await asyncio.wait_for(
