@@ -161,6 +161,29 @@ def test_a_join_after_its_session_expired_is_refused(agents):
         assert server_agent.peers() == [] and joiner.peers() == []
 
 
+class SlowToDescribe:
+    """An agent whose local_info() takes `delay_s`, as one does while its lock is held by a
+    long transfer; everything else is the agent's."""
+
+    def __init__(self, agent, delay_s: float):
+        self._agent, self._delay_s = agent, delay_s
+
+    def local_info(self):
+        time.sleep(self._delay_s)  # stands in for the wait on the agent's lock
+        return self._agent.local_info()
+
+    def __getattr__(self, name):
+        return getattr(self._agent, name)
+
+
+def test_a_joiner_slow_to_describe_itself_still_answers_its_challenge_in_time(agents):
+    server_agent, joiner = agents
+    with RendezvousServer(server_agent, TOKEN, session_ttl_s=0.3) as server:
+        peer = rendezvous(SlowToDescribe(joiner, 0.6), server.address, TOKEN, timeout=WAIT_S)
+        assert server.num_refused == 0 and peer.id >= 0
+        assert len(server.peers) == 1
+
+
 class TokenlessServer:
     """Answers like a rendezvous server but holds another token: it seals its Welcome with
     keys of its own token, so its proof cannot match. Keeps every byte it received."""

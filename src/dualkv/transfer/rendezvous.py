@@ -38,7 +38,10 @@ log = logging.getLogger(__name__)
 
 VERSION = 2
 SESSION_ID_BYTES = 16
-SESSION_TTL_S = 10.0   # a Challenge not answered by then is refused
+# A Challenge not answered by then is refused. Replays are stopped by single-use sessions and
+# fresh nonces, not by this bound; it only frees challenges nobody answers, so it is generous:
+# a loaded decode instance (forward on every core, paced transfers) answered one after 10 s.
+SESSION_TTL_S = 60.0
 MAX_PENDING = 64       # open challenges kept; the oldest goes first
 
 
@@ -222,6 +225,7 @@ def rendezvous(agent, address: str, token, timeout: float = 10.0) -> Peer:
     socket.setsockopt(zmq.LINGER, 0)
     try:
         socket.connect(address)
+        info = _pack_info(agent)  # before the Hello: may wait on the agent, never on the session
         client_nonce = new_nonce()
         challenge = _exchange(socket, Hello(VERSION, client_nonce), Challenge, address, deadline)
         if len(challenge.session_id) != SESSION_ID_BYTES \
@@ -229,7 +233,7 @@ def rendezvous(agent, address: str, token, timeout: float = 10.0) -> Peer:
             raise PeerDisconnected(f"rendezvous with {address}: a malformed challenge")
         keys = SessionKeys.derive(token, challenge.session_id, client_nonce,
                                   challenge.server_nonce)
-        box, tag = keys.seal("c2s", _pack_info(agent))
+        box, tag = keys.seal("c2s", info)
         welcome = _exchange(socket, Join(challenge.session_id, box, tag), Welcome, address,
                             deadline)
     finally:
