@@ -3,6 +3,8 @@ the placement over dualkv.sched, the launcher's command lines."""
 import asyncio
 import json
 
+import aiohttp
+
 import pytest
 
 from dualkv.errors import InvalidArgument
@@ -134,3 +136,52 @@ def test_launch_lines(tmp_path):
     assert local.env()["DUALKV_CLUSTER_TOKEN"] == "tok"
     with pytest.raises(InvalidArgument):
         LocalSet("1p1d", "/m", "/b", "", str(tmp_path))
+
+
+class DropsReusedConnections:
+    """An HTTP/1.1 server that answers the first request on each connection with keep-alive and
+    closes the connection, unanswered, when a second request arrives on it: what a client sees
+    when it reuses a pooled connection in the instant uvicorn closes it as idle."""
+
+    def __init__(self):
+        self.num_answered = self.num_dropped = 0
+
+    async def start(self):
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _serve(self, reader, writer):
+        for i in range(2):
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(next((line.split(b":")[1] for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length")), b"0"))
+            await reader.readexactly(length)
+            if i == 1:
+                self.num_dropped += 1
+                break
+            self.num_answered += 1
+            body = json.dumps({"choices": [{"text": "", "token_ids": [7]}]}).encode()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            await writer.drain()
+        writer.close()
+
+
+def test_a_pooled_connection_closed_under_a_request_is_retried_on_the_same_instance():
+    from dualkv.router.hops import Hops
+
+    async def main():
+        fake = DropsReusedConnections()
+        url = await fake.start()
+        instance = Instance("d0", "decode", url, 1, alive=True)
+        async with aiohttp.ClientSession() as session:  # default pool: keeps connections
+            hops = Hops(session, [], [instance], hop_timeout_s=10)
+            for _ in range(2):  # the second reuses the first's connection, which is dropped
+                answer = await asyncio.wait_for(hops.post_json(instance, {"prompt": [1]}), 10)
+                assert answer["choices"][0]["token_ids"] == [7]
+        fake.server.close()
+        return fake, instance
+
+    fake, instance = asyncio.run(main())
+    assert (fake.num_answered, fake.num_dropped) == (2, 1)
+    assert instance.alive and instance.stats["failures"] == 0

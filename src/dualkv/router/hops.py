@@ -65,8 +65,12 @@ class Hops:
                                         sock_connect=min(10.0, self.hop_timeout_s),
                                         sock_read=self.hop_timeout_s)
         try:
-            response = await self.session.post(instance.url + "/v1/completions", json=body,
-                                               timeout=timeout)
+            try:
+                response = await self.session.post(instance.url + "/v1/completions", json=body,
+                                                   timeout=timeout)
+            except aiohttp.ServerDisconnectedError:  # a pooled connection closed as it was
+                response = await self.session.post(  # reused: once more on a fresh one
+                    instance.url + "/v1/completions", json=body, timeout=timeout)
         except aiohttp.ClientConnectionError as exc:  # refused, reset: the instance is gone
             instance.mark(False, f"{type(exc).__name__}: {exc}")
             raise HopFailed(instance, f"cannot reach it ({type(exc).__name__}: {exc})") from exc

@@ -29,6 +29,7 @@ from dualkv.router.prefix import PrefixIndex
 from dualkv.sched import Request, SchedulerConfig
 
 log = logging.getLogger("dualkv.router")
+KEEPALIVE_S = 2.0  # below uvicorn's 5 s idle timeout
 
 
 @dataclass
@@ -79,7 +80,11 @@ class Router:
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
-        self.session = aiohttp.ClientSession()
+        # uvicorn (vllm serve) closes an idle connection after 5 s; a pooled one kept longer can
+        # be reused in the instant the server closes it (ServerDisconnectedError on a live
+        # instance), so the pool lets idle connections go first
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(keepalive_timeout=KEEPALIVE_S))
         self.hops = Hops(self.session, self.prefills, self.decodes, self.config.hop_timeout_s)
         deadline = time.monotonic() + self.config.start_timeout_s
         while True:
