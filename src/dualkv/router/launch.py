@@ -72,8 +72,10 @@ class LocalSet:
         role = "kv_producer" if name.startswith("p") else "kv_consumer"
         extra = {"root": self.root, "rendezvous_host": "127.0.0.1",
                  "traffic_node": self.node(name), **self.extra_config}
-        if role == "kv_consumer":  # a decode instance reads DualPath hits between its steps,
-            extra.setdefault("async_load", True)  # so its decode batches never wait on storage
+        # store reads between an instance's steps: a prefill batch never waits on another
+        # request's read (paper.md: hits go to the node's buffer while the engine computes),
+        # nor does a decode instance's decode batch on the DualPath hits it reads
+        extra.setdefault("async_load", True)
         kv_config = {"kv_connector": "DualKVConnector",
                      "kv_connector_module_path": "dualkv.integrations.vllm",
                      "kv_role": role, "kv_load_failure_policy": "recompute",
