@@ -97,9 +97,9 @@ def main(argv=None) -> int:
     parser.add_argument("--append", type=int, default=32, help="new tokens per later turn")
     parser.add_argument("--gen", type=int, default=8, help="tokens generated per turn")
     parser.add_argument("--preset", default="tiny", help="model preset (dualkv.testing.vllm_model)")
-    parser.add_argument("--snic-mbps", type=float, default=40.0,
+    parser.add_argument("--snic-mbps", type=float, default=1.5,
                         help="each instance's emulated storage NIC, MB/s")
-    parser.add_argument("--cnic-mbps", type=float, default=320.0,
+    parser.add_argument("--cnic-mbps", type=float, default=12.0,
                         help="each instance's emulated compute NIC, MB/s")
     parser.add_argument("--base-port", type=int, default=18400)
     parser.add_argument("--dir", help="work directory (default: a temporary one)")
