@@ -3,6 +3,7 @@ indexed that were never stored (issue 16, item 12): another store's handle, any 
 close(), a damaged meta file."""
 import json
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -88,3 +89,28 @@ def test_a_damaged_meta_file_is_invalid_argument(block_root, text):
         f.write(text)
     with pytest.raises(InvalidArgument, match="meta file"):
         open_store(block_root)
+
+
+def test_a_fifo_as_meta_file_is_refused_not_waited_on(block_root):
+    cfg = StoreConfig(block_root, LAYOUT, cuda="off", pool_slots=1)
+    open_store(block_root).close()
+    meta = os.path.join(cfg.directory, META_NAME)
+    os.unlink(meta)
+    os.mkfifo(meta)
+    result = {}
+
+    def reopen():
+        try:
+            open_store(block_root)
+        except InvalidArgument as exc:
+            result["error"] = str(exc)
+
+    thread = threading.Thread(target=reopen, daemon=True)
+    thread.start()
+    thread.join(30.0)
+    is_stuck = thread.is_alive()
+    if is_stuck:  # release an open waiting for a writer, so the failing run still ends
+        os.close(os.open(meta, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(30.0)
+    assert not is_stuck, "opening the store waited on a FIFO meta file"
+    assert "not a regular file" in result["error"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from dataclasses import dataclass
 
 from dualkv._native import C
@@ -131,7 +132,7 @@ def read_meta(directory: str) -> dict:
     field of the right type is an InvalidArgument naming it (FileNotFoundError when absent)."""
     path = os.path.join(directory, META_NAME)
     try:
-        with open(path) as f:
+        with _open_regular(path) as f:
             found = json.load(f)
     except FileNotFoundError:
         raise
@@ -150,3 +151,13 @@ def read_meta(directory: str) -> dict:
         if not isinstance(found.get(name, ""), str):
             raise InvalidArgument(f"store meta file {path} is damaged: {name} is not a string")
     return found
+
+
+def _open_regular(path: str):
+    """The file for reading; a FIFO there (which a plain open waits on for a writer) or any
+    other non-file is refused at once."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise InvalidArgument(f"store meta file {path} is not a regular file")
+    return os.fdopen(fd, encoding="utf-8")
