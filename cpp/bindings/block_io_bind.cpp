@@ -234,6 +234,8 @@ py::dict stats(BlockIO& io) {
   d["bounce_bytes"] = s.bounce_bytes.load();
   d["files_removed"] = s.files_removed.load();
   d["flushes"] = s.flushes.load();
+  d["removes_skipped_replaced"] = s.removes_skipped_replaced.load();
+  d["stores_replaced_damaged"] = s.stores_replaced_damaged.load();
   d["backend"] = io.backend();
   d["registered_buffers"] = io.has_registered_buffers();
   d["direct_reads"] = io.is_direct_read();

@@ -13,6 +13,7 @@
 #include <cstring>
 #include <random>
 
+#include "dualkv/block_remove.h"
 #include "dualkv/crc32c.h"
 
 namespace dualkv {
@@ -99,9 +100,11 @@ class ReadOp : public IoCompletion {
 
   // Opens the block file; false (and the op finished as a miss) when it cannot be opened.
   bool open_file() {
-    fd_ = io_->open_for_read(io_->path_of(key_));
+    fd_ = io_->open_for_read(io_->path_of(key_), &stat_);
     if (fd_ >= 0) return true;
-    (errno == ENOENT ? io_->stats().missing : io_->stats().read_errors)++;
+    BlockIoStats& stats = io_->stats();
+    // a FIFO or folder at the path is no block: a miss for this block alone
+    (errno == ENOENT ? stats.missing : errno == ENODEV ? stats.corrupt : stats.read_errors)++;
     batch_->finish_block(index_, false);
     return false;
   }
@@ -156,8 +159,7 @@ class ReadOp : public IoCompletion {
       stats.read_errors++;
     } else if (error == EIO || !verify()) {
       stats.corrupt++;  // truncated or damaged: never served, and removed so it is rewritten
-      unlink(io_->path_of(key_).c_str());
-      stats.files_removed++;
+      io_->remove_damaged(key_, stat_);  // this file only, not one published there since
     } else {
       is_ok = true;
       const BlockLayout& layout = io_->layout();
@@ -180,6 +182,7 @@ class ReadOp : public IoCompletion {
   uint8_t key_[kMaxKeyBytes] = {};
   uint32_t first_, last_;
   int fd_ = -1;
+  struct stat stat_ = {};  // of the file read: its device and inode identify it
   char* header_ = nullptr;
   AlignedBuffer own_;
   std::vector<char*> layers_;    // where each read Layer Block landed
@@ -298,13 +301,23 @@ BlockIO::~BlockIO() {
   for (uint64_t h : handles) release(h, 600.0);
 }
 
-int BlockIO::open_for_read(const std::string& path) {
-  if (is_direct_read_) {
-    int fd = open(path.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
-    if (fd >= 0 || errno != EINVAL) return fd;
-    is_direct_read_ = false;  // tmpfs and some FUSE filesystems refuse O_DIRECT
+int BlockIO::open_for_read(const std::string& path, struct stat* st) {
+  if (!is_direct_read_) return open_block_file(path, 0, st);
+  int fd = open_block_file(path, O_DIRECT, st);
+  if (fd >= 0 || errno != EINVAL) return fd;
+  // tmpfs and some FUSE filesystems refuse O_DIRECT, but so does a folder or FIFO at this
+  // one path: direct reads stop only when a regular file opens without it.
+  fd = open_block_file(path, 0, st);
+  if (fd >= 0) is_direct_read_ = false;
+  return fd;
+}
+
+void BlockIO::remove_damaged(const uint8_t* key, const struct stat& checked) {
+  switch (remove_if_same(path_of(key), checked)) {
+    case RemoveResult::kRemoved: stats_.files_removed++; break;
+    case RemoveResult::kReplaced: stats_.removes_skipped_replaced++; break;
+    default: break;  // gone already, or not ours to move: a later load finds it again
   }
-  return open(path.c_str(), O_RDONLY | O_CLOEXEC);
 }
 
 Status BlockIO::check_batch(const int64_t* slots, size_t n, uint32_t first,

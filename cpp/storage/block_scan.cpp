@@ -12,6 +12,8 @@
 #include <cstring>
 #include <memory>
 
+#include "dualkv/block_remove.h"
+
 namespace dualkv {
 namespace {
 
@@ -35,14 +37,19 @@ bool is_fanout_name(const std::string& name) {
   return from_hex(name, &byte, 1);
 }
 
+// Empty when the file at `path` has a good header for `key`; `st` describes the file read
+// (zeroed when nothing was opened, as for a FIFO or folder at the path).
 std::string check_block_file(const BlockLayout& layout, const std::string& path,
-                             const uint8_t* key, char* header) {
-  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return std::string("open: ") + std::strerror(errno);
-  struct stat st;
+                             const uint8_t* key, char* header, struct stat* st) {
+  int fd = open_block_file(path, 0, st);
+  if (fd < 0) {
+    const int err = errno;
+    *st = {};
+    return err == ENODEV ? "not a regular file" : std::string("open: ") + std::strerror(err);
+  }
   std::string reason;
-  if (fstat(fd, &st) != 0 || static_cast<uint64_t>(st.st_size) != layout.full_block_bytes()) {
-    reason = "size " + std::to_string(st.st_size) + " is not a Full Block";
+  if (static_cast<uint64_t>(st->st_size) != layout.full_block_bytes()) {
+    reason = "size " + std::to_string(st->st_size) + " is not a Full Block";
   } else if (pread(fd, header, layout.header_bytes(), 0) !=
              static_cast<ssize_t>(layout.header_bytes())) {
     reason = "short header read";
@@ -71,11 +78,16 @@ void scan_file(const BlockLayout& layout, const std::string& path, const std::st
     out->num_other++;
     return;
   }
-  std::string reason = check_block_file(layout, path, key, header);
+  struct stat st = {};
+  std::string reason = check_block_file(layout, path, key, header, &st);
   if (!reason.empty()) {
     out->num_bad++;
     if (out->bad_examples.size() < kMaxBadExamples) out->bad_examples.push_back(path + ": " + reason);
-    if (remove_bad && unlink(path.c_str()) == 0) out->num_bad_removed++;
+    // Only the file checked, never a block another process has published there since; what
+    // is not a file the store wrote (a FIFO, a folder) is reported and left alone.
+    if (remove_bad && st.st_ino != 0 && remove_if_same(path, st) == RemoveResult::kRemoved) {
+      out->num_bad_removed++;
+    }
     return;
   }
   out->keys.insert(out->keys.end(), key, key + layout.key_bytes);

@@ -1,7 +1,7 @@
 // Batched stores. Each block is written by a writer thread into a temporary file beside its
 // final name and published with rename(), so a reader sees a whole block or none, whatever
 // happens to the writer. Same key, same bytes (content addressing): concurrent writers race
-// harmlessly, and a block already on disk is not written again.
+// harmlessly, and a block already on disk (read back whole) is not written again.
 //
 // Durability (options.fsync) is per batch, not per block: the batch's blocks are written and
 // published without a flush each, and the writer that finishes the last of them flushes the
@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "dualkv/block_io.h"
+#include "dualkv/block_remove.h"
 
 namespace dualkv {
 
@@ -74,7 +75,12 @@ int write_fully(int fd, std::vector<iovec> iov) {
 Status BlockIO::write_block(const uint8_t* key, const std::vector<iovec>& pieces,
                             bool* is_skipped) {
   std::string path = path_of(key);
-  *is_skipped = access(path.c_str(), F_OK) == 0;
+  // Same key, same bytes: a block already there is not written again, but only once read
+  // back whole. A damaged file (or a FIFO) there is replaced, never acknowledged.
+  struct stat st;
+  const bool is_present = lstat(path.c_str(), &st) == 0;
+  const char* header = static_cast<const char*>(pieces[0].iov_base);
+  *is_skipped = is_present && is_block_intact(layout(), path, key, header);
   if (*is_skipped) return Status::Ok();
   if (int err = make_parents(path)) return errno_status("creating folders for " + path, err);
   std::string hex = to_hex(key, layout().key_bytes);
@@ -101,6 +107,7 @@ Status BlockIO::write_block(const uint8_t* key, const std::vector<iovec>& pieces
     unlink(temp.c_str());  // nothing published: the store stays as it was
     return errno_status("writing block " + hex, err);
   }
+  if (is_present) stats_.stores_replaced_damaged++;
   return Status::Ok();
 }
 

@@ -3,6 +3,7 @@
 // shared with whoever else registers it (transfer engine, CUDA).
 #pragma once
 
+#include <sys/stat.h>
 #include <sys/uio.h>
 
 #include <atomic>
@@ -40,6 +41,10 @@ struct BlockIoStats {
   std::atomic<uint64_t> missing{0}, corrupt{0}, read_errors{0}, write_errors{0};
   std::atomic<uint64_t> bytes_read{0}, bytes_written{0}, bounce_bytes{0}, files_removed{0};
   std::atomic<uint64_t> flushes{0};  // group commits of fsync'ed store batches
+  // A damaged file this process read had been replaced by another process's block before it
+  // could be removed: that block was left in place.
+  std::atomic<uint64_t> removes_skipped_replaced{0};
+  std::atomic<uint64_t> stores_replaced_damaged{0};  // a damaged file at the path was rewritten
 };
 
 struct Batch;  // one handle's blocks: per-block results and a condition to wait on
@@ -89,7 +94,11 @@ class BlockIO {
   }
 
   // Used by the operations (block_io.cpp / block_write.cpp).
-  int open_for_read(const std::string& path);
+  // -1 with errno ENODEV when the path holds something other than a regular file.
+  int open_for_read(const std::string& path, struct stat* st);
+  // Removes the damaged block file `checked` describes, unless another process has published
+  // a block at its path since (then that one stays).
+  void remove_damaged(const uint8_t* key, const struct stat& checked);
   // Writes a block file from pieces laid end to end (header page first) and publishes it.
   Status write_block(const uint8_t* key, const std::vector<iovec>& pieces, bool* is_skipped);
   Status flush_filesystem();  // syncfs() of the filesystem holding the store

@@ -49,3 +49,17 @@ def test_info_verify_gc(block_root, capsys):
 def test_empty_path_says_so(block_root, capsys):
     assert main(["store", "info", block_root]) == 1
     assert "no store namespace" in capsys.readouterr().out
+
+
+def test_a_damaged_meta_file_is_one_line_and_exit_2(block_root, capsys):
+    """(issue 16, item 12) Every action reads the meta file first: a damaged one is named in
+    one line on stderr, with no traceback."""
+    make_store(block_root)
+    (namespace,) = os.listdir(block_root)
+    for text in ("[1, 2]", "{broken"):
+        with open(os.path.join(block_root, namespace, "meta.json"), "w") as f:
+            f.write(text)
+        for action in ("info", "verify", "gc"):
+            assert main(["store", action, block_root]) == 2
+            err = capsys.readouterr().err
+            assert err.startswith(f"dualkv store: store meta file") and err.count("\n") == 1

@@ -74,6 +74,8 @@ def run(args):
 def _check(args):
     from dualkv.errors import InvalidArgument
 
+    if args.root is not None and not os.path.isdir(args.root):  # before any bar or node starts
+        raise InvalidArgument(f"--root {args.root} is not a directory")
     policies = args.policies.split(",")
     unknown = set(policies) - {"basic", "dualpath", "oracle"}
     if unknown:

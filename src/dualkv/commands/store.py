@@ -49,11 +49,15 @@ def namespace_dirs(path):
 
 
 def config_of(directory):
+    from dualkv.errors import InvalidArgument
     from dualkv.layout import KVLayout
     from dualkv.store.config import StoreConfig, read_meta
 
-    meta = read_meta(directory)
-    layout = KVLayout(meta["num_layers"], meta["bytes_per_token_layer"], meta["block_tokens"])
+    meta = read_meta(directory)  # checked: the fields below are there and typed
+    try:
+        layout = KVLayout(meta["num_layers"], meta["bytes_per_token_layer"], meta["block_tokens"])
+    except ValueError as exc:  # e.g. a layer count whose header does not fit
+        raise InvalidArgument(f"{directory}: meta.json holds no usable layout: {exc}") from exc
     cfg = StoreConfig(os.path.dirname(os.path.abspath(directory)), layout,
                       model_id=meta.get("model_id", ""), rank=meta.get("rank", ""),
                       namespace=meta.get("namespace", ""), key_bytes=meta["key_bytes"],

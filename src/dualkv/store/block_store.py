@@ -30,6 +30,9 @@ class Handle:
     keys: np.ndarray
     parent: bytes | None = None
     ok: np.ndarray | None = field(default=None, repr=False)  # set once finished
+    # the store that made it: ids are per store, so another store's handle names a batch of
+    # its own (and would index keys it never stored)
+    owner: object = field(default=None, repr=False, compare=False)
 
     @property
     def num_blocks(self) -> int:
@@ -42,12 +45,22 @@ class BlockStore:
         self.layout = cfg.layout
         self.namespace = cfg.namespace_bytes.hex()
         self.directory = open_namespace(cfg)
-        self.pool = HostPool(cfg.layout, cfg.pool_slots, cfg.huge_pages, cfg.cuda)
-        self.io = C.BlockIO(block_io_options(cfg), self.pool.native)
+        self._pool = HostPool(cfg.layout, cfg.pool_slots, cfg.huge_pages, cfg.cuda)
+        self._io = C.BlockIO(block_io_options(cfg), self._pool.native)
         self.index = C.PrefixIndex(cfg.key_bytes, cfg.capacity_bytes)
         self._lock = threading.Lock()
-        self._is_closed = False
+        self._token = object()  # names this store in its handles
         self.num_dropped_on_open = self._rebuild_index()
+
+    @property
+    def pool(self) -> HostPool:
+        """The store's host pool of Full Block slots."""
+        return self._open(self._pool)
+
+    @property
+    def io(self):
+        """The native BlockIO (batched block file I/O)."""
+        return self._open(self._io)
 
     @property
     def backend(self) -> str:
@@ -89,27 +102,29 @@ class BlockStore:
         keys = self._keys(keys)
         first, last = self._layers(layers)
         handle = self.io.load(keys, self._slots(slots, len(keys)), first, last)
-        return Handle(handle, "load", keys)
+        return Handle(handle, "load", keys, owner=self._token)
 
     def load_into(self, keys, dst_ptrs, layers=None) -> Handle:
         """Reads Layer Blocks to raw addresses: dst_ptrs is (n, num layers in range) int64."""
         keys = self._keys(keys)
         first, last = self._layers(layers)
         ptrs = int64_array(dst_ptrs, (len(keys), last - first), "dst_ptrs")
-        return Handle(self.io.load_into(keys, ptrs, first, last), "load", keys)
+        return Handle(self.io.load_into(keys, ptrs, first, last), "load", keys,
+                      owner=self._token)
 
     def store(self, keys, slots, parent=None) -> Handle:
         """Writes the blocks in pool slots as the chain keys[0..n) under `parent`. The slots'
         header pages are overwritten; keep the slots untouched until the handle finishes."""
         keys, parent = self._keys(keys), self._parent(parent)
         handle = self.io.store(keys, self._slots(slots, len(keys)), parent)
-        return Handle(handle, "store", keys, parent)
+        return Handle(handle, "store", keys, parent, owner=self._token)
 
     def store_from(self, keys, src_ptrs, parent=None) -> Handle:
         """Writes blocks whose Layer Blocks lie at addresses: src_ptrs is (n, num_layers)."""
         keys, parent = self._keys(keys), self._parent(parent)
         ptrs = int64_array(src_ptrs, (len(keys), self.layout.num_layers), "src_ptrs")
-        return Handle(self.io.store_from(keys, ptrs, parent), "store", keys, parent)
+        return Handle(self.io.store_from(keys, ptrs, parent), "store", keys, parent,
+                      owner=self._token)
 
     def wait(self, handle: Handle, timeout: float = 60.0, check: bool = True) -> np.ndarray:
         """Per block: True = done (and verified, for loads). Raises TimedOut past `timeout`
@@ -123,12 +138,12 @@ class BlockStore:
         """`wait` that reports a failure instead of raising it: (ok per block, errno, message)
         of the batch's first filesystem error; errno 0 when there was none (a load's missing
         or corrupt blocks show in ok only). Raises TimedOut past `timeout` seconds."""
-        ok, err, message = self.io.wait(handle.id, float(timeout))
+        ok, err, message = self.io.wait(self._own(handle).id, float(timeout))
         self._finish(handle, ok)
         return ok, int(err), message
 
     def poll(self, handle: Handle) -> bool:
-        if handle.ok is not None:
+        if self._own(handle).ok is not None:
             return True
         if not self.io.poll(handle.id):
             return False
@@ -139,12 +154,12 @@ class BlockStore:
     def finished_at(self, handle: Handle) -> float | None:
         """When the batch's last block finished, in seconds of `time.monotonic()`; None while
         blocks are in flight. Times a batch without depending on when it was polled."""
-        ns = self.io.finished_at(handle.id)
+        ns = self.io.finished_at(self._own(handle).id)
         return None if ns < 0 else ns / 1e9
 
     def release(self, handle: Handle, timeout: float = 60.0) -> None:
         """Frees the handle; waits (up to `timeout`) for blocks still in flight."""
-        if handle.ok is None:
+        if self._own(handle).ok is None:
             self.wait(handle, timeout, check=False)
         self.io.release(handle.id, float(timeout))
 
@@ -159,6 +174,7 @@ class BlockStore:
         """Deletes least recently used unpinned leaf blocks; returns the bytes freed."""
         if not isinstance(num_bytes, (int, np.integer)) or num_bytes < 0:
             raise InvalidArgument(f"num_bytes must be an int >= 0, got {num_bytes!r}")
+        self._open(None)
         evicted = self.index.evict(int(num_bytes))
         self._delete(evicted)
         return len(evicted) * self.layout.full_block_bytes
@@ -171,11 +187,14 @@ class BlockStore:
             namespace=self.namespace, directory=self.directory)
 
     def close(self) -> None:
-        """Waits for I/O in flight, then frees the native parts (pool memory included)."""
-        if not self._is_closed:
-            self._is_closed = True
-            self.io = None  # BlockIO's destructor drains every batch
-            self.pool = None
+        """Waits for I/O in flight, then frees the native parts (pool memory included).
+        Every later call but close() raises InvalidArgument."""
+        self._io = None  # BlockIO's destructor drains every batch
+        self._pool = None
+
+    @property
+    def is_closed(self) -> bool:
+        return self._io is None
 
     def __enter__(self):
         return self
@@ -221,9 +240,21 @@ class BlockStore:
         self.index.compact()  # headers came in file order: lay each chain out consecutively
         return int(found["num_bad"])
 
+    def _open(self, part):
+        """`part`, once the store is known to be open."""
+        if self._io is None:
+            raise InvalidArgument(f"the store at {self.directory} is closed")
+        return part
+
+    def _own(self, handle) -> Handle:
+        if not isinstance(handle, Handle):
+            raise InvalidArgument(f"expected a Handle, got {type(handle).__name__}")
+        if handle.owner is not self._token:
+            raise InvalidArgument(f"handle {handle.id} belongs to another store")
+        return handle
+
     def _keys(self, keys) -> np.ndarray:
-        if self._is_closed:
-            raise InvalidArgument("the store is closed")
+        self._open(None)
         return as_keys(keys, self.cfg.key_bytes)
 
     def _parent(self, parent) -> bytes | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from dataclasses import dataclass
 
 from dualkv._native import C
@@ -12,6 +13,8 @@ from dualkv.errors import InvalidArgument, StorageError
 from dualkv.layout import KVLayout
 
 META_NAME = "meta.json"
+META_INTS = ("num_layers", "bytes_per_token_layer", "block_tokens", "key_bytes")
+META_STRINGS = ("model_id", "rank", "namespace")
 IO_BACKENDS = ("auto", "io_uring", "posix")
 
 
@@ -101,18 +104,13 @@ def open_namespace(cfg: StoreConfig) -> str:
     except OSError as exc:
         raise StorageError(exc.errno, f"cannot create the store at {directory}: {exc}") from exc
     try:
-        with open(path) as f:
-            found = json.load(f)
+        found = read_meta(directory)
     except FileNotFoundError:
         _write_meta(path, wanted)
         return directory
-    except PermissionError as exc:
-        raise StorageError(exc.errno, f"cannot open the store at {directory}: {exc}") from exc
-    except (OSError, ValueError) as exc:
-        raise InvalidArgument(f"store meta file {path} is unreadable: {exc}") from exc
-    keys = ("num_layers", "bytes_per_token_layer", "block_tokens", "key_bytes")
-    if any(found.get(k) != wanted[k] for k in keys):
-        have = {k: found.get(k) for k in keys}
+    keys = META_INTS
+    if any(found[k] != wanted[k] for k in keys):
+        have = {k: found[k] for k in keys}
         want = {k: wanted[k] for k in keys}
         raise InvalidArgument(f"layout mismatch: the store at {directory} holds {have}, "
                               f"this StoreConfig asks for {want}")
@@ -130,5 +128,36 @@ def _write_meta(path: str, record: dict) -> None:
 
 
 def read_meta(directory: str) -> dict:
-    with open(os.path.join(directory, META_NAME)) as f:
-        return json.load(f)
+    """The namespace's meta file, checked: a file that is not JSON, not an object, or lacks a
+    field of the right type is an InvalidArgument naming it (FileNotFoundError when absent)."""
+    path = os.path.join(directory, META_NAME)
+    try:
+        with _open_regular(path) as f:
+            found = json.load(f)
+    except FileNotFoundError:
+        raise
+    except PermissionError as exc:
+        raise StorageError(exc.errno, f"cannot open the store at {directory}: {exc}") from exc
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError included
+        raise InvalidArgument(f"store meta file {path} is unreadable: {exc}") from exc
+    if not isinstance(found, dict):
+        raise InvalidArgument(f"store meta file {path} is damaged: not a JSON object")
+    for name in META_INTS:
+        value = found.get(name)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise InvalidArgument(f"store meta file {path} is damaged: {name} is {value!r}, "
+                                  "not a positive integer")
+    for name in META_STRINGS:
+        if not isinstance(found.get(name, ""), str):
+            raise InvalidArgument(f"store meta file {path} is damaged: {name} is not a string")
+    return found
+
+
+def _open_regular(path: str):
+    """The file for reading; a FIFO there (which a plain open waits on for a writer) or any
+    other non-file is refused at once."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise InvalidArgument(f"store meta file {path} is not a regular file")
+    return os.fdopen(fd, encoding="utf-8")
