@@ -84,3 +84,17 @@ def test_cli_prints_every_points_residual(tmp_path, capsys):
     for r in rows:
         sim_s, paper_s = float(r[3]), float(r[4])
         assert float(r[5].rstrip("%")) == pytest.approx(100 * (sim_s / paper_s - 1), abs=0.2)
+
+
+def test_cli_json_rows_carry_the_fitted_constants(tmp_path, capsys):
+    from dualkv.cli import main
+
+    point = {"agents": 8, "oracle": 500.0, "dualpath": 600.0, "basic": 700.0}
+    fit = [{"constant": "pe_flops_per_s", "policy": "oracle", "agents": 8}]
+    path = _write(tmp_path, dict(SMALL, fit=fit, points=[point]))
+    assert main(["sim", "calibrate", "--model", "ds27b", "--data", path, "--json", "--jobs", "1",
+                 "--policy", "oracle"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["command"] == "sim calibrate" and "machine" in doc
+    (row,) = doc["results"]
+    assert row["ref_jct_s"] == 500.0 and row["pe_flops_per_s"] > 0

@@ -203,8 +203,13 @@ def calibrate(args) -> int:
             jobs = [(data, m, args.rounds, args.json) for m in models]
             consts = dict(zip(models, pool.map(_fit_job, jobs)))
         rows = residual_rows(data, models, consts, policies, pool)
-    if args.json:
-        print(json.dumps({"command": "sim calibrate", "fitted": consts, "results": rows}))
+    if args.json:  # STYLE.md's one shape; each row carries the constants it ran with
+        from dualkv.bench.report import Report
+
+        report = Report("sim calibrate", as_json=True)
+        for row in rows:
+            report.add(row)
+        report.finish()
     else:
         print(json.dumps({"fitted": consts}))
         print_residuals(rows)
