@@ -1,5 +1,8 @@
 """The calibration reads its points from one data file and fits on them alone."""
+import contextlib
 import json
+import os
+import sys
 
 import pytest
 
@@ -12,6 +15,27 @@ from dualkv.sim.workload import agentic
 FIT = [{"constant": "pe_flops_per_s", "policy": "oracle", "agents": 24},
        {"constant": "snic_tokens_per_s", "policy": "basic", "agents": 24}]
 SMALL = {"pe_nodes": 1, "de_nodes": 1, "maxlen": "32k", "fit": FIT}
+CODE_SUFFIXES = (".py", ".pyc", ".so", ".pxd")  # imports; everything else opened is data
+_RECORDING: list = []  # the audit hook's sink while a test records; a hook cannot be removed
+
+
+def _audit(event, args):
+    if event == "open" and _RECORDING and not isinstance(args[0], int):  # an int is an fd
+        _RECORDING[-1].append(os.fsdecode(args[0]))
+
+
+sys.addaudithook(_audit)
+
+
+@contextlib.contextmanager
+def _opened_files():
+    """Every file path opened inside the block (the interpreter's 'open' audit event)."""
+    opened: list = []
+    _RECORDING.append(opened)
+    try:
+        yield opened
+    finally:
+        _RECORDING.pop()
 
 
 def _jct(model, policy, agents) -> float:
@@ -48,8 +72,11 @@ def test_fit_recovers_constants_from_the_file_alone(tmp_path):
     agents = 24
     point = {"agents": agents, "oracle": _jct(model, "oracle", agents),
              "dualpath": 1.0, "basic": _jct(model, "basic", agents)}
-    data = calibrate.load_points(_write(tmp_path, dict(SMALL, points=[point])))
-    fitted = calibrate.fit_model(data, "ds27b", quiet=True, start=start)
+    path = _write(tmp_path, dict(SMALL, points=[point]))
+    with _opened_files() as opened:
+        data = calibrate.load_points(path)
+        fitted = calibrate.fit_model(data, "ds27b", quiet=True, start=start)
+    assert [f for f in opened if not f.endswith(CODE_SUFFIXES)] == [path]  # no other data read
     assert set(fitted) == set(truth)  # the file's fit steps, no other constant
     for name, value in truth.items():
         assert fitted[name] == pytest.approx(value, rel=0.03), name
