@@ -1,5 +1,6 @@
-"""`dualkv sim offline|online`: run the cluster simulator over the DualPath scheduler and
-print a table (or one JSON document), writing PNG plots to --out."""
+"""`dualkv sim offline|online|calibrate`: run the cluster simulator over the DualPath scheduler
+and print a table (or one JSON document), writing PNG plots to --out; `calibrate` refits a
+model's constants on the calibration file (dualkv.sim.calibrate) and prints each residual."""
 from __future__ import annotations
 
 from dualkv.errors import InvalidArgument
@@ -13,7 +14,7 @@ ONLINE_COLUMNS = ("policy", "aps", "stop", "meets_slo", "ttft_mean_s", "ttft_p99
 
 
 def add_arguments(parser):
-    parser.add_argument("mode", choices=("offline", "online"))
+    parser.add_argument("mode", choices=("offline", "online", "calibrate"))
     parser.add_argument("--model", default="ds660b", help="ds660b, ds27b or qwen32b")
     parser.add_argument("--pe", type=int, default=2, help="prefill nodes")
     parser.add_argument("--de", type=int, default=4, help="decode nodes")
@@ -29,10 +30,17 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="sim-out", help="directory for PNG plots")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument("--data", help="calibrate: calibration points (default: the packaged file)")
+    parser.add_argument("--no-fit", action="store_true", help="calibrate: the presets' residuals only")
+    parser.add_argument("--rounds", type=int, default=1, help="calibrate: fit passes")
+    parser.add_argument("--jobs", type=int, default=2, help="calibrate: worker processes")
 
 
 def run(args):
     from dualkv.sched import get_policy
+
+    if args.mode == "calibrate":
+        return _calibrate(args)
     from dualkv.sim.config import SimConfig, get_preset
 
     policies = [p.strip() for p in args.policy.split(",") if p.strip()]
@@ -93,6 +101,14 @@ def _online(args, configs):
             rows.extend(dict(r, capacity_aps=capacity) for r in found)
     args.plots = [plots.plot_online(rows, plots.out_path(args.out, "online.png"))]
     return rows
+
+
+def _calibrate(args):
+    from dualkv.sim import calibrate
+
+    args.policies = args.policy
+    args.data = args.data or str(calibrate.DATA_PATH)
+    return calibrate.calibrate(args)
 
 
 def _emit(args, rows):

@@ -10,9 +10,10 @@ from dualkv.sched import AttentionFlops, SchedulerConfig, get_policy
 
 @dataclass(frozen=True)
 class ModelPreset:
-    """A model as the simulator sees it. Shapes are the paper's; pe_flops_per_s,
-    snic_tokens_per_s and pe_hbm_tokens are fitted (docs/simulator.md says on which points);
-    the rest are [I]."""
+    """A model as the simulator sees it. Shapes are the paper's; the constants each model's
+    fit steps name in sim/data/calibration.json are fitted there (ds: pe_flops_per_s,
+    snic_tokens_per_s, ds660b's pe_hbm_tokens; qwen32b: de_hbm_tokens, snic_tokens_per_s);
+    docs/simulator.md gives every constant's source and how well it is identified."""
 
     name: str
     num_layers: int
@@ -24,11 +25,21 @@ class ModelPreset:
     de_hbm_tokens: int  # KV tokens one DE GPU holds
     pe_hbm_tokens: int  # KV tokens one PE GPU holds without layerwise prefill (Basic cap)
     tpot_light_s: float  # decode step time at an empty DE ...
-    tpot_full_s: float  # ... and at a full one (linear in between)
+    tpot_full_s: float  # ... and at a full one (linear in between), unless derived:
     dram_bytes_per_node: float = 80e9  # host buffer per node (App. A.4)
+    # Decode reads every resident KV token once a step (memory bound): seconds per step per
+    # KV token in HBM. When set, tpot_full_s is derived from it (light + this x de_hbm_tokens,
+    # __post_init__), so it follows de_hbm_tokens when that is refitted; None keeps the given
+    # tpot_full_s (DS: paper.md §16.1).
+    decode_s_per_kv_token: float | None = None
     # Fixed time of every PE forward (paper.md §16.1/§16.4: per-layer comm and a_0, all layers),
     # in units of one Fig. 3-right request's compute time on one GPU; see pe_forward_fixed_s.
     pe_fixed_requests: float = 0.0
+
+    def __post_init__(self):
+        if self.decode_s_per_kv_token is not None:
+            full = self.tpot_light_s + self.decode_s_per_kv_token * self.de_hbm_tokens
+            object.__setattr__(self, "tpot_full_s", full)
 
     @property
     def pe_forward_fixed_s(self) -> float:
@@ -53,6 +64,14 @@ def _mla_pair_flops(num_heads: int) -> float:
 FIG3_REQUEST = (30_000, 300)
 FIG3_FIXED_REQUESTS = 2.6
 
+# Qwen 2.5 32B decode from first principles [I]: with DP only (paper.md §3) each DE GPU holds
+# the whole model, and a decode step of a few requests is bound by reading it and the batch's
+# KV from HBM: 32.5 B parameters x 2 B (BF16) over Hopper HBM3's 3.35 TB/s (H100 / H800 SXM;
+# which Hopper is [GAP], both have it) = 19.4 ms a step, plus 256 KB per resident KV token.
+HOPPER_HBM_BYTES_PER_S = 3.35e12
+QWEN32B_WEIGHT_BYTES = 32.5e9 * 2
+QWEN32B_KV_BYTES = 64 * 8 * 128 * 2 * 2  # layers x KV heads x head dim x (K, V) x FP16
+
 # Stored KV [I] (paper.md §13): BF16-width MLA (1,152 B/layer) + indexer keys (132 B/layer).
 PRESETS = {
     "ds660b": ModelPreset(
@@ -68,11 +87,13 @@ PRESETS = {
         de_hbm_tokens=2_500_000, pe_hbm_tokens=2_000_000, tpot_light_s=0.012, tpot_full_s=0.025,
         pe_fixed_requests=FIG3_FIXED_REQUESTS),
     "qwen32b": ModelPreset(
-        "qwen32b", 64, 64 * 8 * 128 * 2 * 2,
+        "qwen32b", 64, QWEN32B_KV_BYTES,
         AttentionFlops(64, 2.0 * 2 * 40 * 128),
-        linear_flops_per_token=62e9, pe_flops_per_s=2.62e14, snic_tokens_per_s=1.4e5,
-        de_hbm_tokens=50_000, pe_hbm_tokens=50_000, tpot_light_s=0.020, tpot_full_s=0.040,
-        dram_bytes_per_node=320e9, pe_fixed_requests=FIG3_FIXED_REQUESTS),
+        linear_flops_per_token=62e9, pe_flops_per_s=2.62e14, snic_tokens_per_s=1.418e5,
+        de_hbm_tokens=255_485, pe_hbm_tokens=50_000,
+        tpot_light_s=QWEN32B_WEIGHT_BYTES / HOPPER_HBM_BYTES_PER_S, tpot_full_s=0.0,
+        dram_bytes_per_node=320e9, pe_fixed_requests=FIG3_FIXED_REQUESTS,
+        decode_s_per_kv_token=QWEN32B_KV_BYTES / HOPPER_HBM_BYTES_PER_S),
 }
 
 

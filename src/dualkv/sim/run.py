@@ -5,6 +5,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from dualkv.errors import InvalidArgument
 from dualkv.sim.config import SimConfig
 from dualkv.sim.report import summarize
 from dualkv.sim.simulator import Simulator
@@ -16,11 +17,24 @@ STEADY_WINDOW_S, STEADY_LOOKBACK_S, STEADY_TOLERANCE = 150.0, 1800.0, 0.05
 
 def run_offline(cfg: SimConfig, work: Workload, progress=None) -> tuple[dict, dict]:
     """All agents start at t = 0; the JCT is the last agent's finish."""
+    check_fits(cfg, work)
     sim = Simulator(cfg, replace(work, arrival_s=np.zeros(work.num_agents)), progress).run()
+    if sim.num_done < work.num_agents:  # a JCT over the finished agents alone would be wrong
+        raise InvalidArgument(f"{work.num_agents - sim.num_done} of {work.num_agents} agents "
+                              f"never finished: the simulated cluster stalled")
     row, series = summarize(sim)
     row["jct_s"] = max(sim.finish_t)
     row["turns_per_s"] = work.num_turns / row["jct_s"]
     return row, series
+
+
+def check_fits(cfg: SimConfig, work: Workload) -> None:
+    """A turn whose KV (prompt + generation) exceeds one DE GPU's HBM can never be placed: the
+    scheduler would hold it, and its agent, forever. Refuse such a run up front."""
+    need = int((work.prompt + work.gen).max()) if work.num_turns else 0
+    if need > cfg.model.de_hbm_tokens:
+        raise InvalidArgument(f"a turn of {work.name} needs {need} KV tokens in DE HBM, but "
+                              f"{cfg.model.name} holds {cfg.model.de_hbm_tokens} per DE GPU")
 
 
 class SteadyState:
@@ -56,6 +70,7 @@ def run_online(cfg: SimConfig, maxlen: str, aps: float, max_s: float = 7200.0,
         num_agents = int(aps * max_s) + 1
         workload = agentic(maxlen, num_agents, cfg.seed, poisson_arrivals(aps, num_agents, cfg.seed),
                            cfg.block_tokens)
+    check_fits(cfg, workload)
     stop = SteadyState()
     sim = Simulator(cfg, workload).run(until=max_s, monitor=stop, monitor_period=STEADY_WINDOW_S)
     row, series = summarize(sim, since_s=sim.now / 2)
