@@ -108,3 +108,32 @@ def test_missing_peer_venv_is_a_skipped_row_not_a_crash(tmp_path, monkeypatch):
     assert report.rows == [{"test": "peer", "reference": "nixl", "tls": "tcp",
                             "skipped": f"no peers venv at {tmp_path / 'peers'} "
                                        "(run scripts/venv.sh peers)"}]
+
+
+UCX_113_TABLE = """\
+[1796279965.373563] [vm:26905:0]   +--------------------------+---------------------------------------------------------------+
+[1796279965.373563] [vm:26905:0]   | 0x555d3a05c160 ep_cfg[0] | remote memory write by ucp_put*() from host memory to host    |
+[1796279965.373563] [vm:26905:0]   +--------------------------+------------------------------------------------------+--------+
+[1796279965.373563] [vm:26905:0]   |                   0..inf | software emulation                                   | tcp/lo |
+[1796279965.373563] [vm:26905:0]   +--------------------------+------------------------------------------------------+--------+
+[1796279965.373563] [vm:26905:0]   | 0x555d3a05c160 ep_cfg[0] | active message by ucp_am_send*() from host memory    |
+[1796279965.373563] [vm:26905:0]   |                   0..8184 | short                                   | tcp/lo |
+"""
+UCX_122_TABLE = """\
+[1796279974.885173] [vm:26957:0]   | remote memory write by ucp_put* from host memory to host |
+[1796279974.885173] [vm:26957:0]   +--------+-------------+-----------------------------------+
+[1796279974.885173] [vm:26957:0]   | Range  | Description |              Config               |
+[1796279974.885173] [vm:26957:0]   +--------+-------------+-----------------------------------+
+[1796279974.885173] [vm:26957:0]   | 0..inf | zero-copy   | 52% on tcp/lo and 48% on tcp/eth0 |
+[1796279974.885173] [vm:26957:0]   +--------+-------------+-----------------------------------+
+[1796279974.914496] [vm:26957:0]   |   1..16515 | zero-copy          | tcp/lo        |
+"""
+
+
+def test_put_protocol_parser_reads_only_the_put_table():
+    from dualkv.bench.transfer_protocols import put_protocols
+
+    assert put_protocols(UCX_113_TABLE) == [("0..inf", "software emulation", "tcp/lo")]
+    assert put_protocols(UCX_122_TABLE) == [
+        ("0..inf", "zero-copy", "52% on tcp/lo and 48% on tcp/eth0")]
+    assert put_protocols("no table here") == []

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from dualkv.bench import transfer_protocols
 from dualkv.bench.report import Report, with_reference
 
 PEERS = ("nixl", "mooncake")
@@ -123,6 +124,9 @@ def peer_rows(report: Report, args) -> None:
         report.add({"test": "peer", "reference": peer, "tls": tls, "skipped": why})
     if len(systems) == 1:
         return
+    proto = transfer_protocols.probe(None if tls == "default" else tls)
+    report.add({"test": "ucx_put_protocol", "tls": tls, "ucx_version": proto["ucx_version"],
+                "put_protocols": [" ".join(row) for row in proto["put_protocols"]]})
     worker_args = ["--tls", tls, "--region-mib", str(args.peer_region_mib),
                    "--seconds", str(args.seconds), "--num-layers", str(args.num_layers),
                    "--sizes-kib", *map(str, args.peer_sizes_kib)]
