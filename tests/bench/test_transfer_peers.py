@@ -137,3 +137,13 @@ def test_put_protocol_parser_reads_only_the_put_table():
     assert put_protocols(UCX_122_TABLE) == [
         ("0..inf", "zero-copy", "52% on tcp/lo and 48% on tcp/eth0")]
     assert put_protocols("no table here") == []
+
+
+def test_layer_slots_are_distinct_and_never_follow_a_neighbour():
+    from dualkv.bench.transfer_peer_worker import shuffled_slots
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        slots = shuffled_slots(64, 61, rng)  # 61 x 2 MiB in 128 MiB
+        assert len(set(slots.tolist())) == 61 and slots.max() < 64
+        assert (np.abs(np.diff(slots)) > 1).all()

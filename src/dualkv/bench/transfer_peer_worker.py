@@ -48,6 +48,17 @@ def nonadjacent_slots(num_slots: int, count: int, rng) -> np.ndarray:
     return picked + rng.integers(0, 2)
 
 
+def shuffled_slots(num_slots: int, count: int, rng) -> np.ndarray:
+    """`count` distinct slots in an order where no slot follows its neighbour: 61 layers of
+    2 MiB fill most of a 128 MiB region, so they cannot all be apart, but no layer continues
+    where the previous one ended."""
+    for _ in range(100):
+        slots = rng.permutation(num_slots)[:count]
+        if count < 2 or (np.abs(np.diff(slots)) > 1).all():
+            return slots
+    raise RuntimeError(f"no order of {count} of {num_slots} slots without neighbours found")
+
+
 def batches(size: int, region_bytes: int, rng, num_sets: int = 4):
     num_slots = region_bytes // size
     count = max(1, min(BATCH_BYTES // size, num_slots // 2))
@@ -135,11 +146,11 @@ def layers_row(link, be, num_layers: int, layer_bytes: int, reps: int, rng) -> d
     num_slots = be.region_bytes // layer_bytes
     rows = []
     for rep in range(reps + 1):  # the first is warm-up
-        loc = nonadjacent_slots(num_slots, num_layers, rng) * layer_bytes
-        rem = nonadjacent_slots(num_slots, num_layers, rng) * layer_bytes
-        if len(loc) < num_layers:
-            raise SystemExit(f"{num_layers} non-adjacent layers of {layer_bytes} bytes need a "
-                             f"region of {2 * num_layers * layer_bytes} bytes")
+        if num_slots < num_layers:
+            raise SystemExit(f"{num_layers} layers of {layer_bytes} bytes do not fit a region "
+                             f"of {be.region_bytes} bytes")
+        loc = shuffled_slots(num_slots, num_layers, rng) * layer_bytes
+        rem = shuffled_slots(num_slots, num_layers, rng) * layer_bytes
         posts = be.prepare_layers(loc, rem, layer_bytes, rep)
         link.ask(cmd="expect", request=rep, num_layers=num_layers)
 
