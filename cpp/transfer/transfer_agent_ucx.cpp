@@ -25,7 +25,7 @@ Status Agent::init() {
   ucp_config_t* cfg = nullptr;
   ucs_status_t s = ucp_config_read(nullptr, nullptr, &cfg);
   if (s != UCS_OK) return ucx_error("ucp_config_read", s);
-  // Zero-copy one-sided puts over TCP: with a finite rendezvous threshold UCX (1.16+) builds
+  // Zero-copy one-sided puts over TCP: with a finite rendezvous threshold UCX (1.22) builds
   // the endpoint's lanes for rendezvous AM and runs ucp_put over tcp as "software emulation"
   // (AM messages the target's progress applies); with rendezvous off it selects tcp's
   // put_zcopy, as NIXL's UCX backend does (UCX_PROTO_INFO=y shows both tables). Our AM

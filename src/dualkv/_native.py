@@ -2,10 +2,10 @@
 
 UCX: where the `libucx-cu12` wheel is installed (`pip install -e .[ucx]`), its UCX (1.22) is
 loaded first, so dualkv._C binds to it instead of the system's (Debian's 1.13). UCX keeps its
-ABI within 1.x, so the module built against the system headers runs on either. Only UCX
-1.16+ has a tcp protocol for one-sided puts: on 1.13 every put over TCP is "software
-emulation" (ucp AM messages applied by the target's progress thread), on 1.22 it is tcp's
-put_zcopy. DUALKV_SYSTEM_UCX=1 keeps the system UCX."""
+ABI within 1.x, so the module built against the system headers runs on either. UCX 1.13 has
+no tcp protocol for one-sided puts: every put over TCP is "software emulation" (ucp AM
+messages applied by the target's progress thread); on 1.22 it is tcp's put_zcopy.
+DUALKV_SYSTEM_UCX=1 keeps the system UCX."""
 from dualkv import env
 
 

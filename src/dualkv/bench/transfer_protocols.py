@@ -1,8 +1,8 @@
 """Which protocol UCX runs dualkv's one-sided puts with: a child process makes two agents
 joined over the given transports, puts one message, and UCX prints its protocol tables
-(UCX_PROTO_INFO=y; 1.13 prints them on stderr, 1.22 on stdout); `put_protocols` reads the rows of the "remote memory write by
-ucp_put" table. `dualkv bench transfer --peers` records it next to its figures, and the
-zero-copy test checks it.
+(UCX_PROTO_INFO=y; 1.13 prints them on stderr, 1.22 on stdout); `put_protocols` reads the
+rows of the "remote memory write by ucp_put" table. `dualkv bench transfer --peers` records
+it next to its figures, and the zero-copy test checks it.
 
 Rows are (size range, description, transports), e.g. ("0..inf", "zero-copy", "tcp/lo") or
 ("0..inf", "software emulation", "tcp/lo")."""
