@@ -6,6 +6,8 @@ ABI within 1.x, so the module built against the system headers runs on either. U
 no tcp protocol for one-sided puts: every put over TCP is "software emulation" (ucp AM
 messages applied by the target's progress thread); on 1.22 it is tcp's put_zcopy.
 DUALKV_SYSTEM_UCX=1 keeps the system UCX."""
+import os
+
 from dualkv import env
 
 
@@ -16,6 +18,9 @@ def _load_wheel_ucx() -> None:
         import libucx
     except ImportError:
         return
+    # UCX 1.22 logs to stdout unless told otherwise (1.13: stderr); stdout carries the JSON of
+    # every --json command. Read by libucs when it loads, so set before it does.
+    os.environ.setdefault("UCX_LOG_FILE", "stderr")
     libucx.load_library()  # dlopen by path; _C's libucp.so.0 then resolves to it by soname
 
 
