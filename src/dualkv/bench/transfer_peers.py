@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from dualkv import env
 from dualkv.bench import transfer_protocols
 from dualkv.bench.report import Report, with_reference
 
@@ -25,8 +26,11 @@ CPU_FIGURES = ("cpu_s_per_gb_initiator", "cpu_s_per_gb_target")
 
 
 def venvs_dir() -> Path:
-    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dualkv" / "venvs"
-    return Path(os.environ.get("DUALKV_VENVS", default))
+    """Where scripts/venv.sh puts the venvs (DUALKV_VENVS, else the XDG cache)."""
+    venvs = env.get_str("VENVS")
+    if venvs:
+        return Path(venvs)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dualkv" / "venvs"
 
 
 def peer_python(system: str) -> tuple[str | None, str]:
