@@ -166,8 +166,8 @@ def run_with_retries(system: str, worker_args: list[str], timeout_s: float,
 
 def add_arguments(p) -> None:
     p.add_argument("--peers", default=None,
-                   help="comma-separated: compare with nixl and/or mooncake (two processes "
-                        "each; needs scripts/venv.sh peers)")
+                   help="comma-separated: compare with nixl and/or mooncake over --tls (tcp "
+                        "when not given; two processes each; needs scripts/venv.sh peers)")
     p.add_argument("--peer-rounds", type=int, default=3)
     p.add_argument("--peer-sizes-kib", type=int, nargs="+", default=[64, 256, 1024, 4096, 16384])
     p.add_argument("--peer-region-mib", type=int, default=128)
