@@ -64,10 +64,12 @@ sysdeps:
 
 # Python dependencies and the package in editable mode (metadata only: `build` compiles).
 # torch is pinned to the CPU build that lies on disk; a plain `torch` would pull CUDA wheels.
+# .[ucx]: UCX 1.22 from the libucx-cu12 wheel, loaded before the system UCX (1.13 has no
+# zero-copy put over TCP; README, "UCX over TCP").
 .stamp-install: setup.py pyproject.toml | sysdeps
 	$(PIP) install -q "setuptools>=77" wheel "pybind11>=2.12" "Cython>=3.0" "numpy>=1.26"
 	$(PIP) install -q torch==2.13.0
-	DUALKV_SKIP_NATIVE=1 $(PIP) install -q --no-build-isolation -e ".[test,plot]"
+	DUALKV_SKIP_NATIVE=1 $(PIP) install -q --no-build-isolation -e ".[test,plot,ucx]"
 	@touch $@
 
 clean:

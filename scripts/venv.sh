@@ -3,6 +3,7 @@
 # (default ~/.cache/dualkv/venvs, outside the checkout, so a fresh clone on the same machine,
 # as in CI, reuses it; the stamp below rebuilds it whenever its pins change).
 #   scripts/venv.sh sglang        # idempotent: a no-op when the stamp matches
+#   scripts/venv.sh peers         # NIXL and Mooncake Transfer Engine for `dualkv bench transfer`
 # Frameworks pin CUDA builds and clashing `transformers` ranges, so each gets its own venv made
 # from the same python3 as the main build: torch pinned to the CPU wheel by
 # scripts/venv/constraints.txt, the framework itself with --no-deps, then a light list of what
@@ -19,7 +20,8 @@ specs="$here/venv"
 case "$name" in
   sglang) import_check="from dualkv.testing.sglang_cpu import import_sglang_storage; import_sglang_storage()" ;;
   vllm) import_check="import vllm; from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorBase_V1; from vllm.v1.core.sched.scheduler import Scheduler" ;;
-  *) echo "usage: scripts/venv.sh sglang|vllm   (unknown venv: '${name}')" >&2; exit 2 ;;
+  peers) import_check="import nixl_cu12._api, mooncake.engine" ;;
+  *) echo "usage: scripts/venv.sh sglang|vllm|peers   (unknown venv: '${name}')" >&2; exit 2 ;;
 esac
 
 if ! python="$(${PYTHON:-python3} -c 'import sys; print(sys.executable)')"; then

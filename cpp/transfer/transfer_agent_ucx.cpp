@@ -25,6 +25,18 @@ Status Agent::init() {
   ucp_config_t* cfg = nullptr;
   ucs_status_t s = ucp_config_read(nullptr, nullptr, &cfg);
   if (s != UCS_OK) return ucx_error("ucp_config_read", s);
+  // Zero-copy one-sided puts over TCP: with a finite rendezvous threshold UCX (1.22) builds
+  // the endpoint's lanes for rendezvous AM and runs ucp_put over tcp as "software emulation"
+  // (AM messages the target's progress applies); with rendezvous off it selects tcp's
+  // put_zcopy, as NIXL's UCX backend does (UCX_PROTO_INFO=y shows both tables). Our AM
+  // traffic is only small notices, which never take rendezvous. UCX 1.13 has no tcp RMA
+  // protocol at all, so there puts stay emulated whatever the setting. Options from the
+  // config below override this default.
+  s = ucp_config_modify(cfg, "RNDV_THRESH", "inf");
+  if (s != UCS_OK) {
+    ucp_config_release(cfg);
+    return ucx_error("ucp_config_modify RNDV_THRESH", s);
+  }
   for (const auto& [name, value] : config_.ucx_options) {
     s = ucp_config_modify(cfg, name.c_str(), value.c_str());
     if (s != UCS_OK) {

@@ -1,6 +1,8 @@
 """`dualkv bench transfer`: UCX Layer Block put/get bandwidth and per-layer notice latency
 beside ucx_perftest, model-message latency under a saturating kv stream, and token-bucket
-accuracy. Two agents in one process over loopback (shared memory unless --tls says else)."""
+accuracy. Two agents in one process over loopback (shared memory unless --tls says else).
+With --peers nixl,mooncake: dualkv beside NIXL and Mooncake Transfer Engine, every system as
+two processes (dualkv.bench.transfer_peers)."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +11,7 @@ import statistics
 import threading
 import time
 
-from dualkv.bench import ucx_perftest
+from dualkv.bench import transfer_peers, ucx_perftest
 from dualkv.bench.report import Report, with_reference
 from dualkv.bench.transfer_bandwidth import REGION_BYTES, bandwidth_rows
 from dualkv.bench.transfer_latency import notice_latency_us
@@ -117,7 +119,13 @@ def main(argv=None):
     p.add_argument("--tls", default=None, help="UCX_TLS for both dualkv and ucx_perftest")
     p.add_argument("--skip", nargs="*", default=[], choices=["bw", "lat", "priority", "bucket"])
     p.add_argument("--json", action="store_true")
+    transfer_peers.add_arguments(p)
     args = p.parse_args(argv)
+    if args.peers:
+        try:
+            transfer_peers.parse_peers(args.peers)
+        except ValueError as e:
+            p.error(str(e))
     report = Report("bench transfer", args.json)
     kv = Pair("kv", args.tls, REGION_BYTES)
     try:
@@ -133,6 +141,8 @@ def main(argv=None):
         kv.close()
     if "bucket" not in args.skip:
         token_buckets(report, args)
+    if args.peers:
+        transfer_peers.peer_rows(report, args)
     report.finish()
     return 0
 
