@@ -1,6 +1,8 @@
 """`dualkv bench transfer`'s bandwidth rows with ucx_perftest on: each op beside perftest's
-test of the same op (put vs ucp_put_bw, get vs ucp_get), whole-run figures."""
+test of the same op (put vs ucp_put_bw, get vs ucp_get), whole-run figures, and dualkv's peer
+in a process of its own as perftest's server is."""
 import json
+import os
 
 import pytest
 
@@ -18,3 +20,25 @@ def test_bandwidth_rows_compare_the_same_operation(capsys):
     for row in by_op.values():
         assert row["ref_gbps"] > 0 and row["higher_is_better"] is True
         assert row["ratio"] == pytest.approx(row["gbps"] / row["ref_gbps"])
+
+
+def test_process_pair_moves_bytes_to_and_from_the_other_process():
+    import numpy as np
+
+    from dualkv.bench.peer_process import ProcessPair
+
+    pair = ProcessPair("kv", None, 1 << 20)
+    try:
+        assert pair.proc.is_alive() and pair.proc.pid != os.getpid()
+        pattern = np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8)
+        pair.buf_a[:4096] = pattern
+        lengths = np.full(1, 4096, np.int64)
+        for op, loc, rem in ((pair.a.put, 0, 8192), (pair.a.get, 4096, 8192)):
+            h = op(pair.peer_ab, pair.ra, pair.rb.id, [loc], [rem], lengths)
+            pair.a.wait(h, 30)
+            pair.a.release(h)
+        # the bytes went into the other process' region and came back from it
+        assert (pair.buf_a[4096:8192] == pattern).all()
+    finally:
+        pair.close()
+    assert not pair.proc.is_alive()
