@@ -12,7 +12,7 @@ from dualkv.bench import vllm as bench  # noqa: E402
 @pytest.mark.slow
 def test_bench_against_example_connector(tmp_path, capsys):
     argv = ["--preset", "tiny", "--context", "300", "--new-tokens", "20", "--answer-tokens", "2",
-            "--block-size", "16", "--configs", "example,dualkv-staged", "--rounds", "3",
+            "--block-size", "32", "--configs", "example,dualkv-staged", "--rounds", "3",
             "--workdir", str(tmp_path), "--json"]
     assert bench.main(argv) == 0
     example, ours = json.loads(capsys.readouterr().out)["results"]
