@@ -11,7 +11,7 @@ from dualkv.bench import transfer, ucx_perftest
 
 @pytest.mark.skipif(not ucx_perftest.available(), reason="ucx_perftest is not installed")
 def test_bandwidth_rows_compare_the_same_operation(capsys):
-    transfer.main(["--sizes-kib", "64", "--batches", "1", "--patterns", "reuse", "--reps", "1",
+    transfer.main(["--sizes-kib", "64", "--batches", "1", "--patterns", "reuse", "--reps", "2",
                    "--seconds", "0.02", "--skip", "lat", "priority", "bucket", "--json"])
     rows = json.loads(capsys.readouterr().out)["results"]
     by_op = {row["op"]: row for row in rows if row["test"] == "bandwidth"}
@@ -19,6 +19,8 @@ def test_bandwidth_rows_compare_the_same_operation(capsys):
     assert by_op["get"]["reference"] == "ucx_perftest ucp_get"
     for row in by_op.values():
         assert row["ref_gbps"] > 0 and row["higher_is_better"] is True
+        # perftest ran once per repetition, before dualkv in the first and after it in the second
+        assert len(row["ref_runs_gbps"]) == len(row["runs_gbps"]) == 2
         assert row["ratio"] == pytest.approx(row["gbps"] / row["ref_gbps"])
 
 

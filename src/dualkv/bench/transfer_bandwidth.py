@@ -61,13 +61,20 @@ def bandwidth_rows(report: Report, args, pair) -> None:
     for size_kib in args.sizes_kib:
         block = size_kib * KIB
         refs, runs = {op: [] for op in args.ops}, {p: [] for p in points}
-        for _ in range(args.reps):
-            for op in args.ops:  # the same operation on both sides: put vs put, get vs get
-                ref = ucx_perftest.reference(PERFTEST_TEST[op], block, args.tls, args.seconds)
-                refs[op].append(ref and ref["bw_gbps"])
+        for rep in range(args.reps):
+            def reference():
+                for op in args.ops:  # the same operation on both sides: put vs put, get vs get
+                    ref = ucx_perftest.reference(PERFTEST_TEST[op], block, args.tls,
+                                                 args.seconds)
+                    refs[op].append(ref and ref["bw_gbps"])
+
+            if rep % 2 == 0:  # perftest first in even repetitions, after dualkv in odd ones
+                reference()
             for op, batch, pattern in points:
                 runs[(op, batch, pattern)].append(
                     bandwidth(pair, block, batch, op == "get", args.seconds, pattern))
+            if rep % 2 == 1:
+                reference()
         for (op, batch, pattern), gbps in runs.items():
             ref_gbps = statistics.median(refs[op]) if None not in refs[op] else None
             row = {"test": "bandwidth", "op": op, "block_bytes": block, "batch": batch,
