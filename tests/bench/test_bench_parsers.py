@@ -91,3 +91,5 @@ def test_ratio_of_rounds_refuses_unpaired_or_empty_rounds():
 def test_rows_say_whether_higher_is_better():
     assert with_reference({"p50_us": 2.0}, "p50_us", "x", 1.0)["higher_is_better"] is False
     assert with_reference({"gbps": 2.0}, "gbps", "x", 1.0)["higher_is_better"] is True
+    assert with_reference({"turns_per_s": 2.0}, "turns_per_s", "basic", 1.0)["higher_is_better"]
+    assert with_reference({"jct_s": 2.0}, "jct_s", "x", 1.0)["higher_is_better"] is False

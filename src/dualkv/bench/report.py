@@ -27,6 +27,8 @@ _TIME_SUFFIXES = ("_s", "_ms", "_us", "_ns")
 
 
 def is_higher_better(figure: str) -> bool:
+    if figure.endswith("_per_s"):  # a rate (turns_per_s), not a time
+        return True
     return not figure.endswith(_TIME_SUFFIXES)
 
 
