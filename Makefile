@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 DUALKV_VENVS ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/dualkv/venvs
 export DUALKV_VENVS
 
-.PHONY: demo test test-sglang test-vllm build sysdeps clean
+.PHONY: demo test test-sglang test-vllm gpu-check build sysdeps clean
 
 # PYTHONPATH: this checkout's src/ even where another clone on the machine was installed in
 # editable mode after it (the editable install points at whichever clone ran it last).
@@ -38,6 +38,12 @@ test-sglang: build
 test-vllm: build
 	scripts/venv.sh vllm
 	PYTHONPATH=$(CURDIR)/src VLLM_TARGET_DEVICE=cpu $(DUALKV_VENVS)/vllm/bin/python -m pytest -q $(PYTEST_ARGS) tests/integrations/test_vllm*.py
+
+# On a CUDA machine: the GPU-marked tests and a host<->device bench of the registered pool
+# through the traffic manager against torch's pinned copy, as JSON. Without a CUDA device it
+# says so and fails (status 2): nothing was checked.
+gpu-check: build
+	PYTHONPATH=$(CURDIR)/src $(PYTHON) -m dualkv.bench.gpu_check
 
 # The native parts (C++ core and Cython), rebuilt in place and incrementally when they change.
 BUILD_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
@@ -63,12 +69,14 @@ sysdeps:
 	fi
 
 # Python dependencies and the package in editable mode (metadata only: `build` compiles).
-# torch is pinned to the CPU build that lies on disk; a plain `torch` would pull CUDA wheels.
+# torch is pinned to the CPU build that lies on disk (a plain `torch` would pull CUDA wheels),
+# but only where no CUDA build of torch is installed: on a GPU machine the installed CUDA torch
+# is kept, so the GPU-marked tests run instead of skipping.
 # .[ucx]: UCX 1.22 from the libucx-cu12 wheel, loaded before the system UCX (1.13 has no
 # zero-copy put over TCP; README, "UCX over TCP").
 .stamp-install: setup.py pyproject.toml | sysdeps
 	$(PIP) install -q "setuptools>=77" wheel "pybind11>=2.12" "Cython>=3.0" "numpy>=1.26"
-	$(PIP) install -q torch==2.13.0
+	$(PYTHON) scripts/install_torch.py
 	DUALKV_SKIP_NATIVE=1 $(PIP) install -q --no-build-isolation -e ".[test,plot,ucx]"
 	@touch $@
 

@@ -1,10 +1,13 @@
 """`dualkv bench storage`: cold reads of Full Blocks from the block store, side by side with
-fio (ioengine=io_uring, direct=1) on the same files, block size and queue depth.
+fio (ioengine=io_uring, direct=1) on the same files, block size, queue depth and page kind.
 
-Each configuration writes a set of block files once, then alternates dualkv and fio runs
-(page cache dropped before each where permitted) and reports the median of each, and the
-median of the per-round ratios: this virtual disk's speed drifts by up to 3x within a minute,
-so a dualkv run is only compared with the fio run made right after it.
+Each configuration writes a set of block files once, then runs --repeat rounds (at least 3
+with fio). In a round, each pool page kind (the store's default huge pages, and plain 4 KiB
+pages) gets a dualkv run and a fio run whose buffers sit on the same kind of pages
+(`bench/fio.py`), in an order that alternates from round to round, the page cache dropped
+before each where permitted. A row reports the medians and every round's paired ratio; this
+virtual disk's speed drifts by up to 3x within a minute, so `ratio_of_rounds`, the median of
+the per-round ratios, is the figure to read.
 
 Queue depth means the same on both sides: the reads in flight (fio's iodepth, the store's
 `queue_depth`). By default the store gets every block in one `load` call, as a prefill asks
@@ -12,17 +15,18 @@ for its whole hit prefix; `--batch N` instead paces N blocks per call from Pytho
 in flight, to show what a caller's loop adds.
 """
 import argparse
-import json
 import os
 import shutil
 import statistics
-import subprocess
 import tempfile
 import time
 
 import numpy as np
 
-from dualkv.bench.report import Report, with_reference
+from dualkv.bench import fio
+from dualkv.bench.fio import FioBuffers
+from dualkv.bench.report import Report, with_rounds
+from dualkv.errors import InvalidArgument
 
 DEFAULT_SIZES_KIB = [256, 1024, 8192]
 DEFAULT_DEPTHS = [1, 8, 32]
@@ -39,13 +43,14 @@ def parse_args(argv):
     p.add_argument("--depths", type=int, nargs="+", default=None)
     p.add_argument("--full", action="store_true", help="sizes 256 KiB..8 MiB x depths 1..64")
     p.add_argument("--total-mib", type=int, default=192, help="MiB read per run")
-    p.add_argument("--repeat", type=int, default=5, help="runs per side; the median is kept")
+    p.add_argument("--repeat", type=int, default=5, help="rounds (each a dualkv and a fio run "
+                   "per page kind, paired); at least 3 with fio; medians are kept")
     p.add_argument("--batch", type=int, default=0,
                    help="blocks per load call, two calls in flight (default 0: all in one call)")
     p.add_argument("--backend", default="auto", choices=["auto", "io_uring", "posix"])
     p.add_argument("--pages", default="both", choices=["huge", "4k", "both"],
-                   help="pool pages for dualkv: huge (2 MiB when possible, the default of "
-                        "the store) or 4k (like fio's buffers), or a row for each")
+                   help="pool pages for dualkv, and fio's buffers on the same kind: huge "
+                        "(2 MiB when possible, the store's default) or 4k, or a row for each")
     p.add_argument("--no-fio", action="store_true")
     p.add_argument("--json", action="store_true")
     return p.parse_args(argv)
@@ -113,52 +118,56 @@ def read_dualkv(root, layout, keys, depth, backend, huge_pages=True, batch=0):
     return seconds, backend_used, pages
 
 
-def link_for_fio(paths, workdir):
-    """Hard links to the block files in one folder: fio's `opendir` reads exactly these files
-    (the same inodes and disk blocks), where a `filename=` list would pass fio's 4 KiB limit."""
-    folder = os.path.join(workdir, "fio-files")
-    os.makedirs(folder)
-    for i, path in enumerate(paths):
-        os.link(path, os.path.join(folder, str(i)))
-    return folder
-
-
-def read_fio(folder, num_files, block_bytes, depth):
-    """fio's read bandwidth (bytes/s) over the same files, one block-sized read per file."""
-    cmd = ["fio", "--output-format=json", "--name=blocks", "--ioengine=io_uring", "--direct=1",
-           "--rw=read", f"--bs={block_bytes}", f"--iodepth={depth}", "--fixedbufs=1",
-           f"--opendir={folder}", f"--size={block_bytes * num_files}"]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    return json.loads(out[out.index("{"):])["jobs"][0]["read"]["bw_bytes"]
-
-
 def run_config(report, args, root, depth, keys_paths, layout, has_fio):
-    """Alternates the sides (each page kind, then fio) `repeat` times; one row per kind."""
+    """`repeat` rounds; in each, every page kind's dualkv run is paired with a fio run on the
+    same page kind, and the pair's order alternates (dualkv first in even rounds for the first
+    kind, odd ones for the second), so neither side always reads the disk right after the
+    other. One row per page kind: medians and the per-round paired ratios."""
     keys, fio_folder = keys_paths
     total = layout.full_block_bytes * len(keys)
     kinds = {"huge": [True], "4k": [False], "both": [True, False]}[args.pages]
-    ours = {huge: [] for huge in kinds}
-    ratios = {huge: [] for huge in kinds}
-    ref, pages, backend, dropped = [], {}, args.backend, True
-    for _ in range(args.repeat):
-        for huge in kinds:
-            dropped &= drop_caches()
-            seconds, backend, pages[huge] = read_dualkv(root, layout, keys, depth,
-                                                        args.backend, huge, args.batch)
-            ours[huge].append(total / seconds)
-            if has_fio:  # fio right after, so both see the disk in the same mood
-                dropped &= drop_caches()
-                ref.append(read_fio(fio_folder, len(keys), layout.full_block_bytes, depth))
-                ratios[huge].append(ours[huge][-1] / ref[-1])
+    # an untimed warm-up per kind, which also tells the pool's page kind fio must match
+    pages = {huge: read_dualkv(root, layout, keys, depth, args.backend, huge, args.batch)[2]
+             for huge in kinds}
+    buffers = {huge: FioBuffers(pages[huge], depth * layout.full_block_bytes) if has_fio
+               else None for huge in kinds}
+    ours, refs = {huge: [] for huge in kinds}, {huge: [] for huge in kinds}
+    first = {huge: [] for huge in kinds}  # which side read first, per round
+    backend, dropped = args.backend, True
+    try:
+        for rnd in range(args.repeat):
+            for i, huge in enumerate(kinds):
+                mem_args = buffers[huge] and buffers[huge].args
+                sides = ["dualkv", "fio"] if (rnd + i) % 2 == 0 else ["fio", "dualkv"]
+                first[huge].append(sides[0] if mem_args is not None else "dualkv")
+                for side in sides:
+                    dropped &= drop_caches()
+                    if side == "dualkv":
+                        seconds, backend, _ = read_dualkv(root, layout, keys, depth,
+                                                          args.backend, huge, args.batch)
+                        ours[huge].append(total / seconds / 1e9)
+                    elif mem_args is not None:
+                        refs[huge].append(fio.read_bytes_per_s(
+                            fio_folder, len(keys), layout.full_block_bytes, depth,
+                            mem_args) / 1e9)
+    finally:
+        for b in buffers.values():
+            if b is not None:
+                b.close()
     for huge in kinds:
-        gbps = statistics.median(ours[huge]) / 1e9
         row = {"block_bytes": layout.full_block_bytes, "queue_depth": depth,
                "backend": backend, "pages": pages[huge], "num_blocks": len(keys),
-               "batch": args.batch or len(keys), "caches_dropped": dropped, "read_gbps": gbps,
-               "us_per_block": 1e6 * layout.full_block_bytes / (gbps * 1e9)}
-        if has_fio:
-            row = with_reference(row, "read_gbps", "fio", statistics.median(ref) / 1e9)
-            row["ratio_of_rounds"] = statistics.median(ratios[huge])
+               "batch": args.batch or len(keys), "caches_dropped": dropped}
+        if refs[huge]:
+            row["ref_pages"] = buffers[huge].ref_pages
+            row = with_rounds(row, "read_gbps", "fio", ours[huge], refs[huge])
+        else:
+            row["read_gbps"] = statistics.median(ours[huge])
+            if has_fio:  # fio ran, but not on this page kind: no cross-kind ratio
+                row = dict(row, reference="fio", ref_read_gbps=None, ratio=None,
+                           ref_unavailable=buffers[huge].error)
+        row["first_of_rounds"] = first[huge]
+        row["us_per_block"] = 1e6 * layout.full_block_bytes / (row["read_gbps"] * 1e9)
         report.add(row)
 
 
@@ -167,6 +176,9 @@ def main(argv=None):
     sizes = FULL_SIZES_KIB if args.full else (args.sizes_kib or DEFAULT_SIZES_KIB)
     depths = FULL_DEPTHS if args.full else (args.depths or DEFAULT_DEPTHS)
     has_fio = not args.no_fio and shutil.which("fio") is not None
+    if has_fio and args.repeat < 3:
+        raise InvalidArgument(f"--repeat {args.repeat}: a comparison with fio needs at least "
+                              "3 rounds (or --no-fio)")
     report = Report("bench storage", args.json)
     if not has_fio and not args.no_fio and not args.json:
         print("fio not found: dualkv figures only (apt-get install fio)")
@@ -179,7 +191,7 @@ def main(argv=None):
             num_blocks = max(max(depths) * 2, args.total_mib * 1024 // block_kib)
             root = os.path.join(workdir, f"b{block_kib}")
             keys, paths = write_blocks(root, layout, num_blocks, args.backend)
-            keys_paths = (keys, link_for_fio(paths, root) if has_fio else None)
+            keys_paths = (keys, fio.link_files(paths, root) if has_fio else None)
             for depth in depths:
                 run_config(report, args, root, depth, keys_paths, layout, has_fio)
             shutil.rmtree(root)

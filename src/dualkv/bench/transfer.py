@@ -12,6 +12,7 @@ import threading
 import time
 
 from dualkv.bench import transfer_peers, ucx_perftest
+from dualkv.bench.peer_process import ProcessPair
 from dualkv.bench.report import Report, with_reference
 from dualkv.bench.transfer_bandwidth import REGION_BYTES, bandwidth_rows
 from dualkv.bench.transfer_latency import notice_latency_us
@@ -129,8 +130,12 @@ def main(argv=None):
     report = Report("bench transfer", args.json)
     kv = Pair("kv", args.tls, REGION_BYTES)
     try:
-        if "bw" not in args.skip:
-            bandwidth_rows(report, args, kv)
+        if "bw" not in args.skip:  # the peer in its own process, as perftest's server is
+            bw_pair = ProcessPair("kv", args.tls, REGION_BYTES)
+            try:
+                bandwidth_rows(report, args, bw_pair)
+            finally:
+                bw_pair.close()
         if "lat" not in args.skip:
             latency_row(report, args)
         if "priority" not in args.skip:

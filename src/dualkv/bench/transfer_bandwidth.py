@@ -1,5 +1,6 @@
 """Bandwidth rows of `dualkv bench transfer`: batches of Layer Blocks put/get between two
-agents, beside `ucx_perftest -t ucp_put_bw` of the same block size.
+agents, beside `ucx_perftest` of the same operation (`ucp_put_bw` for put, `ucp_get` for
+get) and block size.
 
 Two buffer patterns, because the reference moves one buffer over and over (cache-resident up
 to the cache size): "reuse" does the same (every descriptor at offset 0), "random" moves
@@ -18,6 +19,7 @@ from dualkv.bench.report import Report, with_reference
 
 KIB, MIB = 1024, 1024 * 1024
 REGION_BYTES = 256 * MIB  # per side; larger batches reuse slots
+PERFTEST_TEST = {"put": "ucp_put_bw", "get": "ucp_get"}  # perftest's test of the same op
 
 
 def slot_offsets(block: int, batch: int, rng, pattern: str) -> np.ndarray:
@@ -58,17 +60,26 @@ def bandwidth_rows(report: Report, args, pair) -> None:
               for pattern in args.patterns]
     for size_kib in args.sizes_kib:
         block = size_kib * KIB
-        refs, runs = [], {p: [] for p in points}
-        for _ in range(args.reps):
-            ref = ucx_perftest.reference("ucp_put_bw", block, args.tls, args.seconds)
-            refs.append(ref and ref["bw_gbps"])
+        refs, runs = {op: [] for op in args.ops}, {p: [] for p in points}
+        for rep in range(args.reps):
+            def reference():
+                for op in args.ops:  # the same operation on both sides: put vs put, get vs get
+                    ref = ucx_perftest.reference(PERFTEST_TEST[op], block, args.tls,
+                                                 args.seconds)
+                    refs[op].append(ref and ref["bw_gbps"])
+
+            if rep % 2 == 0:  # perftest first in even repetitions, after dualkv in odd ones
+                reference()
             for op, batch, pattern in points:
                 runs[(op, batch, pattern)].append(
                     bandwidth(pair, block, batch, op == "get", args.seconds, pattern))
-        ref_gbps = statistics.median(refs) if None not in refs else None
+            if rep % 2 == 1:
+                reference()
         for (op, batch, pattern), gbps in runs.items():
+            ref_gbps = statistics.median(refs[op]) if None not in refs[op] else None
             row = {"test": "bandwidth", "op": op, "block_bytes": block, "batch": batch,
                    "pattern": pattern, "tls": args.tls or "default",
                    "gbps": statistics.median(gbps), "runs_gbps": [round(g, 2) for g in gbps],
-                   "ref_runs_gbps": [g if g is None else round(g, 2) for g in refs]}
-            report.add(with_reference(row, "gbps", "ucx_perftest ucp_put_bw", ref_gbps))
+                   "ref_runs_gbps": [g if g is None else round(g, 2) for g in refs[op]]}
+            report.add(with_reference(row, "gbps", f"ucx_perftest {PERFTEST_TEST[op]}",
+                                      ref_gbps))

@@ -4,7 +4,10 @@ connector, vLLM's ExampleConnector and DualKVConnector; same prompts, same seede
 Per connector: one engine process runs every conversation's first turn (saving), then a fresh
 engine process runs, with max_tokens=1, one conversation's next turn (first turn + answer + new
 user tokens) and another's first turn again (the only case ExampleConnector, which names a
-whole prompt, can hit). Runs in the vLLM venv: `scripts/venv.sh vllm`, then
+whole prompt, can hit). Every config runs once per round, --rounds >= 3, in an order that
+reverses each round; a row has the medians and, for dualkv's configs, the per-round ratio of
+load GB/s to ExampleConnector's. Both load spans end with the data in vLLM's pages
+(ExampleConnector's includes its copy in; dualkv's staged load its scatter). Runs in the vLLM venv: `scripts/venv.sh vllm`, then
   PYTHONPATH=src ~/.cache/dualkv/venvs/vllm/bin/python -m dualkv.cli bench vllm [--preset small --context 3000] [--json]
 """
 from __future__ import annotations
@@ -12,11 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 
-from dualkv.bench.report import Report
+from dualkv.bench.report import Report, with_rounds
+from dualkv.errors import InvalidArgument
 from dualkv.testing.vllm_model import PRESETS, write_llama
 
 CONFIGS = {  # name -> (connector, extra config)
@@ -109,8 +114,12 @@ def main(argv=None) -> int:
                         "dir; it must be on a real disk for O_DIRECT, not tmpfs)")
     parser.add_argument("--warm-cache", action="store_true", help="leave written blocks in the "
                         "page cache before the timed phase (default: dropped, reads hit the disk)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds (>= 3); every config "
+                        "runs once per round, in an order that reverses each round")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    if args.rounds < 3:
+        raise InvalidArgument(f"--rounds {args.rounds}: the comparison needs at least 3 rounds")
     workdir = args.workdir or tempfile.mkdtemp(prefix="dualkv-bench-vllm-")
     model = write_llama(os.path.join(workdir, f"llama-{args.preset}"), args.preset, seed=0)
     vocab = PRESETS[args.preset]["vocab_size"]
@@ -121,17 +130,35 @@ def main(argv=None) -> int:
         return turn1s[0] + answer + new_turn
 
     report = Report("dualkv bench vllm", args.json)
-    rows = {}
-    for name in args.configs.split(","):
-        rows[name] = bench_config(args, workdir, model, name, turn1s, turn2)
-        row = dict(rows[name])
-        if name.startswith("dualkv") and "example" in rows:
-            row = dict(row, reference="example", ref_load_gbps=rows["example"]["load_gbps"],
-                       ratio=(row["load_gbps"] / rows["example"]["load_gbps"]
-                              if row["load_gbps"] and rows["example"]["load_gbps"] else None))
-        report.add(row)
+    names = args.configs.split(",")
+    runs = {name: [] for name in names}
+    for rnd in range(args.rounds):  # the order reverses every round
+        for name in names if rnd % 2 == 0 else names[::-1]:
+            runs[name].append(bench_config(args, os.path.join(workdir, f"r{rnd}"), model, name,
+                                           turn1s, turn2))
+    for name in names:
+        report.add(summarize(runs[name], runs.get("example") if name.startswith("dualkv")
+                             else None))
     report.finish()
     return 0
+
+
+def summarize(rows: list[dict], example_rows: list[dict] | None) -> dict:
+    """One row per config: the medians of its rounds' figures, every round's load GB/s, and
+    for dualkv configs the paired per-round ratio to ExampleConnector's load GB/s (higher is
+    better; both spans end with the data in vLLM's pages)."""
+    row = dict(rows[0])
+    for key, value in rows[0].items():
+        values = [r[key] for r in rows]
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and None not in values:
+            row[key] = statistics.median(values)
+    row["num_rounds"] = len(rows)
+    ours = [r["load_gbps"] for r in rows]
+    row["runs_load_gbps"] = ours
+    refs = example_rows and [r["load_gbps"] for r in example_rows]
+    if refs and None not in ours and None not in refs:
+        row = with_rounds(row, "load_gbps", "example", ours, refs)
+    return row
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ def run(args):
             "load_gbps": figures.bytes_loaded / max(figures.load_seconds, 1e-9) / 1e9,
             "store_gbps": figures.bytes_stored / max(figures.store_seconds, 1e-9) / 1e9,
             "reread_blocks": len(keys), "reread_gbps": reread["reread_gbps"],
+            "pages": reread["pages"], "ref_pages": reread.get("ref_pages"),
         }
         if with_fio:
             row = with_reference(row, "reread_gbps", "fio", reread["fio_gbps"])

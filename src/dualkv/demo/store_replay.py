@@ -91,20 +91,29 @@ def replay(store: BlockStore, requests: list[TraceRequest], batch: int,
 def cold_reread(root: str, layout: KVLayout, keys: np.ndarray, depth: int, workdir: str,
                 with_fio: bool) -> dict:
     """GB/s of the store re-reading `keys` cold (its own bench reader, two batches of `depth`
-    in flight), and of fio over the very same files with the same block size and depth."""
-    from dualkv.bench.storage import drop_caches, link_for_fio, read_dualkv, read_fio
+    in flight), and of fio over the very same files with the same block size and depth, its
+    buffers on the same kind of pages as the store's pool (`bench/fio.py`)."""
+    from dualkv.bench import fio
+    from dualkv.bench.storage import drop_caches, read_dualkv
 
     drop_caches()
-    seconds, _, _ = read_dualkv(root, layout, keys, depth, "auto")
+    seconds, _, page_kind = read_dualkv(root, layout, keys, depth, "auto")
     result = {"reread_gbps": len(keys) * layout.full_block_bytes / seconds / 1e9,
-              "fio_gbps": None}
+              "fio_gbps": None, "pages": page_kind}
     if with_fio:
         with BlockStore(StoreConfig(root, layout, pool_slots=1, cuda="off")) as store:
             paths = [store.io.path_of(k.tobytes()) for k in keys]
-        folder = link_for_fio(paths, workdir)
-        drop_caches()
-        result["fio_gbps"] = read_fio(folder, len(keys), layout.full_block_bytes, depth) / 1e9
-        shutil.rmtree(folder, ignore_errors=True)
+        folder = fio.link_files(paths, workdir)
+        buffers = fio.FioBuffers(page_kind, depth * layout.full_block_bytes)
+        try:
+            if buffers.args is not None:
+                drop_caches()
+                result["fio_gbps"] = fio.read_bytes_per_s(
+                    folder, len(keys), layout.full_block_bytes, depth, buffers.args) / 1e9
+                result["ref_pages"] = buffers.ref_pages
+        finally:
+            buffers.close()
+            shutil.rmtree(folder, ignore_errors=True)
     return result
 
 

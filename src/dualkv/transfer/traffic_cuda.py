@@ -28,7 +28,10 @@ class CudaCopier:
         else:
             self.cnic.debit(num_bytes)
         stream = self.streams[cls]
-        stream.wait_stream(self.torch.cuda.current_stream(dst.device))
+        # the device side's current stream (dst is a host tensor in a device-to-host copy, and
+        # current_stream refuses a CPU device)
+        device = dst.device if dst.is_cuda else src.device
+        stream.wait_stream(self.torch.cuda.current_stream(device))
         with self.torch.cuda.stream(stream):
             dst.view(-1).view(self.torch.uint8).copy_(src.view(-1).view(self.torch.uint8),
                                                       non_blocking=True)

@@ -76,8 +76,6 @@ class LoadBatch:
         ok = self.store.wait(self.handles[index], self.worker.config.timeout_s)
         self.pending.remove(index)
         self.worker.pacer.wait_until(self.arrives_at[index], self.deadline)
-        if not self.pending:  # includes model compute between layer waits when layerwise
-            self.worker.stats["load_s"] += time.perf_counter() - self.start_s
         self.ok = ok if self.ok is None else (self.ok & ok)
         if self.slots is not None:
             good = torch.from_numpy(np.flatnonzero(ok))
@@ -85,6 +83,11 @@ class LoadBatch:
             slot_ids = torch.from_numpy(np.asarray(self.slots, np.int64))[good]
             for layer in range(*self.ranges[index]):
                 self.kv.scatter(layer, block_ids, self.worker.slots, slot_ids)
+        # The load ends when its data is in vLLM's pages: after the staged path's scatter
+        # (the span a reference connector's load covers too). Includes model compute between
+        # layer waits when layerwise.
+        if not self.pending:
+            self.worker.stats["load_s"] += time.perf_counter() - self.start_s
 
     def is_done(self) -> bool:
         return (time.monotonic() >= max(self.arrives_at)
