@@ -128,8 +128,23 @@ void register_options(py::module_& m) {
       .def("__repr__", &options_repr);
 }
 
-std::unique_ptr<BlockIO> make_block_io(const BlockIOOptions& options,
-                                       std::shared_ptr<HostPool> pool) {
+// A BlockIO that close() abandoned (I/O stalled past its deadline) is never deleted: its
+// threads still run in it. Otherwise deleting it waits for its (drained) threads, so the GIL
+// is released around that.
+struct BlockIODeleter {
+  void operator()(BlockIO* io) const {
+    if (io == nullptr || io->is_abandoned()) return;
+    if (PyGILState_Check()) {
+      py::gil_scoped_release release;
+      delete io;
+    } else {
+      delete io;
+    }
+  }
+};
+using BlockIOHolder = std::unique_ptr<BlockIO, BlockIODeleter>;
+
+BlockIOHolder make_block_io(const BlockIOOptions& options, std::shared_ptr<HostPool> pool) {
   std::unique_ptr<BlockIO> io;
   Status s;
   {
@@ -137,7 +152,21 @@ std::unique_ptr<BlockIO> make_block_io(const BlockIOOptions& options,
     s = BlockIO::create(options, std::move(pool), &io);
   }
   throw_if_error(s);
-  return io;
+  return BlockIOHolder(io.release());
+}
+
+py::dict close(BlockIO& io, double timeout_s) {
+  if (!(timeout_s >= 0)) throw_if_error(make_status(Code::kInvalidArgument,
+                                                    "close timeout must be >= 0 seconds"));
+  int64_t num_blocks = 0, num_batches = 0;
+  {
+    py::gil_scoped_release release;
+    num_batches = io.drain(timeout_s, &num_blocks);
+  }
+  py::dict out;
+  out["num_batches"] = num_batches;
+  out["num_blocks"] = num_blocks;
+  return out;
 }
 
 uint64_t load(BlockIO& io, const py::array& keys, const py::array& slots, uint32_t first,
@@ -296,8 +325,12 @@ py::dict probe_backends() {
 
 void register_storage(py::module_& m) {
   register_options(m);
-  py::class_<BlockIO>(m, "BlockIO")
+  py::class_<BlockIO, BlockIOHolder>(m, "BlockIO")
       .def(py::init(&make_block_io), py::arg("options"), py::arg("pool"))
+      .def("close", &close, py::arg("timeout"),
+           "Waits up to timeout s (GIL released) for the I/O in flight; returns what it "
+           "abandoned ({num_batches, num_blocks}); with anything abandoned the object is "
+           "leaked on purpose, since stalled threads still use it and its pool.")
       .def("load", &load, py::arg("keys"), py::arg("slots"), py::arg("first"), py::arg("last"))
       .def("load_into", &load_into, py::arg("keys"), py::arg("dst_ptrs"), py::arg("first"),
            py::arg("last"))

@@ -30,11 +30,18 @@ void register_traffic(py::module_& m) {
   py::class_<BatchPoster, std::shared_ptr<BatchPoster>>(m, "BatchPoster");
 
   py::class_<TokenBucket, std::shared_ptr<TokenBucket>>(m, "TokenBucket")
-      .def(py::init([](const std::string& path, double bytes_per_s, int64_t burst_bytes) {
+      .def(py::init([](const std::string& path, double bytes_per_s, int64_t burst_bytes,
+                       double max_backlog_s) {
              std::unique_ptr<TokenBucket> bucket;
-             throw_if_error(TokenBucket::open(path, bytes_per_s, burst_bytes, &bucket));
+             if (!(max_backlog_s > 0 && max_backlog_s <= 1e6))  // NaN fails too
+               throw_if_error(make_status(Code::kInvalidArgument,
+                                          "max_backlog_s must be in (0, 1e6] seconds"));
+             int64_t max_backlog_ns = int64_t(max_backlog_s * 1e9);
+             throw_if_error(
+                 TokenBucket::open(path, bytes_per_s, burst_bytes, max_backlog_ns, &bucket));
              return std::shared_ptr<TokenBucket>(std::move(bucket));
-           }), py::arg("path"), py::arg("bytes_per_s"), py::arg("burst_bytes"))
+           }), py::arg("path"), py::arg("bytes_per_s"), py::arg("burst_bytes"),
+           py::arg("max_backlog_s") = 60.0)
       .def("acquire", [](TokenBucket& self, int64_t num_bytes, double timeout_s) {
         int64_t deadline = deadline_after(seconds_or_throw(timeout_s));
         Status st;
@@ -44,7 +51,14 @@ void register_traffic(py::module_& m) {
         }
         throw_if_error(st);
       }, py::arg("num_bytes"), py::arg("timeout"))
-      .def("debit", &TokenBucket::debit, py::arg("num_bytes"))
+      .def("debit", [](TokenBucket& self, int64_t num_bytes) {
+        throw_if_error(self.debit(num_bytes));
+      }, py::arg("num_bytes"))
+      .def_property_readonly("num_repairs", &TokenBucket::num_repairs,
+                             "Times this process found the shared state damaged and reset it.")
+      .def_property_readonly("max_backlog_s", [](const TokenBucket& self) {
+        return double(self.max_backlog_ns()) / 1e9;
+      })
       .def("reserve_until", [](TokenBucket& self, int64_t num_bytes) {
         if (num_bytes < 0) throw_if_error(make_status(Code::kInvalidArgument,
                                                       "reserve of a negative byte count"));

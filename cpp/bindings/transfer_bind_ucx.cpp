@@ -102,6 +102,7 @@ void register_transfer(py::module_& m) {
            py::arg("spin_us"))
       .def_property_readonly("uid", &Agent::uid)
       .def_property_readonly("num_refused_notices", &Agent::num_refused_notices)
+      .def_property_readonly("num_out_of_range_notices", &Agent::num_out_of_range_notices)
       .def_property_readonly("worker_address",
                              [](Agent& self) { return py::bytes(self.worker_address()); })
       .def("register", [](Agent& self, uint64_t ptr, int64_t size) {
@@ -129,6 +130,11 @@ void register_transfer(py::module_& m) {
         unlocked([&] { return self.connect(uid, address, remote, &peer); });
         return peer;
       }, py::arg("uid"), py::arg("address"), py::arg("regions"))
+      .def("watch_process", [](Agent& self, uint64_t peer, int pidfd) {
+        unlocked([&] { return self.watch_process(peer, pidfd); });
+      }, py::arg("peer"), py::arg("pidfd"),
+         "Takes ownership of pidfd (os.pidfd_open of the peer's process): its exit fails "
+         "the peer with PeerDisconnected at once.")
       .def("disconnect", [](Agent& self, uint64_t peer, double timeout_s) {
         int64_t deadline = deadline_after(seconds_or_throw(timeout_s));
         unlocked([&] { return self.disconnect(peer, deadline); });

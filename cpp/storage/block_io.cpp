@@ -301,6 +301,26 @@ BlockIO::~BlockIO() {
   for (uint64_t h : handles) release(h, 600.0);
 }
 
+int64_t BlockIO::drain(double timeout_s, int64_t* num_blocks) {
+  const auto deadline = std::chrono::steady_clock::now() +
+                        std::chrono::duration<double>(std::min(std::max(timeout_s, 0.0), 1e7));
+  std::vector<std::pair<uint64_t, std::shared_ptr<Batch>>> inflight;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    inflight.assign(batches_.begin(), batches_.end());
+  }
+  int64_t num_batches = 0;
+  *num_blocks = 0;
+  for (auto& [handle, batch] : inflight) {
+    std::unique_lock<std::mutex> lock(batch->mu);
+    if (batch->cv.wait_until(lock, deadline, [&] { return batch->num_remaining == 0; })) continue;
+    num_batches++;
+    *num_blocks += int64_t(batch->num_remaining);
+  }
+  if (num_batches > 0) is_abandoned_.store(true);
+  return num_batches;
+}
+
 int BlockIO::open_for_read(const std::string& path, struct stat* st) {
   if (!is_direct_read_) return open_block_file(path, 0, st);
   int fd = open_block_file(path, O_DIRECT, st);

@@ -1,6 +1,7 @@
 // Agent lifecycle: UCP context and worker, memory registration, and peers (endpoints with
 // peer error handling and their imported rkeys). The progress thread is in
 // transfer_progress_ucx.cpp, the data path (batches, notices) in transfer_batch_ucx.cpp.
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -248,6 +249,56 @@ Status Agent::import_regions(Peer* peer, const std::vector<RegionInfo>& remote) 
   return Status::Ok();
 }
 
+Status Agent::watch_process(uint64_t peer_id, int pidfd) {
+  if (pidfd < 0) return make_status(Code::kInvalidArgument, "watch_process needs a pidfd");
+  // The command owns the fd: it keeps it on the peer or closes it, whenever it runs.
+  return run_sync([this, peer_id, pidfd] {
+    Peer* peer = find_peer(peer_id);
+    if (peer == nullptr || peer->pidfd >= 0 || peer->ep == nullptr) {
+      ::close(pidfd);  // unknown, failed, or watched already (a refresh of a known peer)
+      return peer == nullptr ? make_status(Code::kNotFound, "unknown peer") : Status::Ok();
+    }
+    epoll_event ev{};
+    ev.events = EPOLLIN;  // readable once the process exits: wakes a sleeping progress thread
+    ev.data.fd = pidfd;
+    if (epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, pidfd, &ev) != 0) {
+      ::close(pidfd);
+      return make_status(Code::kInvalidArgument, "epoll_ctl on a pidfd failed");
+    }
+    peer->pidfd = pidfd;
+    return Status::Ok();
+  }, deadline_after(config_.op_timeout_s));
+}
+
+// Under worker_mu_: one poll() over every watched process (only when there is one).
+void Agent::check_processes() {
+  std::vector<pollfd> fds;
+  std::vector<Peer*> owners;
+  for (auto& [id, peer] : peers_) {
+    if (peer->pidfd < 0) continue;
+    fds.push_back({peer->pidfd, POLLIN, 0});
+    owners.push_back(peer.get());
+  }
+  if (fds.empty() || poll(fds.data(), fds.size(), 0) <= 0) return;
+  for (size_t i = 0; i < fds.size(); ++i) {
+    if (fds[i].revents == 0) continue;
+    Peer* peer = owners[i];
+    unwatch(peer);
+    fail_peer(peer, make_status(Code::kPeerDisconnected, "the peer's process exited"));
+    uint64_t peer_id = peer->id;  // closed from the command queue, as after a deadline
+    run_later([this, peer_id] {
+      if (Peer* p = find_peer(peer_id)) close_endpoint(p);
+    });
+  }
+}
+
+void Agent::unwatch(Peer* peer) {
+  if (peer->pidfd < 0) return;
+  epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, peer->pidfd, nullptr);
+  ::close(peer->pidfd);
+  peer->pidfd = -1;
+}
+
 Status Agent::disconnect(uint64_t peer_id, int64_t deadline_ns) {
   return run_sync([this, peer_id] {
     Peer* peer = find_peer(peer_id);
@@ -306,6 +357,7 @@ void Agent::fail_peer(Peer* peer, Status why) {
 }
 
 void Agent::close_endpoint(Peer* peer) {
+  unwatch(peer);
   if (peer->ep == nullptr) return;
   for (auto& [id, r] : peer->regions) {
     if (r.rkey) peer->retired.push_back(r.rkey);

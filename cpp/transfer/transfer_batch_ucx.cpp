@@ -5,6 +5,7 @@
 // the eager notice all complete inline, so a notice costs no thread hand-off on either side.
 #include <sched.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "dualkv/transfer.h"
@@ -188,6 +189,19 @@ void Agent::on_notice_sent(void* request, ucs_status_t status, void* user_data) 
   if (Peer* peer = batch->agent->find_peer(batch->rma.peer)) batch->agent->complete_in_order(peer);
 }
 
+// The byte range a put batch wrote into its remote region, for the receiver to check.
+static void put_range(const RmaBatch& rma, NoticeHeader* h) {
+  if (rma.descs.empty()) return;
+  int64_t lo = rma.descs[0].remote_offset, hi = lo + rma.descs[0].length;
+  for (const RmaDesc& d : rma.descs) {
+    lo = std::min(lo, d.remote_offset);
+    hi = std::max(hi, d.remote_offset + d.length);
+  }
+  h->region_id = rma.remote_region;
+  h->lo = lo;
+  h->hi = hi;
+}
+
 // Finishes batches from the front of the peer's queue while they are flushed; a notice is
 // sent (put) or recorded (get) before its batch finishes, so notices keep submission order.
 void Agent::complete_in_order(Peer* peer) {
@@ -200,7 +214,9 @@ void Agent::complete_in_order(Peer* peer) {
       if (batch->rma.is_get) {
         record_notice(peer->uid, batch->rma.request_id, batch->rma.layer);
       } else if (peer->ep != nullptr) {
-        batch->header = {kNoticeMagic, kLayerNotice, uid_, batch->rma.request_id, batch->rma.layer};
+        batch->header = {kNoticeMagic, kLayerNotice, uid_, batch->rma.request_id,
+                         batch->rma.layer, 0, 0, 0};
+        put_range(batch->rma, &batch->header);
         ucp_request_param_t param{};
         param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
                              UCP_OP_ATTR_FIELD_FLAGS;
@@ -236,7 +252,7 @@ void Agent::send_control(Peer* peer, uint32_t kind, int64_t request_id, int64_t 
   struct Pending {
     NoticeHeader header;
   };
-  auto* pending = new Pending{{kNoticeMagic, kind, uid_, request_id, value}};
+  auto* pending = new Pending{{kNoticeMagic, kind, uid_, request_id, value, 0, 0, 0}};
   ucp_request_param_t param{};
   param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
   param.cb.send = [](void* req, ucs_status_t, void* user_data) {
@@ -252,6 +268,7 @@ void Agent::send_control(Peer* peer, uint32_t kind, int64_t request_id, int64_t 
 // Fails the peers whose oldest unfinished batch passed its deadline (a hung or dead peer
 // that no transport error reported yet), and drops orphaned batches once UCX is done.
 void Agent::check_deadlines() {
+  check_processes();
   int64_t now = now_ns();
   for (auto& [id, peer] : peers_) {
     for (auto& batch : peer->in_order) {
@@ -292,6 +309,12 @@ ucs_status_t Agent::on_am(void* arg, const void* header, size_t header_length, v
     self->num_refused_notices_.fetch_add(1, std::memory_order_relaxed);
     return UCS_OK;
   }
+  if (h.kind == kLayerNotice && !self->is_inside_region(h)) {
+    // The sender's idea of our region is not what we registered (altered peer info): its
+    // bytes may have landed elsewhere, so the layer is not reported as landed.
+    self->num_out_of_range_notices_.fetch_add(1, std::memory_order_relaxed);
+    return UCS_OK;
+  }
   if (h.kind == kLayerNotice) self->record_notice(h.sender_uid, h.request_id, h.layer);
   if (h.kind == kRevokeRegion) self->mark_stale(h.sender_uid, uint64_t(h.layer));
   return UCS_OK;
@@ -302,6 +325,13 @@ bool Agent::is_connected(uint64_t uid) {
   for (auto& [id, peer] : peers_)
     if (peer->uid == uid) return true;
   return false;
+}
+
+bool Agent::is_inside_region(const NoticeHeader& h) {
+  if (h.region_id == 0) return h.lo == 0 && h.hi == 0;  // a notice without data
+  std::lock_guard<std::mutex> lock(state_mu_);
+  auto it = regions_.find(h.region_id);
+  return it != regions_.end() && h.lo >= 0 && h.lo < h.hi && h.hi <= it->second->info.size;
 }
 
 void Agent::record_notice(uint64_t, int64_t request_id, int64_t layer) {

@@ -103,7 +103,15 @@ Status PreparedTransfer::post(int64_t layer, bool may_block) {
   Status st = agent_->post_prepared(layers_[size_t(layer)], spec_.block_bytes, &checked_gen_,
                                     [keep = tracker_](const Status& s) { keep->finish(s); },
                                     may_block);
-  if (!st.ok()) tracker->pending.fetch_sub(1);  // nothing was posted: no callback will run
+  if (!st.ok()) {
+    tracker->pending.fetch_sub(1);  // nothing was posted: no callback will run
+    if (st.code == Code::kPeerDisconnected || st.code == Code::kTimedOut) {
+      // the peer failed (before any batch in flight saw it, e.g. its process exited):
+      // wait() reports it too, as for a failure that reached a posted batch
+      std::lock_guard<std::mutex> lock(tracker->mu);
+      if (tracker->failure.ok()) tracker->failure = st;
+    }
+  }
   return st;
 }
 

@@ -55,7 +55,7 @@ class BlockIO {
  public:
   static Status create(const BlockIOOptions& options, std::shared_ptr<HostPool> pool,
                        std::unique_ptr<BlockIO>* out);
-  ~BlockIO();  // waits for every batch in flight
+  ~BlockIO();  // waits for every batch in flight (unless close() abandoned them)
   BlockIO(const BlockIO&) = delete;
   BlockIO& operator=(const BlockIO&) = delete;
 
@@ -80,6 +80,12 @@ class BlockIO {
   // figures that must not depend on when the caller happened to poll.
   Status finished_at(uint64_t handle, int64_t* monotonic_ns);
   Status release(uint64_t handle, double timeout_s);
+  // Waits for every batch in flight until the deadline and returns how many batches (and
+  // blocks, in *num_blocks) it abandoned. With any abandoned, I/O threads still use this
+  // object, its pool and their batches (a stalled device: a frozen filesystem), so it must
+  // never be destroyed: is_abandoned() tells the owner to leak it (the binding's deleter does).
+  int64_t drain(double timeout_s, int64_t* num_blocks);
+  bool is_abandoned() const { return is_abandoned_.load(); }
   void remove_files(const uint8_t* keys, size_t n);
 
   const BlockLayout& layout() const { return options_.layout; }
@@ -116,6 +122,7 @@ class BlockIO {
   BlockIoStats stats_;
   std::atomic<bool> is_direct_read_{true};
   std::atomic<bool> is_direct_write_{true};
+  std::atomic<bool> is_abandoned_{false};
   std::string writer_id_;  // random per process: temp names never collide across machines
   std::atomic<uint64_t> next_temp_{0};
 

@@ -53,6 +53,12 @@ struct NoticeHeader {
   uint64_t sender_uid;
   int64_t request_id;
   int64_t layer;  // or the revoked region id
+  // What the put before a layer notice wrote, so the receiver checks it against its own
+  // registration (the initiator checked it only against the sizes the peer declared):
+  // region 0 for a notice without data, else [lo, hi) bytes of that region.
+  uint64_t region_id;
+  int64_t lo;
+  int64_t hi;
 };
 
 class Agent : public BatchPoster {
@@ -74,6 +80,10 @@ class Agent : public BatchPoster {
   // no longer lists become stale.
   Status connect(uint64_t uid, const std::string& address, const std::vector<RegionInfo>& remote,
                  uint64_t* peer_id);
+  // Watches a same-host peer's process through `pidfd` (pidfd_open; the agent owns it from
+  // now on): its exit fails the peer with PeerDisconnected at once. Shared-memory transports
+  // of UCX 1.13 report no dead peer, so without this only op_timeout_s would.
+  Status watch_process(uint64_t peer_id, int pidfd);
   Status disconnect(uint64_t peer_id, int64_t deadline_ns);
   Status peer_status(uint64_t peer_id);
   std::vector<uint64_t> peer_ids();
@@ -100,6 +110,11 @@ class Agent : public BatchPoster {
   int64_t num_refused_notices() const {
     return num_refused_notices_.load(std::memory_order_relaxed);
   }
+  // Layer notices refused because the put they close wrote outside this agent's region
+  // (the sender imported altered region info): the layer never counts as landed.
+  int64_t num_out_of_range_notices() const {
+    return num_out_of_range_notices_.load(std::memory_order_relaxed);
+  }
 
  private:
   struct Region {
@@ -123,6 +138,7 @@ class Agent : public BatchPoster {
     std::map<uint64_t, RemoteRegion> regions;
     std::deque<std::shared_ptr<Batch>> in_order;  // under worker_mu_: notice order
     std::vector<ucp_rkey_h> retired;  // replaced rkeys, destroyed when the endpoint closes
+    int pidfd = -1;  // the peer's process on this host (watch_process), or -1
   };
 
   Status map_region(uint64_t base, int64_t size, RegionInfo* out);
@@ -143,6 +159,8 @@ class Agent : public BatchPoster {
   void sleep_on_worker();
   void wait_for_wake(int timeout_ms);
   void check_deadlines();
+  void check_processes();  // fails peers whose watched process exited
+  void unwatch(Peer* peer);
 
   // A notice waiter progresses the worker (try-locking worker_mu_) until `arrived()`, for at
   // most spin_us; false if it did not arrive by then.
@@ -159,6 +177,7 @@ class Agent : public BatchPoster {
   void close_endpoint(Peer* peer);
   void record_notice(uint64_t sender_uid, int64_t request_id, int64_t layer);
   bool is_connected(uint64_t uid);  // a peer with this uid is in peers_ (takes state_mu_)
+  bool is_inside_region(const NoticeHeader& h);  // the put's range, against regions_
   void mark_stale(uint64_t sender_uid, uint64_t region_id);
   Status import_regions(Peer* peer, const std::vector<RegionInfo>& remote);
 
@@ -189,6 +208,7 @@ class Agent : public BatchPoster {
   std::atomic<int64_t> num_pending_{0};  // batches queued on peers, not finished yet
   std::atomic<uint64_t> notice_seq_{0};  // bumped per recorded notice: cheap spin check
   std::atomic<int64_t> num_refused_notices_{0};
+  std::atomic<int64_t> num_out_of_range_notices_{0};
 
   // Tables read by callers (validation) and written under worker_mu_.
   std::mutex state_mu_;

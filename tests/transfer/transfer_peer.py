@@ -17,7 +17,7 @@ def seeded_bytes(seed: int, size: int) -> np.ndarray:
 
 def make_agent(args) -> Agent:
     return Agent(TransferConfig(tls=args.tls, op_timeout_s=args.op_timeout,
-                                keepalive_interval_s=0.5))
+                                keepalive_interval_s=args.keepalive))
 
 
 def reply(obj):
@@ -90,5 +90,6 @@ if __name__ == "__main__":
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--tls")
     p.add_argument("--op-timeout", type=float, default=5.0)
+    p.add_argument("--keepalive", type=float, default=0.5)
     a = p.parse_args()
     check_client(a) if a.connect else serve(a)

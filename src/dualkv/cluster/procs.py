@@ -18,6 +18,29 @@ from dualkv.cluster.protocol import Client
 from dualkv.errors import PeerDisconnected
 
 
+def _is_stopped(pid: int) -> bool:
+    """The process is stopped (SIGSTOP, SIGTSTP, a debugger): state T or t in /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return False  # gone (poll() tells) or no /proc
+    return stat[stat.rindex(")") + 2] in "Tt"
+
+
+def _is_serving(proc: subprocess.Popen) -> bool:
+    """Alive and not stopped. A stopped engine would hold its turns until the run's deadline;
+    it is killed here and counts as dead from now on, so it is routed around (a DE replaced,
+    a PE's turns moved) and can never come back later with stale state."""
+    if proc.poll() is not None:
+        return False
+    if _is_stopped(proc.pid):
+        proc.kill()
+        proc.wait(10)
+        return False
+    return True
+
+
 def _child_env() -> dict:
     """This process's environment, with the dualkv package it imported first on the path."""
     import dualkv
@@ -62,7 +85,7 @@ class ClusterProcs:
             [sys.executable, "-m", "dualkv.cluster.sched_proc", "--endpoint", endpoint,
              "--reports", self.reports_endpoint, "--policy", policy, "--num-pe", str(num_pe),
              "--num-de", str(num_de)], env=_child_env())
-        self.sched = Client(zmq.Context.instance(), endpoint, is_alive=lambda: proc.poll() is None)
+        self.sched = Client(zmq.Context.instance(), endpoint, is_alive=lambda: _is_serving(proc))
 
     def _spawn(self, role: str) -> None:
         endpoint = f"ipc://{self._dir}/{role}-{self.num_restarts}.sock"
@@ -73,7 +96,7 @@ class ClusterProcs:
         proc = self.procs[role] = subprocess.Popen(
             argv + (self.de_argv if role in self.de_roles else []), env=_child_env())
         self.clients[role] = Client(zmq.Context.instance(), endpoint,
-                                    is_alive=lambda: proc.poll() is None)
+                                    is_alive=lambda: _is_serving(proc))
 
     def live_pes(self) -> list[str]:
         return [r for r in self.pe_roles if r not in self.dead_pes]
@@ -86,7 +109,13 @@ class ClusterProcs:
             self.pe_peer[pe, de] = self.clients[de].call(Connect(info=self.hello[pe].info), t).peer
 
     def is_alive(self, role: str) -> bool:
-        return self.procs[role].poll() is None
+        """Running and not stopped (a stopped one is killed: see _is_serving)."""
+        return _is_serving(self.procs[role])
+
+    def stopped_des(self) -> list[str]:
+        """DEs found stopped or dead now (checked every pass of the driver: a stopped DE
+        that holds no turn would otherwise be found only by the PE waiting on it)."""
+        return [r for r in self.de_roles if not self.is_alive(r)]
 
     def check_pes(self) -> list[str]:
         """PEs found dead now: the scheduler stops assigning to them; the run goes on with

@@ -8,8 +8,8 @@ DEs decode between control messages and the driver does not wait for a PE's pref
 polls for the reply), so the PE prefills the next batch while the DEs decode earlier ones,
 turns finish and are placed while a PE reads, and agents overlap.
 
-Failures: a DE process that dies (at any moment, mid-decode included) is replaced by a fresh
-one and every turn it held is submitted again, recomputed from what the store holds; the
+Failures: a DE process that dies (at any moment, mid-decode included), or is found stopped
+(SIGSTOP: it is killed then, see procs._is_serving), is replaced by a fresh one and every turn it held is submitted again, recomputed from what the store holds; the
 blocks it wrote back stay (atomic block files). One that dies under a PE's prefill (streaming
 the hit, or the target of its KV) fails that batch at once (`_fail_batch`): every turn of the
 batch goes again, once (a chunked turn from its first chunk). A dead PE's turns go to the
@@ -55,8 +55,8 @@ class Runner:
         self.start = time.monotonic()
         self.num_open = len(self.sessions)
         while self.num_open:
-            busy = self._arrive() | self._place() | self._start_prefills() | \
-                self._collect_prefills() | self._poll()
+            busy = self._check_des() | self._arrive() | self._place() | \
+                self._start_prefills() | self._collect_prefills() | self._poll()
             self._check_idle(busy)
         return self.results
 
@@ -276,6 +276,13 @@ class Runner:
             lost = self._take_queued(lambda pe, job: pe in dead)
             self._drop_opened(lost)  # a chunked turn between chunks holds its DE buffer
             self._resubmit(lost)
+
+    def _check_des(self) -> bool:
+        """A DE found dead or stopped (and then killed) is replaced like one that died."""
+        down = self.c.procs.stopped_des()
+        for role in down:
+            self._replace(role)
+        return bool(down)
 
     # -- decode results -------------------------------------------------------------------
     def _poll(self) -> bool:

@@ -7,6 +7,7 @@ that sees it done, or release). See docs/store-api.md.
 """
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field
 
@@ -18,6 +19,8 @@ from dualkv.store.args import int64_array, layer_range, parent_key
 from dualkv.store.config import StoreConfig, block_io_options, open_namespace
 from dualkv.store.keys import as_keys, chain_keys
 from dualkv.store.pool import HostPool
+
+log = logging.getLogger(__name__)
 
 __all__ = ["BlockStore", "Handle", "StoreConfig"]
 
@@ -186,11 +189,23 @@ class BlockStore:
             load_failures=io["missing"] + io["corrupt"] + io["read_errors"],
             namespace=self.namespace, directory=self.directory)
 
-    def close(self) -> None:
-        """Waits for I/O in flight, then frees the native parts (pool memory included).
-        Every later call but close() raises InvalidArgument."""
-        self._io = None  # BlockIO's destructor drains every batch
-        self._pool = None
+    def close(self, timeout: float = 60.0) -> dict:
+        """Waits up to `timeout` s for I/O in flight (the GIL released, so other threads run),
+        then frees the native parts (pool memory included). Returns what it abandoned,
+        {"num_batches", "num_blocks"}: I/O stalled past the deadline (a frozen or hung device)
+        is left to finish on its own and its memory is never freed, so close() never blocks
+        for the whole stall; those blocks' stores are not acknowledged. Every later call but
+        close() raises InvalidArgument."""
+        abandoned = {"num_batches": 0, "num_blocks": 0}
+        if self._io is not None:
+            abandoned = dict(self._io.close(float(timeout)))
+            if abandoned["num_batches"]:
+                log.warning("store %s closed with %d blocks of %d batches still in flight "
+                            "after %.1f s; abandoned", self.directory, abandoned["num_blocks"],
+                            abandoned["num_batches"], timeout)
+            self._io = None  # freed now unless abandoned
+            self._pool = None
+        return abandoned
 
     @property
     def is_closed(self) -> bool:

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dualkv._native import C
-from dualkv.errors import InvalidArgument, Unavailable
+from dualkv.errors import InvalidArgument, PeerDisconnected, Unavailable
+from dualkv.transfer import liveness
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,24 @@ def unframe_address(framed) -> bytes:
     return raw
 
 
+def check_regions(regions) -> list[dict]:
+    """A peer's declared regions, refused (InvalidArgument) unless each is a positive range
+    of the 64-bit address space with integer fields, a bytes rkey and a unique id. (Ranges
+    may overlap: one buffer can be registered twice.)"""
+    out, ids = [], set()
+    for r in regions:
+        rid, base, size = r.get("id"), r.get("base"), r.get("size")
+        if not all(type(v) is int for v in (rid, base, size)) or not isinstance(r.get("rkey"), bytes):
+            raise InvalidArgument(f"a peer region needs integer id, base, size and bytes rkey: {r!r}")
+        if rid <= 0 or base <= 0 or size <= 0 or base + size > 1 << 64 or size >= 1 << 63:
+            raise InvalidArgument(f"peer region {rid}: [{base}, +{size}) is no registered range")
+        if rid in ids:
+            raise InvalidArgument(f"peer regions repeat id {rid}")
+        ids.add(rid)
+        out.append(r)
+    return out
+
+
 _INT64 = np.dtype(np.int64)
 
 
@@ -165,6 +184,12 @@ class Agent:
         return self._native.num_refused_notices
 
     @property
+    def num_out_of_range_notices(self) -> int:
+        """Layer notices dropped because the put before them wrote outside the region this
+        agent registered (the sender used altered region info): that layer never lands."""
+        return self._native.num_out_of_range_notices
+
+    @property
     def native(self):
         return self._native
 
@@ -197,17 +222,28 @@ class Agent:
         return [Region(**r) for r in self._native.regions()]
 
     def local_info(self) -> dict:
-        """What a peer needs to reach this agent: uid, worker address, regions and rkeys."""
+        """What a peer needs to reach this agent: uid, worker address, regions and rkeys, and
+        which process this is (a peer on this host watches it: see liveness)."""
         return {"uid": self.uid, "traffic_class": self.config.traffic_class,
                 "address": frame_address(self._native.worker_address),
-                "regions": [r.as_dict() for r in self.regions()]}
+                "regions": [r.as_dict() for r in self.regions()],
+                "process": liveness.identity()}
 
     def connect(self, info: dict) -> int:
         """Creates the endpoint to a peer from its local_info(); refreshes it if known.
         A worker address that is not one local_info() framed, or arrived damaged, raises
-        InvalidArgument before UCX sees it."""
+        InvalidArgument before UCX sees it. A peer on this host is watched through a pidfd:
+        its exit fails it with PeerDisconnected at once, on every transport."""
         address = unframe_address(info["address"])
-        return self._native.connect(int(info["uid"]), address, list(info["regions"]))
+        peer = self._native.connect(int(info["uid"]), address, check_regions(info["regions"]))
+        try:
+            pidfd = liveness.open_pidfd(info)
+        except ProcessLookupError as exc:
+            self._native.disconnect(peer, self.config.op_timeout_s)
+            raise PeerDisconnected(str(exc)) from None
+        if pidfd is not None:
+            self._native.watch_process(peer, pidfd)  # owns the fd from here
+        return peer
 
     def disconnect(self, peer: int, timeout: float = 5.0) -> None:
         self._native.disconnect(peer, timeout)

@@ -62,13 +62,19 @@ class TrafficConfig:
 
 
 def open_bucket(node: str, nic: str, gbps: float, burst_bytes: int = 1 << 20,
-                shm_dir: str = "/dev/shm"):
+                shm_dir: str = "/dev/shm", max_backlog_s: float = 60.0):
     """The shared token bucket of `nic` ("snic" / "cnic") on emulated node `node`:
     `bucket.acquire(num_bytes, timeout)` blocks until the bytes may go (TimedOut if they
     could not go in time; nothing is taken then), `bucket.debit(num_bytes)` charges without
-    waiting. The same object exists in C++ (dualkv/token_bucket.h)."""
+    waiting. The same object exists in C++ (dualkv/token_bucket.h).
+
+    The file is shared by every process of the node, so it is checked, not trusted: a damaged
+    state is reset (`num_repairs`), a truncated file is grown back instead of raising SIGBUS,
+    and no call queues more than `max_backlog_s` of traffic (a larger acquire or debit raises
+    InvalidArgument), so one huge debit cannot stall the node. (60 s: a NIC queue that long
+    means the emulation is broken, not loaded.)"""
     path = os.path.join(shm_dir, f"dualkv-{node}-{nic}.bucket")
-    return C.TokenBucket(path, gbps * 1e9, burst_bytes)
+    return C.TokenBucket(path, gbps * 1e9, burst_bytes, max_backlog_s)
 
 
 class TrafficManager:
