@@ -134,3 +134,11 @@ def test_launch_lines(tmp_path):
     assert local.env()["DUALKV_CLUSTER_TOKEN"] == "tok"
     with pytest.raises(InvalidArgument):
         LocalSet("1p1d", "/m", "/b", "", str(tmp_path))
+
+
+def test_router_refuses_the_split_read_policy():
+    """A connector loads a hit through one side only: the split policy fails at construction."""
+    from dualkv.router.server import Router, RouterConfig
+
+    with pytest.raises(InvalidArgument, match="the router cannot run"):
+        Router(RouterConfig(["http://127.0.0.1:1"], ["http://127.0.0.1:2"], policy="split"))
