@@ -18,3 +18,11 @@ def test_bad_policy_is_a_clear_error(tmp_path, capsys):
     assert main(["sim", "offline", "--policy", "fastest", "--out", str(tmp_path)]) == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("dualkv sim: ") and "fastest" in line
+
+
+def test_offline_reports_each_storage_nic(tmp_path, capsys):
+    main(["sim", "offline", "--model", "ds27b", "--pe", "1", "--de", "2", "--agents", "8",
+          "--maxlen", "32k", "--policy", "dualpath,round_robin", "--out", str(tmp_path)])
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("snic read GB")]
+    assert [l.split(":")[0] for l in lines] == ["snic read GB dualpath", "snic read GB round_robin"]
+    assert all("PE [" in l and "DE [" in l and "max/avg" in l for l in lines)

@@ -7,9 +7,10 @@ from dualkv.errors import InvalidArgument
 DEFAULT_GRIDS = {"ds660b": [0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5],
                  "ds27b": [0.25, 0.3, 0.4, 0.5, 0.6, 0.75]}
 OFFLINE_COLUMNS = ("policy", "jct_s", "turns_per_s", "ttft_mean_s", "ttft_p99_s", "tpot_mean_ms",
-                   "snic_max_avg", "snic_util", "attn_max_avg_10pct", "max_link_util")
+                   "snic_max_avg", "snic_bytes_max_avg", "snic_util", "attn_max_avg_10pct",
+                   "max_link_util")
 ONLINE_COLUMNS = ("policy", "aps", "stop", "meets_slo", "ttft_mean_s", "ttft_p99_s", "ttst_mean_s",
-                  "tpot_mean_ms", "snic_max_avg", "max_link_util")
+                  "tpot_mean_ms", "snic_max_avg", "snic_bytes_max_avg", "max_link_util")
 
 
 def add_arguments(parser):
@@ -20,7 +21,7 @@ def add_arguments(parser):
     parser.add_argument("--agents", type=int, default=1024, help="offline: agents at t = 0")
     parser.add_argument("--maxlen", default="64k", help="trace set: 32k, 48k or 64k")
     parser.add_argument("--policy", default="basic,dualpath,oracle",
-                        help="comma list of basic, layer, dpl, dualpath, oracle")
+                        help="comma list of basic, layer, dpl, dualpath, oracle, round_robin, split")
     parser.add_argument("--bytes-per-token", type=int, help="override the model's stored KV bytes/token")
     parser.add_argument("--aps", help="online: comma list of agent arrival rates (default: the paper's grid)")
     parser.add_argument("--trace", help="online: replay this Mooncake trace (.jsonl[.gz]) instead of agents")
@@ -95,6 +96,24 @@ def _online(args, configs):
     return rows
 
 
+def node_bytes_line(row: dict, max_listed: int = 16) -> str:
+    """Each storage NIC's read GB (PE nodes, then DE nodes), the balance metric's raw data;
+    past `max_listed` nodes only min / median / max per side, to keep a line a line."""
+    pe = row["snic_node_gb"][: row["pe_nodes"]]
+    de = row["snic_node_gb"][row["pe_nodes"]:]
+
+    def side(values):
+        if len(values) <= max_listed:
+            return " ".join(f"{v:.1f}" for v in values)
+        v = sorted(values)
+        return f"min {v[0]:.1f} median {v[len(v) // 2]:.1f} max {v[-1]:.1f}"
+
+    ratio = row["snic_bytes_max_avg"]
+    return (f"snic read GB {row['policy']}" + (f" @ {row['aps']} aps" if "aps" in row else "")
+            + f": PE [{side(pe)}] DE [{side(de)}] max/avg "
+            + (f"{ratio:.3f}" if ratio is not None else "-"))
+
+
 def _emit(args, rows):
     from dualkv.bench.report import Report, format_table
 
@@ -105,6 +124,8 @@ def _emit(args, rows):
         report.finish()
         return
     print(format_table(rows, OFFLINE_COLUMNS if args.mode == "offline" else ONLINE_COLUMNS))
+    for row in rows:
+        print(node_bytes_line(row))
     if args.mode == "online" and rows and "capacity_aps" in rows[0]:
         for policy in dict.fromkeys(r["policy"] for r in rows):
             cap = next(r["capacity_aps"] for r in rows if r["policy"] == policy)

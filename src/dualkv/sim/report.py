@@ -47,9 +47,19 @@ def _storage(sim) -> dict:
         ratio, util = np.zeros(0), 0.0
     return {"snic_read_gb": float(per_node.sum() / 1e9),
             "snic_read_gb_max_node": float(per_node.max() / 1e9),
+            **node_balance(per_node),
             "snic_write_gb": float(acct.snic_write.sum() * m.bytes_per_token / 1e9),
             "snic_max_avg": float(np.nanmean(ratio)) if len(ratio) else None,
             "snic_util": float(util)}
+
+
+def node_balance(per_node_bytes: np.ndarray) -> dict:
+    """The balance metric (issue 20, item 4): each storage NIC's read bytes over the whole run
+    (nodes in id order: PE nodes, then DE nodes) and their max / avg. 1.0 is a perfect
+    spread; the windowed snic_max_avg above says how even it was moment to moment."""
+    mean = float(per_node_bytes.mean()) if len(per_node_bytes) else 0.0
+    return {"snic_node_gb": [float(b / 1e9) for b in per_node_bytes],
+            "snic_bytes_max_avg": float(per_node_bytes.max() / mean) if mean > 0 else None}
 
 
 def _attention(sim, end: float) -> dict:
