@@ -14,29 +14,40 @@ ONLINE_COLUMNS = ("policy", "aps", "stop", "meets_slo", "ttft_mean_s", "ttft_p99
 
 
 def add_arguments(parser):
-    parser.add_argument("mode", choices=("offline", "online"))
+    parser.add_argument("mode", choices=("offline", "online", "plan"))
     parser.add_argument("--model", default="ds660b", help="ds660b, ds27b or qwen32b")
     parser.add_argument("--pe", type=int, default=2, help="prefill nodes")
     parser.add_argument("--de", type=int, default=4, help="decode nodes")
-    parser.add_argument("--agents", type=int, default=1024, help="offline: agents at t = 0")
+    parser.add_argument("--agents", type=int, help="offline, plan: agents at t = 0 (offline default 1024)")
     parser.add_argument("--maxlen", default="64k", help="trace set: 32k, 48k or 64k")
-    parser.add_argument("--policy", default="basic,dualpath,oracle",
-                        help="comma list of basic, layer, dpl, dualpath, oracle, round_robin, split")
+    parser.add_argument("--policy", help="comma list of basic, layer, dpl, dualpath, oracle, round_robin, "
+                        "split (default basic,dualpath,oracle; plan: basic,dualpath)")
     parser.add_argument("--bytes-per-token", type=int, help="override the model's stored KV bytes/token")
-    parser.add_argument("--aps", help="online: comma list of agent arrival rates (default: the paper's grid)")
+    parser.add_argument("--aps", help="online, plan: comma list of agent arrival rates (online default: "
+                        "the paper's grid)")
     parser.add_argument("--trace", help="online: replay this Mooncake trace (.jsonl[.gz]) instead of agents")
     parser.add_argument("--max-s", type=float, default=7200.0, help="online: longest simulated run")
     parser.add_argument("--fetch-ms", type=float, default=20.0, help="group fetch period")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="sim-out", help="directory for PNG plots")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument("--nodes", type=int, help="plan: nodes to split into P prefill + D decode")
+    parser.add_argument("--ttft-slo-s", type=float, help="plan: mean TTFT SLO (default 4 s)")
+    parser.add_argument("--tpot-slo-ms", type=float, help="plan: mean TPOT SLO (default 50 ms)")
+    parser.add_argument("--workers", type=int, help="plan: simulator processes (default: every core)")
 
 
 def run(args):
     from dualkv.sched import get_policy
     from dualkv.sim.config import SimConfig, get_preset
 
-    policies = [p.strip() for p in args.policy.split(",") if p.strip()]
+    if args.mode == "plan":
+        from dualkv.commands.sim_plan import run_plan
+
+        return run_plan(args)
+    if args.agents is None:
+        args.agents = 1024
+    policies = [p.strip() for p in (args.policy or "basic,dualpath,oracle").split(",") if p.strip()]
     for p in policies:
         get_policy(p)
     overrides = {"bytes_per_token": args.bytes_per_token} if args.bytes_per_token else {}
