@@ -37,6 +37,7 @@ def test_a_lone_request_reads_half_on_each_node_and_starts_sooner():
     work = one_turn(64 * 500, 64 * 500 + 100)
     whole = Simulator(small("dualpath", **slow), work).run()
     split = Simulator(small("split", **slow), work).run()
+    assert (whole.num_split, split.num_split) == (0, 1)
     snic = split.acct.snic[: split.acct.num_windows].sum(axis=0)
     assert snic[0] == pytest.approx(64 * 250) and snic[1:].sum() == pytest.approx(64 * 250)
     read_s = 64 * 500 / 1e5
@@ -47,6 +48,7 @@ def test_split_run_frees_everything_and_reads_every_hit_once():
     work = agentic("32k", 24)
     sim = Simulator(small("split", snic_tokens_per_s=2e5), work).run()
     assert sim.num_done == work.num_agents and not sim.split_left
+    assert sim.num_split > 0  # the queues did differ by less than a hit at times
     assert sim.bytes_read == int(work.hit.sum()) * sim.bpt
     c = sim.c
     for state in (c.buf_used, c.read_q, c.snic_busy):

@@ -13,7 +13,7 @@ def summarize(sim, since_s: float = 0.0) -> tuple[dict, dict]:
     row = {"model": m.name, "policy": cfg.policy, "pe_nodes": cfg.num_pe_nodes,
            "de_nodes": cfg.num_de_nodes, "agents": sim.work.num_agents,
            "turns_done": sum(t - s for t, s in zip(sim.turn, sim.work.start[:-1].tolist())),
-           "sim_end_s": end}
+           "sim_end_s": end, "split_reads": sim.num_split}
     keep = np.asarray(sim.ttft_at) >= since_s if since_s else slice(None)
     row.update(percentiles(np.asarray(sim.ttft)[keep], "ttft"))
     row.update(percentiles(sim.ttst, "ttst"))

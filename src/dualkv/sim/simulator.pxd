@@ -41,6 +41,7 @@ cdef class Simulator:
     cdef public list ttft, ttst, tpot, ttft_at, attn_balance, group_reports
     cdef public object bytes_read
     cdef public dict split_left
+    cdef public long long num_split
 
     cpdef push(self, double t, int kind, obj)
 

@@ -88,6 +88,7 @@ class Simulator:
         self.bytes_read = 0
         # split reads whose buffers are reserved: request id -> parts still reading
         self.split_left = {}
+        self.num_split = 0  # requests read as a split (both nodes)
         self._prompt, self._hit, self._gen = _int64s(work.prompt), _int64s(work.hit), _int64s(work.gen)
         m = cfg.model
         self.bpt = m.bytes_per_token
@@ -302,6 +303,7 @@ class Simulator:
     # -- split reads: the PE node reads the hit's prefix, the DE node the rest, at once ----
     def place_split(self, r: Request) -> None:
         c = self.c
+        self.num_split += 1
         c.read_q[r.pe_node] += r.pe_read_tokens
         c.read_q[r.de_node] += r.hit_tokens - r.pe_read_tokens
         c.snic_pending[r.pe_node].append(r)
