@@ -31,7 +31,7 @@ def run_one(job: tuple) -> dict:
     else:
         row, _ = run_online(cfg, args.maxlen, aps, args.max_s)
     pe_gb, de_gb = row["snic_node_gb"][:pe], row["snic_node_gb"][pe:]
-    return {"model": model, "ratio": f"{pe}P{de}D", "workload": "burst" if aps is None else "online",
+    return {"model": model, "pd": f"{pe}P{de}D", "workload": "burst" if aps is None else "online",
             "policy": policy,
             "maxlen": args.maxlen, "agents": row["agents"], "aps": row.get("aps"),
             "jct_s": row.get("jct_s"), "ttft_mean_s": row["ttft_mean_s"], "ttft_p99_s": row["ttft_p99_s"],
@@ -42,12 +42,12 @@ def run_one(job: tuple) -> dict:
 
 def compare(rows: list[dict]) -> list[dict]:
     """The split's rows with dualpath's figure as the reference (offline: JCT, online: TTFT)."""
-    base = {(r["model"], r["ratio"], r["workload"]): r for r in rows if r["policy"] == "dualpath"}
+    base = {(r["model"], r["pd"], r["workload"]): r for r in rows if r["policy"] == "dualpath"}
     out = []
     for r in rows:
         if r["policy"] == "split":
             figure = "jct_s" if r["workload"] == "burst" else "ttft_mean_s"
-            r = with_reference(r, figure, "dualpath", base[(r["model"], r["ratio"], r["workload"])][figure])
+            r = with_reference(r, figure, "dualpath", base[(r["model"], r["pd"], r["workload"])][figure])
         out.append(r)
     return out
 
@@ -55,7 +55,7 @@ def compare(rows: list[dict]) -> list[dict]:
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="dualkv bench sim-split", description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="ds660b,ds27b,qwen32b")
-    parser.add_argument("--ratios", default="1:2,1:1,2:1", help="comma list of P:D")
+    parser.add_argument("--ratios", default="1:2,2:3,1:1,3:2,2:1", help="comma list of P:D")
     parser.add_argument("--workloads", default="burst,online")
     parser.add_argument("--agents", type=int, default=128, help="burst: agents at t = 0")
     parser.add_argument("--load", type=float, default=0.5,
@@ -73,7 +73,7 @@ def main(argv=None):
     with multiprocessing.get_context("spawn").Pool(max(1, args.workers)) as pool:
         rows = pool.map(run_one, [(*c, p, None, args) for c in cases for p in policies])
         if "online" in args.workloads.split(","):  # the rate comes from the burst: run it first
-            done = {(r["model"], r["ratio"]): r["agents"] / r["jct_s"] for r in rows
+            done = {(r["model"], r["pd"]): r["agents"] / r["jct_s"] for r in rows
                     if r["policy"] == "dualpath"}
             rows += pool.map(run_one, [(m, pe, de, p, args.load * done[(m, f"{pe}P{de}D")], args)
                                        for m, pe, de in cases for p in policies])
