@@ -23,17 +23,16 @@ from dualkv.sim.workload import agentic
 
 
 def run_one(job: tuple) -> dict:
-    """One (model, ratio, workload, policy) run; `aps` is the online rate (None: burst)."""
-    model, pe, de, policy, aps, args = job
-    cfg = SimConfig(get_preset(model), policy, pe, de, gpus_per_node=args.gpus_per_node, seed=args.seed)
+    """One (model, ratio, seed, policy) run; `aps` is the online rate (None: burst)."""
+    model, pe, de, seed, policy, aps, args = job
+    cfg = SimConfig(get_preset(model), policy, pe, de, gpus_per_node=args.gpus_per_node, seed=seed)
     if aps is None:
-        row, _ = run_offline(cfg, agentic(args.maxlen, args.agents, args.seed))
+        row, _ = run_offline(cfg, agentic(args.maxlen, args.agents, seed))
     else:
         row, _ = run_online(cfg, args.maxlen, aps, args.max_s)
     pe_gb, de_gb = row["snic_node_gb"][:pe], row["snic_node_gb"][pe:]
     return {"model": model, "pd": f"{pe}P{de}D", "workload": "burst" if aps is None else "online",
-            "policy": policy,
-            "maxlen": args.maxlen, "agents": row["agents"], "aps": row.get("aps"),
+            "policy": policy, "seed": seed, "maxlen": args.maxlen, "agents": row["agents"], "aps": row.get("aps"),
             "jct_s": row.get("jct_s"), "ttft_mean_s": row["ttft_mean_s"], "ttft_p99_s": row["ttft_p99_s"],
             "tpot_mean_ms": row["tpot_mean_ms"], "turns_done": row["turns_done"],
             "split_reads": row["split_reads"], "snic_bytes_max_avg": row["snic_bytes_max_avg"],
@@ -42,14 +41,30 @@ def run_one(job: tuple) -> dict:
 
 def compare(rows: list[dict]) -> list[dict]:
     """The split's rows with dualpath's figure as the reference (offline: JCT, online: TTFT)."""
-    base = {(r["model"], r["pd"], r["workload"]): r for r in rows if r["policy"] == "dualpath"}
+    base = {_case(r): r for r in rows if r["policy"] == "dualpath"}
     out = []
     for r in rows:
         if r["policy"] == "split":
             figure = "jct_s" if r["workload"] == "burst" else "ttft_mean_s"
-            r = with_reference(r, figure, "dualpath", base[(r["model"], r["pd"], r["workload"])][figure])
+            r = with_reference(r, figure, "dualpath", base[_case(r)][figure])
         out.append(r)
     return out
+
+
+def _case(r: dict) -> tuple:
+    return r["model"], r["pd"], r["workload"], r.get("seed", 0)
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Per (model, ratio, workload): split / dualpath over the seeds (below 1: split is
+    better), so a gain can be told from the run-to-run scatter of one seed."""
+    ratios: dict[tuple, list[float]] = {}
+    for r in rows:
+        if r.get("reference") == "dualpath" and r["ratio"] is not None:
+            ratios.setdefault(_case(r)[:3], []).append(r["ratio"])
+    return [{"kind": "summary", "model": m, "pd": pd, "workload": w, "num_seeds": len(v),
+             "ratio_mean": sum(v) / len(v), "ratio_min": min(v), "ratio_max": max(v),
+             "num_split_better": sum(x < 1 for x in v)} for (m, pd, w), v in ratios.items()]
 
 
 def main(argv=None):
@@ -64,23 +79,25 @@ def main(argv=None):
     parser.add_argument("--maxlen", default="64k")
     parser.add_argument("--gpus-per-node", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2, help="simulator processes")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0", help="comma list: workload and arrival seeds")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     ratios = [tuple(int(x) for x in r.split(":")) for r in args.ratios.split(",")]
-    cases = [(m, pe, de) for m in args.models.split(",") for pe, de in ratios]
+    seeds = [int(x) for x in args.seeds.split(",")]
+    cases = [(m, pe, de, seed) for m in args.models.split(",") for pe, de in ratios for seed in seeds]
     policies = ("dualpath", "split")
     with multiprocessing.get_context("spawn").Pool(max(1, args.workers)) as pool:
         rows = pool.map(run_one, [(*c, p, None, args) for c in cases for p in policies])
         if "online" in args.workloads.split(","):  # the rate comes from the burst: run it first
-            done = {(r["model"], r["pd"]): r["agents"] / r["jct_s"] for r in rows
+            done = {_case(r)[:2] + (r["seed"],): r["agents"] / r["jct_s"] for r in rows
                     if r["policy"] == "dualpath"}
-            rows += pool.map(run_one, [(m, pe, de, p, args.load * done[(m, f"{pe}P{de}D")], args)
-                                       for m, pe, de in cases for p in policies])
+            rows += pool.map(run_one, [(m, pe, de, seed, p, args.load * done[(m, f"{pe}P{de}D", seed)], args)
+                                       for m, pe, de, seed in cases for p in policies])
     if "burst" not in args.workloads.split(","):
         rows = [r for r in rows if r["workload"] != "burst"]
     report = Report("bench sim-split", args.json)
-    for row in compare(rows):
+    rows = compare(rows)
+    for row in rows + summarize(rows):
         report.add(row)
     report.finish()
     return 0
