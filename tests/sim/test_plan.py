@@ -23,6 +23,8 @@ def test_spec_checks_its_question():
     with pytest.raises(InvalidArgument, match="SLO"):
         small(num_agents=None, rates=(0.1,), ttft_slo_s=0)
     assert small().splits() == [(1, 3), (2, 2), (3, 1)]
+    cfg = small(fetch_period_s=0.05, bytes_per_token=1000).config("dualpath", 1, 3)
+    assert (cfg.fetch_period_s, cfg.model.bytes_per_token, cfg.num_de_nodes) == (0.05, 1000, 3)
 
 
 def test_pool_gives_the_rows_a_run_here_gives():

@@ -25,7 +25,8 @@ def spec_from_args(args):
     return PlanSpec(args.model, args.nodes, args.maxlen, num_agents=args.agents, rates=rates,
                     ttft_slo_s=args.ttft_slo_s if args.ttft_slo_s is not None else TTFT_SLO_S,
                     tpot_slo_ms=args.tpot_slo_ms if args.tpot_slo_ms is not None else 1000 * TPOT_SLO_S,
-                    policies=policies, max_s=args.max_s, seed=args.seed)
+                    policies=policies, max_s=args.max_s, seed=args.seed,
+                    fetch_period_s=args.fetch_ms / 1000, bytes_per_token=args.bytes_per_token)
 
 
 def run_plan(args) -> int:

@@ -35,6 +35,8 @@ class PlanSpec:
     gpus_per_node: int = 8
     max_s: float = 7200.0
     seed: int = 0
+    fetch_period_s: float = 0.02
+    bytes_per_token: int | None = None  # None: the model's stored KV bytes per token
 
     def __post_init__(self):
         get_preset(self.model)
@@ -65,7 +67,9 @@ class PlanSpec:
         return [(p, self.num_nodes - p) for p in range(1, self.num_nodes)]
 
     def config(self, policy: str, pe: int, de: int) -> SimConfig:
-        return SimConfig(get_preset(self.model), policy, pe, de, gpus_per_node=self.gpus_per_node,
+        overrides = {"bytes_per_token": self.bytes_per_token} if self.bytes_per_token else {}
+        return SimConfig(get_preset(self.model, **overrides), policy, pe, de,
+                         gpus_per_node=self.gpus_per_node, fetch_period_s=self.fetch_period_s,
                          seed=self.seed)
 
 
