@@ -1,5 +1,7 @@
 """The split read policy in the simulator (issue 20, item 6): parts on both nodes, the
 buffers and queues they hold, and the channel accounting of a split."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -53,3 +55,16 @@ def test_split_run_frees_everything_and_reads_every_hit_once():
     c = sim.c
     for state in (c.buf_used, c.read_q, c.snic_busy):
         assert all(v == 0 for v in state)
+
+
+def test_split_reads_finish_with_buffers_too_small_for_the_queue():
+    """Small host buffers make heads of NIC queues wait for buffer space. A split request
+    that reserved its buffers must not wait behind such a head for its second part: the
+    space it holds is what the head waits for (this run stalled with none of its 128 agents
+    finished before reserve_split moved the second part to the head of its queue)."""
+    model = get_preset("ds27b", snic_tokens_per_s=2e5)
+    tight = replace(model, dram_bytes_per_node=100_000 * model.bytes_per_token)  # ~4 prompts
+    work = agentic("32k", 128)
+    sim = Simulator(SimConfig(tight, "split", 2, 1, gpus_per_node=4), work).run()
+    assert sim.num_done == work.num_agents and not sim.split_left
+    assert all(v == 0 for v in sim.c.buf_used)

@@ -79,8 +79,11 @@ cdef class Simulator:
 
     cpdef place_split(self, CRequest r)
 
-    @cython.locals(c=CCluster, tokens=cython.longlong, end=double)
-    cpdef bint start_read_part(self, Py_ssize_t node, CRequest r) except -1
+    @cython.locals(c=CCluster, other=Py_ssize_t)
+    cpdef bint reserve_split(self, Py_ssize_t node, CRequest r) except -1
+
+    @cython.locals(c=CCluster, tokens=cython.longlong, end=double, other=Py_ssize_t)
+    cpdef start_read_part(self, Py_ssize_t node, CRequest r)
 
     @cython.locals(node=Py_ssize_t, r=CRequest, tokens=cython.longlong, left=cython.longlong)
     cpdef on_read_part_done(self, item)

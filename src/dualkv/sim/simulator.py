@@ -268,9 +268,10 @@ class Simulator:
         while pending and not c.snic_busy[node]:
             r = pending[0]
             if r.read_side == "split":
-                if not self.start_read_part(node, r):
+                if r.rid not in self.split_left and not self.reserve_split(node, r):
                     return  # its buffers are full: blocked, as a whole read would be
                 pending.popleft()
+                self.start_read_part(node, r)
                 continue
             on_pe = r.read_side == "pe"
             if on_pe and not c.buffer_fits(r.pe_node, r.hit_tokens):
@@ -311,28 +312,41 @@ class Simulator:
         self.start_reads(r.pe_node)
         self.start_reads(r.de_node)
 
-    def start_read_part(self, node: int, r: Request) -> bool:
-        """Start `node`'s part of a split read; False when the buffers are full. The first
-        part to start reserves both buffers, as a whole-request PE-side read does (PE: its
-        part, DE: the prompt), so a request never holds one buffer while waiting for the
-        other; the second part starts whenever its NIC is free."""
+    def reserve_split(self, node: int, r: Request) -> bool:
+        """The first part of a split read to reach the head of its NIC's queue reserves both
+        buffers, as a whole-request PE-side read does (PE: its part, DE: the prompt), so a
+        request never holds one buffer while it waits for the other; False when they are
+        full. The other part then moves to the head of its own queue: it needs no buffer, and
+        left behind a head that waits for buffers which this request holds, it would wait
+        forever (a deadlock tests/sim/test_split_sim.py reproduces with small buffers)."""
         c = self.c
-        if r.rid not in self.split_left:
-            if not c.buffer_fits(r.pe_node, r.pe_read_tokens):
-                c.blocked.setdefault(r.pe_node, set()).add(node)
-                return False
-            if not c.buffer_fits(r.de_node, r.prompt_tokens):
-                c.blocked.setdefault(r.de_node, set()).add(node)
-                return False
-            c.buf_used[r.pe_node] += r.pe_read_tokens
-            c.buf_used[r.de_node] += r.prompt_tokens
-            self.split_left[r.rid] = 2
+        if not c.buffer_fits(r.pe_node, r.pe_read_tokens):
+            c.blocked.setdefault(r.pe_node, set()).add(node)
+            return False
+        if not c.buffer_fits(r.de_node, r.prompt_tokens):
+            c.blocked.setdefault(r.de_node, set()).add(node)
+            return False
+        c.buf_used[r.pe_node] += r.pe_read_tokens
+        c.buf_used[r.de_node] += r.prompt_tokens
+        self.split_left[r.rid] = 2
+        other = r.de_node if node == r.pe_node else r.pe_node
+        queue = c.snic_pending[other]
+        queue.remove(r)
+        queue.appendleft(r)
+        return True
+
+    def start_read_part(self, node: int, r: Request) -> None:
+        """Start `node`'s part of a split read (its buffers are reserved), then the other
+        part if that node's NIC is idle."""
+        c = self.c
         tokens = part_tokens(node, r)
         end = self.now + tokens * self.read_s_per_token
         c.snic_busy[node] = True
         self.acct.add_read(node, self.now, end, tokens)
         self.push(end, READ_PART_DONE, (node, r))
-        return True
+        other = r.de_node if node == r.pe_node else r.pe_node
+        if not c.snic_busy[other]:
+            self.start_reads(other)
 
     def on_read_part_done(self, item) -> None:
         node, r = item
