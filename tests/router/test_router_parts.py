@@ -185,3 +185,11 @@ def test_a_pooled_connection_closed_under_a_request_is_retried_on_the_same_insta
     fake, instance = asyncio.run(main())
     assert (fake.num_answered, fake.num_dropped) == (2, 1)
     assert instance.alive and instance.stats["failures"] == 0
+
+
+def test_router_refuses_the_split_read_policy():
+    """A connector loads a hit through one side only: the split policy fails at construction."""
+    from dualkv.router.server import Router, RouterConfig
+
+    with pytest.raises(InvalidArgument, match="the router cannot run"):
+        Router(RouterConfig(["http://127.0.0.1:1"], ["http://127.0.0.1:2"], policy="split"))

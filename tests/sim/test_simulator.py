@@ -11,7 +11,7 @@ def small(policy, pe=1, de=2, **model):
     return SimConfig(get_preset("ds27b", **model), policy, pe, de, gpus_per_node=2)
 
 
-@pytest.mark.parametrize("policy", ["basic", "dpl", "dualpath", "oracle"])
+@pytest.mark.parametrize("policy", ["basic", "dpl", "dualpath", "oracle", "round_robin", "split"])
 def test_conservation(policy):
     work = agentic("32k", 12)
     sim = Simulator(small(policy), work).run()

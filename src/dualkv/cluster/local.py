@@ -34,7 +34,7 @@ from dualkv.cluster.procs import ClusterProcs
 from dualkv.cluster.runner import Runner
 from dualkv.engine.config import ModelConfig
 from dualkv.errors import InvalidArgument
-from dualkv.sched import get_policy
+from dualkv.sched.config import require_one_read_side
 from dualkv.store import BlockStore, StoreConfig
 
 __all__ = ["ClusterTurn", "LocalCluster", "Session"]
@@ -61,7 +61,8 @@ class LocalCluster:
         self.cfg, self.block_tokens, self.timeout_s = cfg, block_tokens, timeout_s
         self.layout = cfg.layout(block_tokens)
         # the PE's prefill follows the policy's flag: layerwise (KV streamed per layer) or not
-        self.mode = "dualpath" if get_policy(policy).is_layerwise else "basic"
+        self.mode = "dualpath" if require_one_read_side(policy, "the local cluster").is_layerwise \
+            else "basic"
         self.de_pool_slots, self.max_tokens = de_pool_slots, max_tokens
         self.store = BlockStore(StoreConfig(root, self.layout, pool_slots=1, cuda="off"))
         self.num_buffer_waits = 0  # turns a full DE buffer refused (they waited, then ran)

@@ -22,10 +22,12 @@ from dualkv.cluster.messages import Ack, LoadReport, Placed, Placement, Stop, de
 from dualkv.cluster.protocol import serve
 from dualkv.errors import InvalidArgument
 from dualkv.sched import EngineReport, GroupReport, GroupSpec, Request, Scheduler, SchedulerConfig
+from dualkv.sched.config import require_one_read_side
 
 
 class SchedulerServer:
     def __init__(self, policy: str, num_pe: int, num_de: int):
+        require_one_read_side(policy, "the local cluster")  # Placement carries one read side
         self.pe_ids = list(range(num_pe))
         self.de_ids = list(range(num_pe, num_pe + num_de))
         self.sched = Scheduler(SchedulerConfig(policy),

@@ -27,6 +27,7 @@ from dualkv.router.instances import Instance, VllmLoad
 from dualkv.router.placement import Placer
 from dualkv.router.prefix import PrefixIndex
 from dualkv.sched import Request, SchedulerConfig
+from dualkv.sched.config import require_one_read_side
 
 log = logging.getLogger("dualkv.router")
 KEEPALIVE_S = 2.0  # below uvicorn's 5 s idle timeout
@@ -57,6 +58,7 @@ def _bad_request(message: str, status: int = 400) -> web.Response:
 class Router:
     def __init__(self, config: RouterConfig):
         SchedulerConfig(config.policy, config.alpha_tokens, config.beta_tokens)  # validates
+        require_one_read_side(config.policy, "the router")  # a connector loads from one side
         if not config.prefill_urls or not config.decode_urls:
             raise InvalidArgument("the router needs at least one prefill and one decode URL")
         self.config = config

@@ -36,7 +36,11 @@ Intra-engine (one `PrefillBatcher` per PE GPU)::
 
 Policies (`SchedulerConfig.policy`): basic (round robin, PE-side reads, no layerwise),
 layer (+layerwise), dpl (+dual path, alternating side), dualpath (Algorithm 1, two-level DE
-choice, shorter read queue), oracle (dualpath with I/O free). The policy's `is_layerwise` and
+choice, shorter read queue), oracle (dualpath with I/O free), round_robin (dualpath's engine
+choice, alternating read side: the naive baseline of the balance metric), split (dualpath, but
+one request's hit may be read by both sides: the PE node reads a prefix of
+`request.pe_read_tokens`, the DE node the rest, sized by both read queues; `read_side` is then
+"split" and `request.read_parts()` lists (node, tokens) per reading node). The policy's `is_layerwise` and
 `is_io_free` tell the caller how to run engines; the scheduler itself uses `is_smart` and
 `side`.
 """

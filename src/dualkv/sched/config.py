@@ -13,7 +13,8 @@ class Policy:
     name: str
     is_smart: bool  # Algorithm 1 + two-level DE choice; otherwise round robin
     is_layerwise: bool  # layerwise prefill: no HBM cap on the PE batch, transfers overlap
-    side: str  # read side: "pe" always, "rr" alternate, "queue" shorter node read queue
+    side: str  # read side: "pe" always, "rr" alternate, "queue" shorter node read queue,
+    #            "split" a prefix of the hit on each side, sized by both read queues (split.py)
     is_io_free: bool  # Oracle: reads, H2D/D2H and PE->DE transfers cost nothing
 
 
@@ -23,6 +24,10 @@ POLICIES = {
     "dpl": Policy("dpl", False, True, "rr", False),
     "dualpath": Policy("dualpath", True, True, "queue", False),
     "oracle": Policy("oracle", True, True, "queue", True),
+    # DualPath's PE/DE choice with the naive read side: the baseline of the balance metric
+    "round_robin": Policy("round_robin", True, True, "rr", False),
+    # DualPath with one request's hit read by both sides at once (issue 20, item 6)
+    "split": Policy("split", True, True, "split", False),
 }
 
 
@@ -31,6 +36,19 @@ def get_policy(name: str) -> Policy:
         return POLICIES[name]
     except KeyError:
         raise InvalidArgument(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}") from None
+
+
+def require_one_read_side(policy: str, who: str) -> Policy:
+    """The policy, or InvalidArgument when it may split one request's read across both sides
+    ("split") and `who` moves a request's hit from one node only (the reference cluster and
+    the router do: their engines load a hit through one side's buffer)."""
+    spec = get_policy(policy)
+    if spec.side == "split":
+        raise InvalidArgument(
+            f"policy {policy!r} splits a request's read between the PE and DE nodes, which {who} "
+            f"cannot run (its engines read a hit on one side); use it in dualkv sim, or choose "
+            f"from {', '.join(n for n, p in POLICIES.items() if p.side != 'split')}")
+    return spec
 
 
 @dataclass(frozen=True)
@@ -42,6 +60,8 @@ class SchedulerConfig:
         work (paper: tokens one GPU processes in 5 s). z_margin: the 1.05 of the DE choice.
     compute_quota_s: predicted attention time a PE batch may reach (300 ms); None turns the
         intra-engine scheduler off (a PE then takes every ready request).
+    split_block_tokens: the "split" policy cuts a hit only at multiples of this (the store's
+        block: each side reads whole blocks).
     """
 
     policy: str = "dualpath"
@@ -49,6 +69,7 @@ class SchedulerConfig:
     beta_tokens: float = 7.0e5
     z_margin: float = 1.05
     compute_quota_s: float | None = 0.3
+    split_block_tokens: int = 64
 
     def __post_init__(self):
         get_policy(self.policy)
@@ -60,6 +81,8 @@ class SchedulerConfig:
             raise InvalidArgument(f"z_margin must be >= 1, got {self.z_margin}")
         if self.compute_quota_s is not None and not self.compute_quota_s > 0:
             raise InvalidArgument(f"compute_quota_s must be > 0 or None, got {self.compute_quota_s}")
+        if self.split_block_tokens < 1:
+            raise InvalidArgument(f"split_block_tokens must be >= 1, got {self.split_block_tokens}")
 
     @property
     def policy_spec(self) -> Policy:

@@ -14,6 +14,7 @@ cdef class Scheduler:
     cdef public bint _smart, _io_free
     cdef public object _side
     cdef public double _alpha, _beta, _z
+    cdef public long long _split_block
     cdef public dict pe_groups, de_groups, read_q, de_private, _private_tokens
     cdef public dict _pending_pe, _pending_de
     cdef public object pe_queue, de_queue
@@ -37,3 +38,4 @@ cdef class Scheduler:
 
     cdef _finish(self, Request request, FetchResult result)
     cpdef choose_read_side(self, Request request)
+    cdef _read_side(self, Request request)

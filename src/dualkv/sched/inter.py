@@ -14,6 +14,7 @@ from dualkv.errors import InvalidArgument
 from dualkv.sched.config import SchedulerConfig
 from dualkv.sched.request import FetchResult, GroupReport, GroupSpec, Request
 from dualkv.sched.select import LeastLoaded, assign_des, assign_pes, shorter_queue_side
+from dualkv.sched.split import split_read, split_side
 
 
 class Scheduler:
@@ -28,6 +29,7 @@ class Scheduler:
         self._side = self.policy.side
         self._alpha, self._beta = config.alpha_tokens, config.beta_tokens
         self._z = config.z_margin
+        self._split_block = config.split_block_tokens
         self.pe_groups = {g.group_id: g for g in pe_groups}
         self.de_groups = {g.group_id: g for g in de_groups}
         if len(self.pe_groups) + len(self.de_groups) != len(pe_groups) + len(de_groups) or \
@@ -158,18 +160,33 @@ class Scheduler:
         result.assigned.append(request)
         if request.pe < 0 or request.de < 0:
             return
-        request.read_side = self.choose_read_side(request)
-        if not self._io_free:
+        side = request.read_side = self.choose_read_side(request)
+        if side == "split":  # both nodes read: each queue grows by its part
+            self.read_q[request.pe_node] += request.pe_read_tokens
+            self.read_q[request.de_node] += request.hit_tokens - request.pe_read_tokens
+        elif not self._io_free:
             node = request.read_node
             self.read_q[node] += request.hit_tokens
         result.placed.append(request)
 
     def choose_read_side(self, request: Request) -> str:
-        """The read side of a request whose PE and DE are chosen (paper.md §8.4)."""
+        """The read side of a request whose PE and DE are chosen (paper.md §8.4); it also sets
+        request.pe_read_tokens, the hit tokens the PE node reads (all, none, or a split's
+        prefix)."""
+        side = self._read_side(request)
+        if side != "split":
+            request.pe_read_tokens = request.hit_tokens if side == "pe" else 0
+        return side
+
+    def _read_side(self, request: Request) -> str:
         side = self._side
         if side == "pe" or self._io_free:
             return "pe"
         if side == "rr":
             self._rr_counts[2] += 1
             return "pe" if self._rr_counts[2] % 2 else "de"
-        return shorter_queue_side(self.read_q[request.pe_node], self.read_q[request.de_node])
+        pe_q, de_q = self.read_q[request.pe_node], self.read_q[request.de_node]
+        if side == "split":
+            request.pe_read_tokens = split_read(request.hit_tokens, pe_q, de_q, self._split_block)
+            return split_side(request.pe_read_tokens, request.hit_tokens)
+        return shorter_queue_side(pe_q, de_q)

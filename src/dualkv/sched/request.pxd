@@ -4,7 +4,7 @@
 cdef class Request:
     cdef public object rid, read_side, tag
     cdef public long long prompt_tokens, hit_tokens, gen_tokens
-    cdef public long long pe, de, pe_node, de_node, num_computed
+    cdef public long long pe, de, pe_node, de_node, num_computed, pe_read_tokens
 
 
 cdef class EngineReport:

@@ -10,11 +10,13 @@ class Request:
     """One prefill+decode request (one agent turn).
 
     The caller fills the shape; the scheduler fills `pe`, `de` (global engine ids), `pe_node`,
-    `de_node` and `read_side` ("pe" or "de"); the PE batcher advances `num_computed`.
+    `de_node`, `read_side` ("pe", "de", or "split": the PE node reads the hit's first
+    `pe_read_tokens` tokens and the DE node the rest) and `pe_read_tokens`; the PE batcher
+    advances `num_computed`.
     """
 
     __slots__ = ("rid", "prompt_tokens", "hit_tokens", "gen_tokens", "pe", "de", "pe_node",
-                 "de_node", "read_side", "num_computed", "tag")
+                 "de_node", "read_side", "num_computed", "tag", "pe_read_tokens")
 
     def __init__(self, rid: int, prompt_tokens: int, hit_tokens: int, gen_tokens: int, tag=None):
         if not 0 <= hit_tokens < prompt_tokens:
@@ -27,6 +29,7 @@ class Request:
         self.gen_tokens = gen_tokens
         self.pe = self.de = self.pe_node = self.de_node = -1
         self.read_side = None
+        self.pe_read_tokens = 0  # hit tokens the PE node reads (all of them on the pe side)
         self.num_computed = 0  # miss tokens prefilled so far (chunked prefill)
         self.tag = tag  # free for the caller (the simulator keeps its turn record here)
 
@@ -42,8 +45,23 @@ class Request:
     @property
     def read_node(self) -> int:
         """The node whose storage NIC reads this request's hit: the PE's on the pe read side,
-        the DE's on the de side (the one place this rule is written)."""
+        the DE's on the de side (the one place this rule is written). A split read has two:
+        see read_parts."""
+        if self.read_side == "split":
+            raise InvalidArgument(f"request {self.rid} reads on two nodes (split); use read_parts")
         return self.pe_node if self.read_side == "pe" else self.de_node
+
+    @property
+    def de_read_tokens(self) -> int:
+        """Hit tokens the DE node reads: the part of the hit after the PE's prefix."""
+        return self.hit_tokens - self.pe_read_tokens
+
+    def read_parts(self) -> list[tuple[int, int]]:
+        """(node, hit tokens it reads) for every node that reads part of this request's hit:
+        one entry on the pe or de side, two on a split."""
+        if self.read_side == "split":
+            return [(self.pe_node, self.pe_read_tokens), (self.de_node, self.de_read_tokens)]
+        return [(self.read_node, self.hit_tokens)]
 
     @property
     def is_placed(self) -> bool:
@@ -51,7 +69,8 @@ class Request:
 
     def __repr__(self):
         return (f"Request(rid={self.rid}, len={self.prompt_tokens}, hit={self.hit_tokens}, "
-                f"gen={self.gen_tokens}, pe={self.pe}, de={self.de}, side={self.read_side})")
+                f"gen={self.gen_tokens}, pe={self.pe}, de={self.de}, side={self.read_side}, "
+                f"pe_read={self.pe_read_tokens})")
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,9 @@ cimport cython
 @cython.locals(full=cython.longlong)
 cpdef tuple path_tokens(side, long long hit, long long miss)
 
+@cython.locals(full=cython.longlong)
+cpdef tuple split_path_tokens(long long pe_hit, long long de_hit, long long miss)
+
 
 # final: nothing subclasses it, so its cpdef methods are called directly
 # (no vtable, no check for a Python override)

@@ -23,6 +23,16 @@ def path_tokens(side: str, hit: int, miss: int) -> tuple:
     return (miss, hit, hit + full, miss + full, 0, 2 * hit + miss + full)
 
 
+def split_path_tokens(pe_hit: int, de_hit: int, miss: int) -> tuple:
+    """path_tokens of a split read: the PE node reads pe_hit tokens (they travel as on the PE
+    path), the DE node de_hit (as on the DE path). Every channel above is linear in the hit
+    for a fixed prompt, so the split is the PE path's terms for pe_hit plus the DE path's for
+    de_hit; pe_hit = 0 or de_hit = 0 gives path_tokens exactly (tests/sim/test_split_sim.py)."""
+    full = pe_hit + de_hit + miss
+    return (2 * pe_hit + miss, pe_hit + de_hit, de_hit + full, 2 * full - de_hit, 2 * pe_hit,
+            2 * full + de_hit)
+
+
 class Accounting:
     def __init__(self, num_nodes: int, window_s: float):
         self.window_s = window_s

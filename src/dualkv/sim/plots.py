@@ -66,3 +66,26 @@ def plot_online(rows: list[dict], path: str) -> str:
 def out_path(out_dir: str, name: str) -> str:
     os.makedirs(out_dir, exist_ok=True)
     return os.path.join(out_dir, name)
+
+
+def plot_plan(rows: list[dict], figure: str, recommended: dict[str, dict], path: str) -> str:
+    """The planner's answer: JCT or SLO capacity against the number of prefill nodes, one
+    line per policy, its recommended split circled."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    for policy, rec in recommended.items():
+        mine = sorted((r for r in rows if r["policy"] == policy), key=lambda r: r["pe_nodes"])
+        line, = ax.plot([r["pe_nodes"] for r in mine], [r[figure] for r in mine], "o-", label=policy)
+        ax.plot([rec["best_pe_nodes"]], [rec[f"best_{figure}"]], "o", ms=14, mfc="none",
+                color=line.get_color())
+    r = rows[0]
+    n = r["pe_nodes"] + r["de_nodes"]
+    ax.set_xticks(sorted({r["pe_nodes"] for r in rows}))
+    ax.set_xlabel(f"prefill nodes P (decode nodes = {n} - P)")
+    ax.set_ylabel("JCT (s)" if figure == "jct_s" else "SLO capacity (agents/s)")
+    ax.set_title(f"{r['model']} {r['maxlen']}, {n} nodes: P/D split")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -13,7 +13,7 @@ def summarize(sim, since_s: float = 0.0) -> tuple[dict, dict]:
     row = {"model": m.name, "policy": cfg.policy, "pe_nodes": cfg.num_pe_nodes,
            "de_nodes": cfg.num_de_nodes, "agents": sim.work.num_agents,
            "turns_done": sum(t - s for t, s in zip(sim.turn, sim.work.start[:-1].tolist())),
-           "sim_end_s": end}
+           "sim_end_s": end, "split_reads": sim.num_split}
     keep = np.asarray(sim.ttft_at) >= since_s if since_s else slice(None)
     row.update(percentiles(np.asarray(sim.ttft)[keep], "ttft"))
     row.update(percentiles(sim.ttst, "ttst"))
@@ -47,9 +47,19 @@ def _storage(sim) -> dict:
         ratio, util = np.zeros(0), 0.0
     return {"snic_read_gb": float(per_node.sum() / 1e9),
             "snic_read_gb_max_node": float(per_node.max() / 1e9),
+            **node_balance(per_node),
             "snic_write_gb": float(acct.snic_write.sum() * m.bytes_per_token / 1e9),
             "snic_max_avg": float(np.nanmean(ratio)) if len(ratio) else None,
             "snic_util": float(util)}
+
+
+def node_balance(per_node_bytes: np.ndarray) -> dict:
+    """The balance metric (issue 20, item 4): each storage NIC's read bytes over the whole run
+    (nodes in id order: PE nodes, then DE nodes) and their max / avg. 1.0 is a perfect
+    spread; the windowed snic_max_avg above says how even it was moment to moment."""
+    mean = float(per_node_bytes.mean()) if len(per_node_bytes) else 0.0
+    return {"snic_node_gb": [float(b / 1e9) for b in per_node_bytes],
+            "snic_bytes_max_avg": float(per_node_bytes.max() / mean) if mean > 0 else None}
 
 
 def _attention(sim, end: float) -> dict:

@@ -8,11 +8,13 @@ from dualkv.sched.request cimport FetchResult as CFetchResult
 from dualkv.sched.inter cimport Scheduler as CScheduler
 from dualkv.sched.intra cimport PrefillBatcher as CBatcher
 from dualkv.sim.cluster cimport Cluster as CCluster
-from dualkv.sim.metrics cimport Accounting as CAccounting, path_tokens  # a C call
+from dualkv.sim.metrics cimport Accounting as CAccounting, path_tokens, split_path_tokens  # C calls
 from dualkv.sim.events cimport EventQueue as CEventQueue
 
 
 cpdef long long hbm_need(CRequest r) except? -1
+
+cpdef long long part_tokens(Py_ssize_t node, CRequest r) except? -1
 
 @cython.locals(order=list, k=Py_ssize_t)
 cpdef list _rotated(set groups, long long shift)
@@ -38,6 +40,8 @@ cdef class Simulator:
     cdef public double[:] submit_t, first_t, finish_t
     cdef public list ttft, ttst, tpot, ttft_at, attn_balance, group_reports
     cdef public object bytes_read
+    cdef public dict split_left
+    cdef public long long num_split
 
     cpdef push(self, double t, int kind, obj)
 
@@ -72,6 +76,17 @@ cdef class Simulator:
 
     @cython.locals(node=Py_ssize_t)
     cpdef on_read_done(self, CRequest r)
+
+    cpdef place_split(self, CRequest r)
+
+    @cython.locals(c=CCluster, other=Py_ssize_t)
+    cpdef bint reserve_split(self, Py_ssize_t node, CRequest r) except -1
+
+    @cython.locals(c=CCluster, tokens=cython.longlong, end=double, other=Py_ssize_t)
+    cpdef start_read_part(self, Py_ssize_t node, CRequest r)
+
+    @cython.locals(node=Py_ssize_t, r=CRequest, tokens=cython.longlong, left=cython.longlong)
+    cpdef on_read_part_done(self, item)
 
     cpdef release_buffer(self, Py_ssize_t node, long long tokens)
 

@@ -15,10 +15,11 @@ from dualkv.sched import EngineReport, GroupReport, Request, Scheduler
 from dualkv.sim.cluster import Cluster
 from dualkv.sim.config import SimConfig
 from dualkv.sim.events import EventQueue
-from dualkv.sim.metrics import Accounting, path_tokens
+from dualkv.sim.metrics import Accounting, path_tokens, split_path_tokens
 from dualkv.sim.workload import Workload
 
 ARRIVE, TICK, READ_DONE, FORWARD_DONE, H2D_DONE, DECODE_DONE, MONITOR = range(7)
+READ_PART_DONE = 7  # one node's part of a split read (the "split" policy)
 
 
 def default_beta(cfg: SimConfig, work: Workload) -> float:
@@ -33,6 +34,12 @@ def hbm_need(r: Request) -> int:
     """r.hbm_tokens, read as two fields: compiled, a property is a Python-level lookup, and the
     loop asks for it ~6 times a turn."""
     return r.prompt_tokens + r.gen_tokens
+
+
+def part_tokens(node: int, r: Request) -> int:
+    """Hit tokens `node` reads of a split request: the prefix on its PE node, the rest on its
+    DE node."""
+    return r.pe_read_tokens if node == r.pe_node else r.hit_tokens - r.pe_read_tokens
 
 
 def _int64s(values) -> array:
@@ -79,6 +86,9 @@ class Simulator:
         self.ttft, self.ttst, self.tpot, self.ttft_at = [], [], [], []
         self.attn_balance = []  # (time, max/avg attention time in the EP group)
         self.bytes_read = 0
+        # split reads whose buffers are reserved: request id -> parts still reading
+        self.split_left = {}
+        self.num_split = 0  # requests read as a split (both nodes)
         self._prompt, self._hit, self._gen = _int64s(work.prompt), _int64s(work.hit), _int64s(work.gen)
         m = cfg.model
         self.bpt = m.bytes_per_token
@@ -138,6 +148,8 @@ class Simulator:
                 self.on_tick(obj)
             elif kind == ARRIVE:
                 self.on_arrive(obj)
+            elif kind == READ_PART_DONE:
+                self.on_read_part_done(obj)
             else:  # MONITOR
                 if monitor(self, t) or self.num_done == num_agents:
                     break
@@ -242,6 +254,9 @@ class Simulator:
         if self.io_free:
             self.make_ready(r)
             return
+        if r.read_side == "split":
+            self.place_split(r)
+            return
         node = r.read_node
         self.c.read_q[node] += r.hit_tokens
         self.c.snic_pending[node].append(r)
@@ -252,6 +267,12 @@ class Simulator:
         pending = c.snic_pending[node]
         while pending and not c.snic_busy[node]:
             r = pending[0]
+            if r.read_side == "split":
+                if r.rid not in self.split_left and not self.reserve_split(node, r):
+                    return  # its buffers are full: blocked, as a whole read would be
+                pending.popleft()
+                self.start_read_part(node, r)
+                continue
             on_pe = r.read_side == "pe"
             if on_pe and not c.buffer_fits(r.pe_node, r.hit_tokens):
                 c.blocked.setdefault(r.pe_node, set()).add(node)
@@ -278,6 +299,68 @@ class Simulator:
         self.dirty_read_q.add(node)
         self.bytes_read += r.hit_tokens * self.bpt
         self.make_ready(r)
+        self.start_reads(node)
+
+    # -- split reads: the PE node reads the hit's prefix, the DE node the rest, at once ----
+    def place_split(self, r: Request) -> None:
+        c = self.c
+        self.num_split += 1
+        c.read_q[r.pe_node] += r.pe_read_tokens
+        c.read_q[r.de_node] += r.hit_tokens - r.pe_read_tokens
+        c.snic_pending[r.pe_node].append(r)
+        c.snic_pending[r.de_node].append(r)
+        self.start_reads(r.pe_node)
+        self.start_reads(r.de_node)
+
+    def reserve_split(self, node: int, r: Request) -> bool:
+        """The first part of a split read to reach the head of its NIC's queue reserves both
+        buffers, as a whole-request PE-side read does (PE: its part, DE: the prompt), so a
+        request never holds one buffer while it waits for the other; False when they are
+        full. The other part then moves to the head of its own queue: it needs no buffer, and
+        left behind a head that waits for buffers which this request holds, it would wait
+        forever (a deadlock tests/sim/test_split_sim.py reproduces with small buffers)."""
+        c = self.c
+        if not c.buffer_fits(r.pe_node, r.pe_read_tokens):
+            c.blocked.setdefault(r.pe_node, set()).add(node)
+            return False
+        if not c.buffer_fits(r.de_node, r.prompt_tokens):
+            c.blocked.setdefault(r.de_node, set()).add(node)
+            return False
+        c.buf_used[r.pe_node] += r.pe_read_tokens
+        c.buf_used[r.de_node] += r.prompt_tokens
+        self.split_left[r.rid] = 2
+        other = r.de_node if node == r.pe_node else r.pe_node
+        queue = c.snic_pending[other]
+        queue.remove(r)
+        queue.appendleft(r)
+        return True
+
+    def start_read_part(self, node: int, r: Request) -> None:
+        """Start `node`'s part of a split read (its buffers are reserved), then the other
+        part if that node's NIC is idle."""
+        c = self.c
+        tokens = part_tokens(node, r)
+        end = self.now + tokens * self.read_s_per_token
+        c.snic_busy[node] = True
+        self.acct.add_read(node, self.now, end, tokens)
+        self.push(end, READ_PART_DONE, (node, r))
+        other = r.de_node if node == r.pe_node else r.pe_node
+        if not c.snic_busy[other]:
+            self.start_reads(other)
+
+    def on_read_part_done(self, item) -> None:
+        node, r = item
+        tokens = part_tokens(node, r)
+        self.c.snic_busy[node] = False
+        self.c.read_q[node] -= tokens
+        self.dirty_read_q.add(node)
+        self.bytes_read += tokens * self.bpt
+        left = self.split_left[r.rid] - 1
+        if left:
+            self.split_left[r.rid] = left
+        else:  # both parts are in: the PE can compute
+            del self.split_left[r.rid]
+            self.make_ready(r)
         self.start_reads(node)
 
     def release_buffer(self, node: int, tokens: int) -> None:
@@ -352,7 +435,12 @@ class Simulator:
         c.tok[r.pe] -= r.prompt_tokens
         if not self.io_free:
             miss = r.prompt_tokens - r.hit_tokens  # r.miss_tokens, read as fields
-            self.acct.add_class(self.now, path_tokens(r.read_side, r.hit_tokens, miss))
+            if r.read_side == "split":
+                self.acct.add_class(self.now, split_path_tokens(
+                    r.pe_read_tokens, r.hit_tokens - r.pe_read_tokens, miss))
+                self.release_buffer(r.pe_node, r.pe_read_tokens)
+            else:
+                self.acct.add_class(self.now, path_tokens(r.read_side, r.hit_tokens, miss))
             if r.read_side == "pe":
                 self.release_buffer(r.pe_node, r.hit_tokens)
         waiting = c.de_wait[r.de]

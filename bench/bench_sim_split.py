@@ -1,0 +1,4 @@
+from dualkv.bench.sim_split import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())
