@@ -221,6 +221,10 @@ def test_producer_stalled_mid_pull_fails_it_at_the_deadline(model_dir, tmp_path,
         assert time.monotonic() - start < 15  # the pull's 3 s deadline, then the recompute
     finally:
         producer.proc.send_signal(signal.SIGCONT)
+    # told by the failed puller itself, the producer frees b's pages long before the lease ends
+    producer.wait_for("freed", "b", timeout_s=60)
+    producer.send(op="stats")
+    assert producer.wait_for("stats")["server"] == {"requests_pulled": 2, "requests_expired": 0}
     assert d.worker.worker_side.page_puller.stats["pull_errors"] == 1
     assert d.computed_positions["b"][:len(second)] == list(range(len(second)))
     assert list(d.requests["b"].output_token_ids) == want

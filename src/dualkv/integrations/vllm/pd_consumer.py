@@ -86,6 +86,7 @@ class PagePuller:
             self._finish(handle, deadline)
         except Exception:
             self._forget(params.remote_rendezvous, peer)
+            self._release_after_failure(spec)
             raise
         self.stats["blocks_pulled"] += len(spec.block_ids)
         self.stats["bytes_pulled"] += len(spec.block_ids) * self.kv.page_bytes * len(self.regions)
@@ -127,6 +128,14 @@ class PagePuller:
                 peer = self.peers[address] = rendezvous(self.agent, address, self.token,
                                                         timeout=_left(deadline))
             return peer
+
+    def _release_after_failure(self, spec) -> None:
+        """After a failed read (its endpoint closed: nothing of it lands here any more) the
+        holder is told at once, on a fresh join, so it frees the pages now instead of at its
+        lease's end: a vLLM instance holding pages keeps stepping (empty steps, a busy loop)
+        until it frees them. Best effort: an unreachable holder frees them at the lease."""
+        if len(spec.block_ids):  # a release that fails is not released again
+            self.start([PullSpec.release(spec.req_id, spec.params)])
 
     def _forget(self, address: str, peer) -> None:
         """Closes the endpoint (which cancels reads still in flight: nothing lands in the pages
@@ -200,6 +209,7 @@ class LayerFetch:
                 continue
             if fetch.peer is not None:
                 self.puller._forget(spec.params.remote_rendezvous, fetch.peer)
+                self.puller._release_after_failure(spec)
             for handle in (h for h in fetch.handles if h is not None):
                 self.puller.agent.release(handle)
             stats["fetch_errors"] += 1
