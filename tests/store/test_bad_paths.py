@@ -12,6 +12,9 @@ import pytest
 from dualkv.layout import KVLayout
 from dualkv.store import BlockStore, StoreConfig
 
+import block_ids
+from block_ids import key_of, keys_of
+
 LAYOUT = KVLayout(num_layers=4, bytes_per_token_layer=4096, block_tokens=16)  # 64 KiB layers
 DEADLINE_S = 30.0
 
@@ -20,16 +23,8 @@ def open_store(root, backend="auto"):
     return BlockStore(StoreConfig(root, LAYOUT, io_backend=backend, cuda="off", pool_slots=4))
 
 
-def key_of(i: int) -> np.ndarray:
-    return np.frombuffer(i.to_bytes(4, "little") * 8, dtype=np.uint8).reshape(1, 32)
-
-
-def keys_of(ids) -> np.ndarray:
-    return np.concatenate([key_of(i) for i in ids])
-
-
 def content_of(i: int) -> np.ndarray:
-    return np.random.default_rng(i).integers(0, 256, LAYOUT.full_block_bytes, dtype=np.uint8)
+    return block_ids.content_of(i, LAYOUT)
 
 
 def store_blocks(store, ids):

@@ -9,6 +9,9 @@ import numpy as np
 from dualkv.layout import KVLayout
 from dualkv.store import BlockStore, StoreConfig
 
+import block_ids
+from block_ids import key_of, keys_of
+
 LAYOUT = KVLayout(num_layers=8, bytes_per_token_layer=8192, block_tokens=16)  # ~1 MiB blocks
 NUM_SLOW = 64   # good blocks read ahead of the damaged ones in the loader's one reader queue
 NUM_RACED = 4   # damaged blocks per round, republished by the writer while their reads wait
@@ -22,16 +25,8 @@ def open_store(root, **kw):
                                   pool_slots=kw.pop("pool_slots", NUM_RACED), **kw))
 
 
-def key_of(i: int) -> np.ndarray:
-    return np.frombuffer(i.to_bytes(4, "little") * 8, dtype=np.uint8).reshape(1, 32)
-
-
-def keys_of(ids) -> np.ndarray:
-    return np.concatenate([key_of(i) for i in ids])
-
-
 def content_of(i: int) -> np.ndarray:
-    return np.random.default_rng(i).integers(0, 256, LAYOUT.full_block_bytes, dtype=np.uint8)
+    return block_ids.content_of(i, LAYOUT)
 
 
 def write_on_request(root, conn):
