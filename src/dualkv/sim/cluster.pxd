@@ -18,4 +18,8 @@ cdef class Cluster:
     cdef public long long buf_cap, de_cap
     cdef public dict blocked
 
+    @cython.locals(used=cython.longlong)
     cpdef bint buffer_fits(self, Py_ssize_t node, long long tokens) except -1
+
+    @cython.locals(waiting=set)
+    cpdef block(self, Py_ssize_t buffer_node, Py_ssize_t read_node)

@@ -50,3 +50,12 @@ class Cluster:
     def buffer_fits(self, node: int, tokens: int) -> bool:
         used = self.buf_used[node]
         return used == 0 or used + tokens <= self.buf_cap  # one oversized request still runs
+
+    def block(self, buffer_node: int, read_node: int) -> None:
+        """`read_node`'s queue head waits for room in `buffer_node`'s buffer (no new set when
+        one is there: this runs at every failed start while the buffers are full)."""
+        waiting = self.blocked.get(buffer_node)
+        if waiting is None:
+            self.blocked[buffer_node] = {read_node}
+        else:
+            waiting.add(read_node)

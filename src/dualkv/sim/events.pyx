@@ -44,7 +44,8 @@ cdef class EventQueue:
             i = parent
         self._heap[i] = ev
 
-    cpdef tuple pop(self):
+    cdef Event _pop(self) except *:
+        """The earliest event, removed from the heap; its obj reference is the caller's."""
         cdef Event top, last
         cdef Py_ssize_t i, child, n
         if self._size == 0:
@@ -66,9 +67,22 @@ cdef class EventQueue:
                 self._heap[i] = self._heap[child]
                 i = child
             self._heap[i] = last
+        return top
+
+    cpdef tuple pop(self):
+        cdef Event top = self._pop()
         obj = <object>top.obj  # a new reference ...
         Py_DECREF(obj)  # ... and the queue's own is dropped
         return (top.t, top.kind, obj)
+
+    cpdef object pop_payload(self):
+        """pop() for the event loop: the payload; the time and kind are left in last_t and
+        last_kind, so no tuple and no boxed time are made per event."""
+        cdef Event top = self._pop()
+        self.last_t, self.last_kind = top.t, top.kind
+        obj = <object>top.obj
+        Py_DECREF(obj)
+        return obj
 
     def __len__(self):
         return self._size

@@ -9,6 +9,7 @@ from dualkv.sched.inter cimport Scheduler as CScheduler
 from dualkv.sched.intra cimport PrefillBatcher as CBatcher
 from dualkv.sim.cluster cimport Cluster as CCluster
 from dualkv.sim.metrics cimport Accounting as CAccounting, path_tokens, split_path_tokens  # C calls
+from dualkv.sim.metrics cimport Series as CSeries
 from dualkv.sim.events cimport EventQueue as CEventQueue
 
 
@@ -38,8 +39,9 @@ cdef class Simulator:
     cdef public frozenset all_pe
     cdef public long long[:] turn, end, _prompt, _hit, _gen
     cdef public double[:] submit_t, first_t, finish_t
-    cdef public list ttft, ttst, tpot, ttft_at, attn_balance, group_reports
-    cdef public object bytes_read
+    cdef public CSeries ttft, ttst, tpot, ttft_at, attn_t, attn_ratio
+    cdef public list group_reports
+    cdef public long long bytes_read  # < 2**63: ~9e6 TB
     cdef public dict split_left
     cdef public long long num_split
 

@@ -15,7 +15,7 @@ from dualkv.sched import EngineReport, GroupReport, Request, Scheduler
 from dualkv.sim.cluster import Cluster
 from dualkv.sim.config import SimConfig
 from dualkv.sim.events import EventQueue
-from dualkv.sim.metrics import Accounting, path_tokens, split_path_tokens
+from dualkv.sim.metrics import Accounting, Series, path_tokens, split_path_tokens
 from dualkv.sim.workload import Workload
 
 ARRIVE, TICK, READ_DONE, FORWARD_DONE, H2D_DONE, DECODE_DONE, MONITOR = range(7)
@@ -83,8 +83,11 @@ class Simulator:
         self.first_t = array("d", [0.0]) * n
         self.finish_t = array("d", [0.0]) * n
         self.num_done = 0
-        self.ttft, self.ttst, self.tpot, self.ttft_at = [], [], [], []
-        self.attn_balance = []  # (time, max/avg attention time in the EP group)
+        # per-turn figures (at most one per turn each) and, per forward, its time and the
+        # max/avg attention time over the EP group's GPUs: columns of doubles (metrics.Series)
+        turns = work.num_turns
+        self.ttft, self.ttst, self.tpot, self.ttft_at = Series(turns), Series(turns), Series(turns), Series(turns)
+        self.attn_t, self.attn_ratio = Series(), Series()
         self.bytes_read = 0
         # split reads whose buffers are reserved: request id -> parts still reading
         self.split_left = {}
@@ -131,7 +134,8 @@ class Simulator:
         events = self.events
         num_agents = self.work.num_agents
         while len(events):
-            t, kind, obj = events.pop()
+            obj = events.pop_payload()
+            t, kind = events.last_t, events.last_kind
             if t > until:
                 break
             self.now = t
@@ -275,10 +279,10 @@ class Simulator:
                 continue
             on_pe = r.read_side == "pe"
             if on_pe and not c.buffer_fits(r.pe_node, r.hit_tokens):
-                c.blocked.setdefault(r.pe_node, set()).add(node)
+                c.block(r.pe_node, node)
                 return
             if not c.buffer_fits(r.de_node, r.prompt_tokens):
-                c.blocked.setdefault(r.de_node, set()).add(node)
+                c.block(r.de_node, node)
                 return
             pending.popleft()
             if on_pe:
@@ -321,10 +325,10 @@ class Simulator:
         forever (a deadlock tests/sim/test_split_sim.py reproduces with small buffers)."""
         c = self.c
         if not c.buffer_fits(r.pe_node, r.pe_read_tokens):
-            c.blocked.setdefault(r.pe_node, set()).add(node)
+            c.block(r.pe_node, node)
             return False
         if not c.buffer_fits(r.de_node, r.prompt_tokens):
-            c.blocked.setdefault(r.de_node, set()).add(node)
+            c.block(r.de_node, node)
             return False
         c.buf_used[r.pe_node] += r.pe_read_tokens
         c.buf_used[r.de_node] += r.prompt_tokens
@@ -405,7 +409,8 @@ class Simulator:
         if not batch:
             return
         longest = max(gpu_times)
-        self.attn_balance.append((self.now, longest * len(gpu_times) / sum(gpu_times)))
+        self.attn_t.append(self.now)
+        self.attn_ratio.append(longest * len(gpu_times) / sum(gpu_times))
         c.pe_busy[g] = True
         # A forward's time: the slowest GPU's attention (and, without layerwise prefill, its
         # load/store), the group's linear work spread over its GPUs, and the fixed per-forward
