@@ -23,6 +23,9 @@ class Request:
             raise InvalidArgument(f"need 0 <= hit_tokens < prompt_tokens, got {hit_tokens}, {prompt_tokens}")
         if gen_tokens < 1:
             raise InvalidArgument(f"gen_tokens must be >= 1, got {gen_tokens}")
+        self._fill(rid, prompt_tokens, hit_tokens, gen_tokens, tag)
+
+    def _fill(self, rid, prompt_tokens: int, hit_tokens: int, gen_tokens: int, tag) -> None:
         self.rid = rid
         self.prompt_tokens = prompt_tokens  # len_r: context + append
         self.hit_tokens = hit_tokens  # prefix already in storage
@@ -71,6 +74,15 @@ class Request:
         return (f"Request(rid={self.rid}, len={self.prompt_tokens}, hit={self.hit_tokens}, "
                 f"gen={self.gen_tokens}, pe={self.pe}, de={self.de}, side={self.read_side}, "
                 f"pe_read={self.pe_read_tokens})")
+
+
+def new_request(rid, prompt_tokens: int, hit_tokens: int, gen_tokens: int, tag=None) -> Request:
+    """Request(rid, prompt_tokens, hit_tokens, gen_tokens, tag) without the shape checks, for
+    a caller that checked every shape at once (the simulator checks its whole workload):
+    compiled (request.pxd), a C call that passes the numbers unboxed."""
+    request = Request.__new__(Request)
+    request._fill(rid, prompt_tokens, hit_tokens, gen_tokens, tag)
+    return request
 
 
 @dataclass(frozen=True)

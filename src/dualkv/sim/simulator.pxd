@@ -5,9 +5,10 @@ cimport cython
 from dualkv.sched.request cimport Request as CRequest
 from dualkv.sched.request cimport EngineReport as CEngineReport, GroupReport as CGroupReport
 from dualkv.sched.request cimport FetchResult as CFetchResult
+from dualkv.sched.request cimport new_request  # a C call: no boxing, no shape checks
 from dualkv.sched.inter cimport Scheduler as CScheduler
 from dualkv.sched.intra cimport PrefillBatcher as CBatcher
-from dualkv.sim.cluster cimport Cluster as CCluster
+from dualkv.sim.cluster cimport Cluster as CCluster, NodeSet as CNodeSet
 from dualkv.sim.metrics cimport Accounting as CAccounting, path_tokens, split_path_tokens  # C calls
 from dualkv.sim.metrics cimport Series as CSeries
 from dualkv.sim.events cimport EventQueue as CEventQueue
@@ -16,9 +17,6 @@ from dualkv.sim.events cimport EventQueue as CEventQueue
 cpdef long long hbm_need(CRequest r) except? -1
 
 cpdef long long part_tokens(Py_ssize_t node, CRequest r) except? -1
-
-@cython.locals(order=list, k=Py_ssize_t)
-cpdef list _rotated(set groups, long long shift)
 
 
 # final: nothing subclasses it, so its cpdef methods are called directly
@@ -34,9 +32,8 @@ cdef class Simulator:
     cdef public double now, kv_bw, read_s_per_token, linear_s_per_token, tpot_slope, tpot_light
     cdef public double forward_fixed_s
     cdef public double period
-    cdef public set pe_awake, de_awake, pe_full, dirty_read_q
+    cdef public CNodeSet pe_awake, de_awake, pe_full, dirty_read_q
     cdef public bint tick_armed, io_free, layerwise, pe_wake_all
-    cdef public frozenset all_pe
     cdef public long long[:] turn, end, _prompt, _hit, _gen
     cdef public double[:] submit_t, first_t, finish_t
     cdef public CSeries ttft, ttst, tpot, ttft_at, attn_t, attn_ratio
@@ -59,7 +56,7 @@ cdef class Simulator:
 
     cpdef arm_tick(self)
 
-    @cython.locals(sched=CScheduler, node=Py_ssize_t)
+    @cython.locals(sched=CScheduler, node=Py_ssize_t, g=Py_ssize_t)
     cpdef on_tick(self, _)
 
     @cython.locals(c=CCluster, r=CRequest, e=Py_ssize_t, report=CGroupReport, er=CEngineReport,

@@ -11,8 +11,10 @@ saturated cluster costs no events.
 import gc
 from array import array
 
+from dualkv.errors import InvalidArgument
 from dualkv.sched import EngineReport, GroupReport, Request, Scheduler
-from dualkv.sim.cluster import Cluster
+from dualkv.sched.request import new_request
+from dualkv.sim.cluster import Cluster, NodeSet
 from dualkv.sim.config import SimConfig
 from dualkv.sim.events import EventQueue
 from dualkv.sim.metrics import Accounting, Series, path_tokens, split_path_tokens
@@ -48,16 +50,19 @@ def _int64s(values) -> array:
     return out
 
 
-def _rotated(groups: set, shift: int) -> list:
-    if len(groups) < 2:  # most ticks: nothing to sort or rotate
-        return list(groups)
-    order = sorted(groups)
-    k = shift % len(order)
-    return order[k:] + order[:k]
+def check_shapes(work: Workload) -> None:
+    """Request's shape checks for every turn at once (0 <= hit < prompt, gen >= 1), so each
+    turn's Request is made without them (sched.request.new_request)."""
+    bad = (work.hit < 0) | (work.hit >= work.prompt) | (work.gen < 1)
+    if bad.any():
+        i = int(bad.argmax())
+        raise InvalidArgument(f"turn {i} of {work.name}: need 0 <= hit_tokens < prompt_tokens and "
+                              f"gen_tokens >= 1, got {work.hit[i]}, {work.prompt[i]}, {work.gen[i]}")
 
 
 class Simulator:
     def __init__(self, cfg: SimConfig, work: Workload, progress=None):
+        check_shapes(work)
         self.cfg, self.work, self.progress = cfg, work, progress
         self.c = Cluster(cfg)
         self.policy = self.c.policy
@@ -65,13 +70,13 @@ class Simulator:
         self.sched = Scheduler(self.sched_cfg, self.c.pe_groups, self.c.de_groups)
         self.acct = Accounting(self.c.num_nodes, cfg.window_s)
         self.events, self.now = EventQueue(), 0.0
-        self.pe_awake, self.de_awake, self.pe_full = set(), set(), set()
+        n = self.c.num_nodes  # group ids are node ids: PE nodes, then DE nodes
+        self.pe_awake, self.de_awake, self.pe_full = NodeSet(n), NodeSet(n), NodeSet(n)
         self.tick_armed, self._de_rotor = False, 0
         # "every PE group not in pe_full is awake", set when the global queue gets its first
         # request and applied at the next tick (on_tick says why that is the same set)
         self.pe_wake_all = False
-        self.all_pe = frozenset(range(self.c.num_pe_nodes))
-        self.dirty_read_q = set()  # nodes whose read queue changed since the last tick
+        self.dirty_read_q = NodeSet(n)  # nodes whose read queue changed since the last tick
         self.num_ticks = 0
         n = work.num_agents
         # Per-agent and per-turn numbers as flat arrays ('q' int64, 'd' double), typed as C
@@ -166,7 +171,7 @@ class Simulator:
     def submit(self, agent: int) -> None:
         i = self.turn[agent]
         self.submit_t[agent] = self.now
-        request = Request(i, self._prompt[i], self._hit[i], self._gen[i], agent)
+        request = new_request(i, self._prompt[i], self._hit[i], self._gen[i], agent)
         routed = self.sched.submit(request)
         if routed is None:
             if len(self.sched.pe_queue) == 1 and len(self.pe_full) < self.c.num_pe_nodes:
@@ -180,33 +185,33 @@ class Simulator:
         self.arm_tick()
 
     def arm_tick(self) -> None:
-        if not self.tick_armed and (self.pe_awake or self.de_awake or self.pe_wake_all):
+        if not self.tick_armed and (self.pe_awake.size or self.de_awake.size or self.pe_wake_all):
             period = self.period
             self.push((int(self.now / period) + 1) * period, TICK, None)
             self.tick_armed = True
 
     def on_tick(self, _) -> None:
         self.tick_armed = False
-        for node in sorted(self.dirty_read_q):  # every leader reports each period
+        for node in self.dirty_read_q.take(0):  # every leader reports each period
             self.sched.report_read_q(node, self.c.read_q[node])
-        self.dirty_read_q.clear()
         self.num_ticks += 1  # leaders fetch at different phases: rotate who goes first
-        pe, self.pe_awake = self.pe_awake, set()
         if self.pe_wake_all:
             # The groups not in pe_full when the queue got its first request, taken now: the
             # same set, since only a fetch (in a tick) adds to pe_full, and a group leaving it
             # (on_forward_done) while the queue is non-empty is added to pe_awake anyway.
             self.pe_wake_all = False
-            pe |= self.all_pe - self.pe_full
+            for g in range(self.c.num_pe_nodes):
+                if not self.pe_full.contains(g):
+                    self.pe_awake.add(g)
+        # take() empties the set first: groups woken during the fetches wait for the next tick
         # A PE fetch with nothing to take returns nothing and changes nothing (read queues
         # are reported above), so it is skipped: the same decisions, fewer calls. DE leaders
         # always report: their load refreshes the group's phase-1 total (fetch_de).
         sched = self.sched
-        for g in _rotated(pe, self.num_ticks):
+        for g in self.pe_awake.take(self.num_ticks):
             if sched.has_pe_work(g):
                 self.fetch_pe(g)
-        de, self.de_awake = self.de_awake, set()
-        for g in _rotated(de, self.num_ticks):
+        for g in self.de_awake.take(self.num_ticks):
             self.fetch_de(g)
         self.arm_tick()
 
@@ -250,7 +255,8 @@ class Simulator:
             c.de_assigned[r.de] += hbm_need(r)
         for r in result.placed:
             self.place(r)
-        self.de_awake.update(result.woken_groups)
+        for woken in result.woken_groups:
+            self.de_awake.add(woken)
         self.arm_tick()
 
     # -- storage reads ----------------------------------------------------------------------
