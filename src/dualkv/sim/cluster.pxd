@@ -23,3 +23,15 @@ cdef class Cluster:
 
     @cython.locals(waiting=set)
     cpdef block(self, Py_ssize_t buffer_node, Py_ssize_t read_node)
+
+
+@cython.final
+cdef class NodeSet:
+    cdef public signed char[:] flags
+    cdef public Py_ssize_t size
+
+    cpdef bint contains(self, Py_ssize_t i) except -1
+    cpdef add(self, Py_ssize_t i)
+    cpdef discard(self, Py_ssize_t i)
+    @cython.locals(members=list, i=Py_ssize_t, k=Py_ssize_t)
+    cpdef list take(self, long long shift)

@@ -59,3 +59,43 @@ class Cluster:
             self.blocked[buffer_node] = {read_node}
         else:
             waiting.add(read_node)
+
+
+class NodeSet:
+    """A set of node ids in [0, n) as a flag array: add and discard are C stores once compiled
+    (cluster.pxd), no hashing or boxing; take() hands the members out in id order, rotated,
+    and empties the set (the loop's awake groups and changed read queues, once per tick)."""
+
+    def __init__(self, n: int):
+        self.flags = array("b", [0]) * n
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def contains(self, i: int) -> bool:
+        return self.flags[i] != 0
+
+    def add(self, i: int) -> None:
+        if not self.flags[i]:
+            self.flags[i] = 1
+            self.size += 1
+
+    def discard(self, i: int) -> None:
+        if self.flags[i]:
+            self.flags[i] = 0
+            self.size -= 1
+
+    def take(self, shift: int) -> list:
+        """The members in increasing id order, starting at the (shift mod size)-th (the tick
+        rotates which group fetches first); the set is empty afterwards."""
+        members = []
+        if self.size == 0:
+            return members
+        for i in range(len(self.flags)):
+            if self.flags[i]:
+                self.flags[i] = 0
+                members.append(i)
+        self.size = 0
+        k = shift % len(members)
+        return members[k:] + members[:k] if k else members
