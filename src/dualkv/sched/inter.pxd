@@ -15,7 +15,9 @@ cdef class Scheduler:
     cdef public object _side
     cdef public double _alpha, _beta, _z
     cdef public long long _split_block
-    cdef public dict pe_groups, de_groups, read_q, de_private, _private_tokens
+    cdef public dict pe_groups, de_groups, read_q, de_private
+    cdef public list _private_at
+    cdef public long long[:] _private_tokens
     cdef public dict _pending_pe, _pending_de
     cdef public object pe_queue, de_queue
     cdef public LeastLoaded de_loads
@@ -26,11 +28,12 @@ cdef class Scheduler:
     cpdef bint has_de_work(self, group_id) except -1
     cpdef report_read_q(self, node_id, read_q)
 
-    @cython.locals(e=EngineReport, reported=cython.longlong)
+    @cython.locals(e=EngineReport, reported=cython.longlong, pos=Py_ssize_t)
     cpdef report_de_load(self, GroupReport report)
 
     @cython.locals(e=EngineReport, reported=cython.longlong, taken=cython.longlong, request=Request,
-                   r=Request, result=FetchResult)
+                   r=Request, result=FetchResult, loads=LeastLoaded, tokens="long long[:]",
+                   own_at=Py_ssize_t, at=Py_ssize_t)
     cpdef fetch_for_de_group(self, GroupReport report)
 
     @cython.locals(request=Request, result=FetchResult)

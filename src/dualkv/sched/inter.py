@@ -7,6 +7,7 @@ and read side are all chosen; the caller then starts the read on the chosen node
 """
 from __future__ import annotations
 
+from array import array
 from collections import deque
 from typing import Sequence
 
@@ -40,7 +41,10 @@ class Scheduler:
         self.de_queue: deque[Request] = deque()  # waiting for phase 1 (a DE group)
         self.de_private = {gid: deque() for gid in self.de_groups}
         self.de_loads = LeastLoaded(self.de_groups)  # reported tokens + private queue
-        self._private_tokens = {gid: 0 for gid in self.de_groups}
+        # phase 1 works by position in de_loads.ids: the same private queues as a list, and
+        # each one's prompt tokens (int64; C arrays once compiled, inter.pxd)
+        self._private_at = [self.de_private[gid] for gid in self.de_loads.ids]
+        self._private_tokens = array("q", [0]) * len(self.de_loads.ids)
         self._rr_pe = [(g.group_id, e) for g in pe_groups for e in g.engine_ids]
         self._rr_de = [(g.group_id, e) for g in de_groups for e in g.engine_ids]
         self._rr_counts = [0, 0, 0]  # next PE, next DE, next read side
@@ -90,11 +94,11 @@ class Scheduler:
         group = self.de_groups[report.group_id]
         self.read_q[group.node_id] = report.read_q
         if self._smart:
-            gid = group.group_id
+            pos = self.de_loads.index[group.group_id]
             reported = 0
             for e in report.engines:
                 reported += e.tok
-            self.de_loads.set(gid, reported + self._private_tokens[gid])
+            self.de_loads.set_at(pos, reported + self._private_tokens[pos])
 
     # -- fetches --------------------------------------------------------------------------
     def fetch_for_pe_group(self, report: GroupReport) -> FetchResult:
@@ -125,21 +129,25 @@ class Scheduler:
             reported = 0
             for e in report.engines:
                 reported += e.tok
-            self.de_loads.set(own, reported + self._private_tokens[own])
-            while self.de_queue:
-                request = self.de_queue.popleft()
-                gid = self.de_loads.argmin()
-                queue = self.de_private[gid]
-                if gid != own and not queue:
-                    woken.append(gid)
-                queue.append(request)
-                self.de_loads.add(gid, request.prompt_tokens)
-                self._private_tokens[gid] += request.prompt_tokens
+            loads, tokens = self.de_loads, self._private_tokens  # by position in loads.ids
+            own_at = loads.index[own]
+            loads.set_at(own_at, reported + tokens[own_at])
+            if self.de_queue:
+                popleft = self.de_queue.popleft
+                while self.de_queue:
+                    request = popleft()
+                    at = loads.argmin_at()
+                    queue = self._private_at[at]
+                    if at != own_at and not queue:
+                        woken.append(loads.ids[at])
+                    queue.append(request)
+                    loads.add_at(at, request.prompt_tokens)
+                    tokens[at] += request.prompt_tokens
             picks = assign_des(private, report.engines, self._z)
             taken = 0
             for r, _ in picks:
                 taken += r.prompt_tokens
-            self._private_tokens[own] -= taken
+            tokens[own_at] -= taken
             pairs = [(r, report.engines[i].engine_id) for r, i in picks]
         else:
             pairs, woken = self._drain(self._pending_de[group.group_id]), []

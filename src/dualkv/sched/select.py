@@ -72,14 +72,26 @@ class LeastLoaded:
     def add(self, g: int, delta: float) -> None:
         self.loads[self.index[g]] += delta
 
+    def set_at(self, i: int, tokens: float) -> None:
+        """set() by position in `ids` (no lookup of the group id)."""
+        self.loads[i] = tokens
+
+    def add_at(self, i: int, delta: float) -> None:
+        """add() by position in `ids` (no lookup of the group id)."""
+        self.loads[i] += delta
+
     def argmin(self) -> int:
+        return self.ids[self.argmin_at()]
+
+    def argmin_at(self) -> int:
+        """argmin() as a position in `ids`."""
         loads = self.loads
         best, least = 0, loads[0]  # the running minimum in a local: one array read per group
         for i in range(1, len(loads)):
             load = loads[i]
             if load < least:
                 best, least = i, load
-        return self.ids[best]
+        return best
 
 
 def assign_des(queue: deque, engines: list[EngineReport], z_margin: float) -> list[tuple[Request, int]]:
