@@ -1,7 +1,7 @@
 # Compiles inter.py's Scheduler as a C-backed class: its fields are read on every submit and
 # fetch, and the simulator calls has_pe_work / has_de_work for many groups per tick.
 cimport cython
-from dualkv.sched.request cimport EngineReport, FetchResult, GroupReport, Request
+from dualkv.sched.request cimport EngineReport, FetchResult, GroupReport, Request, is_side
 # the selection rules as C calls (inter.py imports the same names; compiled, these bind them)
 from dualkv.sched.select cimport LeastLoaded, assign_des, assign_pes, shorter_queue_side
 

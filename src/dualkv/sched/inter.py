@@ -13,7 +13,7 @@ from typing import Sequence
 
 from dualkv.errors import InvalidArgument
 from dualkv.sched.config import SchedulerConfig
-from dualkv.sched.request import FetchResult, GroupReport, GroupSpec, Request
+from dualkv.sched.request import FetchResult, GroupReport, GroupSpec, Request, is_side
 from dualkv.sched.select import LeastLoaded, assign_des, assign_pes, shorter_queue_side
 from dualkv.sched.split import split_read, split_side
 
@@ -169,7 +169,7 @@ class Scheduler:
         if request.pe < 0 or request.de < 0:
             return
         side = request.read_side = self.choose_read_side(request)
-        if side == "split":  # both nodes read: each queue grows by its part
+        if is_side(side, "split"):  # both nodes read: each queue grows by its part
             self.read_q[request.pe_node] += request.pe_read_tokens
             self.read_q[request.de_node] += request.hit_tokens - request.pe_read_tokens
         elif not self._io_free:
@@ -182,19 +182,19 @@ class Scheduler:
         request.pe_read_tokens, the hit tokens the PE node reads (all, none, or a split's
         prefix)."""
         side = self._read_side(request)
-        if side != "split":
-            request.pe_read_tokens = request.hit_tokens if side == "pe" else 0
+        if not is_side(side, "split"):
+            request.pe_read_tokens = request.hit_tokens if is_side(side, "pe") else 0
         return side
 
     def _read_side(self, request: Request) -> str:
         side = self._side
-        if side == "pe" or self._io_free:
+        if is_side(side, "pe") or self._io_free:
             return "pe"
-        if side == "rr":
+        if is_side(side, "rr"):
             self._rr_counts[2] += 1
             return "pe" if self._rr_counts[2] % 2 else "de"
         pe_q, de_q = self.read_q[request.pe_node], self.read_q[request.de_node]
-        if side == "split":
+        if is_side(side, "split"):
             request.pe_read_tokens = split_read(request.hit_tokens, pe_q, de_q, self._split_block)
             return split_side(request.pe_read_tokens, request.hit_tokens)
         return shorter_queue_side(pe_q, de_q)

@@ -2,6 +2,9 @@
 # other compiled sched/sim modules). Semantics are the .py's; without a build the .py runs as is.
 cimport cython
 
+cpdef bint is_side(side, str name) except -1
+
+
 cdef class Request:
     cdef public object rid, read_side, tag
     cdef public long long prompt_tokens, hit_tokens, gen_tokens

@@ -5,7 +5,7 @@ cimport cython
 from dualkv.sched.request cimport Request as CRequest
 from dualkv.sched.request cimport EngineReport as CEngineReport, GroupReport as CGroupReport
 from dualkv.sched.request cimport FetchResult as CFetchResult
-from dualkv.sched.request cimport new_request  # a C call: no boxing, no shape checks
+from dualkv.sched.request cimport is_side, new_request  # C calls
 from dualkv.sched.inter cimport Scheduler as CScheduler
 from dualkv.sched.intra cimport PrefillBatcher as CBatcher
 from dualkv.sim.cluster cimport Cluster as CCluster, NodeSet as CNodeSet
@@ -34,7 +34,7 @@ cdef class Simulator:
     cdef public double period
     cdef public CNodeSet pe_awake, de_awake, pe_full, dirty_read_q
     cdef public bint tick_armed, io_free, layerwise, pe_wake_all
-    cdef public long long[:] turn, end, _prompt, _hit, _gen
+    cdef public long long[:] turn, end, _shape
     cdef public double[:] submit_t, first_t, finish_t
     cdef public CSeries ttft, ttst, tpot, ttft_at, attn_t, attn_ratio
     cdef public list group_reports
@@ -51,7 +51,7 @@ cdef class Simulator:
 
     cpdef on_arrive(self, Py_ssize_t agent)
 
-    @cython.locals(i=Py_ssize_t, request=CRequest, g=Py_ssize_t)
+    @cython.locals(i=Py_ssize_t, request=CRequest, g=Py_ssize_t, shape="long long[:]")
     cpdef submit(self, Py_ssize_t agent)
 
     cpdef arm_tick(self)

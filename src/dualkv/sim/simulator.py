@@ -11,9 +11,11 @@ saturated cluster costs no events.
 import gc
 from array import array
 
+import numpy as np
+
 from dualkv.errors import InvalidArgument
 from dualkv.sched import EngineReport, GroupReport, Request, Scheduler
-from dualkv.sched.request import new_request
+from dualkv.sched.request import is_side, new_request
 from dualkv.sim.cluster import Cluster, NodeSet
 from dualkv.sim.config import SimConfig
 from dualkv.sim.events import EventQueue
@@ -97,7 +99,9 @@ class Simulator:
         # split reads whose buffers are reserved: request id -> parts still reading
         self.split_left = {}
         self.num_split = 0  # requests read as a split (both nodes)
-        self._prompt, self._hit, self._gen = _int64s(work.prompt), _int64s(work.hit), _int64s(work.gen)
+        # each turn's (prompt, hit, gen) side by side: a submit reads one cache line, not three
+        # (at 5 M turns, each a miss: consecutive submits are different agents' turns)
+        self._shape = _int64s(np.stack([work.prompt, work.hit, work.gen], axis=1).ravel())
         m = cfg.model
         self.bpt = m.bytes_per_token
         self.kv_bw = cfg.cnic_bytes_per_s * cfg.cnic_kv_share
@@ -171,7 +175,8 @@ class Simulator:
     def submit(self, agent: int) -> None:
         i = self.turn[agent]
         self.submit_t[agent] = self.now
-        request = new_request(i, self._prompt[i], self._hit[i], self._gen[i], agent)
+        shape = self._shape
+        request = new_request(i, shape[3 * i], shape[3 * i + 1], shape[3 * i + 2], agent)
         routed = self.sched.submit(request)
         if routed is None:
             if len(self.sched.pe_queue) == 1 and len(self.pe_full) < self.c.num_pe_nodes:
@@ -264,7 +269,7 @@ class Simulator:
         if self.io_free:
             self.make_ready(r)
             return
-        if r.read_side == "split":
+        if is_side(r.read_side, "split"):
             self.place_split(r)
             return
         node = r.read_node
@@ -277,13 +282,13 @@ class Simulator:
         pending = c.snic_pending[node]
         while pending and not c.snic_busy[node]:
             r = pending[0]
-            if r.read_side == "split":
+            if is_side(r.read_side, "split"):
                 if r.rid not in self.split_left and not self.reserve_split(node, r):
                     return  # its buffers are full: blocked, as a whole read would be
                 pending.popleft()
                 self.start_read_part(node, r)
                 continue
-            on_pe = r.read_side == "pe"
+            on_pe = is_side(r.read_side, "pe")
             if on_pe and not c.buffer_fits(r.pe_node, r.hit_tokens):
                 c.block(r.pe_node, node)
                 return
@@ -405,7 +410,7 @@ class Simulator:
                 for ch in chunks:
                     loaded += ch.cached
                     stored += ch.bsz
-                    if ch.request.read_side == "pe" and ch.cached == ch.request.hit_tokens:
+                    if is_side(ch.request.read_side, "pe") and ch.cached == ch.request.hit_tokens:
                         stored += ch.cached
                 t += loaded * self.bpt / kv_bw + stored * self.bpt / kv_bw
             gpu_times.append(t)
@@ -446,13 +451,13 @@ class Simulator:
         c.tok[r.pe] -= r.prompt_tokens
         if not self.io_free:
             miss = r.prompt_tokens - r.hit_tokens  # r.miss_tokens, read as fields
-            if r.read_side == "split":
+            if is_side(r.read_side, "split"):
                 self.acct.add_class(self.now, split_path_tokens(
                     r.pe_read_tokens, r.hit_tokens - r.pe_read_tokens, miss))
                 self.release_buffer(r.pe_node, r.pe_read_tokens)
             else:
                 self.acct.add_class(self.now, path_tokens(r.read_side, r.hit_tokens, miss))
-            if r.read_side == "pe":
+            if is_side(r.read_side, "pe"):
                 self.release_buffer(r.pe_node, r.hit_tokens)
         waiting = c.de_wait[r.de]
         if waiting or (c.de_alloc[r.de] and c.de_alloc[r.de] + hbm_need(r) > c.de_cap):
