@@ -28,8 +28,10 @@ cdef class Scheduler:
     cpdef bint has_de_work(self, group_id) except -1
     cpdef report_read_q(self, node_id, read_q)
 
-    @cython.locals(e=EngineReport, reported=cython.longlong, pos=Py_ssize_t)
+    @cython.locals(e=EngineReport, reported=cython.longlong)
     cpdef report_de_load(self, GroupReport report)
+    @cython.locals(pos=Py_ssize_t)
+    cpdef report_de_tokens(self, group_id, read_q, long long tokens)
 
     @cython.locals(e=EngineReport, reported=cython.longlong, taken=cython.longlong, request=Request,
                    r=Request, result=FetchResult, loads=LeastLoaded, tokens="long long[:]",

@@ -91,14 +91,19 @@ class Scheduler:
         for a group with no work (`has_de_work` false): it records the read queue and, for
         phase 1, the group's tokens; nothing is assigned, placed or woken. A caller skips the
         fetch's result objects this way when its group has nothing to take."""
-        group = self.de_groups[report.group_id]
-        self.read_q[group.node_id] = report.read_q
+        reported = 0
+        for e in report.engines:
+            reported += e.tok
+        self.report_de_tokens(report.group_id, report.read_q, reported)
+
+    def report_de_tokens(self, group_id: int, read_q: int, tokens: int) -> None:
+        """report_de_load for a caller that keeps its group's token total (the sum of its
+        engines' `tok`) itself: the same records, without a report to fill."""
+        group = self.de_groups[group_id]
+        self.read_q[group.node_id] = read_q
         if self._smart:
-            pos = self.de_loads.index[group.group_id]
-            reported = 0
-            for e in report.engines:
-                reported += e.tok
-            self.de_loads.set_at(pos, reported + self._private_tokens[pos])
+            pos = self.de_loads.index[group_id]
+            self.de_loads.set_at(pos, tokens + self._private_tokens[pos])
 
     # -- fetches --------------------------------------------------------------------------
     def fetch_for_pe_group(self, report: GroupReport) -> FetchResult:

@@ -26,6 +26,7 @@ class Cluster:
         # every engine
         self.seq = array("q", [0]) * num_engines
         self.tok = array("q", [0]) * num_engines
+        self.node_tok = array("q", [0]) * num_nodes  # tok summed over each node's engines
         # nodes: storage NIC FIFO and host buffer (tokens)
         self.read_q = array("q", [0]) * num_nodes
         self.snic_pending = [deque() for _ in range(num_nodes)]

@@ -1,6 +1,9 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
 """Compiled twin of events.py: the same API and the same pop order ((t, push order)), with the
-heap held as C structs so a push or pop allocates nothing but the popped tuple."""
+heap held as C structs so a push or pop allocates nothing (pop_payload) or only the popped
+tuple (pop). The heap is 4-ary: half the levels of a binary heap, and a node's four children
+share two cache lines, which matters at ~50,000 pending events (48,000 agents). Keys are
+unique (push order breaks ties), so any correct heap pops the same sequence as heapq."""
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject
 
@@ -37,7 +40,7 @@ cdef class EventQueue:
         i = self._size
         self._size += 1
         while i > 0:  # sift up
-            parent = (i - 1) >> 1
+            parent = (i - 1) >> 2
             if not earlier(&ev, &self._heap[parent]):
                 break
             self._heap[i] = self._heap[parent]
@@ -47,26 +50,30 @@ cdef class EventQueue:
     cdef Event _pop(self) except *:
         """The earliest event, removed from the heap; its obj reference is the caller's."""
         cdef Event top, last
-        cdef Py_ssize_t i, child, n
+        cdef Py_ssize_t i, child, n, j, end, best
+        cdef Event* heap = self._heap
         if self._size == 0:
             raise IndexError("pop from an empty event queue")
-        top = self._heap[0]
+        top = heap[0]
         self._size -= 1
         n = self._size
         if n > 0:
-            last = self._heap[n]
+            last = heap[n]
             i = 0
             while True:  # sift the last event down from the root
-                child = 2 * i + 1
+                child = 4 * i + 1
                 if child >= n:
                     break
-                if child + 1 < n and earlier(&self._heap[child + 1], &self._heap[child]):
-                    child += 1
-                if not earlier(&self._heap[child], &last):
+                best = child  # the earliest of up to four children
+                end = min(child + 4, n)
+                for j in range(child + 1, end):
+                    if earlier(&heap[j], &heap[best]):
+                        best = j
+                if not earlier(&heap[best], &last):
                     break
-                self._heap[i] = self._heap[child]
-                i = child
-            self._heap[i] = last
+                heap[i] = heap[best]
+                i = best
+            heap[i] = last
         return top
 
     cpdef tuple pop(self):

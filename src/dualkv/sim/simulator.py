@@ -231,6 +231,7 @@ class Simulator:
         for r in result.assigned:
             c.seq[r.pe] += 1
             c.tok[r.pe] += r.prompt_tokens
+            c.node_tok[r.pe_node] += r.prompt_tokens
         for r in result.placed:
             self.place(r)
         if self.sched.has_pe_work(g):  # Algorithm 1 stopped: every engine is above beta
@@ -238,6 +239,14 @@ class Simulator:
 
     def fetch_de(self, g: int) -> None:
         c = self.c
+        if not self.sched.has_de_work(g):
+            # About half the DE fetches find no work (another leader drained the global queue
+            # into other groups first). Such a fetch only reports the group's load, so only
+            # that is sent, as the group's token total (report_de_tokens, what report_de_load
+            # sums): the same decisions, without a report or the fetch's result objects.
+            self.sched.report_de_tokens(g, c.read_q[g], c.node_tok[g])
+            self.arm_tick()
+            return
         cap = c.de_cap
         # an engine reports the HBM it has free now; requests assigned but not yet decoding
         # are not reserved (the paper's Z rule is what keeps them from overflowing it)
@@ -246,17 +255,11 @@ class Simulator:
         for er in report.engines:
             e = er.engine_id
             er.seq, er.tok, er.free_hbm_tokens = c.seq[e], c.tok[e], cap - c.de_alloc[e]
-        if not self.sched.has_de_work(g):
-            # About half the DE fetches find no work (another leader drained the global queue
-            # into other groups first). Such a fetch only reports the group's load, so only
-            # the report is sent: the same decisions, without the fetch's result objects.
-            self.sched.report_de_load(report)
-            self.arm_tick()
-            return
         result = self.sched.fetch_for_de_group(report)
         for r in result.assigned:
             c.seq[r.de] += 1
             c.tok[r.de] += r.prompt_tokens
+            c.node_tok[r.de_node] += r.prompt_tokens
             c.de_assigned[r.de] += hbm_need(r)
         for r in result.placed:
             self.place(r)
@@ -449,6 +452,7 @@ class Simulator:
         self.ttft_at.append(self.submit_t[a])
         c.seq[r.pe] -= 1
         c.tok[r.pe] -= r.prompt_tokens
+        c.node_tok[r.pe_node] -= r.prompt_tokens
         if not self.io_free:
             miss = r.prompt_tokens - r.hit_tokens  # r.miss_tokens, read as fields
             if is_side(r.read_side, "split"):
@@ -489,6 +493,7 @@ class Simulator:
         c.de_assigned[e] -= hbm_need(r)
         c.seq[e] -= 1
         c.tok[e] -= r.prompt_tokens
+        c.node_tok[r.de_node] -= r.prompt_tokens
         if not self.io_free:
             block = self.block
             written = (r.prompt_tokens + r.gen_tokens) // block * block - r.hit_tokens
