@@ -11,7 +11,7 @@ from dualkv.sched.select cimport LeastLoaded, assign_des, assign_pes, shorter_qu
 @cython.final
 cdef class Scheduler:
     cdef public object config, policy
-    cdef public bint _smart, _io_free
+    cdef public bint _smart, _io_free, _side_pe, _side_rr, _side_split
     cdef public object _side
     cdef public double _alpha, _beta, _z
     cdef public long long _split_block
@@ -33,12 +33,12 @@ cdef class Scheduler:
     @cython.locals(pos=Py_ssize_t)
     cpdef report_de_tokens(self, group_id, read_q, long long tokens)
 
-    @cython.locals(e=EngineReport, reported=cython.longlong, taken=cython.longlong, request=Request,
-                   r=Request, result=FetchResult, loads=LeastLoaded, tokens="long long[:]",
-                   own_at=Py_ssize_t, at=Py_ssize_t)
+    @cython.locals(e=EngineReport, reported=cython.longlong, request=Request, result=FetchResult,
+                   loads=LeastLoaded, tokens="long long[:]", own_at=Py_ssize_t, at=Py_ssize_t,
+                   i=Py_ssize_t)
     cpdef fetch_for_de_group(self, GroupReport report)
 
-    @cython.locals(request=Request, result=FetchResult)
+    @cython.locals(request=Request, result=FetchResult, i=Py_ssize_t)
     cpdef fetch_for_pe_group(self, GroupReport report)
 
     cdef _finish(self, Request request, FetchResult result)

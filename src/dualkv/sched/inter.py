@@ -28,6 +28,9 @@ class Scheduler:
         # the policy's switches and thresholds as plain fields: read on every call
         self._smart, self._io_free = self.policy.is_smart, self.policy.is_io_free
         self._side = self.policy.side
+        # the read-side rule as flags, tested per request instead of comparing strings
+        self._side_pe = is_side(self._side, "pe") or self._io_free
+        self._side_rr, self._side_split = is_side(self._side, "rr"), is_side(self._side, "split")
         self._alpha, self._beta = config.alpha_tokens, config.beta_tokens
         self._z = config.z_margin
         self._split_block = config.split_block_tokens
@@ -110,15 +113,16 @@ class Scheduler:
         """A PE group leader fetches: Algorithm 1 over the global FIFO (smart policies)."""
         group = self.pe_groups[report.group_id]
         self.read_q[group.node_id] = report.read_q
+        node = group.node_id
+        result = FetchResult()
         if self._smart:
             read_qs = [report.read_q] * len(report.engines)
-            picks = assign_pes(self.pe_queue, report.engines, read_qs, self._alpha, self._beta)
-            pairs = [(r, report.engines[i].engine_id) for r, i in picks]
-        else:
-            pairs = self._drain(self._pending_pe[group.group_id])
-        result = FetchResult()
-        for request, engine_id in pairs:
-            request.pe, request.pe_node = engine_id, group.node_id
+            for request, i in assign_pes(self.pe_queue, report.engines, read_qs, self._alpha, self._beta):
+                request.pe, request.pe_node = report.engines[i].engine_id, node
+                self._finish(request, result)
+            return result
+        for request, engine_id in self._drain(self._pending_pe[group.group_id]):
+            request.pe, request.pe_node = engine_id, node
             self._finish(request, result)
         return result
 
@@ -148,16 +152,14 @@ class Scheduler:
                     queue.append(request)
                     loads.add_at(at, request.prompt_tokens)
                     tokens[at] += request.prompt_tokens
-            picks = assign_des(private, report.engines, self._z)
-            taken = 0
-            for r, _ in picks:
-                taken += r.prompt_tokens
-            tokens[own_at] -= taken
-            pairs = [(r, report.engines[i].engine_id) for r, i in picks]
-        else:
-            pairs, woken = self._drain(self._pending_de[group.group_id]), []
-        result = FetchResult([], [], woken)
-        for request, engine_id in pairs:
+            result = FetchResult([], [], woken)
+            for request, i in assign_des(private, report.engines, self._z):
+                tokens[own_at] -= request.prompt_tokens
+                request.de, request.de_node = report.engines[i].engine_id, node
+                self._finish(request, result)
+            return result
+        result = FetchResult()
+        for request, engine_id in self._drain(self._pending_de[group.group_id]):
             request.de, request.de_node = engine_id, node
             self._finish(request, result)
         return result
@@ -174,11 +176,11 @@ class Scheduler:
         if request.pe < 0 or request.de < 0:
             return
         side = request.read_side = self.choose_read_side(request)
-        if is_side(side, "split"):  # both nodes read: each queue grows by its part
+        if self._side_split and is_side(side, "split"):  # both nodes read: each queue grows by its part
             self.read_q[request.pe_node] += request.pe_read_tokens
             self.read_q[request.de_node] += request.hit_tokens - request.pe_read_tokens
         elif not self._io_free:
-            node = request.read_node
+            node = request.pe_node if is_side(side, "pe") else request.de_node  # request.read_node
             self.read_q[node] += request.hit_tokens
         result.placed.append(request)
 
@@ -187,19 +189,18 @@ class Scheduler:
         request.pe_read_tokens, the hit tokens the PE node reads (all, none, or a split's
         prefix)."""
         side = self._read_side(request)
-        if not is_side(side, "split"):
+        if not (self._side_split and is_side(side, "split")):
             request.pe_read_tokens = request.hit_tokens if is_side(side, "pe") else 0
         return side
 
     def _read_side(self, request: Request) -> str:
-        side = self._side
-        if is_side(side, "pe") or self._io_free:
+        if self._side_pe:  # "pe", or every read free (oracle)
             return "pe"
-        if is_side(side, "rr"):
+        if self._side_rr:
             self._rr_counts[2] += 1
             return "pe" if self._rr_counts[2] % 2 else "de"
         pe_q, de_q = self.read_q[request.pe_node], self.read_q[request.de_node]
-        if is_side(side, "split"):
+        if self._side_split:
             request.pe_read_tokens = split_read(request.hit_tokens, pe_q, de_q, self._split_block)
             return split_side(request.pe_read_tokens, request.hit_tokens)
         return shorter_queue_side(pe_q, de_q)

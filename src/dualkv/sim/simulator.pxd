@@ -16,6 +16,8 @@ from dualkv.sim.events cimport EventQueue as CEventQueue
 
 cpdef long long hbm_need(CRequest r) except? -1
 
+cpdef Py_ssize_t read_node(CRequest r) except? -1
+
 cpdef long long part_tokens(Py_ssize_t node, CRequest r) except? -1
 
 
@@ -33,7 +35,7 @@ cdef class Simulator:
     cdef public double forward_fixed_s
     cdef public double period
     cdef public CNodeSet pe_awake, de_awake, pe_full, dirty_read_q
-    cdef public bint tick_armed, io_free, layerwise, pe_wake_all
+    cdef public bint tick_armed, io_free, layerwise, pe_wake_all, may_split
     cdef public long long[:] turn, end, _shape
     cdef public double[:] submit_t, first_t, finish_t
     cdef public CSeries ttft, ttst, tpot, ttft_at, attn_t, attn_ratio

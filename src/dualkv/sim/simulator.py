@@ -40,6 +40,12 @@ def hbm_need(r: Request) -> int:
     return r.prompt_tokens + r.gen_tokens
 
 
+def read_node(r: Request) -> int:
+    """r.read_node of a whole-request read, read as fields (a property is a Python-level
+    lookup once compiled)."""
+    return r.pe_node if is_side(r.read_side, "pe") else r.de_node
+
+
 def part_tokens(node: int, r: Request) -> int:
     """Hit tokens `node` reads of a split request: the prefix on its PE node, the rest on its
     DE node."""
@@ -111,6 +117,7 @@ class Simulator:
         self.tpot_slope = m.tpot_full_s - m.tpot_light_s
         self.tpot_light = m.tpot_light_s
         self.io_free, self.layerwise = self.policy.is_io_free, self.policy.is_layerwise
+        self.may_split = is_side(self.policy.side, "split")  # a request may read on both nodes
         self.block = cfg.block_tokens
         self.period = cfg.fetch_period_s
         # One report per engine and per group, refilled before each fetch: the scheduler uses
@@ -272,10 +279,10 @@ class Simulator:
         if self.io_free:
             self.make_ready(r)
             return
-        if is_side(r.read_side, "split"):
+        if self.may_split and is_side(r.read_side, "split"):
             self.place_split(r)
             return
-        node = r.read_node
+        node = read_node(r)
         self.c.read_q[node] += r.hit_tokens
         self.c.snic_pending[node].append(r)
         self.start_reads(node)
@@ -285,7 +292,7 @@ class Simulator:
         pending = c.snic_pending[node]
         while pending and not c.snic_busy[node]:
             r = pending[0]
-            if is_side(r.read_side, "split"):
+            if self.may_split and is_side(r.read_side, "split"):
                 if r.rid not in self.split_left and not self.reserve_split(node, r):
                     return  # its buffers are full: blocked, as a whole read would be
                 pending.popleft()
@@ -311,7 +318,7 @@ class Simulator:
             self.push(end, READ_DONE, r)
 
     def on_read_done(self, r: Request) -> None:
-        node = r.read_node
+        node = read_node(r)
         self.c.snic_busy[node] = False
         self.c.read_q[node] -= r.hit_tokens
         self.dirty_read_q.add(node)
@@ -455,7 +462,7 @@ class Simulator:
         c.node_tok[r.pe_node] -= r.prompt_tokens
         if not self.io_free:
             miss = r.prompt_tokens - r.hit_tokens  # r.miss_tokens, read as fields
-            if is_side(r.read_side, "split"):
+            if self.may_split and is_side(r.read_side, "split"):
                 self.acct.add_class(self.now, split_path_tokens(
                     r.pe_read_tokens, r.hit_tokens - r.pe_read_tokens, miss))
                 self.release_buffer(r.pe_node, r.pe_read_tokens)
