@@ -10,7 +10,7 @@ cdef class FlopCurve:
     cdef public list flops, seconds
     cdef double[:] _xs, _ys
 
-    @cython.locals(i=Py_ssize_t, last=Py_ssize_t, slope=double, xs="double[:]", ys="double[:]")
+    @cython.locals(i=Py_ssize_t, last=Py_ssize_t, slope=double)
     cpdef double seconds_for(self, double flops) except? -1.0
 
 

@@ -32,14 +32,14 @@ class FlopCurve:
         return self.seconds_for(flops)
 
     def seconds_for(self, flops: float) -> float:
-        xs, ys = self._xs, self._ys
         # the segment: the last point at or below flops, clamped to the first and last
-        # segments (a scan: curves have a handful of points, and compiled it is C compares)
-        i, last = 0, len(xs) - 2
-        while i < last and xs[i + 1] <= flops:
+        # segments (a scan: curves have a handful of points, and compiled it is C compares;
+        # the fields are read in place: a memoryview local costs a reference count each call)
+        i, last = 0, len(self._xs) - 2
+        while i < last and self._xs[i + 1] <= flops:
             i += 1
-        slope = (ys[i + 1] - ys[i]) / (xs[i + 1] - xs[i])
-        return ys[i] + (flops - xs[i]) * slope
+        slope = (self._ys[i + 1] - self._ys[i]) / (self._xs[i + 1] - self._xs[i])
+        return self._ys[i] + (flops - self._xs[i]) * slope
 
 
 @dataclass(frozen=True)

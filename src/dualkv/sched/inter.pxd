@@ -6,6 +6,9 @@ from dualkv.sched.request cimport EngineReport, FetchResult, GroupReport, Reques
 from dualkv.sched.select cimport LeastLoaded, assign_des, assign_pes, shorter_queue_side
 
 
+cpdef FetchResult _cleared(FetchResult result)
+
+
 # final: nothing subclasses it, so its cpdef methods are called directly
 # (no vtable, no check for a Python override)
 @cython.final
@@ -36,10 +39,10 @@ cdef class Scheduler:
     @cython.locals(e=EngineReport, reported=cython.longlong, request=Request, result=FetchResult,
                    loads=LeastLoaded, tokens="long long[:]", own_at=Py_ssize_t, at=Py_ssize_t,
                    i=Py_ssize_t)
-    cpdef fetch_for_de_group(self, GroupReport report)
+    cpdef fetch_for_de_group(self, GroupReport report, FetchResult into=*)
 
     @cython.locals(request=Request, result=FetchResult, i=Py_ssize_t)
-    cpdef fetch_for_pe_group(self, GroupReport report)
+    cpdef fetch_for_pe_group(self, GroupReport report, FetchResult into=*)
 
     cdef _finish(self, Request request, FetchResult result)
     cpdef choose_read_side(self, Request request)

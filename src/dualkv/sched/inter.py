@@ -18,6 +18,14 @@ from dualkv.sched.select import LeastLoaded, assign_des, assign_pes, shorter_que
 from dualkv.sched.split import split_read, split_side
 
 
+def _cleared(result: FetchResult | None) -> FetchResult:
+    """A new FetchResult, or `result` emptied for reuse."""
+    if result is None:
+        return FetchResult()
+    del result.assigned[:], result.placed[:], result.woken_groups[:]
+    return result
+
+
 class Scheduler:
     def __init__(self, config: SchedulerConfig, pe_groups: Sequence[GroupSpec],
                  de_groups: Sequence[GroupSpec]):
@@ -109,12 +117,14 @@ class Scheduler:
             self.de_loads.set_at(pos, tokens + self._private_tokens[pos])
 
     # -- fetches --------------------------------------------------------------------------
-    def fetch_for_pe_group(self, report: GroupReport) -> FetchResult:
-        """A PE group leader fetches: Algorithm 1 over the global FIFO (smart policies)."""
+    def fetch_for_pe_group(self, report: GroupReport, into: FetchResult | None = None) -> FetchResult:
+        """A PE group leader fetches: Algorithm 1 over the global FIFO (smart policies).
+        `into`: a FetchResult to clear and fill instead of a new one, for a caller that reads
+        each result before its next fetch (the simulator fetches millions of times)."""
         group = self.pe_groups[report.group_id]
         self.read_q[group.node_id] = report.read_q
         node = group.node_id
-        result = FetchResult()
+        result = _cleared(into)
         if self._smart:
             read_qs = [report.read_q] * len(report.engines)
             for request, i in assign_pes(self.pe_queue, report.engines, read_qs, self._alpha, self._beta):
@@ -126,15 +136,17 @@ class Scheduler:
             self._finish(request, result)
         return result
 
-    def fetch_for_de_group(self, report: GroupReport) -> FetchResult:
+    def fetch_for_de_group(self, report: GroupReport, into: FetchResult | None = None) -> FetchResult:
         """A DE group leader fetches: phase 1 drains the global queue into group queues, then
-        phase 2 places this group's queue on its engines (smart policies)."""
+        phase 2 places this group's queue on its engines (smart policies). `into`: as for
+        fetch_for_pe_group."""
         group = self.de_groups[report.group_id]
         own, node = group.group_id, group.node_id  # read once: a dataclass's fields are slow
         self.read_q[node] = report.read_q
+        result = _cleared(into)
         if self._smart:
             private = self.de_private[own]
-            woken = []
+            woken = result.woken_groups
             reported = 0
             for e in report.engines:
                 reported += e.tok
@@ -152,13 +164,11 @@ class Scheduler:
                     queue.append(request)
                     loads.add_at(at, request.prompt_tokens)
                     tokens[at] += request.prompt_tokens
-            result = FetchResult([], [], woken)
             for request, i in assign_des(private, report.engines, self._z):
                 tokens[own_at] -= request.prompt_tokens
                 request.de, request.de_node = report.engines[i].engine_id, node
                 self._finish(request, result)
             return result
-        result = FetchResult()
         for request, engine_id in self._drain(self._pending_de[group.group_id]):
             request.de, request.de_node = engine_id, node
             self._finish(request, result)

@@ -40,6 +40,7 @@ cdef class Simulator:
     cdef public double[:] submit_t, first_t, finish_t
     cdef public CSeries ttft, ttst, tpot, ttft_at, attn_t, attn_ratio
     cdef public list group_reports
+    cdef public CFetchResult fetched
     cdef public long long bytes_read  # < 2**63: ~9e6 TB
     cdef public dict split_left
     cdef public long long num_split

@@ -14,7 +14,7 @@ from array import array
 import numpy as np
 
 from dualkv.errors import InvalidArgument
-from dualkv.sched import EngineReport, GroupReport, Request, Scheduler
+from dualkv.sched import EngineReport, FetchResult, GroupReport, Request, Scheduler
 from dualkv.sched.request import is_side, new_request
 from dualkv.sim.cluster import Cluster, NodeSet
 from dualkv.sim.config import SimConfig
@@ -125,6 +125,7 @@ class Simulator:
         engine_reports = [EngineReport(e, 0, 0) for e in range(len(self.c.seq))]
         self.group_reports = [GroupReport(s.group_id, 0, [engine_reports[e] for e in s.engine_ids])
                               for s in (*self.c.pe_groups, *self.c.de_groups)]
+        self.fetched = FetchResult()  # refilled by every fetch, read before the next
 
     # -- the loop ---------------------------------------------------------------------------
     def push(self, t: float, kind: int, obj) -> None:
@@ -234,7 +235,7 @@ class Simulator:
         for er in report.engines:
             e = er.engine_id
             er.seq, er.tok = c.seq[e], c.tok[e]
-        result = self.sched.fetch_for_pe_group(report)
+        result = self.sched.fetch_for_pe_group(report, self.fetched)
         for r in result.assigned:
             c.seq[r.pe] += 1
             c.tok[r.pe] += r.prompt_tokens
@@ -262,7 +263,7 @@ class Simulator:
         for er in report.engines:
             e = er.engine_id
             er.seq, er.tok, er.free_hbm_tokens = c.seq[e], c.tok[e], cap - c.de_alloc[e]
-        result = self.sched.fetch_for_de_group(report)
+        result = self.sched.fetch_for_de_group(report, self.fetched)
         for r in result.assigned:
             c.seq[r.de] += 1
             c.tok[r.de] += r.prompt_tokens
