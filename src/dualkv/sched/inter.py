@@ -22,7 +22,12 @@ def _cleared(result: FetchResult | None) -> FetchResult:
     """A new FetchResult, or `result` emptied for reuse."""
     if result is None:
         return FetchResult()
-    del result.assigned[:], result.placed[:], result.woken_groups[:]
+    if result.assigned:
+        del result.assigned[:]
+    if result.placed:
+        del result.placed[:]
+    if result.woken_groups:
+        del result.woken_groups[:]
     return result
 
 

@@ -3,6 +3,8 @@
 cimport cython
 from dualkv.sched.cost cimport FlopCurve as CFlopCurve
 
+cdef class NodeSet  # below; Cluster.block uses it
+
 
 # final: nothing subclasses it, so its cpdef methods are called directly
 # (no vtable, no check for a Python override)
@@ -16,12 +18,12 @@ cdef class Cluster:
     cdef public signed char[:] snic_busy, pe_busy
     cdef public double[:] h2d_free
     cdef public long long buf_cap, de_cap
-    cdef public dict blocked
+    cdef public list blocked
 
     @cython.locals(used=cython.longlong)
     cpdef bint buffer_fits(self, Py_ssize_t node, long long tokens) except -1
 
-    @cython.locals(waiting=set)
+    @cython.locals(waiting=NodeSet)
     cpdef block(self, Py_ssize_t buffer_node, Py_ssize_t read_node)
 
 

@@ -33,7 +33,8 @@ class Cluster:
         self.snic_busy = array("b", [0]) * num_nodes
         self.buf_used = array("q", [0]) * num_nodes
         self.buf_cap = int(m.dram_bytes_per_node / m.bytes_per_token)
-        self.blocked: dict[int, set] = {}  # buffer node -> read nodes waiting on it
+        # per buffer node: the read nodes whose queue head waits for room in its buffer
+        self.blocked = [NodeSet(num_nodes) for _ in range(num_nodes)]
         # PE GPUs
         self.curve = FlopCurve.linear(m.pe_flops_per_s)
         cap = None if self.policy.is_layerwise else m.pe_hbm_tokens
@@ -53,13 +54,10 @@ class Cluster:
         return used == 0 or used + tokens <= self.buf_cap  # one oversized request still runs
 
     def block(self, buffer_node: int, read_node: int) -> None:
-        """`read_node`'s queue head waits for room in `buffer_node`'s buffer (no new set when
-        one is there: this runs at every failed start while the buffers are full)."""
-        waiting = self.blocked.get(buffer_node)
-        if waiting is None:
-            self.blocked[buffer_node] = {read_node}
-        else:
-            waiting.add(read_node)
+        """`read_node`'s queue head waits for room in `buffer_node`'s buffer (this runs at every
+        failed start while the buffers are full: a flag store)."""
+        waiting = self.blocked[buffer_node]
+        waiting.add(read_node)
 
 
 class NodeSet:

@@ -66,10 +66,10 @@ cdef class EventQueue:
                     break
                 best = child  # the earliest of up to four children
                 end = min(child + 4, n)
-                for j in range(child + 1, end):
-                    if earlier(&heap[j], &heap[best]):
+                for j in range(child + 1, end):  # earlier(), written out: gcc kept it a call
+                    if heap[j].t < heap[best].t or (heap[j].t == heap[best].t and heap[j].seq < heap[best].seq):
                         best = j
-                if not earlier(&heap[best], &last):
+                if not (heap[best].t < last.t or (heap[best].t == last.t and heap[best].seq < last.seq)):
                     break
                 heap[i] = heap[best]
                 i = best

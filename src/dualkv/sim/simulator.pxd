@@ -90,6 +90,7 @@ cdef class Simulator:
     @cython.locals(node=Py_ssize_t, r=CRequest, tokens=cython.longlong, left=cython.longlong)
     cpdef on_read_part_done(self, item)
 
+    @cython.locals(blocked=CNodeSet, read_node=Py_ssize_t)
     cpdef release_buffer(self, Py_ssize_t node, long long tokens)
 
     @cython.locals(c=CCluster)

@@ -391,9 +391,9 @@ class Simulator:
 
     def release_buffer(self, node: int, tokens: int) -> None:
         self.c.buf_used[node] -= tokens
-        blocked = self.c.blocked.pop(node, None)
-        if blocked:  # usually none: no sorted() list per release
-            for read_node in sorted(blocked):
+        blocked = self.c.blocked[node]
+        if blocked.size:  # take() empties it first: a read node blocked again waits anew
+            for read_node in blocked.take(0):
                 self.start_reads(read_node)
 
     # -- prefill ----------------------------------------------------------------------------
