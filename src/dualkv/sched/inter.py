@@ -150,13 +150,13 @@ class Scheduler:
         self.read_q[node] = report.read_q
         result = _cleared(into)
         if self._smart:
-            private = self.de_private[own]
             woken = result.woken_groups
             reported = 0
             for e in report.engines:
                 reported += e.tok
             loads, tokens = self.de_loads, self._private_tokens  # by position in loads.ids
             own_at = loads.index[own]
+            private = self._private_at[own_at]  # de_private[own]
             loads.set_at(own_at, reported + tokens[own_at])
             if self.de_queue:
                 popleft = self.de_queue.popleft

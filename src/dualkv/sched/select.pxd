@@ -4,7 +4,7 @@ from dualkv.sched.request cimport EngineReport, Request
 
 
 @cython.locals(best2=Py_ssize_t, best3=Py_ssize_t, i=Py_ssize_t, e=EngineReport,
-               tok2=cython.longlong, tok3=cython.longlong)
+               tok2=cython.longlong, tok3=cython.longlong, read_q=double)
 cpdef Py_ssize_t select_pe(engines, read_qs, double alpha, double beta) except? -2
 
 @cython.locals(pick=Py_ssize_t, e=EngineReport, request=Request)

@@ -22,7 +22,8 @@ def select_pe(engines: list[EngineReport], read_qs: list[int], alpha: float, bet
         e = engines[i]
         if e.tok > beta:
             continue  # C1: overloaded
-        if read_qs[i] <= alpha:
+        read_q = read_qs[i]  # compiled, a double (select.pxd): no object compare per engine
+        if read_q <= alpha:
             if best2 < 0 or e.tok < tok2:
                 best2, tok2 = i, e.tok
         elif best3 < 0 or e.tok < tok3:
@@ -34,11 +35,12 @@ def assign_pes(queue: deque, engines: list[EngineReport], read_qs: list[int],
                alpha: float, beta: float) -> list[tuple[Request, int]]:
     """Algorithm 1 over the FIFO queue until it empties or every engine is overloaded."""
     out = []
+    popleft = queue.popleft  # looked up once (compiled, a method call on an untyped object)
     while queue:
         pick = select_pe(engines, read_qs, alpha, beta)
         if pick < 0:
             break
-        request = queue.popleft()
+        request = popleft()
         e = engines[pick]
         e.tok += request.prompt_tokens
         e.seq += 1
@@ -114,12 +116,13 @@ def assign_des(queue: deque, engines: list[EngineReport], z_margin: float) -> li
         fit_tokens += request.prompt_tokens
     z = z_margin * (fit_tokens + group_tok) / len(engines)
     out = []
+    popleft = queue.popleft  # looked up once (compiled, a method call on an untyped object)
     while queue:
         request = queue[0]
         pick = _pick_de(engines, request, z)
         if pick < 0:
             break
-        queue.popleft()
+        popleft()
         e = engines[pick]
         e.tok += request.prompt_tokens
         e.seq += 1
