@@ -5,6 +5,8 @@ cimport cython
 cpdef bint is_side(side, str name) except -1
 
 
+# final: nothing subclasses it (its cpdef _fill is then a direct call)
+@cython.final
 cdef class Request:
     cdef public object rid, read_side, tag
     cdef public long long prompt_tokens, hit_tokens, gen_tokens
