@@ -30,7 +30,7 @@ cdef class Cluster:
 @cython.final
 cdef class NodeSet:
     cdef public signed char[:] flags
-    cdef public Py_ssize_t size
+    cdef public Py_ssize_t size, lo, hi
 
     cpdef bint contains(self, Py_ssize_t i) except -1
     cpdef add(self, Py_ssize_t i)

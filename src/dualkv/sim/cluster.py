@@ -68,6 +68,7 @@ class NodeSet:
     def __init__(self, n: int):
         self.flags = array("b", [0]) * n
         self.size = 0
+        self.lo, self.hi = n, -1  # every member lies in [lo, hi]: take() scans only that
 
     def __len__(self) -> int:
         return self.size
@@ -79,6 +80,7 @@ class NodeSet:
         if not self.flags[i]:
             self.flags[i] = 1
             self.size += 1
+            self.lo, self.hi = min(self.lo, i), max(self.hi, i)
 
     def discard(self, i: int) -> None:
         if self.flags[i]:
@@ -91,10 +93,11 @@ class NodeSet:
         members = []
         if self.size == 0:
             return members
-        for i in range(len(self.flags)):
+        for i in range(self.lo, self.hi + 1):
             if self.flags[i]:
                 self.flags[i] = 0
                 members.append(i)
         self.size = 0
+        self.lo, self.hi = len(self.flags), -1
         k = shift % len(members)
         return members[k:] + members[:k] if k else members
