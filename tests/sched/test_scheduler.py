@@ -111,3 +111,25 @@ def test_read_node_is_the_pe_node_on_the_pe_side_and_the_de_node_on_the_de_side(
     assert r.read_node == 3
     r.read_side = "de"
     assert r.read_node == 7
+
+
+@pytest.mark.parametrize("policy", ["dualpath", "basic"])
+def test_fetch_into_a_reused_result_equals_a_fresh_one(policy):
+    """`into` (the simulator's reused FetchResult, here holding stale entries) is cleared and
+    filled with exactly what the same fetch without it returns."""
+    def run(reuse):
+        sched = Scheduler(SchedulerConfig(policy=policy, alpha_tokens=1e6, beta_tokens=1e6), PE, DE)
+        into = None
+        if reuse:
+            from dualkv.sched import FetchResult
+            into = FetchResult([Request(99, 10, 0, 1)], [Request(98, 10, 0, 1)], [7])  # stale
+        out = []
+        for i in range(6):
+            sched.submit(Request(i, 1000 + i, 500, 10))
+            for group, make in ((PE[i % 2], sched.fetch_for_pe_group), (DE[0], sched.fetch_for_de_group)):
+                got = make(report(group, free=1e6), into)
+                out.append(([(r.rid, r.pe, r.de, r.read_side) for r in got.assigned],
+                            [r.rid for r in got.placed], list(got.woken_groups)))
+        return out
+
+    assert run(True) == run(False)

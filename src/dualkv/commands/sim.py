@@ -1,5 +1,6 @@
 """`dualkv sim offline|online|calibrate`: run the cluster simulator over the DualPath scheduler
-and print a table (or one JSON document), writing PNG plots to --out; `calibrate` refits a
+and print a table (or one JSON document), writing PNG plots to --out (with --json only when
+--out is given: a script reading the JSON does not pay matplotlib's second or so); `calibrate` refits a
 model's constants on the calibration file (dualkv.sim.calibrate) and prints each residual."""
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ def add_arguments(parser):
     parser.add_argument("--max-s", type=float, default=7200.0, help="online: longest simulated run")
     parser.add_argument("--fetch-ms", type=float, default=20.0, help="group fetch period")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="sim-out", help="directory for PNG plots")
+    parser.add_argument("--out", help="directory for PNG plots (default sim-out; with --json, plots "
+                        "are written only when --out is given)")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.add_argument("--data", help="calibrate: calibration points (default: the packaged file)")
     parser.add_argument("--no-fit", action="store_true", help="calibrate: the presets' residuals only")
@@ -84,9 +86,18 @@ def _offline(args, configs):
         with tqdm(total=work.num_agents, desc=cfg.policy, unit="agent", leave=False, disable=None) as bar:
             row, series[cfg.policy] = run_offline(cfg, work, bar.update)
         rows.append(row)
-    args.plots = [plots.plot_jct(rows, plots.out_path(args.out, "jct.png")),
-                  plots.plot_snic_balance(series, plots.out_path(args.out, "snic_balance.png"))]
+    out = plot_dir(args)
+    args.plots = [] if out is None else [
+        plots.plot_jct(rows, plots.out_path(out, "jct.png")),
+        plots.plot_snic_balance(series, plots.out_path(out, "snic_balance.png"))]
     return rows
+
+
+def plot_dir(args) -> str | None:
+    """Where the plots go: --out, else sim-out; None (no plots) for --json without --out."""
+    if args.json and args.out is None:
+        return None
+    return args.out or "sim-out"
 
 
 def _online(args, configs):
@@ -111,7 +122,8 @@ def _online(args, configs):
         for cfg in configs:
             capacity, found = capacity_search(cfg, args.maxlen, grid, args.max_s, bar.update)
             rows.extend(dict(r, capacity_aps=capacity) for r in found)
-    args.plots = [plots.plot_online(rows, plots.out_path(args.out, "online.png"))]
+    out = plot_dir(args)
+    args.plots = [] if out is None else [plots.plot_online(rows, plots.out_path(out, "online.png"))]
     return rows
 
 

@@ -40,7 +40,7 @@ def run_plan(args) -> int:
     with tqdm(total=num_runs, desc="plan", unit="run", leave=False, disable=None) as bar:
         rows = plan(spec, args.workers, bar.update)
     recommended = recommend(spec, rows)
-    png = plots.plot_plan(rows, spec.figure, recommended, plots.out_path(args.out, "plan.png"))
+    png = plots.plot_plan(rows, spec.figure, recommended, plots.out_path(args.out or "sim-out", "plan.png"))
     if args.json:
         _emit_json(rows, recommended)
     else:

@@ -8,8 +8,9 @@ cimport cython
 @cython.final
 cdef class FlopCurve:
     cdef public list flops, seconds
+    cdef double[:] _xs, _ys
 
-    @cython.locals(i=Py_ssize_t, last=Py_ssize_t, slope=double, xs=list, ys=list)
+    @cython.locals(i=Py_ssize_t, last=Py_ssize_t, slope=double)
     cpdef double seconds_for(self, double flops) except? -1.0
 
 

@@ -2,6 +2,7 @@
 caller's FLOP -> seconds curve (profiled on real hardware, or modelled in the simulator)."""
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass
 
 from dualkv.errors import InvalidArgument
@@ -17,6 +18,9 @@ class FlopCurve:
         if any(b <= a for a, b in zip(flops, flops[1:])) or any(b < a for a, b in zip(seconds, seconds[1:])):
             raise InvalidArgument("FLOP curve points must be increasing")
         self.flops, self.seconds = list(map(float, flops)), list(map(float, seconds))
+        # the same points as doubles ('d' arrays, C memoryviews once compiled: cost.pxd), so
+        # seconds_for compares C doubles instead of boxing `flops` at every comparison
+        self._xs, self._ys = array("d", self.flops), array("d", self.seconds)
 
     @classmethod
     def linear(cls, flops_per_s: float, overhead_s: float = 0.0) -> "FlopCurve":
@@ -28,14 +32,14 @@ class FlopCurve:
         return self.seconds_for(flops)
 
     def seconds_for(self, flops: float) -> float:
-        xs, ys = self.flops, self.seconds
         # the segment: the last point at or below flops, clamped to the first and last
-        # segments (a scan: curves have a handful of points, and compiled it is C compares)
-        i, last = 0, len(xs) - 2
-        while i < last and xs[i + 1] <= flops:
+        # segments (a scan: curves have a handful of points, and compiled it is C compares;
+        # the fields are read in place: a memoryview local costs a reference count each call)
+        i, last = 0, len(self._xs) - 2
+        while i < last and self._xs[i + 1] <= flops:
             i += 1
-        slope = (ys[i + 1] - ys[i]) / (xs[i + 1] - xs[i])
-        return ys[i] + (flops - xs[i]) * slope
+        slope = (self._ys[i + 1] - self._ys[i]) / (self._xs[i + 1] - self._xs[i])
+        return self._ys[i] + (flops - self._xs[i]) * slope
 
 
 @dataclass(frozen=True)

@@ -7,14 +7,28 @@ and read side are all chosen; the caller then starts the read on the chosen node
 """
 from __future__ import annotations
 
+from array import array
 from collections import deque
 from typing import Sequence
 
 from dualkv.errors import InvalidArgument
 from dualkv.sched.config import SchedulerConfig
-from dualkv.sched.request import FetchResult, GroupReport, GroupSpec, Request
+from dualkv.sched.request import FetchResult, GroupReport, GroupSpec, Request, is_side
 from dualkv.sched.select import LeastLoaded, assign_des, assign_pes, shorter_queue_side
 from dualkv.sched.split import split_read, split_side
+
+
+def _cleared(result: FetchResult | None) -> FetchResult:
+    """A new FetchResult, or `result` emptied for reuse."""
+    if result is None:
+        return FetchResult()
+    if result.assigned:
+        del result.assigned[:]
+    if result.placed:
+        del result.placed[:]
+    if result.woken_groups:
+        del result.woken_groups[:]
+    return result
 
 
 class Scheduler:
@@ -27,6 +41,9 @@ class Scheduler:
         # the policy's switches and thresholds as plain fields: read on every call
         self._smart, self._io_free = self.policy.is_smart, self.policy.is_io_free
         self._side = self.policy.side
+        # the read-side rule as flags, tested per request instead of comparing strings
+        self._side_pe = is_side(self._side, "pe") or self._io_free
+        self._side_rr, self._side_split = is_side(self._side, "rr"), is_side(self._side, "split")
         self._alpha, self._beta = config.alpha_tokens, config.beta_tokens
         self._z = config.z_margin
         self._split_block = config.split_block_tokens
@@ -40,7 +57,10 @@ class Scheduler:
         self.de_queue: deque[Request] = deque()  # waiting for phase 1 (a DE group)
         self.de_private = {gid: deque() for gid in self.de_groups}
         self.de_loads = LeastLoaded(self.de_groups)  # reported tokens + private queue
-        self._private_tokens = {gid: 0 for gid in self.de_groups}
+        # phase 1 works by position in de_loads.ids: the same private queues as a list, and
+        # each one's prompt tokens (int64; C arrays once compiled, inter.pxd)
+        self._private_at = [self.de_private[gid] for gid in self.de_loads.ids]
+        self._private_tokens = array("q", [0]) * len(self.de_loads.ids)
         self._rr_pe = [(g.group_id, e) for g in pe_groups for e in g.engine_ids]
         self._rr_de = [(g.group_id, e) for g in de_groups for e in g.engine_ids]
         self._rr_counts = [0, 0, 0]  # next PE, next DE, next read side
@@ -87,64 +107,74 @@ class Scheduler:
         for a group with no work (`has_de_work` false): it records the read queue and, for
         phase 1, the group's tokens; nothing is assigned, placed or woken. A caller skips the
         fetch's result objects this way when its group has nothing to take."""
-        group = self.de_groups[report.group_id]
-        self.read_q[group.node_id] = report.read_q
+        reported = 0
+        for e in report.engines:
+            reported += e.tok
+        self.report_de_tokens(report.group_id, report.read_q, reported)
+
+    def report_de_tokens(self, group_id: int, read_q: int, tokens: int) -> None:
+        """report_de_load for a caller that keeps its group's token total (the sum of its
+        engines' `tok`) itself: the same records, without a report to fill."""
+        group = self.de_groups[group_id]
+        self.read_q[group.node_id] = read_q
         if self._smart:
-            gid = group.group_id
-            reported = 0
-            for e in report.engines:
-                reported += e.tok
-            self.de_loads.set(gid, reported + self._private_tokens[gid])
+            pos = self.de_loads.index[group_id]
+            self.de_loads.set_at(pos, tokens + self._private_tokens[pos])
 
     # -- fetches --------------------------------------------------------------------------
-    def fetch_for_pe_group(self, report: GroupReport) -> FetchResult:
-        """A PE group leader fetches: Algorithm 1 over the global FIFO (smart policies)."""
+    def fetch_for_pe_group(self, report: GroupReport, into: FetchResult | None = None) -> FetchResult:
+        """A PE group leader fetches: Algorithm 1 over the global FIFO (smart policies).
+        `into`: a FetchResult to clear and fill instead of a new one, for a caller that reads
+        each result before its next fetch (the simulator fetches millions of times)."""
         group = self.pe_groups[report.group_id]
         self.read_q[group.node_id] = report.read_q
+        node = group.node_id
+        result = _cleared(into)
         if self._smart:
             read_qs = [report.read_q] * len(report.engines)
-            picks = assign_pes(self.pe_queue, report.engines, read_qs, self._alpha, self._beta)
-            pairs = [(r, report.engines[i].engine_id) for r, i in picks]
-        else:
-            pairs = self._drain(self._pending_pe[group.group_id])
-        result = FetchResult()
-        for request, engine_id in pairs:
-            request.pe, request.pe_node = engine_id, group.node_id
+            for request, i in assign_pes(self.pe_queue, report.engines, read_qs, self._alpha, self._beta):
+                request.pe, request.pe_node = report.engines[i].engine_id, node
+                self._finish(request, result)
+            return result
+        for request, engine_id in self._drain(self._pending_pe[group.group_id]):
+            request.pe, request.pe_node = engine_id, node
             self._finish(request, result)
         return result
 
-    def fetch_for_de_group(self, report: GroupReport) -> FetchResult:
+    def fetch_for_de_group(self, report: GroupReport, into: FetchResult | None = None) -> FetchResult:
         """A DE group leader fetches: phase 1 drains the global queue into group queues, then
-        phase 2 places this group's queue on its engines (smart policies)."""
+        phase 2 places this group's queue on its engines (smart policies). `into`: as for
+        fetch_for_pe_group."""
         group = self.de_groups[report.group_id]
         own, node = group.group_id, group.node_id  # read once: a dataclass's fields are slow
         self.read_q[node] = report.read_q
+        result = _cleared(into)
         if self._smart:
-            private = self.de_private[own]
-            woken = []
+            woken = result.woken_groups
             reported = 0
             for e in report.engines:
                 reported += e.tok
-            self.de_loads.set(own, reported + self._private_tokens[own])
-            while self.de_queue:
-                request = self.de_queue.popleft()
-                gid = self.de_loads.argmin()
-                queue = self.de_private[gid]
-                if gid != own and not queue:
-                    woken.append(gid)
-                queue.append(request)
-                self.de_loads.add(gid, request.prompt_tokens)
-                self._private_tokens[gid] += request.prompt_tokens
-            picks = assign_des(private, report.engines, self._z)
-            taken = 0
-            for r, _ in picks:
-                taken += r.prompt_tokens
-            self._private_tokens[own] -= taken
-            pairs = [(r, report.engines[i].engine_id) for r, i in picks]
-        else:
-            pairs, woken = self._drain(self._pending_de[group.group_id]), []
-        result = FetchResult([], [], woken)
-        for request, engine_id in pairs:
+            loads, tokens = self.de_loads, self._private_tokens  # by position in loads.ids
+            own_at = loads.index[own]
+            private = self._private_at[own_at]  # de_private[own]
+            loads.set_at(own_at, reported + tokens[own_at])
+            if self.de_queue:
+                popleft = self.de_queue.popleft
+                while self.de_queue:
+                    request = popleft()
+                    at = loads.argmin_at()
+                    queue = self._private_at[at]
+                    if at != own_at and not queue:
+                        woken.append(loads.ids[at])
+                    queue.append(request)
+                    loads.add_at(at, request.prompt_tokens)
+                    tokens[at] += request.prompt_tokens
+            for request, i in assign_des(private, report.engines, self._z):
+                tokens[own_at] -= request.prompt_tokens
+                request.de, request.de_node = report.engines[i].engine_id, node
+                self._finish(request, result)
+            return result
+        for request, engine_id in self._drain(self._pending_de[group.group_id]):
             request.de, request.de_node = engine_id, node
             self._finish(request, result)
         return result
@@ -161,11 +191,11 @@ class Scheduler:
         if request.pe < 0 or request.de < 0:
             return
         side = request.read_side = self.choose_read_side(request)
-        if side == "split":  # both nodes read: each queue grows by its part
+        if self._side_split and is_side(side, "split"):  # both nodes read: each queue grows by its part
             self.read_q[request.pe_node] += request.pe_read_tokens
             self.read_q[request.de_node] += request.hit_tokens - request.pe_read_tokens
         elif not self._io_free:
-            node = request.read_node
+            node = request.pe_node if is_side(side, "pe") else request.de_node  # request.read_node
             self.read_q[node] += request.hit_tokens
         result.placed.append(request)
 
@@ -174,19 +204,18 @@ class Scheduler:
         request.pe_read_tokens, the hit tokens the PE node reads (all, none, or a split's
         prefix)."""
         side = self._read_side(request)
-        if side != "split":
-            request.pe_read_tokens = request.hit_tokens if side == "pe" else 0
+        if not (self._side_split and is_side(side, "split")):
+            request.pe_read_tokens = request.hit_tokens if is_side(side, "pe") else 0
         return side
 
     def _read_side(self, request: Request) -> str:
-        side = self._side
-        if side == "pe" or self._io_free:
+        if self._side_pe:  # "pe", or every read free (oracle)
             return "pe"
-        if side == "rr":
+        if self._side_rr:
             self._rr_counts[2] += 1
             return "pe" if self._rr_counts[2] % 2 else "de"
         pe_q, de_q = self.read_q[request.pe_node], self.read_q[request.de_node]
-        if side == "split":
+        if self._side_split:
             request.pe_read_tokens = split_read(request.hit_tokens, pe_q, de_q, self._split_block)
             return split_side(request.pe_read_tokens, request.hit_tokens)
         return shorter_queue_side(pe_q, de_q)

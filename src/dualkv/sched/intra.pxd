@@ -5,10 +5,17 @@ from dualkv.sched.cost cimport FlopCurve, attention_flops
 from dualkv.sched.request cimport Request
 
 
+@cython.final
 cdef class Chunk:
     cdef public Request request
     cdef public long long cached, bsz
     cdef public bint is_last
+
+    cpdef _fill(self, Request request, long long cached, long long bsz, bint is_last)
+
+
+@cython.locals(chunk=Chunk)
+cpdef Chunk new_chunk(Request request, long long cached, long long bsz, bint is_last)
 
 
 cdef class PrefillBatcher:

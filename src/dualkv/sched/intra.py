@@ -18,6 +18,9 @@ class Chunk:
     __slots__ = ("request", "cached", "bsz", "is_last")
 
     def __init__(self, request: Request, cached: int, bsz: int, is_last: bool):
+        self._fill(request, cached, bsz, is_last)
+
+    def _fill(self, request: Request, cached: int, bsz: int, is_last: bool) -> None:
         self.request = request
         self.cached = cached  # tokens whose KV is available: the hit plus earlier chunks
         self.bsz = bsz  # tokens computed in this pass
@@ -35,6 +38,14 @@ class Chunk:
 
     def __repr__(self):
         return f"Chunk(request={self.request!r}, cached={self.cached}, bsz={self.bsz}, is_last={self.is_last})"
+
+
+def new_chunk(request: Request, cached: int, bsz: int, is_last: bool) -> Chunk:
+    """Chunk(request, cached, bsz, is_last); compiled (intra.pxd), a C call with the numbers
+    unboxed (next_batch makes one per request per pass)."""
+    chunk = Chunk.__new__(Chunk)
+    chunk._fill(request, cached, bsz, is_last)
+    return chunk
 
 
 class PrefillBatcher:
@@ -81,7 +92,7 @@ class PrefillBatcher:
             kv += cached + bsz
             request.num_computed += bsz
             is_last = bsz == left
-            chunks.append(Chunk(request, cached, bsz, is_last))
+            chunks.append(new_chunk(request, cached, bsz, is_last))
             if not is_last:
                 break  # the rest of this request waits for a later pass
             queue.popleft()

@@ -6,6 +6,14 @@ from dataclasses import dataclass
 from dualkv.errors import InvalidArgument
 
 
+def is_side(side, name: str) -> bool:
+    """side == name, for read sides and policy sides ("pe", "de", "split", "rr"): identity
+    first (they are interned constants), then the cached hashes, then the text. Compiled
+    (request.pxd) this is a few C compares; a plain str == is a PyUnicode_Compare call on
+    Python < 3.14, and the scheduler and simulator ask ~10 times a turn."""
+    return side is name or (side is not None and hash(side) == hash(name) and side == name)
+
+
 class Request:
     """One prefill+decode request (one agent turn).
 
@@ -23,6 +31,9 @@ class Request:
             raise InvalidArgument(f"need 0 <= hit_tokens < prompt_tokens, got {hit_tokens}, {prompt_tokens}")
         if gen_tokens < 1:
             raise InvalidArgument(f"gen_tokens must be >= 1, got {gen_tokens}")
+        self._fill(rid, prompt_tokens, hit_tokens, gen_tokens, tag)
+
+    def _fill(self, rid, prompt_tokens: int, hit_tokens: int, gen_tokens: int, tag) -> None:
         self.rid = rid
         self.prompt_tokens = prompt_tokens  # len_r: context + append
         self.hit_tokens = hit_tokens  # prefix already in storage
@@ -47,9 +58,9 @@ class Request:
         """The node whose storage NIC reads this request's hit: the PE's on the pe read side,
         the DE's on the de side (the one place this rule is written). A split read has two:
         see read_parts."""
-        if self.read_side == "split":
+        if is_side(self.read_side, "split"):
             raise InvalidArgument(f"request {self.rid} reads on two nodes (split); use read_parts")
-        return self.pe_node if self.read_side == "pe" else self.de_node
+        return self.pe_node if is_side(self.read_side, "pe") else self.de_node
 
     @property
     def de_read_tokens(self) -> int:
@@ -71,6 +82,15 @@ class Request:
         return (f"Request(rid={self.rid}, len={self.prompt_tokens}, hit={self.hit_tokens}, "
                 f"gen={self.gen_tokens}, pe={self.pe}, de={self.de}, side={self.read_side}, "
                 f"pe_read={self.pe_read_tokens})")
+
+
+def new_request(rid, prompt_tokens: int, hit_tokens: int, gen_tokens: int, tag=None) -> Request:
+    """Request(rid, prompt_tokens, hit_tokens, gen_tokens, tag) without the shape checks, for
+    a caller that checked every shape at once (the simulator checks its whole workload):
+    compiled (request.pxd), a C call that passes the numbers unboxed."""
+    request = Request.__new__(Request)
+    request._fill(rid, prompt_tokens, hit_tokens, gen_tokens, tag)
+    return request
 
 
 @dataclass(frozen=True)

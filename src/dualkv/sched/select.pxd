@@ -4,7 +4,7 @@ from dualkv.sched.request cimport EngineReport, Request
 
 
 @cython.locals(best2=Py_ssize_t, best3=Py_ssize_t, i=Py_ssize_t, e=EngineReport,
-               tok2=cython.longlong, tok3=cython.longlong)
+               tok2=cython.longlong, tok3=cython.longlong, read_q=double)
 cpdef Py_ssize_t select_pe(engines, read_qs, double alpha, double beta) except? -2
 
 @cython.locals(pick=Py_ssize_t, e=EngineReport, request=Request)
@@ -30,8 +30,11 @@ cdef class LeastLoaded:
 
     cpdef set(self, g, double tokens)
     cpdef add(self, g, double delta)
-    @cython.locals(loads="double[:]", best=Py_ssize_t, i=Py_ssize_t, least=double, load=double)
+    cpdef set_at(self, Py_ssize_t i, double tokens)
+    cpdef add_at(self, Py_ssize_t i, double delta)
     cpdef argmin(self)
+    @cython.locals(loads="double[:]", best=Py_ssize_t, i=Py_ssize_t, least=double, load=double)
+    cpdef Py_ssize_t argmin_at(self) except -1
 
 
 cpdef shorter_queue_side(double pe_read_q, double de_read_q)

@@ -22,7 +22,8 @@ def select_pe(engines: list[EngineReport], read_qs: list[int], alpha: float, bet
         e = engines[i]
         if e.tok > beta:
             continue  # C1: overloaded
-        if read_qs[i] <= alpha:
+        read_q = read_qs[i]  # compiled, a double (select.pxd): no object compare per engine
+        if read_q <= alpha:
             if best2 < 0 or e.tok < tok2:
                 best2, tok2 = i, e.tok
         elif best3 < 0 or e.tok < tok3:
@@ -34,11 +35,12 @@ def assign_pes(queue: deque, engines: list[EngineReport], read_qs: list[int],
                alpha: float, beta: float) -> list[tuple[Request, int]]:
     """Algorithm 1 over the FIFO queue until it empties or every engine is overloaded."""
     out = []
+    popleft = queue.popleft  # looked up once (compiled, a method call on an untyped object)
     while queue:
         pick = select_pe(engines, read_qs, alpha, beta)
         if pick < 0:
             break
-        request = queue.popleft()
+        request = popleft()
         e = engines[pick]
         e.tok += request.prompt_tokens
         e.seq += 1
@@ -72,14 +74,26 @@ class LeastLoaded:
     def add(self, g: int, delta: float) -> None:
         self.loads[self.index[g]] += delta
 
+    def set_at(self, i: int, tokens: float) -> None:
+        """set() by position in `ids` (no lookup of the group id)."""
+        self.loads[i] = tokens
+
+    def add_at(self, i: int, delta: float) -> None:
+        """add() by position in `ids` (no lookup of the group id)."""
+        self.loads[i] += delta
+
     def argmin(self) -> int:
+        return self.ids[self.argmin_at()]
+
+    def argmin_at(self) -> int:
+        """argmin() as a position in `ids`."""
         loads = self.loads
         best, least = 0, loads[0]  # the running minimum in a local: one array read per group
         for i in range(1, len(loads)):
             load = loads[i]
             if load < least:
                 best, least = i, load
-        return self.ids[best]
+        return best
 
 
 def assign_des(queue: deque, engines: list[EngineReport], z_margin: float) -> list[tuple[Request, int]]:
@@ -102,12 +116,13 @@ def assign_des(queue: deque, engines: list[EngineReport], z_margin: float) -> li
         fit_tokens += request.prompt_tokens
     z = z_margin * (fit_tokens + group_tok) / len(engines)
     out = []
+    popleft = queue.popleft  # looked up once (compiled, a method call on an untyped object)
     while queue:
         request = queue[0]
         pick = _pick_de(engines, request, z)
         if pick < 0:
             break
-        queue.popleft()
+        popleft()
         e = engines[pick]
         e.tok += request.prompt_tokens
         e.seq += 1

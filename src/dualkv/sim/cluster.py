@@ -26,13 +26,15 @@ class Cluster:
         # every engine
         self.seq = array("q", [0]) * num_engines
         self.tok = array("q", [0]) * num_engines
+        self.node_tok = array("q", [0]) * num_nodes  # tok summed over each node's engines
         # nodes: storage NIC FIFO and host buffer (tokens)
         self.read_q = array("q", [0]) * num_nodes
         self.snic_pending = [deque() for _ in range(num_nodes)]
         self.snic_busy = array("b", [0]) * num_nodes
         self.buf_used = array("q", [0]) * num_nodes
         self.buf_cap = int(m.dram_bytes_per_node / m.bytes_per_token)
-        self.blocked: dict[int, set] = {}  # buffer node -> read nodes waiting on it
+        # per buffer node: the read nodes whose queue head waits for room in its buffer
+        self.blocked = [NodeSet(num_nodes) for _ in range(num_nodes)]
         # PE GPUs
         self.curve = FlopCurve.linear(m.pe_flops_per_s)
         cap = None if self.policy.is_layerwise else m.pe_hbm_tokens
@@ -50,3 +52,52 @@ class Cluster:
     def buffer_fits(self, node: int, tokens: int) -> bool:
         used = self.buf_used[node]
         return used == 0 or used + tokens <= self.buf_cap  # one oversized request still runs
+
+    def block(self, buffer_node: int, read_node: int) -> None:
+        """`read_node`'s queue head waits for room in `buffer_node`'s buffer (this runs at every
+        failed start while the buffers are full: a flag store)."""
+        waiting = self.blocked[buffer_node]
+        waiting.add(read_node)
+
+
+class NodeSet:
+    """A set of node ids in [0, n) as a flag array: add and discard are C stores once compiled
+    (cluster.pxd), no hashing or boxing; take() hands the members out in id order, rotated,
+    and empties the set (the loop's awake groups and changed read queues, once per tick)."""
+
+    def __init__(self, n: int):
+        self.flags = array("b", [0]) * n
+        self.size = 0
+        self.lo, self.hi = n, -1  # every member lies in [lo, hi]: take() scans only that
+
+    def __len__(self) -> int:
+        return self.size
+
+    def contains(self, i: int) -> bool:
+        return self.flags[i] != 0
+
+    def add(self, i: int) -> None:
+        if not self.flags[i]:
+            self.flags[i] = 1
+            self.size += 1
+            self.lo, self.hi = min(self.lo, i), max(self.hi, i)
+
+    def discard(self, i: int) -> None:
+        if self.flags[i]:
+            self.flags[i] = 0
+            self.size -= 1
+
+    def take(self, shift: int) -> list:
+        """The members in increasing id order, starting at the (shift mod size)-th (the tick
+        rotates which group fetches first); the set is empty afterwards."""
+        members = []
+        if self.size == 0:
+            return members
+        for i in range(self.lo, self.hi + 1):
+            if self.flags[i]:
+                self.flags[i] = 0
+                members.append(i)
+        self.size = 0
+        self.lo, self.hi = len(self.flags), -1
+        k = shift % len(members)
+        return members[k:] + members[:k] if k else members

@@ -12,6 +12,10 @@ cdef class EventQueue:
     cdef Event* _heap
     cdef Py_ssize_t _size, _cap
     cdef long long _seq
+    cdef public double last_t
+    cdef public int last_kind
 
     cpdef push(self, double t, int kind, obj)
+    cdef Event _pop(self) except *
     cpdef tuple pop(self)
+    cpdef object pop_payload(self)

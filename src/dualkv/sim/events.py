@@ -8,11 +8,12 @@ import heapq
 
 
 class EventQueue:
-    __slots__ = ("_heap", "_seq")
+    __slots__ = ("_heap", "_seq", "last_t", "last_kind")
 
     def __init__(self):
         self._heap = []
         self._seq = 0
+        self.last_t, self.last_kind = 0.0, 0  # of the event pop_payload popped last
 
     def push(self, t: float, kind: int, obj) -> None:
         self._seq += 1
@@ -22,6 +23,12 @@ class EventQueue:
         """(t, kind, obj) of the earliest event; IndexError when empty."""
         t, _, kind, obj = heapq.heappop(self._heap)
         return t, kind, obj
+
+    def pop_payload(self):
+        """pop() for the event loop: returns the payload and leaves the time and kind in
+        `last_t` and `last_kind` (compiled, no tuple and no boxed time per event)."""
+        self.last_t, self.last_kind, obj = self.pop()
+        return obj
 
     def __len__(self) -> int:
         return len(self._heap)

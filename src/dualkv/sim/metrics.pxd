@@ -2,11 +2,23 @@
 cimport cython
 
 
-@cython.locals(full=cython.longlong)
-cpdef tuple path_tokens(side, long long hit, long long miss)
+# the six channels as a C tuple: compiled callers get a struct, Python callers a tuple
+ctypedef (long long, long long, long long, long long, long long, long long) Tokens
 
 @cython.locals(full=cython.longlong)
-cpdef tuple split_path_tokens(long long pe_hit, long long de_hit, long long miss)
+cpdef Tokens path_tokens(side, long long hit, long long miss) except *
+
+@cython.locals(full=cython.longlong)
+cpdef Tokens split_path_tokens(long long pe_hit, long long de_hit, long long miss) except *
+
+
+@cython.final
+cdef class Series:
+    cdef double[:] _buf
+    cdef public Py_ssize_t size
+
+    @cython.locals(grown="double[:]")
+    cpdef append(self, double value)
 
 
 # final: nothing subclasses it, so its cpdef methods are called directly
@@ -15,9 +27,9 @@ cpdef tuple split_path_tokens(long long pe_hit, long long de_hit, long long miss
 cdef class Accounting:
     cdef public double window_s
     cdef public object snic, snic_write
-    cdef public list cls
-    cdef public Py_ssize_t num_windows
-    cdef double[:, ::1] _snic_view
+    cdef public object cls
+    cdef public Py_ssize_t num_windows, _cls_rows
+    cdef double[:, ::1] _snic_view, _cls_view
     cdef double[::1] _write_view
 
     cpdef _grow(self, Py_ssize_t w)
@@ -28,5 +40,5 @@ cdef class Accounting:
                    view="double[:, ::1]")
     cpdef add_read(self, Py_ssize_t node, double t0, double t1, double tokens)
 
-    @cython.locals(w=Py_ssize_t, row=list)
-    cpdef add_class(self, double t, tuple tokens)
+    @cython.locals(w=Py_ssize_t, view="double[:, ::1]")
+    cpdef add_class(self, double t, Tokens tokens)

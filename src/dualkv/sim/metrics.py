@@ -7,6 +7,8 @@ means the link would be a bottleneck, which is exactly the §6 bound test.
 """
 from __future__ import annotations
 
+from array import array
+
 import numpy as np
 
 # class channels, in tokens (multiplied by bytes per token when summarised)
@@ -33,15 +35,49 @@ def split_path_tokens(pe_hit: int, de_hit: int, miss: int) -> tuple:
             2 * full + de_hit)
 
 
+class Series:
+    """A growable column of doubles (one figure per turn or per forward): a 'd' array, a C
+    memoryview once compiled (metrics.pxd), so appending is a C store, not a boxed float in a
+    list. np.asarray(series) is a view of the values, len() and indexing work as on a list."""
+
+    def __init__(self, capacity: int = 1024):
+        self._buf = array("d", [0.0]) * max(1, capacity)
+        self.size = 0
+
+    def append(self, value: float) -> None:
+        if self.size == len(self._buf):
+            grown = array("d", [0.0]) * (2 * self.size)
+            grown[: self.size] = self._buf[: self.size]
+            self._buf = grown
+        self._buf[self.size] = value
+        self.size += 1
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __array__(self, dtype=None, copy=None):
+        values = np.frombuffer(self._buf, dtype=np.float64, count=self.size)
+        return values if dtype is None else values.astype(dtype)
+
+    def __getitem__(self, i):
+        return np.asarray(self)[i]
+
+    def __iter__(self):
+        return iter(np.asarray(self).tolist())
+
+
 class Accounting:
     def __init__(self, num_nodes: int, window_s: float):
         self.window_s = window_s
         self.snic = np.zeros((64, num_nodes))  # read tokens per window per node
         self._snic_view = self.snic  # typed view once compiled (metrics.pxd): C-speed adds
-        self.cls = []  # per window: tokens per class channel
+        # per window: tokens per class channel, as doubles (exact: sums of integers < 2**53)
+        self.cls = np.zeros((64, len(CHANNELS)))
+        self._cls_view = self.cls
         self.snic_write = np.zeros(num_nodes)  # write-back tokens per node
         self._write_view = self.snic_write  # typed once compiled: add_write is a C add
         self.num_windows = 0
+        self._cls_rows = 0  # windows add_class has written to
 
     def _grow(self, w: int) -> None:
         if w >= len(self.snic):
@@ -67,22 +103,28 @@ class Accounting:
         self._write_view[node] += tokens
 
     def add_class(self, t: float, tokens: tuple) -> None:
+        """Adds the six channels' tokens (path_tokens' order) to the window of time t.
+        Compiled, `tokens` is a C tuple: no tuple or int objects per call."""
         w = int(t / self.window_s)
-        cls = self.cls
-        while len(cls) <= w:
-            cls.append([0, 0, 0, 0, 0, 0])
-        row = cls[w]
-        row[0] += tokens[0]
-        row[1] += tokens[1]
-        row[2] += tokens[2]
-        row[3] += tokens[3]
-        row[4] += tokens[4]
-        row[5] += tokens[5]
+        if w >= len(self.cls):
+            self.cls = np.resize(self.cls, (max(w + 1, 2 * len(self.cls)), len(CHANNELS)))
+            self.cls[self._cls_rows:] = 0
+            self._cls_view = self.cls
+        self._cls_rows = max(self._cls_rows, w + 1)
+        view = self._cls_view
+        view[w, 0] += tokens[0]
+        view[w, 1] += tokens[1]
+        view[w, 2] += tokens[2]
+        view[w, 3] += tokens[3]
+        view[w, 4] += tokens[4]
+        view[w, 5] += tokens[5]
 
     def class_array(self) -> np.ndarray:
+        """Tokens per class channel for each of the num_windows windows (zeros past the last
+        window a request finished in)."""
         out = np.zeros((self.num_windows, len(CHANNELS)))
-        rows = np.array(self.cls[: self.num_windows], dtype=float).reshape(-1, len(CHANNELS))
-        out[: len(rows)] = rows
+        rows = min(self.num_windows, self._cls_rows)
+        out[:rows] = self.cls[:rows]
         return out
 
 

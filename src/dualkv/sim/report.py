@@ -64,10 +64,9 @@ def node_balance(per_node_bytes: np.ndarray) -> dict:
 
 def _attention(sim, end: float) -> dict:
     out = {}
-    if not sim.attn_balance:
+    if not len(sim.attn_t):
         return out
-    times = np.array([t for t, _ in sim.attn_balance])
-    ratios = np.array([r for _, r in sim.attn_balance])
+    times, ratios = np.asarray(sim.attn_t), np.asarray(sim.attn_ratio)
     for pct in (5, 10, 20, 50):
         sel = times <= end * pct / 100
         out[f"attn_max_avg_{pct}pct"] = float(ratios[sel].mean()) if sel.any() else None

@@ -5,19 +5,20 @@ cimport cython
 from dualkv.sched.request cimport Request as CRequest
 from dualkv.sched.request cimport EngineReport as CEngineReport, GroupReport as CGroupReport
 from dualkv.sched.request cimport FetchResult as CFetchResult
+from dualkv.sched.request cimport is_side, new_request  # C calls
 from dualkv.sched.inter cimport Scheduler as CScheduler
 from dualkv.sched.intra cimport PrefillBatcher as CBatcher
-from dualkv.sim.cluster cimport Cluster as CCluster
+from dualkv.sim.cluster cimport Cluster as CCluster, NodeSet as CNodeSet
 from dualkv.sim.metrics cimport Accounting as CAccounting, path_tokens, split_path_tokens  # C calls
+from dualkv.sim.metrics cimport Series as CSeries
 from dualkv.sim.events cimport EventQueue as CEventQueue
 
 
 cpdef long long hbm_need(CRequest r) except? -1
 
-cpdef long long part_tokens(Py_ssize_t node, CRequest r) except? -1
+cpdef Py_ssize_t read_node(CRequest r) except? -1
 
-@cython.locals(order=list, k=Py_ssize_t)
-cpdef list _rotated(set groups, long long shift)
+cpdef long long part_tokens(Py_ssize_t node, CRequest r) except? -1
 
 
 # final: nothing subclasses it, so its cpdef methods are called directly
@@ -33,13 +34,14 @@ cdef class Simulator:
     cdef public double now, kv_bw, read_s_per_token, linear_s_per_token, tpot_slope, tpot_light
     cdef public double forward_fixed_s
     cdef public double period
-    cdef public set pe_awake, de_awake, pe_full, dirty_read_q
-    cdef public bint tick_armed, io_free, layerwise, pe_wake_all
-    cdef public frozenset all_pe
-    cdef public long long[:] turn, end, _prompt, _hit, _gen
+    cdef public CNodeSet pe_awake, de_awake, pe_full, dirty_read_q
+    cdef public bint tick_armed, io_free, layerwise, pe_wake_all, may_split
+    cdef public long long[:] turn, end, _shape
     cdef public double[:] submit_t, first_t, finish_t
-    cdef public list ttft, ttst, tpot, ttft_at, attn_balance, group_reports
-    cdef public object bytes_read
+    cdef public CSeries ttft, ttst, tpot, ttft_at, attn_t, attn_ratio
+    cdef public list group_reports
+    cdef public CFetchResult fetched
+    cdef public long long bytes_read  # < 2**63: ~9e6 TB
     cdef public dict split_left
     cdef public long long num_split
 
@@ -52,12 +54,12 @@ cdef class Simulator:
 
     cpdef on_arrive(self, Py_ssize_t agent)
 
-    @cython.locals(i=Py_ssize_t, request=CRequest, g=Py_ssize_t)
+    @cython.locals(i=Py_ssize_t, request=CRequest, g=Py_ssize_t, shape="long long[:]")
     cpdef submit(self, Py_ssize_t agent)
 
     cpdef arm_tick(self)
 
-    @cython.locals(sched=CScheduler, node=Py_ssize_t)
+    @cython.locals(sched=CScheduler, node=Py_ssize_t, g=Py_ssize_t)
     cpdef on_tick(self, _)
 
     @cython.locals(c=CCluster, r=CRequest, e=Py_ssize_t, report=CGroupReport, er=CEngineReport,
@@ -88,6 +90,7 @@ cdef class Simulator:
     @cython.locals(node=Py_ssize_t, r=CRequest, tokens=cython.longlong, left=cython.longlong)
     cpdef on_read_part_done(self, item)
 
+    @cython.locals(blocked=CNodeSet, read_node=Py_ssize_t)
     cpdef release_buffer(self, Py_ssize_t node, long long tokens)
 
     @cython.locals(c=CCluster)

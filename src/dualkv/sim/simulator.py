@@ -11,11 +11,15 @@ saturated cluster costs no events.
 import gc
 from array import array
 
-from dualkv.sched import EngineReport, GroupReport, Request, Scheduler
-from dualkv.sim.cluster import Cluster
+import numpy as np
+
+from dualkv.errors import InvalidArgument
+from dualkv.sched import EngineReport, FetchResult, GroupReport, Request, Scheduler
+from dualkv.sched.request import is_side, new_request
+from dualkv.sim.cluster import Cluster, NodeSet
 from dualkv.sim.config import SimConfig
 from dualkv.sim.events import EventQueue
-from dualkv.sim.metrics import Accounting, path_tokens, split_path_tokens
+from dualkv.sim.metrics import Accounting, Series, path_tokens, split_path_tokens
 from dualkv.sim.workload import Workload
 
 ARRIVE, TICK, READ_DONE, FORWARD_DONE, H2D_DONE, DECODE_DONE, MONITOR = range(7)
@@ -36,6 +40,12 @@ def hbm_need(r: Request) -> int:
     return r.prompt_tokens + r.gen_tokens
 
 
+def read_node(r: Request) -> int:
+    """r.read_node of a whole-request read, read as fields (a property is a Python-level
+    lookup once compiled)."""
+    return r.pe_node if is_side(r.read_side, "pe") else r.de_node
+
+
 def part_tokens(node: int, r: Request) -> int:
     """Hit tokens `node` reads of a split request: the prefix on its PE node, the rest on its
     DE node."""
@@ -44,20 +54,23 @@ def part_tokens(node: int, r: Request) -> int:
 
 def _int64s(values) -> array:
     out = array("q")
-    out.frombytes(values.astype("int64").tobytes())  # numpy int64 -> array('q'): one copy
+    out.frombytes(np.ascontiguousarray(values, dtype=np.int64).view(np.uint8))  # one copy
     return out
 
 
-def _rotated(groups: set, shift: int) -> list:
-    if len(groups) < 2:  # most ticks: nothing to sort or rotate
-        return list(groups)
-    order = sorted(groups)
-    k = shift % len(order)
-    return order[k:] + order[:k]
+def check_shapes(work: Workload) -> None:
+    """Request's shape checks for every turn at once (0 <= hit < prompt, gen >= 1), so each
+    turn's Request is made without them (sched.request.new_request)."""
+    bad = (work.hit < 0) | (work.hit >= work.prompt) | (work.gen < 1)
+    if bad.any():
+        i = int(bad.argmax())
+        raise InvalidArgument(f"turn {i} of {work.name}: need 0 <= hit_tokens < prompt_tokens and "
+                              f"gen_tokens >= 1, got {work.hit[i]}, {work.prompt[i]}, {work.gen[i]}")
 
 
 class Simulator:
     def __init__(self, cfg: SimConfig, work: Workload, progress=None):
+        check_shapes(work)
         self.cfg, self.work, self.progress = cfg, work, progress
         self.c = Cluster(cfg)
         self.policy = self.c.policy
@@ -65,13 +78,13 @@ class Simulator:
         self.sched = Scheduler(self.sched_cfg, self.c.pe_groups, self.c.de_groups)
         self.acct = Accounting(self.c.num_nodes, cfg.window_s)
         self.events, self.now = EventQueue(), 0.0
-        self.pe_awake, self.de_awake, self.pe_full = set(), set(), set()
+        n = self.c.num_nodes  # group ids are node ids: PE nodes, then DE nodes
+        self.pe_awake, self.de_awake, self.pe_full = NodeSet(n), NodeSet(n), NodeSet(n)
         self.tick_armed, self._de_rotor = False, 0
         # "every PE group not in pe_full is awake", set when the global queue gets its first
         # request and applied at the next tick (on_tick says why that is the same set)
         self.pe_wake_all = False
-        self.all_pe = frozenset(range(self.c.num_pe_nodes))
-        self.dirty_read_q = set()  # nodes whose read queue changed since the last tick
+        self.dirty_read_q = NodeSet(n)  # nodes whose read queue changed since the last tick
         self.num_ticks = 0
         n = work.num_agents
         # Per-agent and per-turn numbers as flat arrays ('q' int64, 'd' double), typed as C
@@ -83,13 +96,18 @@ class Simulator:
         self.first_t = array("d", [0.0]) * n
         self.finish_t = array("d", [0.0]) * n
         self.num_done = 0
-        self.ttft, self.ttst, self.tpot, self.ttft_at = [], [], [], []
-        self.attn_balance = []  # (time, max/avg attention time in the EP group)
+        # per-turn figures (at most one per turn each) and, per forward, its time and the
+        # max/avg attention time over the EP group's GPUs: columns of doubles (metrics.Series)
+        turns = work.num_turns
+        self.ttft, self.ttst, self.tpot, self.ttft_at = Series(turns), Series(turns), Series(turns), Series(turns)
+        self.attn_t, self.attn_ratio = Series(), Series()
         self.bytes_read = 0
         # split reads whose buffers are reserved: request id -> parts still reading
         self.split_left = {}
         self.num_split = 0  # requests read as a split (both nodes)
-        self._prompt, self._hit, self._gen = _int64s(work.prompt), _int64s(work.hit), _int64s(work.gen)
+        # each turn's (prompt, hit, gen) side by side: a submit reads one cache line, not three
+        # (at 5 M turns, each a miss: consecutive submits are different agents' turns)
+        self._shape = _int64s(np.stack([work.prompt, work.hit, work.gen], axis=1).ravel())
         m = cfg.model
         self.bpt = m.bytes_per_token
         self.kv_bw = cfg.cnic_bytes_per_s * cfg.cnic_kv_share
@@ -99,6 +117,7 @@ class Simulator:
         self.tpot_slope = m.tpot_full_s - m.tpot_light_s
         self.tpot_light = m.tpot_light_s
         self.io_free, self.layerwise = self.policy.is_io_free, self.policy.is_layerwise
+        self.may_split = is_side(self.policy.side, "split")  # a request may read on both nodes
         self.block = cfg.block_tokens
         self.period = cfg.fetch_period_s
         # One report per engine and per group, refilled before each fetch: the scheduler uses
@@ -106,6 +125,7 @@ class Simulator:
         engine_reports = [EngineReport(e, 0, 0) for e in range(len(self.c.seq))]
         self.group_reports = [GroupReport(s.group_id, 0, [engine_reports[e] for e in s.engine_ids])
                               for s in (*self.c.pe_groups, *self.c.de_groups)]
+        self.fetched = FetchResult()  # refilled by every fetch, read before the next
 
     # -- the loop ---------------------------------------------------------------------------
     def push(self, t: float, kind: int, obj) -> None:
@@ -131,7 +151,8 @@ class Simulator:
         events = self.events
         num_agents = self.work.num_agents
         while len(events):
-            t, kind, obj = events.pop()
+            obj = events.pop_payload()
+            t, kind = events.last_t, events.last_kind
             if t > until:
                 break
             self.now = t
@@ -162,7 +183,8 @@ class Simulator:
     def submit(self, agent: int) -> None:
         i = self.turn[agent]
         self.submit_t[agent] = self.now
-        request = Request(i, self._prompt[i], self._hit[i], self._gen[i], agent)
+        shape = self._shape
+        request = new_request(i, shape[3 * i], shape[3 * i + 1], shape[3 * i + 2], agent)
         routed = self.sched.submit(request)
         if routed is None:
             if len(self.sched.pe_queue) == 1 and len(self.pe_full) < self.c.num_pe_nodes:
@@ -176,33 +198,33 @@ class Simulator:
         self.arm_tick()
 
     def arm_tick(self) -> None:
-        if not self.tick_armed and (self.pe_awake or self.de_awake or self.pe_wake_all):
+        if not self.tick_armed and (self.pe_awake.size or self.de_awake.size or self.pe_wake_all):
             period = self.period
             self.push((int(self.now / period) + 1) * period, TICK, None)
             self.tick_armed = True
 
     def on_tick(self, _) -> None:
         self.tick_armed = False
-        for node in sorted(self.dirty_read_q):  # every leader reports each period
+        for node in self.dirty_read_q.take(0):  # every leader reports each period
             self.sched.report_read_q(node, self.c.read_q[node])
-        self.dirty_read_q.clear()
         self.num_ticks += 1  # leaders fetch at different phases: rotate who goes first
-        pe, self.pe_awake = self.pe_awake, set()
         if self.pe_wake_all:
             # The groups not in pe_full when the queue got its first request, taken now: the
             # same set, since only a fetch (in a tick) adds to pe_full, and a group leaving it
             # (on_forward_done) while the queue is non-empty is added to pe_awake anyway.
             self.pe_wake_all = False
-            pe |= self.all_pe - self.pe_full
+            for g in range(self.c.num_pe_nodes):
+                if not self.pe_full.contains(g):
+                    self.pe_awake.add(g)
+        # take() empties the set first: groups woken during the fetches wait for the next tick
         # A PE fetch with nothing to take returns nothing and changes nothing (read queues
         # are reported above), so it is skipped: the same decisions, fewer calls. DE leaders
         # always report: their load refreshes the group's phase-1 total (fetch_de).
         sched = self.sched
-        for g in _rotated(pe, self.num_ticks):
+        for g in self.pe_awake.take(self.num_ticks):
             if sched.has_pe_work(g):
                 self.fetch_pe(g)
-        de, self.de_awake = self.de_awake, set()
-        for g in _rotated(de, self.num_ticks):
+        for g in self.de_awake.take(self.num_ticks):
             self.fetch_de(g)
         self.arm_tick()
 
@@ -213,10 +235,11 @@ class Simulator:
         for er in report.engines:
             e = er.engine_id
             er.seq, er.tok = c.seq[e], c.tok[e]
-        result = self.sched.fetch_for_pe_group(report)
+        result = self.sched.fetch_for_pe_group(report, self.fetched)
         for r in result.assigned:
             c.seq[r.pe] += 1
             c.tok[r.pe] += r.prompt_tokens
+            c.node_tok[r.pe_node] += r.prompt_tokens
         for r in result.placed:
             self.place(r)
         if self.sched.has_pe_work(g):  # Algorithm 1 stopped: every engine is above beta
@@ -224,6 +247,14 @@ class Simulator:
 
     def fetch_de(self, g: int) -> None:
         c = self.c
+        if not self.sched.has_de_work(g):
+            # About half the DE fetches find no work (another leader drained the global queue
+            # into other groups first). Such a fetch only reports the group's load, so only
+            # that is sent, as the group's token total (report_de_tokens, what report_de_load
+            # sums): the same decisions, without a report or the fetch's result objects.
+            self.sched.report_de_tokens(g, c.read_q[g], c.node_tok[g])
+            self.arm_tick()
+            return
         cap = c.de_cap
         # an engine reports the HBM it has free now; requests assigned but not yet decoding
         # are not reserved (the paper's Z rule is what keeps them from overflowing it)
@@ -232,21 +263,16 @@ class Simulator:
         for er in report.engines:
             e = er.engine_id
             er.seq, er.tok, er.free_hbm_tokens = c.seq[e], c.tok[e], cap - c.de_alloc[e]
-        if not self.sched.has_de_work(g):
-            # About half the DE fetches find no work (another leader drained the global queue
-            # into other groups first). Such a fetch only reports the group's load, so only
-            # the report is sent: the same decisions, without the fetch's result objects.
-            self.sched.report_de_load(report)
-            self.arm_tick()
-            return
-        result = self.sched.fetch_for_de_group(report)
+        result = self.sched.fetch_for_de_group(report, self.fetched)
         for r in result.assigned:
             c.seq[r.de] += 1
             c.tok[r.de] += r.prompt_tokens
+            c.node_tok[r.de_node] += r.prompt_tokens
             c.de_assigned[r.de] += hbm_need(r)
         for r in result.placed:
             self.place(r)
-        self.de_awake.update(result.woken_groups)
+        for woken in result.woken_groups:
+            self.de_awake.add(woken)
         self.arm_tick()
 
     # -- storage reads ----------------------------------------------------------------------
@@ -254,10 +280,10 @@ class Simulator:
         if self.io_free:
             self.make_ready(r)
             return
-        if r.read_side == "split":
+        if self.may_split and is_side(r.read_side, "split"):
             self.place_split(r)
             return
-        node = r.read_node
+        node = read_node(r)
         self.c.read_q[node] += r.hit_tokens
         self.c.snic_pending[node].append(r)
         self.start_reads(node)
@@ -267,18 +293,18 @@ class Simulator:
         pending = c.snic_pending[node]
         while pending and not c.snic_busy[node]:
             r = pending[0]
-            if r.read_side == "split":
+            if self.may_split and is_side(r.read_side, "split"):
                 if r.rid not in self.split_left and not self.reserve_split(node, r):
                     return  # its buffers are full: blocked, as a whole read would be
                 pending.popleft()
                 self.start_read_part(node, r)
                 continue
-            on_pe = r.read_side == "pe"
+            on_pe = is_side(r.read_side, "pe")
             if on_pe and not c.buffer_fits(r.pe_node, r.hit_tokens):
-                c.blocked.setdefault(r.pe_node, set()).add(node)
+                c.block(r.pe_node, node)
                 return
             if not c.buffer_fits(r.de_node, r.prompt_tokens):
-                c.blocked.setdefault(r.de_node, set()).add(node)
+                c.block(r.de_node, node)
                 return
             pending.popleft()
             if on_pe:
@@ -293,7 +319,7 @@ class Simulator:
             self.push(end, READ_DONE, r)
 
     def on_read_done(self, r: Request) -> None:
-        node = r.read_node
+        node = read_node(r)
         self.c.snic_busy[node] = False
         self.c.read_q[node] -= r.hit_tokens
         self.dirty_read_q.add(node)
@@ -321,10 +347,10 @@ class Simulator:
         forever (a deadlock tests/sim/test_split_sim.py reproduces with small buffers)."""
         c = self.c
         if not c.buffer_fits(r.pe_node, r.pe_read_tokens):
-            c.blocked.setdefault(r.pe_node, set()).add(node)
+            c.block(r.pe_node, node)
             return False
         if not c.buffer_fits(r.de_node, r.prompt_tokens):
-            c.blocked.setdefault(r.de_node, set()).add(node)
+            c.block(r.de_node, node)
             return False
         c.buf_used[r.pe_node] += r.pe_read_tokens
         c.buf_used[r.de_node] += r.prompt_tokens
@@ -365,9 +391,9 @@ class Simulator:
 
     def release_buffer(self, node: int, tokens: int) -> None:
         self.c.buf_used[node] -= tokens
-        blocked = self.c.blocked.pop(node, None)
-        if blocked:  # usually none: no sorted() list per release
-            for read_node in sorted(blocked):
+        blocked = self.c.blocked[node]
+        if blocked.size:  # take() empties it first: a read node blocked again waits anew
+            for read_node in blocked.take(0):
                 self.start_reads(read_node)
 
     # -- prefill ----------------------------------------------------------------------------
@@ -395,7 +421,7 @@ class Simulator:
                 for ch in chunks:
                     loaded += ch.cached
                     stored += ch.bsz
-                    if ch.request.read_side == "pe" and ch.cached == ch.request.hit_tokens:
+                    if is_side(ch.request.read_side, "pe") and ch.cached == ch.request.hit_tokens:
                         stored += ch.cached
                 t += loaded * self.bpt / kv_bw + stored * self.bpt / kv_bw
             gpu_times.append(t)
@@ -405,7 +431,8 @@ class Simulator:
         if not batch:
             return
         longest = max(gpu_times)
-        self.attn_balance.append((self.now, longest * len(gpu_times) / sum(gpu_times)))
+        self.attn_t.append(self.now)
+        self.attn_ratio.append(longest * len(gpu_times) / sum(gpu_times))
         c.pe_busy[g] = True
         # A forward's time: the slowest GPU's attention (and, without layerwise prefill, its
         # load/store), the group's linear work spread over its GPUs, and the fixed per-forward
@@ -433,15 +460,16 @@ class Simulator:
         self.ttft_at.append(self.submit_t[a])
         c.seq[r.pe] -= 1
         c.tok[r.pe] -= r.prompt_tokens
+        c.node_tok[r.pe_node] -= r.prompt_tokens
         if not self.io_free:
             miss = r.prompt_tokens - r.hit_tokens  # r.miss_tokens, read as fields
-            if r.read_side == "split":
+            if self.may_split and is_side(r.read_side, "split"):
                 self.acct.add_class(self.now, split_path_tokens(
                     r.pe_read_tokens, r.hit_tokens - r.pe_read_tokens, miss))
                 self.release_buffer(r.pe_node, r.pe_read_tokens)
             else:
                 self.acct.add_class(self.now, path_tokens(r.read_side, r.hit_tokens, miss))
-            if r.read_side == "pe":
+            if is_side(r.read_side, "pe"):
                 self.release_buffer(r.pe_node, r.hit_tokens)
         waiting = c.de_wait[r.de]
         if waiting or (c.de_alloc[r.de] and c.de_alloc[r.de] + hbm_need(r) > c.de_cap):
@@ -473,6 +501,7 @@ class Simulator:
         c.de_assigned[e] -= hbm_need(r)
         c.seq[e] -= 1
         c.tok[e] -= r.prompt_tokens
+        c.node_tok[r.de_node] -= r.prompt_tokens
         if not self.io_free:
             block = self.block
             written = (r.prompt_tokens + r.gen_tokens) // block * block - r.hit_tokens

@@ -118,26 +118,34 @@ def agentic(maxlen: str, num_agents: int, seed: int = 0, arrival_s=None, block_t
     rng = np.random.default_rng(seed + 1)
     picks = np.concatenate([np.arange(min(num_agents, NUM_BASE)),
                             rng.integers(0, NUM_BASE, max(0, num_agents - NUM_BASE))])
-    appends, gens = [], []
-    for i, k in enumerate(picks):
-        a, g = base[k]
-        if i >= NUM_BASE:
-            a, g = np.concatenate([[SYNTHETIC_PROMPT], a]), np.concatenate([[1], g])
-        appends.append(a)
-        gens.append(g)
+    # Every agent's rounds as indices into the base trajectories laid end to end (one pass of
+    # array operations, not an array per agent); -1 marks a prepended synthetic round.
+    base_len = np.array([len(a) for a, _ in base])
+    base_start = np.cumsum(base_len) - base_len
+    base_append = np.concatenate([a for a, _ in base])
+    base_gen = np.concatenate([g for _, g in base])
+    synthetic = (np.arange(num_agents) >= NUM_BASE).astype(np.int64)
+    lengths = base_len[picks] + synthetic
+    first = np.cumsum(lengths) - lengths  # each agent's first turn
+    offset = np.arange(int(lengths.sum())) - np.repeat(first + synthetic, lengths)  # round in its base
+    index = np.repeat(base_start[picks], lengths) + offset
+    is_synthetic = offset < 0
+    index[is_synthetic] = 0
+    append = np.where(is_synthetic, SYNTHETIC_PROMPT, base_append[index])
+    gen = np.where(is_synthetic, 1, base_gen[index])
     arrival = np.zeros(num_agents) if arrival_s is None else np.asarray(arrival_s, float)
-    return _from_rounds(f"agentic-{maxlen}", appends, gens, arrival, block_tokens)
+    return _from_rounds(f"agentic-{maxlen}", append, gen, lengths, arrival, block_tokens)
 
 
-def _from_rounds(name, appends, gens, arrival, block_tokens) -> Workload:
-    lengths = np.array([len(a) for a in appends])
+def _from_rounds(name, append, gen, lengths, arrival, block_tokens) -> Workload:
+    """A Workload from every agent's rounds end to end (append and generated tokens per
+    round) and the number of rounds per agent."""
     start = np.concatenate([[0], np.cumsum(lengths)])
-    append, gen = np.concatenate(appends), np.concatenate(gens)
     step = append + gen
     cum = np.cumsum(step)
     ends = cum[start[1:] - 1]  # context after each agent's last turn
     agent_base = np.repeat(np.concatenate([[0], ends[:-1]]), lengths)  # cum before each agent
-    context = np.cumsum(step) - step - agent_base
+    context = cum - step - agent_base
     prompt = context + append
     hit = context // block_tokens * block_tokens
     return Workload(name, prompt.astype(np.int64), hit.astype(np.int64), gen.astype(np.int64),
