@@ -7,7 +7,6 @@ cimport cython
 # (no vtable, no check for a Python override)
 @cython.final
 cdef class FlopCurve:
-    cdef public list flops, seconds
     cdef double[:] _xs, _ys
 
     @cython.locals(i=Py_ssize_t, last=Py_ssize_t, slope=double)

@@ -17,10 +17,17 @@ class FlopCurve:
             raise InvalidArgument("a FLOP curve needs at least two (flops, seconds) points")
         if any(b <= a for a, b in zip(flops, flops[1:])) or any(b < a for a, b in zip(seconds, seconds[1:])):
             raise InvalidArgument("FLOP curve points must be increasing")
-        self.flops, self.seconds = list(map(float, flops)), list(map(float, seconds))
-        # the same points as doubles ('d' arrays, C memoryviews once compiled: cost.pxd), so
-        # seconds_for compares C doubles instead of boxing `flops` at every comparison
-        self._xs, self._ys = array("d", self.flops), array("d", self.seconds)
+        # the points as doubles ('d' arrays, C memoryviews once compiled: cost.pxd), so
+        # seconds_for compares C doubles instead of boxing a float at every comparison
+        self._xs, self._ys = array("d", map(float, flops)), array("d", map(float, seconds))
+
+    @property
+    def flops(self) -> list[float]:
+        return list(self._xs)
+
+    @property
+    def seconds(self) -> list[float]:
+        return list(self._ys)
 
     @classmethod
     def linear(cls, flops_per_s: float, overhead_s: float = 0.0) -> "FlopCurve":
