@@ -86,6 +86,26 @@ def test_decode_pulls_the_prefilled_kv_in_process(model_dir, tmp_path):
         h.close()
 
 
+def test_a_prompt_differing_in_the_partial_block_is_computed_not_pulled(model_dir, tmp_path):
+    """The producer's KV covers the prompt's tail (a partial block no block key names): a
+    decode instance handed its parameters with another tail computes the prompt itself."""
+    other = PROMPT[:-2] + [PROMPT[-2] % 900 + 1, PROMPT[-1]]
+    want = reference(model_dir, str(tmp_path / "ref"), other)
+    p = Harness(model_dir, str(tmp_path / "store"), kv_role="kv_producer", extra=PD)
+    p.add("req", PROMPT, max_tokens=1, kv_transfer_params={"do_remote_decode": True})
+    p.step_until(lambda: "req" in p.finished)
+    d = decode(model_dir, tmp_path, producer_params(p, "req"), other)
+    d.run()
+    assert d.computed_positions["req"][:len(other)] == list(range(len(other)))
+    assert list(d.requests["req"].output_token_ids) == want
+    assert d.worker.worker_side.page_puller.stats["blocks_pulled"] == 0
+    assert d.num_wrong_computes == 0
+    p.step_until(lambda: not p.scheduler.has_requests())  # D told P to free them
+    for h in (p, d):
+        assert_nothing_left(h)
+        h.close()
+
+
 def test_corrupt_stored_block_is_recomputed_on_the_producer(model_dir, tmp_path):
     want = reference(model_dir, str(tmp_path / "ref"), TURN2)
     root = str(tmp_path / "store")

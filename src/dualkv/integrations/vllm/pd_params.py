@@ -23,6 +23,7 @@ import hashlib
 import time
 from dataclasses import MISSING, asdict, dataclass, fields
 
+import numpy as np
 from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorHandshakeMetadata
 
 from dualkv.router.protocol import hit_prompt, prefill_params  # noqa: F401 - the hops' shapes
@@ -36,6 +37,13 @@ def notice_id(engine_id: str, request_id: str) -> int:
     """The agents' int64 request id of one producer request, the same on both sides."""
     digest = hashlib.blake2b(f"{engine_id}/{request_id}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def tokens_digest(token_ids, num_tokens: int) -> str:
+    """Names the first num_tokens token ids (a receiver whose prompt differs there, even in a
+    partial last block, computes instead of pulling KV computed over other tokens)."""
+    ids = np.asarray(token_ids[:num_tokens], np.int64)
+    return hashlib.blake2b(ids.tobytes(), digest_size=16).hexdigest()
 
 
 @dataclass
@@ -58,6 +66,9 @@ class PullParams:
     # hex key of the last full block those pages hold (vLLM's chained hash: it names the whole
     # prefix); a receiver whose prompt has another key there computes instead. "" = unchecked
     remote_prefix_key: str = ""
+    # digest of the remote_num_tokens token ids themselves (tokens_digest): also covers a last,
+    # partial block, which no block key names. "" = unchecked
+    remote_tokens_digest: str = ""
 
     def to_dict(self, **extra) -> dict:
         params = asdict(self)

@@ -21,7 +21,8 @@ import numpy as np
 
 from dualkv.integrations.vllm.keys import block_keys
 from dualkv.integrations.vllm.metadata import HoldSpec, PullSpec
-from dualkv.integrations.vllm.pd_params import (PullParams, notice_id, wants_dualpath_read,
+from dualkv.integrations.vllm.pd_params import (PullParams, notice_id, tokens_digest,
+                                                wants_dualpath_read,
                                                 wants_remote_decode, wants_remote_prefill)
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,8 @@ class HoldPlan:
         params = PullParams(self.engine_id, request.request_id, tuple(block_ids[:num_blocks]),
                             num_tokens, self.rendezvous, self.namespace,
                             time.time() + self.lease_s,
-                            prefix_key(request, num_tokens // self.block_size, self.hash_stride))
+                            prefix_key(request, num_tokens // self.block_size, self.hash_stride),
+                            tokens_digest(request.prompt_token_ids, num_tokens))
         self._holds.append(HoldSpec(request.request_id,
                                     notice_id(self.engine_id, request.request_id)))
         return True, params.to_dict(**({"dualpath_read": True} if is_hit else {}))
@@ -113,6 +115,11 @@ class PullPlan:
         elif params.remote_prefix_key and params.remote_prefix_key != prefix_key(
                 request, params.remote_num_tokens // self.block_size, self.hash_stride):
             reason = "its prompt does not start with the tokens whose KV the parameters name"
+        elif params.remote_tokens_digest and (
+                len(request.prompt_token_ids) < params.remote_num_tokens or
+                params.remote_tokens_digest != tokens_digest(request.prompt_token_ids,
+                                                             params.remote_num_tokens)):
+            reason = "its prompt's tokens differ from those whose KV the parameters name"
         if reason:
             log.warning("dualkv: %s is computed here, not pulled: %s", request.request_id, reason)
         return None if reason else params
