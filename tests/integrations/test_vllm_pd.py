@@ -54,25 +54,35 @@ def producer_params(p, req_id):
 
 
 def test_decode_pulls_the_prefilled_kv_in_process(model_dir, tmp_path):
+    """Steps with no token to compute wait for the transfers, here up to a minute each: the
+    steps below end in half that only if the saves, the pull and the PULLED notice each end
+    their step's wait as they end."""
     want = reference(model_dir, str(tmp_path / "ref"), PROMPT)
-    p = Harness(model_dir, str(tmp_path / "store"), kv_role="kv_producer", extra=PD)
+    waits = {**PD, "timeout_s": 60, "idle_wait_ms": 60_000}
+
+    def steps_until(h, done):
+        start = time.monotonic()
+        h.step_until(done, timeout_s=30)
+        assert time.monotonic() - start < 30, "an idle step outlived the transfer it waited for"
+    p = Harness(model_dir, str(tmp_path / "store"), kv_role="kv_producer", extra=waits)
     p.add("req", PROMPT, max_tokens=1, kv_transfer_params={"do_remote_decode": True})
-    p.step_until(lambda: "req" in p.finished)
+    steps_until(p, lambda: "req" in p.finished)
     params = producer_params(p, "req")
     assert params["remote_num_tokens"] == len(PROMPT)
     assert len(params["remote_block_ids"]) == -(-len(PROMPT) // BLOCK)
-    p.step_until(lambda: p.worker.worker_side.stats["blocks_saved"] == 5)  # saves verified...
+    steps_until(p, lambda: p.worker.worker_side.stats["blocks_saved"] == 5)  # saves verified...
     assert "req" in p.scheduler.requests  # ...and the pages still held: nobody pulled them
     assert p.worker.worker_side.page_server.is_held("req")
 
-    d = decode(model_dir, tmp_path, params, PROMPT)
-    d.step_until(lambda: d.computed_positions["req"])  # the pull ended, D computes
+    d = decode(model_dir, tmp_path, params, PROMPT, extra=waits)
+    steps_until(d, lambda: d.computed_positions["req"])  # the pull ended, D computes
     assert d.computed_positions["req"] == [len(PROMPT) - 1]  # only the last token, to sample
+    assert d.worker.worker_side.stats["idle_steps"] >= 1  # it did wait for the pull
     assert_kv_correct(d, "req", len(PROMPT))  # every prompt position, every layer: pulled
-    d.run()
+    steps_until(d, lambda: not d.scheduler.has_requests())
     assert list(d.requests["req"].output_token_ids) == want
     assert d.num_wrong_computes == 0
-    p.step_until(lambda: "req" not in p.scheduler.requests)  # freed once pulled
+    steps_until(p, lambda: "req" not in p.scheduler.requests)  # freed once pulled
     assert p.worker.worker_side.page_server.stats == {"requests_pulled": 1, "requests_expired": 0}
     puller = d.worker.worker_side.page_puller
     assert puller.stats["blocks_pulled"] == len(params["remote_block_ids"])
@@ -138,8 +148,12 @@ def test_unpulled_pages_are_freed_when_the_lease_ends(model_dir, tmp_path):
     p.add("req", PROMPT, max_tokens=1, kv_transfer_params={"do_remote_decode": True})
     p.step_until(lambda: "req" in p.finished)
     params = producer_params(p, "req")
+    stats, start = p.worker.worker_side.stats, time.monotonic()
     p.step_until(lambda: not p.scheduler.has_requests(), timeout_s=30)
     assert p.worker.worker_side.page_server.stats["requests_expired"] == 1
+    # while the pages were held, each empty step waited its idle_wait_ms (20) unless a save
+    # ended it: a few steps per second, not a busy loop
+    assert stats["idle_steps"] <= (time.monotonic() - start) / 0.020 + 10, stats
     # a decode instance handed the expired params computes the prompt instead of pulling
     want = reference(model_dir, str(tmp_path / "ref"), PROMPT)
     d = decode(model_dir, tmp_path, params, PROMPT)

@@ -25,6 +25,10 @@ class ConnectorConfig:
     io_backend: str = "auto"     # "auto" | "io_uring" | "posix"
     direct_io: bool = True
     timeout_s: float = 60.0      # deadline of every wait on the store (and of a P/D pull)
+    # A step with no token to compute waits up to this long for one of our transfers to end
+    # (worker.py, get_finished): vLLM steps such steps back to back, each a round trip between
+    # its processes, while a request only waits on a pull or held pages. 0: return at once.
+    idle_wait_ms: float = 20.0
     # P/D roles (kv_producer / kv_consumer, docs/vllm-pd.md)
     rendezvous_host: str = "127.0.0.1"  # where a producer's workers accept decode instances
     rendezvous_port: int = 0     # first port (rank r listens on port + r); 0 = any free port
@@ -42,6 +46,8 @@ class ConnectorConfig:
             raise InvalidArgument(f"load_path must be 'direct' or 'staged', got {self.load_path!r}")
         if self.pool_slots <= 0 or self.timeout_s <= 0:
             raise InvalidArgument("pool_slots and timeout_s must be positive")
+        if not 0 <= self.idle_wait_ms <= 1e3 * self.timeout_s:
+            raise InvalidArgument("idle_wait_ms must be between 0 and timeout_s (in ms)")
         if not (self.snic_gbps >= 0 and self.cnic_gbps >= 0) or "/" in self.traffic_node:
             raise InvalidArgument("snic_gbps and cnic_gbps must be >= 0 and traffic_node a "
                                   "name without '/'")

@@ -176,6 +176,7 @@ class DualKVConnector(KVConnectorBase_V1):
 
     def build_connector_meta(self, scheduler_output) -> DualKVMetadata:
         meta = self.scheduler_side.build_connector_meta(scheduler_output)
+        meta.no_tokens_scheduled = scheduler_output.total_num_scheduled_tokens == 0
         if self.holds is not None:
             meta.holds = self.holds.take_holds()
             meta.pulls = self.pulls.take_pulls()

@@ -66,6 +66,9 @@ class DualKVMetadata(KVConnectorMetadata):
     holds: list[HoldSpec] = field(default_factory=list)  # P/D: pages held for another instance
     pulls: list[PullSpec] = field(default_factory=list)  # P/D: async pulls (and releases)
     fetches: list[PullSpec] = field(default_factory=list)  # P/D: sync layerwise pulls (this step)
+    # vLLM steps with no token to compute while a request waits on our transfers (a decode
+    # instance's pull, pages held for one): the worker then waits a little for them to end
+    no_tokens_scheduled: bool = False
 
 
 @dataclass

@@ -9,6 +9,12 @@ store as Full Blocks (async; every store call is made from vLLM's thread). The r
 stay held (request_finished returned True) until its writes are verified, then get_finished
 reports it.
 
+Steps with no token to compute: vLLM keeps stepping while a request only waits on a transfer
+(a decode instance's pull, an async load, pages held for another instance), back to back, each
+a round trip between its engine and worker processes (whose message queues spin for a second
+after every message). In such a step get_finished waits, up to idle_wait_ms, for one of the
+transfers to end, so the instance steps a few times per transfer instead of thousands.
+
 A failed load never leads to wrong KV in the store. The step that loads synchronously also
 computes the rest of the prompt over the loaded pages, so when a page fails, the KV computed
 in that step over it is wrong: its saves are dropped before they are written, and the request
@@ -19,6 +25,7 @@ the dropped saves go back in the worker metadata.
 from __future__ import annotations
 
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -29,6 +36,8 @@ from dualkv.integrations.vllm.pages import PagedKV, SlotPages
 from dualkv.integrations.vllm.transfers import LoadBatch, RateLimitedLog, SaveBatch
 
 log = logging.getLogger(__name__)
+
+IDLE_POLL_S = 0.001  # how often an idle step looks for ended transfers
 
 
 class WorkerSide:
@@ -43,6 +52,7 @@ class WorkerSide:
         self.copier = ThreadPoolExecutor(1, thread_name_prefix="dualkv-stage")
         self.pacer = NicPacer(config)  # emulated storage and compute NICs (off by default)
         self.meta = None
+        self.is_idle_step = False  # this step computes no token (its metadata says so)
         self.sync_load: LoadBatch | None = None
         self.sync_fetch = None  # P/D: this step's layerwise fetches (pd_consumer.LayerFetch)
         self.async_loads: dict[str, LoadBatch] = {}
@@ -58,7 +68,8 @@ class WorkerSide:
         self.page_puller = None  # P/D consumer: pulls prompts' KV from producers (pd_consumer)
         self.stats = {"blocks_loaded": 0, "blocks_saved": 0, "bytes_loaded": 0, "bytes_saved": 0,
                       "load_errors": 0, "save_errors": 0, "save_skipped": 0, "save_dropped": 0,
-                      "load_s": 0.0, "save_s": 0.0, "save_copy_s": 0.0}
+                      "load_s": 0.0, "save_s": 0.0, "save_copy_s": 0.0,
+                      "idle_steps": 0, "idle_wait_s": 0.0}
 
     # registration -------------------------------------------------------------------------
     def register_kv_caches(self, kv_caches: dict) -> None:
@@ -81,6 +92,7 @@ class WorkerSide:
     def bind(self, meta) -> None:
         """The step's metadata, seen first by whichever hook vLLM calls first in the step."""
         self.meta = meta
+        self.is_idle_step = meta.no_tokens_scheduled
         self.poisoned_req_ids -= meta.rolled_back_req_ids
         if self.page_server is not None:
             self.page_server.hold(meta.holds)
@@ -176,15 +188,43 @@ class WorkerSide:
 
     def get_finished(self, finished_req_ids: set[str]):
         """Sending: a finished request's saves are verified and, on a P/D producer, the decode
-        instance has pulled its pages. Receiving: its async loads or pulls ended."""
+        instance has pulled its pages. Receiving: its async loads or pulls ended. In a step
+        with no token to compute, waits up to idle_wait_ms for one of them."""
         self.finished_req_ids |= {r for r in finished_req_ids
                                   if r in self.saving_req_ids or self._is_held(r)}
-        if self.page_server is not None:
-            self.page_server.take_released()
+        sending, recving, progressed = self._take_finished()
+        if self.is_idle_step:
+            self.is_idle_step = False
+            if not progressed:
+                sending, recving = self._wait_while_idle()
+        return sending or None, recving or None
+
+    def _wait_while_idle(self) -> tuple[set[str], set[str]]:
+        """Until a transfer ends (what it tells vLLM or the scheduler side may let the next step
+        do something), none is left, or idle_wait_ms passed."""
+        self.stats["idle_steps"] += 1
+        start = time.monotonic()
+        deadline = start + self.config.idle_wait_ms / 1e3
+        sending, recving, progressed = set(), set(), False
+        while not progressed and self._has_transfers() and time.monotonic() < deadline:
+            time.sleep(IDLE_POLL_S)
+            sending, recving, progressed = self._take_finished()
+        self.stats["idle_wait_s"] += time.monotonic() - start
+        return sending, recving
+
+    def _has_transfers(self) -> bool:
+        return bool(self.saves or self.async_loads
+                    or (self.page_server is not None and self.page_server.held)
+                    or (self.page_puller is not None and self.page_puller.pulls))
+
+    def _take_finished(self) -> tuple[set[str], set[str], bool]:
+        """(requests done sending, done receiving, whether any transfer ended)."""
+        released = self.page_server.take_released() if self.page_server is not None else ()
         for batch in self.saves:
             if batch.is_staged():
                 batch.write()
-        for batch in [b for b in self.saves if b.is_done()]:
+        written = [b for b in self.saves if b.is_done()]
+        for batch in written:
             self.saves.remove(batch)
             batch.finish()
             for req_id in batch.req_ids:
@@ -205,7 +245,8 @@ class WorkerSide:
             pulled, failed = self.page_puller.take_finished()
             done_recving |= pulled
             self.load_errors |= failed  # reported in this same pass, as vLLM requires
-        return done_sending or None, done_recving or None
+        progressed = bool(released or written or done_sending or done_recving)
+        return done_sending, done_recving, progressed
 
     def take_load_errors(self) -> set[int]:
         errors, self.load_errors = self.load_errors, set()
