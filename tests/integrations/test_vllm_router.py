@@ -7,6 +7,7 @@ Runs in the vLLM venv (`make test-vllm`); in the main suite it skips.
 """
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -21,13 +22,13 @@ from dualkv.bench._vllm_agents import AgentWorkload, post_json  # noqa: E402
 from dualkv.router.background import RouterThread  # noqa: E402
 from dualkv.router.launch import LocalSet  # noqa: E402
 from dualkv.router.server import RouterConfig  # noqa: E402
-from dualkv.testing.vllm_model import write_llama  # noqa: E402
+from dualkv.testing.vllm_model import word, write_llama  # noqa: E402
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 BASE_PORT = 18300
-VLLM_ARGS = ["--max-model-len", "2048", "--dtype", "float32", "--skip-tokenizer-init",
-             "--enforce-eager", "--block-size", "32"]
+VLLM_ARGS = ["--max-model-len", "2048", "--dtype", "float32", "--enforce-eager",
+             "--block-size", "32"]  # with the checkpoint's word-level tokenizer (chat)
 ENV = {"VLLM_TARGET_DEVICE": "cpu", "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1",
        "PYTHONHASHSEED": "0", "VLLM_SERVER_DEV_MODE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
 HOP_TIMEOUT_S = 60.0
@@ -162,19 +163,85 @@ def test_corrupt_stored_block_is_recomputed_not_served(cluster):
         assert t.tokens == workload.ask(ref_url, t.agent, 1, t.prompt, 120).tokens
 
 
+def external_hits(urls) -> float:
+    """Prompt tokens the instances took from their connector (pulled or loaded), in total."""
+    total = 0.0
+    for url in urls:
+        with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith("vllm:external_prefix_cache_hits_total"):
+                    total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def chat_answer(url, model, messages, stream=False) -> tuple[str, dict | None]:
+    """(the assistant's text, the router's trace or None): greedy, 8 tokens."""
+    body = {"model": model, "messages": messages, "max_tokens": 8, "temperature": 0.0,
+            "stream": stream}
+    if not stream:
+        answer = post_json(url + "/v1/chat/completions", body, 120)
+        return answer["choices"][0]["message"]["content"], answer.get("dualkv")
+    request = urllib.request.Request(url + "/v1/chat/completions", json.dumps(body).encode(),
+                                     {"Content-Type": "application/json"})
+    text = []
+    with urllib.request.urlopen(request, timeout=120) as response:
+        for line in response:
+            line = line.decode().strip()
+            if line.startswith("data: ") and line != "data: [DONE]":
+                delta = json.loads(line[6:])["choices"][0]["delta"]
+                text.append(delta.get("content") or "")
+    return "".join(text), None
+
+
+def test_chat_through_the_router_answers_as_one_engine(cluster):
+    """Chat conversations (messages rendered by the checkpoint's chat template): the router
+    tokenizes them, prefills the ids on P, and D answers the chat request itself over the KV
+    it pulled; the text equals one plain engine's, streamed or not, and later turns hit."""
+    local, model, ref_url = cluster
+    rng = random.Random(6)
+
+    def words(n):
+        return " ".join(word(rng.randrange(10, 1000)) for _ in range(n))
+    config = RouterConfig(local.prefill_urls, local.decode_urls, policy="dualpath",
+                          hop_timeout_s=HOP_TIMEOUT_S, poll_s=0.2)
+    urls = local.prefill_urls + local.decode_urls
+    with RouterThread(config, port=BASE_PORT + 25) as router:
+        for agent in range(2):
+            messages = [{"role": "user", "content": words(90)}]
+            for turn in range(2):
+                if turn:
+                    reset_prefix_caches(urls)
+                pulled = external_hits(local.decode_urls)
+                got, route = chat_answer(router.url, model, messages)
+                want, _ = chat_answer(ref_url, model, messages)
+                assert got == want, route
+                assert route["hops"][-1].startswith("decode:") and not route.get("error"), route
+                assert route["prompt_tokens"] > 90
+                assert external_hits(local.decode_urls) > pulled  # D pulled, not recomputed
+                if turn:
+                    assert route["hit_tokens"] > 0, route
+                messages += [{"role": "assistant", "content": got},
+                             {"role": "user", "content": words(40)}]
+        streamed, _ = chat_answer(router.url, model, messages, stream=True)
+        assert streamed == chat_answer(ref_url, model, messages)[0]
+        bad = {"model": model, "messages": [], "max_tokens": 8}
+        with pytest.raises(RuntimeError, match="HTTP 400"):
+            post_json(router.url + "/v1/chat/completions", bad, 30)
+
+
 def _kill_when(router, sent_to, with_hit_from=None, then_kill=None, local=None):
     """Makes the router's next hop to `sent_to` kill `then_kill` as it goes out."""
     hops = router.router.hops
     post = hops.post_json
     fired = []
 
-    async def post_and_kill(instance, body):
+    async def post_and_kill(instance, body, *args):
         params = body.get("kv_transfer_params") or {}
         if (not fired and instance.name == sent_to and
                 (with_hit_from is None or params.get("dualpath_read"))):
             fired.append(instance.name)
             local.kill(then_kill)
-        return await post(instance, body)
+        return await post(instance, body, *args)
     hops.post_json = post_and_kill
     return fired
 
@@ -212,7 +279,7 @@ def test_prefill_instance_killed_mid_request(cluster):
     workload = AgentWorkload(num_agents=1, num_turns=1, seed=5, model=model)
     config = RouterConfig(local.prefill_urls, local.decode_urls, policy="basic",
                           hop_timeout_s=HOP_TIMEOUT_S, poll_s=0.2, start_timeout_s=5)
-    with RouterThread(config, port=BASE_PORT + 24) as router:  # d0 is dead (test above)
+    with RouterThread(config, port=BASE_PORT + 26) as router:  # d0 is dead (test above)
         fired = _kill_when(router, "p0", then_kill="p0", local=local)
         prompt = workload.first_prompts()[0]
         start = time.monotonic()

@@ -60,17 +60,18 @@ class Hops:
         self.hop_timeout_s = hop_timeout_s
 
     # -- one HTTP hop -----------------------------------------------------------------------
-    async def _send(self, instance: Instance, body: dict, stream: bool):
+    async def _send(self, instance: Instance, body: dict, stream: bool,
+                    path: str = "/v1/completions"):
         timeout = aiohttp.ClientTimeout(total=None if stream else self.hop_timeout_s,
                                         sock_connect=min(10.0, self.hop_timeout_s),
                                         sock_read=self.hop_timeout_s)
         try:
             try:
-                response = await self.session.post(instance.url + "/v1/completions", json=body,
+                response = await self.session.post(instance.url + path, json=body,
                                                    timeout=timeout)
             except aiohttp.ServerDisconnectedError:  # a pooled connection closed as it was
                 response = await self.session.post(  # reused: once more on a fresh one
-                    instance.url + "/v1/completions", json=body, timeout=timeout)
+                    instance.url + path, json=body, timeout=timeout)
         except aiohttp.ClientConnectionError as exc:  # refused, reset: the instance is gone
             instance.mark(False, f"{type(exc).__name__}: {exc}")
             raise HopFailed(instance, f"cannot reach it ({type(exc).__name__}: {exc})") from exc
@@ -82,11 +83,12 @@ class Hops:
             raise HopFailed(instance, f"HTTP {response.status}: {text}", response.status)
         return response
 
-    async def post_json(self, instance: Instance, body: dict) -> dict:
+    async def post_json(self, instance: Instance, body: dict,
+                        path: str = "/v1/completions") -> dict:
         instance.stats["requests"] += 1
         started = time.monotonic()
         try:
-            response = await self._send(instance, body, stream=False)
+            response = await self._send(instance, body, stream=False, path=path)
             try:
                 answer = json.loads(await response.text())
                 answer.setdefault("_hop_s", round(time.monotonic() - started, 6))
@@ -160,10 +162,11 @@ class Hops:
             return (params if is_pull_answer(params) else None), pe
         return None, None
 
-    async def decode(self, placement: Placement, body: dict, params: dict | None, trace: dict):
-        """Hop 3: the client's request (with P's answer) to a decode instance. Returns the
-        answer (a dict), or for `stream` the open HTTP response whose body the caller streams
-        through and then releases."""
+    async def decode(self, placement: Placement, body: dict, params: dict | None, trace: dict,
+                     path: str = "/v1/completions"):
+        """Hop 3: the client's request (with P's answer) to a decode instance, on `path` (the
+        client's endpoint). Returns the answer (a dict), or for `stream` the open HTTP response
+        whose body the caller streams through and then releases."""
         hop = dict(body)
         if params is not None:
             hop["kv_transfer_params"] = params
@@ -176,13 +179,13 @@ class Hops:
                 if stream:
                     de.stats["requests"] += 1
                     try:
-                        response = await self._send(de, hop, stream=True)
+                        response = await self._send(de, hop, stream=True, path=path)
                     except HopFailed:
                         de.stats["failures"] += 1
                         raise
                     trace["hops"].append(f"decode:{de.name}")
                     return response
-                answer = await self.post_json(de, hop)
+                answer = await self.post_json(de, hop, path)
                 trace["hops"].append(f"decode:{de.name}")
                 trace["hop_s"].append(answer.pop("_hop_s"))
                 return answer

@@ -1,10 +1,15 @@
-"""The router's HTTP front: OpenAI's /v1/completions, served through the P/D hops.
+"""The router's HTTP front: OpenAI's /v1/completions and /v1/chat/completions, served through
+the P/D hops.
 
     router = Router(RouterConfig(prefill_urls=[...], decode_urls=[...], policy="dualpath"))
     await router.start()          # scrapes every instance once, learns the block size
     app = router.app()            # aiohttp application; or `dualkv router ...` (commands/router)
 
-Prompts are token ids (or one text, tokenized by a prefill instance's /tokenize). Non-streamed
+Prompts are token ids (or one text, tokenized by a prefill instance's /tokenize). Chat requests
+are tokenized the same way (/tokenize with the messages and the template fields): the router
+schedules and prefills those token ids, and the decode hop is the client's chat request itself,
+which the decode instance renders into the same tokens (the pulled KV's parameters carry a
+digest of them; a prompt that differs is computed there instead). Non-streamed
 answers carry a `dualkv` field saying how the request went (instances, read side, hit tokens,
 store bytes each instance read for it, retries); `GET /dualkv/status` has the instances' loads,
 their totals and the latest requests.
@@ -47,6 +52,21 @@ class RouterConfig:
     start_timeout_s: float = 60.0   # every instance answers /metrics within this at start
     recent: int = 1000              # requests kept in /dualkv/status
     names: list[str] = field(default_factory=list)  # instance names (default p0.., d0..)
+
+
+COMPLETIONS_PATH, CHAT_PATH = "/v1/completions", "/v1/chat/completions"
+# what renders chat messages into tokens (vLLM's /tokenize takes them as its chat endpoint does)
+_CHAT_TOKENIZE_FIELDS = ("messages", "add_generation_prompt", "continue_final_message",
+                         "add_special_tokens", "chat_template", "chat_template_kwargs", "tools")
+# what of a chat request a prefill hop keeps: besides the tokens, what names the KV's blocks
+_CHAT_PREFILL_FIELDS = ("model", "cache_salt", "priority")
+
+
+def _max_tokens(value) -> int:
+    tokens = int(value or 16)
+    if tokens < 1:
+        raise InvalidArgument("max_tokens must be >= 1")
+    return tokens
 
 
 def _bad_request(message: str, status: int = 400) -> web.Response:
@@ -183,28 +203,41 @@ class Router:
                     continue
         return _bad_request("no live instance", 503)
 
-    async def chat(self, request: web.Request) -> web.Response:
-        return _bad_request("the dualkv router serves /v1/completions (prompts as token ids or "
-                            "one text); apply the chat template on the client for now", 501)
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        try:
+            body = await request.json()
+            if not isinstance(body, dict):
+                raise InvalidArgument("the body must be a JSON object")
+            messages = body.get("messages")
+            if not isinstance(messages, list) or not messages:
+                raise InvalidArgument("'messages' must be a non-empty list")
+            tokenize = {k: body[k] for k in _CHAT_TOKENIZE_FIELDS if k in body}
+            prompt = await self._tokenize(body, tokenize)
+            gen_tokens = _max_tokens(body.get("max_completion_tokens") or body.get("max_tokens"))
+        except (ValueError, TypeError, InvalidArgument) as exc:
+            return _bad_request(str(exc))
+        prefill = {k: body[k] for k in _CHAT_PREFILL_FIELDS if k in body}
+        return await self._serve(request, body, prompt, gen_tokens, prefill, CHAT_PATH)
 
     async def _prompt_ids(self, body: dict) -> list[int]:
         prompt = body.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
             prompt = prompt[0]
         if isinstance(prompt, str):
-            return await self._tokenize(body, prompt)
+            return await self._tokenize(body, {"prompt": prompt})
         if (isinstance(prompt, list) and prompt and
                 all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in prompt)):
             return prompt
         raise InvalidArgument("'prompt' must be one non-empty list of token ids or one text")
 
-    async def _tokenize(self, body: dict, text: str) -> list[int]:
+    async def _tokenize(self, body: dict, what: dict) -> list[int]:
+        """Token ids of a text ({"prompt": ...}) or of chat messages, by a prefill instance."""
         for instance in self.prefills:
             if not instance.alive:
                 continue
             try:
                 async with self.session.post(instance.url + "/tokenize",
-                                             json={"model": body.get("model"), "prompt": text},
+                                             json={"model": body.get("model"), **what},
                                              timeout=aiohttp.ClientTimeout(total=30)) as resp:
                     answer = await resp.json()
                     if resp.status == 200 and answer.get("tokens"):
@@ -220,11 +253,16 @@ class Router:
             if not isinstance(body, dict):
                 raise InvalidArgument("the body must be a JSON object")
             prompt = await self._prompt_ids(body)
-            gen_tokens = int(body.get("max_tokens") or 16)
-            if gen_tokens < 1:
-                raise InvalidArgument("max_tokens must be >= 1")
+            gen_tokens = _max_tokens(body.get("max_tokens"))
         except (ValueError, TypeError, InvalidArgument) as exc:
             return _bad_request(str(exc))
+        return await self._serve(request, dict(body, prompt=prompt), prompt, gen_tokens, body,
+                                 COMPLETIONS_PATH)
+
+    async def _serve(self, request: web.Request, decode_body: dict, prompt: list[int],
+                     gen_tokens: int, prefill_body: dict, decode_path: str) -> web.StreamResponse:
+        """Places the request, prefills `prompt` (built from prefill_body's fields) and sends
+        decode_body to decode_path on the decode instance."""
         rid = next(self.rids)
         hit = self.prefix.hit_tokens(prompt)
         trace = {"rid": rid, "prompt_tokens": len(prompt), "hit_tokens": hit, "hops": [],
@@ -242,12 +280,12 @@ class Router:
         trace.update(pe=placement.pe.name, de=placement.de.name, read_side=placement.read_side)
         self.totals[f"read_side_{placement.read_side}"] += 1
         try:
-            params, pe = await self.hops.prefill(placement, body, prompt, trace,
+            params, pe = await self.hops.prefill(placement, prefill_body, prompt, trace,
                                                  lambda: self.placer.read_done(rid))
             if pe is not None:
                 self.prefix.add(prompt)  # P wrote its new Full Blocks to the store
             trace["prefilled_s"] = round(time.time() - trace["arrived"], 6)
-            result = await self.hops.decode(placement, dict(body, prompt=prompt), params, trace)
+            result = await self.hops.decode(placement, decode_body, params, trace, decode_path)
             if isinstance(result, dict):
                 result["dualkv"] = trace
                 return web.json_response(result)
