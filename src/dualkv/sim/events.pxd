@@ -19,3 +19,6 @@ cdef class EventQueue:
     cdef Event _pop(self) except *
     cpdef tuple pop(self)
     cpdef object pop_payload(self)
+
+
+cpdef void prefetch_items(list items) noexcept
