@@ -18,6 +18,12 @@ from dualkv.sched.select import LeastLoaded, assign_des, assign_pes, shorter_que
 from dualkv.sched.split import split_read, split_side
 
 
+# deque's methods, looked up once: compiled, _append(q, x) calls the method directly, where
+# q.append(x) on an untyped q looks "append" up by name on every call (the scheduler's own
+# queues are deques)
+_append = deque.append
+
+
 def _cleared(result: FetchResult | None) -> FetchResult:
     """A new FetchResult, or `result` emptied for reuse."""
     if result is None:
@@ -77,8 +83,8 @@ class Scheduler:
         (PE group, DE group) whose next fetch hands it over; smart policies choose at fetch
         time and return None (any group may take it)."""
         if self._smart:
-            self.pe_queue.append(request)
-            self.de_queue.append(request)
+            _append(self.pe_queue, request)
+            _append(self.de_queue, request)
             return None
         gid, engine_id = self._rr_pe[self._rr_counts[0] % len(self._rr_pe)]
         self._pending_pe[gid].append((request, engine_id))
@@ -173,7 +179,7 @@ class Scheduler:
                     queue = self._private_at[at]
                     if at != own_at and not queue:
                         woken.append(loads.ids[at])
-                    queue.append(request)
+                    _append(queue, request)
                     loads.add_at(at, request.prompt_tokens)
                     self._private_tokens[at] += request.prompt_tokens
             for request, i in assign_des(private, report.engines, self._z):

@@ -57,7 +57,7 @@ cdef class Simulator:
     cpdef on_arrive(self, Py_ssize_t agent)
 
     @cython.locals(i=Py_ssize_t, request=CRequest, g=Py_ssize_t)
-    cpdef submit(self, Py_ssize_t agent)
+    cpdef submit(self, Py_ssize_t agent, CRequest done=*)
 
     cpdef arm_tick(self)
 

@@ -10,6 +10,7 @@ saturated cluster costs no events.
 
 import gc
 from array import array
+from collections import deque
 
 import numpy as np
 
@@ -24,6 +25,11 @@ from dualkv.sim.workload import Workload
 
 ARRIVE, TICK, READ_DONE, FORWARD_DONE, H2D_DONE, DECODE_DONE, MONITOR = range(7)
 READ_PART_DONE = 7  # one node's part of a split read (the "split" policy)
+
+# deque's methods, looked up once: compiled, _append(q, x) calls the method directly, where
+# q.append(x) on an untyped q looks "append" up by name on every call (the loop's own queues
+# are deques; a few such calls a turn)
+_append, _popleft = deque.append, deque.popleft
 
 
 def default_beta(cfg: SimConfig, work: Workload) -> float:
@@ -191,14 +197,24 @@ class Simulator:
     def on_arrive(self, agent: int) -> None:
         self.submit(agent)
 
-    def submit(self, agent: int) -> None:
+    def submit(self, agent: int, done: Request = None) -> None:
+        """The agent's next turn. `done`: its previous turn's Request, finished (decoded,
+        nothing holds it for later), refilled for this turn instead of making a new one."""
         i = self.turn[agent]
         self.submit_t[agent] = self.now
         # _shape indexed in place (compiled, a memoryview local costs an atomic reference
         # count and a zeroed temporary per call). The agent goes in the request's C field
         # `slot`, not in `tag`: reading an int object back is a cache miss at 48,000 agents.
-        request = new_request(i, self._shape[3 * i], self._shape[3 * i + 1], self._shape[3 * i + 2],
-                              None, agent)
+        if done is None:
+            request = new_request(i, self._shape[3 * i], self._shape[3 * i + 1],
+                                  self._shape[3 * i + 2], None, agent)
+        else:
+            # every field as new_request sets it; the object is in cache (its decode just
+            # finished) and nothing is freed or allocated, where a new one would cost a cache
+            # miss at its first use and GC (un)tracking
+            request = done
+            request._fill(i, self._shape[3 * i], self._shape[3 * i + 1], self._shape[3 * i + 2], None)
+            request.slot = agent
         routed = self.sched.submit(request)
         if routed is None:
             if len(self.sched.pe_queue) == 1 and len(self.pe_full) < self.c.num_pe_nodes:
@@ -299,7 +315,7 @@ class Simulator:
             return
         node = read_node(r)
         self.c.read_q[node] += r.hit_tokens
-        self.c.snic_pending[node].append(r)
+        _append(self.c.snic_pending[node], r)
         self.start_reads(node)
 
     def start_reads(self, node: int) -> None:
@@ -310,7 +326,7 @@ class Simulator:
             if self.may_split and is_side(r.read_side, "split"):
                 if r.rid not in self.split_left and not self.reserve_split(node, r):
                     return  # its buffers are full: blocked, as a whole read would be
-                pending.popleft()
+                _popleft(pending)
                 self.start_read_part(node, r)
                 continue
             on_pe = is_side(r.read_side, "pe")
@@ -320,7 +336,7 @@ class Simulator:
             if not c.buffer_fits(r.de_node, r.prompt_tokens):
                 c.block(r.de_node, node)
                 return
-            pending.popleft()
+            _popleft(pending)
             if on_pe:
                 c.buf_used[r.pe_node] += r.hit_tokens
             c.buf_used[r.de_node] += r.prompt_tokens
@@ -413,7 +429,7 @@ class Simulator:
     # -- prefill ----------------------------------------------------------------------------
     def make_ready(self, r: Request) -> None:
         c = self.c
-        c.ready[r.pe].append(r)
+        _append(c.ready[r.pe], r)
         if not c.pe_busy[r.pe_node]:
             self.start_forward(r.pe_node)
 
@@ -535,7 +551,10 @@ class Simulator:
             self.arm_tick()
         self.turn[a] += 1
         if self.turn[a] < self.end[a]:
-            self.submit(a)
+            # r is finished: no event, queue or scheduler state refers to it any more (its H2D
+            # event, pushed first at the same or an earlier time, has run); the fetch result
+            # lists that may still list it are cleared before they are read again
+            self.submit(a, r)
         else:
             self.finish_t[a] = self.now
             self.num_done += 1
