@@ -22,3 +22,4 @@ cdef class EventQueue:
 
 
 cpdef void prefetch_items(list items) noexcept
+cpdef void prefetch_int32(const int[:] values, Py_ssize_t i) noexcept

@@ -118,3 +118,11 @@ cpdef void prefetch_items(list items) noexcept:
         p = <char*>PyList_GET_ITEM(items, i)
         __builtin_prefetch(p)
         __builtin_prefetch(p + 64)
+
+
+cpdef void prefetch_int32(const int[:] values, Py_ssize_t i) noexcept:
+    """A hint that values[i] is about to be read: its cache line is requested now, so the miss
+    overlaps with the caller's work until then. Nothing is read or changed; an index out of
+    range prefetches nothing useful and does no harm (a prefetch never faults)."""
+    if 0 <= i < values.shape[0]:
+        __builtin_prefetch(&values[i])

@@ -12,7 +12,7 @@ from dualkv.sim.cluster cimport Cluster as CCluster, NodeSet as CNodeSet
 from dualkv.sim.metrics cimport Accounting as CAccounting, path_tokens, split_path_tokens  # C calls
 from dualkv.sim.metrics cimport Series as CSeries
 from dualkv.sim.events cimport EventQueue as CEventQueue
-from dualkv.sim.events cimport prefetch_items  # C call
+from dualkv.sim.events cimport prefetch_int32, prefetch_items  # C calls
 
 
 cpdef long long hbm_need(CRequest r) except? -1

@@ -19,7 +19,7 @@ from dualkv.sched import EngineReport, FetchResult, GroupReport, Request, Schedu
 from dualkv.sched.request import is_side, new_request
 from dualkv.sim.cluster import Cluster, NodeSet
 from dualkv.sim.config import SimConfig
-from dualkv.sim.events import EventQueue, prefetch_items
+from dualkv.sim.events import EventQueue, prefetch_int32, prefetch_items
 from dualkv.sim.metrics import Accounting, Series, path_tokens, split_path_tokens
 from dualkv.sim.workload import Workload
 
@@ -507,9 +507,9 @@ class Simulator:
                 self.acct.add_class(self.now, path_tokens(r.read_side, r.hit_tokens, miss))
             if is_side(r.read_side, "pe"):
                 self.release_buffer(r.pe_node, r.hit_tokens)
-        waiting = c.de_wait[r.de]
-        if waiting or (c.de_alloc[r.de] and c.de_alloc[r.de] + hbm_need(r) > c.de_cap):
-            waiting.append(r)
+        if c.de_waiting[r.de] or (c.de_alloc[r.de] and c.de_alloc[r.de] + hbm_need(r) > c.de_cap):
+            _append(c.de_wait[r.de], r)
+            c.de_waiting[r.de] += 1
         else:
             self.allocate(r)
 
@@ -533,6 +533,11 @@ class Simulator:
 
     def on_decode_done(self, r: Request) -> None:
         c, e, a = self.c, r.de, r.slot
+        if self.turn[a] + 1 < self.end[a]:
+            # the agent's next turn's shape, read by submit below: a cache miss at 48,000
+            # agents (consecutive submits are different agents'), started now to overlap
+            # with the work in between
+            prefetch_int32(self._shape, 3 * (self.turn[a] + 1))
         c.de_alloc[e] -= hbm_need(r)
         c.de_assigned[e] -= hbm_need(r)
         c.seq[e] -= 1
@@ -543,9 +548,10 @@ class Simulator:
             written = (r.prompt_tokens + r.gen_tokens) // block * block - r.hit_tokens
             self.acct.add_write(r.de_node, written)
             self.acct.add_class(self.now, (0, 0, written, 0, 0, 2 * written))
-        waiting = c.de_wait[e]
-        while waiting and (not c.de_alloc[e] or c.de_alloc[e] + hbm_need(waiting[0]) <= c.de_cap):
-            self.allocate(waiting.popleft())
+        while c.de_waiting[e] and (not c.de_alloc[e] or
+                                   c.de_alloc[e] + hbm_need(c.de_wait[e][0]) <= c.de_cap):
+            c.de_waiting[e] -= 1
+            self.allocate(_popleft(c.de_wait[e]))
         if self.sched.has_de_work(r.de_node):
             self.de_awake.add(r.de_node)
             self.arm_tick()
