@@ -18,7 +18,7 @@ cdef class Scheduler:
     cdef public object _side
     cdef public double _alpha, _beta, _z
     cdef public long long _split_block
-    cdef public dict pe_groups, de_groups, read_q, de_private
+    cdef public dict pe_groups, de_groups, read_q, de_private, _pe_node, _de_node
     cdef public list _private_at
     cdef public long long[:] _private_tokens
     cdef public dict _pending_pe, _pending_de
@@ -37,7 +37,7 @@ cdef class Scheduler:
     cpdef report_de_tokens(self, group_id, read_q, long long tokens)
 
     @cython.locals(e=EngineReport, reported=cython.longlong, request=Request, result=FetchResult,
-                   loads=LeastLoaded, tokens="long long[:]", own_at=Py_ssize_t, at=Py_ssize_t,
+                   loads=LeastLoaded, own_at=Py_ssize_t, at=Py_ssize_t,
                    i=Py_ssize_t)
     cpdef fetch_for_de_group(self, GroupReport report, FetchResult into=*)
 

@@ -18,6 +18,12 @@ from dualkv.sched.select import LeastLoaded, assign_des, assign_pes, shorter_que
 from dualkv.sched.split import split_read, split_side
 
 
+# deque's methods, looked up once: compiled, _append(q, x) calls the method directly, where
+# q.append(x) on an untyped q looks "append" up by name on every call (the scheduler's own
+# queues are deques)
+_append = deque.append
+
+
 def _cleared(result: FetchResult | None) -> FetchResult:
     """A new FetchResult, or `result` emptied for reuse."""
     if result is None:
@@ -53,6 +59,10 @@ class Scheduler:
                 set(self.pe_groups) & set(self.de_groups):
             raise InvalidArgument("group ids must be unique across PE and DE groups")
         self.read_q = {g.node_id: 0 for g in (*pe_groups, *de_groups)}
+        # each group's node, read on every fetch: a dict of ints (a GroupSpec is a dataclass,
+        # whose field reads are instance-dict lookups)
+        self._pe_node = {g.group_id: g.node_id for g in pe_groups}
+        self._de_node = {g.group_id: g.node_id for g in de_groups}
         self.pe_queue: deque[Request] = deque()  # global FIFO, waiting for a PE
         self.de_queue: deque[Request] = deque()  # waiting for phase 1 (a DE group)
         self.de_private = {gid: deque() for gid in self.de_groups}
@@ -73,8 +83,8 @@ class Scheduler:
         (PE group, DE group) whose next fetch hands it over; smart policies choose at fetch
         time and return None (any group may take it)."""
         if self._smart:
-            self.pe_queue.append(request)
-            self.de_queue.append(request)
+            _append(self.pe_queue, request)
+            _append(self.de_queue, request)
             return None
         gid, engine_id = self._rr_pe[self._rr_counts[0] % len(self._rr_pe)]
         self._pending_pe[gid].append((request, engine_id))
@@ -115,8 +125,7 @@ class Scheduler:
     def report_de_tokens(self, group_id: int, read_q: int, tokens: int) -> None:
         """report_de_load for a caller that keeps its group's token total (the sum of its
         engines' `tok`) itself: the same records, without a report to fill."""
-        group = self.de_groups[group_id]
-        self.read_q[group.node_id] = read_q
+        self.read_q[self._de_node[group_id]] = read_q
         if self._smart:
             pos = self.de_loads.index[group_id]
             self.de_loads.set_at(pos, tokens + self._private_tokens[pos])
@@ -126,17 +135,19 @@ class Scheduler:
         """A PE group leader fetches: Algorithm 1 over the global FIFO (smart policies).
         `into`: a FetchResult to clear and fill instead of a new one, for a caller that reads
         each result before its next fetch (the simulator fetches millions of times)."""
-        group = self.pe_groups[report.group_id]
-        self.read_q[group.node_id] = report.read_q
-        node = group.node_id
+        gid = report.group_id
+        node = self._pe_node[gid]
+        self.read_q[node] = report.read_q
         result = _cleared(into)
         if self._smart:
-            read_qs = [report.read_q] * len(report.engines)
+            # as floats: compiled, select_pe reads each as a C double, and an int would be
+            # converted through a new float object at every read (the same value either way)
+            read_qs = [float(report.read_q)] * len(report.engines)
             for request, i in assign_pes(self.pe_queue, report.engines, read_qs, self._alpha, self._beta):
                 request.pe, request.pe_node = report.engines[i].engine_id, node
                 self._finish(request, result)
             return result
-        for request, engine_id in self._drain(self._pending_pe[group.group_id]):
+        for request, engine_id in self._drain(self._pending_pe[gid]):
             request.pe, request.pe_node = engine_id, node
             self._finish(request, result)
         return result
@@ -145,8 +156,8 @@ class Scheduler:
         """A DE group leader fetches: phase 1 drains the global queue into group queues, then
         phase 2 places this group's queue on its engines (smart policies). `into`: as for
         fetch_for_pe_group."""
-        group = self.de_groups[report.group_id]
-        own, node = group.group_id, group.node_id  # read once: a dataclass's fields are slow
+        own = report.group_id
+        node = self._de_node[own]
         self.read_q[node] = report.read_q
         result = _cleared(into)
         if self._smart:
@@ -154,10 +165,12 @@ class Scheduler:
             reported = 0
             for e in report.engines:
                 reported += e.tok
-            loads, tokens = self.de_loads, self._private_tokens  # by position in loads.ids
+            # by position in loads.ids; _private_tokens is indexed in place (compiled, a
+            # memoryview local costs an atomic reference count and a zeroed temporary per call)
+            loads = self.de_loads
             own_at = loads.index[own]
             private = self._private_at[own_at]  # de_private[own]
-            loads.set_at(own_at, reported + tokens[own_at])
+            loads.set_at(own_at, reported + self._private_tokens[own_at])
             if self.de_queue:
                 popleft = self.de_queue.popleft
                 while self.de_queue:
@@ -166,15 +179,15 @@ class Scheduler:
                     queue = self._private_at[at]
                     if at != own_at and not queue:
                         woken.append(loads.ids[at])
-                    queue.append(request)
+                    _append(queue, request)
                     loads.add_at(at, request.prompt_tokens)
-                    tokens[at] += request.prompt_tokens
+                    self._private_tokens[at] += request.prompt_tokens
             for request, i in assign_des(private, report.engines, self._z):
-                tokens[own_at] -= request.prompt_tokens
+                self._private_tokens[own_at] -= request.prompt_tokens
                 request.de, request.de_node = report.engines[i].engine_id, node
                 self._finish(request, result)
             return result
-        for request, engine_id in self._drain(self._pending_de[group.group_id]):
+        for request, engine_id in self._drain(self._pending_de[own]):
             request.de, request.de_node = engine_id, node
             self._finish(request, result)
         return result

@@ -10,14 +10,14 @@ cpdef bint is_side(side, str name) except -1
 cdef class Request:
     cdef public object rid, read_side, tag
     cdef public long long prompt_tokens, hit_tokens, gen_tokens
-    cdef public long long pe, de, pe_node, de_node, num_computed, pe_read_tokens
+    cdef public long long pe, de, pe_node, de_node, num_computed, pe_read_tokens, slot
 
     cpdef _fill(self, rid, long long prompt_tokens, long long hit_tokens, long long gen_tokens, tag)
 
 
 @cython.locals(request=Request)
 cpdef Request new_request(rid, long long prompt_tokens, long long hit_tokens, long long gen_tokens,
-                          tag=*)
+                          tag=*, long long slot=*)
 
 
 cdef class EngineReport:

@@ -20,11 +20,14 @@ class Request:
     The caller fills the shape; the scheduler fills `pe`, `de` (global engine ids), `pe_node`,
     `de_node`, `read_side` ("pe", "de", or "split": the PE node reads the hit's first
     `pe_read_tokens` tokens and the DE node the rest) and `pe_read_tokens`; the PE batcher
-    advances `num_computed`.
+    advances `num_computed`. `tag` (any object) and `slot` (an integer, -1 unless set) are
+    free for the caller and never read by the scheduler; compiled, `slot` is a C field, so a
+    caller that keeps its own state in arrays indexes them without touching an int object
+    (the simulator keeps the agent there).
     """
 
     __slots__ = ("rid", "prompt_tokens", "hit_tokens", "gen_tokens", "pe", "de", "pe_node",
-                 "de_node", "read_side", "num_computed", "tag", "pe_read_tokens")
+                 "de_node", "read_side", "num_computed", "tag", "pe_read_tokens", "slot")
 
     def __init__(self, rid: int, prompt_tokens: int, hit_tokens: int, gen_tokens: int, tag=None):
         if not 0 <= hit_tokens < prompt_tokens:
@@ -42,7 +45,8 @@ class Request:
         self.read_side = None
         self.pe_read_tokens = 0  # hit tokens the PE node reads (all of them on the pe side)
         self.num_computed = 0  # miss tokens prefilled so far (chunked prefill)
-        self.tag = tag  # free for the caller (the simulator keeps its turn record here)
+        self.tag = tag  # free for the caller
+        self.slot = -1  # free for the caller (new_request sets it)
 
     @property
     def miss_tokens(self) -> int:
@@ -84,12 +88,14 @@ class Request:
                 f"pe_read={self.pe_read_tokens})")
 
 
-def new_request(rid, prompt_tokens: int, hit_tokens: int, gen_tokens: int, tag=None) -> Request:
+def new_request(rid, prompt_tokens: int, hit_tokens: int, gen_tokens: int, tag=None,
+                slot: int = -1) -> Request:
     """Request(rid, prompt_tokens, hit_tokens, gen_tokens, tag) without the shape checks, for
-    a caller that checked every shape at once (the simulator checks its whole workload):
-    compiled (request.pxd), a C call that passes the numbers unboxed."""
+    a caller that checked every shape at once (the simulator checks its whole workload), and
+    with its `slot` set: compiled (request.pxd), a C call that passes the numbers unboxed."""
     request = Request.__new__(Request)
     request._fill(rid, prompt_tokens, hit_tokens, gen_tokens, tag)
+    request.slot = slot
     return request
 
 

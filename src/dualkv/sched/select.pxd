@@ -33,7 +33,7 @@ cdef class LeastLoaded:
     cpdef set_at(self, Py_ssize_t i, double tokens)
     cpdef add_at(self, Py_ssize_t i, double delta)
     cpdef argmin(self)
-    @cython.locals(loads="double[:]", best=Py_ssize_t, i=Py_ssize_t, least=double, load=double)
+    @cython.locals(best=Py_ssize_t, i=Py_ssize_t, least=double, load=double)
     cpdef Py_ssize_t argmin_at(self) except -1
 
 

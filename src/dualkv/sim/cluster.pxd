@@ -14,7 +14,7 @@ cdef class Cluster:
     cdef public CFlopCurve curve
     cdef public Py_ssize_t num_pe_nodes, num_de_nodes, g, num_nodes
     cdef public list pe_groups, de_groups, snic_pending, batchers, ready, de_wait
-    cdef public long long[:] seq, tok, node_tok, read_q, buf_used, de_assigned, de_alloc
+    cdef public long long[:] seq, tok, node_tok, read_q, buf_used, de_assigned, de_alloc, de_waiting
     cdef public signed char[:] snic_busy, pe_busy
     cdef public double[:] h2d_free
     cdef public long long buf_cap, de_cap

@@ -47,6 +47,9 @@ class Cluster:
         self.de_assigned = array("q", [0]) * num_engines  # HBM tokens of assigned, unfinished requests
         self.de_alloc = array("q", [0]) * num_engines  # HBM tokens allocated (decoding)
         self.de_wait = [deque() for _ in range(num_engines)]
+        # len(de_wait[e]), kept beside it: the loop asks whether an engine has waiters twice a
+        # turn, and a C array read is cheaper than reaching the deque (a cache miss at scale)
+        self.de_waiting = array("q", [0]) * num_engines
         self.h2d_free = array("d", [0.0]) * num_engines
 
     def buffer_fits(self, node: int, tokens: int) -> bool:

@@ -19,3 +19,7 @@ cdef class EventQueue:
     cdef Event _pop(self) except *
     cpdef tuple pop(self)
     cpdef object pop_payload(self)
+
+
+cpdef void prefetch_items(list items) noexcept
+cpdef void prefetch_int32(const int[:] values, Py_ssize_t i) noexcept

@@ -4,8 +4,13 @@ heap held as C structs so a push or pop allocates nothing (pop_payload) or only 
 tuple (pop). The heap is 4-ary: half the levels of a binary heap, and a node's four children
 share two cache lines, which matters at ~50,000 pending events (48,000 agents). Keys are
 unique (push order breaks ties), so any correct heap pops the same sequence as heapq."""
+from cpython.list cimport PyList_GET_ITEM
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject
+
+
+cdef extern from *:
+    void __builtin_prefetch(const void* addr) nogil  # gcc and clang; a hint, never a fault
 
 
 # The order: a before b when a.t < b.t, or a.t == b.t and a.seq < b.seq (push order). It is
@@ -74,6 +79,12 @@ cdef class EventQueue:
                 heap[i] = heap[best]
                 i = best
             heap[i] = last
+            # The next event's payload (a Request, mostly) is read when that event is handled,
+            # one handler from now; at 48,000 agents it has usually left the cache since it was
+            # pushed. Fetching its first two cache lines now overlaps that miss with this
+            # event's handler. It changes nothing but timing.
+            __builtin_prefetch(heap[0].obj)
+            __builtin_prefetch((<char*>heap[0].obj) + 64)
         return top
 
     cpdef tuple pop(self):
@@ -93,3 +104,25 @@ cdef class EventQueue:
 
     def __len__(self):
         return self._size
+
+
+cpdef void prefetch_items(list items) noexcept:
+    """A hint that the objects in `items` are about to be read: each one's first two cache
+    lines are requested at once, so their misses overlap (reading them one by one waits for
+    each in turn). Nothing is read or changed; None or an empty list does nothing."""
+    cdef Py_ssize_t i
+    cdef char* p
+    if items is None:
+        return
+    for i in range(len(items)):
+        p = <char*>PyList_GET_ITEM(items, i)
+        __builtin_prefetch(p)
+        __builtin_prefetch(p + 64)
+
+
+cpdef void prefetch_int32(const int[:] values, Py_ssize_t i) noexcept:
+    """A hint that values[i] is about to be read: its cache line is requested now, so the miss
+    overlaps with the caller's work until then. Nothing is read or changed; an index out of
+    range prefetches nothing useful and does no harm (a prefetch never faults)."""
+    if 0 <= i < values.shape[0]:
+        __builtin_prefetch(&values[i])

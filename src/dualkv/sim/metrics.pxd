@@ -17,8 +17,9 @@ cdef class Series:
     cdef double[:] _buf
     cdef public Py_ssize_t size
 
-    @cython.locals(grown="double[:]")
     cpdef append(self, double value)
+    @cython.locals(grown="double[:]")
+    cpdef _grow(self)
 
 
 # final: nothing subclasses it, so its cpdef methods are called directly
@@ -36,9 +37,9 @@ cdef class Accounting:
 
     cpdef add_write(self, Py_ssize_t node, double tokens)
 
-    @cython.locals(W=double, w0=Py_ssize_t, w1=Py_ssize_t, rate=double, w=Py_ssize_t,
-                   view="double[:, ::1]")
+    @cython.locals(W=double, w0=Py_ssize_t, w1=Py_ssize_t, rate=double, w=Py_ssize_t)
     cpdef add_read(self, Py_ssize_t node, double t0, double t1, double tokens)
 
-    @cython.locals(w=Py_ssize_t, view="double[:, ::1]")
+    @cython.locals(w=Py_ssize_t)
     cpdef add_class(self, double t, Tokens tokens)
+    cpdef _grow_cls(self, Py_ssize_t w)

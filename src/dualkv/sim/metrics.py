@@ -46,11 +46,16 @@ class Series:
 
     def append(self, value: float) -> None:
         if self.size == len(self._buf):
-            grown = array("d", [0.0]) * (2 * self.size)
-            grown[: self.size] = self._buf[: self.size]
-            self._buf = grown
+            self._grow()
         self._buf[self.size] = value
         self.size += 1
+
+    def _grow(self) -> None:
+        """Doubles the capacity. Apart from append: compiled, a function with memoryview
+        temporaries zeroes them (~200 bytes each) on every call, growing or not."""
+        grown = array("d", [0.0]) * (2 * self.size)
+        grown[: self.size] = self._buf[: self.size]
+        self._buf = grown
 
     def __len__(self) -> int:
         return self.size
@@ -80,24 +85,27 @@ class Accounting:
         self._cls_rows = 0  # windows add_class has written to
 
     def _grow(self, w: int) -> None:
-        if w >= len(self.snic):
-            size = max(w + 1, 2 * len(self.snic))
-            self.snic = np.resize(self.snic, (size, self.snic.shape[1]))
-            self.snic[self.num_windows:] = 0
-            self._snic_view = self.snic
-        self.num_windows = max(self.num_windows, w + 1)
+        """Room for window w in snic (called only when it lacks it: compiled, this function's
+        memoryview temporary is zeroed on every call)."""
+        size = max(w + 1, 2 * len(self.snic))
+        self.snic = np.resize(self.snic, (size, self.snic.shape[1]))
+        self.snic[self.num_windows:] = 0
+        self._snic_view = self.snic
 
     def add_read(self, node: int, t0: float, t1: float, tokens: float) -> None:
         W = self.window_s
         w0, w1 = int(t0 / W), int(t1 / W)
-        self._grow(w1)
-        view = self._snic_view
+        if w1 >= self._snic_view.shape[0]:
+            self._grow(w1)
+        self.num_windows = max(self.num_windows, w1 + 1)
+        # the typed field is indexed in place: a memoryview local costs a reference count (an
+        # atomic add) and a zeroed temporary per call
         if w0 == w1:
-            view[w0, node] += tokens
+            self._snic_view[w0, node] += tokens
             return
         rate = tokens / (t1 - t0)
         for w in range(w0, w1 + 1):
-            view[w, node] += rate * (min(t1, (w + 1) * W) - max(t0, w * W))
+            self._snic_view[w, node] += rate * (min(t1, (w + 1) * W) - max(t0, w * W))
 
     def add_write(self, node: int, tokens: float) -> None:
         self._write_view[node] += tokens
@@ -106,18 +114,22 @@ class Accounting:
         """Adds the six channels' tokens (path_tokens' order) to the window of time t.
         Compiled, `tokens` is a C tuple: no tuple or int objects per call."""
         w = int(t / self.window_s)
-        if w >= len(self.cls):
-            self.cls = np.resize(self.cls, (max(w + 1, 2 * len(self.cls)), len(CHANNELS)))
-            self.cls[self._cls_rows:] = 0
-            self._cls_view = self.cls
+        if w >= self._cls_view.shape[0]:
+            self._grow_cls(w)
         self._cls_rows = max(self._cls_rows, w + 1)
-        view = self._cls_view
-        view[w, 0] += tokens[0]
-        view[w, 1] += tokens[1]
-        view[w, 2] += tokens[2]
-        view[w, 3] += tokens[3]
-        view[w, 4] += tokens[4]
-        view[w, 5] += tokens[5]
+        # the typed field is indexed in place, and the growth is a function of its own (see
+        # add_read, _grow)
+        self._cls_view[w, 0] += tokens[0]
+        self._cls_view[w, 1] += tokens[1]
+        self._cls_view[w, 2] += tokens[2]
+        self._cls_view[w, 3] += tokens[3]
+        self._cls_view[w, 4] += tokens[4]
+        self._cls_view[w, 5] += tokens[5]
+
+    def _grow_cls(self, w: int) -> None:
+        self.cls = np.resize(self.cls, (max(w + 1, 2 * len(self.cls)), len(CHANNELS)))
+        self.cls[self._cls_rows:] = 0
+        self._cls_view = self.cls
 
     def class_array(self) -> np.ndarray:
         """Tokens per class channel for each of the num_windows windows (zeros past the last

@@ -7,11 +7,12 @@ from dualkv.sched.request cimport EngineReport as CEngineReport, GroupReport as 
 from dualkv.sched.request cimport FetchResult as CFetchResult
 from dualkv.sched.request cimport is_side, new_request  # C calls
 from dualkv.sched.inter cimport Scheduler as CScheduler
-from dualkv.sched.intra cimport PrefillBatcher as CBatcher
+from dualkv.sched.intra cimport Chunk as CChunk, PrefillBatcher as CBatcher
 from dualkv.sim.cluster cimport Cluster as CCluster, NodeSet as CNodeSet
 from dualkv.sim.metrics cimport Accounting as CAccounting, path_tokens, split_path_tokens  # C calls
 from dualkv.sim.metrics cimport Series as CSeries
 from dualkv.sim.events cimport EventQueue as CEventQueue
+from dualkv.sim.events cimport prefetch_int32, prefetch_items  # C calls
 
 
 cpdef long long hbm_need(CRequest r) except? -1
@@ -36,7 +37,8 @@ cdef class Simulator:
     cdef public double period
     cdef public CNodeSet pe_awake, de_awake, pe_full, dirty_read_q
     cdef public bint tick_armed, io_free, layerwise, pe_wake_all, may_split
-    cdef public long long[:] turn, end, _shape
+    cdef public long long[:] turn, end
+    cdef public int[:] _shape
     cdef public double[:] submit_t, first_t, finish_t
     cdef public CSeries ttft, ttst, tpot, ttft_at, attn_t, attn_ratio
     cdef public list group_reports
@@ -54,8 +56,8 @@ cdef class Simulator:
 
     cpdef on_arrive(self, Py_ssize_t agent)
 
-    @cython.locals(i=Py_ssize_t, request=CRequest, g=Py_ssize_t, shape="long long[:]")
-    cpdef submit(self, Py_ssize_t agent)
+    @cython.locals(i=Py_ssize_t, request=CRequest, g=Py_ssize_t)
+    cpdef submit(self, Py_ssize_t agent, CRequest done=*)
 
     cpdef arm_tick(self)
 
@@ -97,10 +99,11 @@ cdef class Simulator:
     cpdef make_ready(self, CRequest r)
 
     @cython.locals(c=CCluster, kv_bw=double, io=bint, new_tokens=cython.longlong, t=double,
-                   longest=double, end=double, e=Py_ssize_t, batcher=CBatcher)
+                   longest=double, end=double, e=Py_ssize_t, batcher=CBatcher, ch=CChunk,
+                   loaded=cython.longlong, stored=cython.longlong, num_chunks=Py_ssize_t, done=list)
     cpdef start_forward(self, Py_ssize_t g)
 
-    @cython.locals(c=CCluster, g=Py_ssize_t)
+    @cython.locals(c=CCluster, g=Py_ssize_t, r=CRequest, done=list)
     cpdef on_forward_done(self, item)
 
     @cython.locals(c=CCluster, a=Py_ssize_t, miss=cython.longlong)

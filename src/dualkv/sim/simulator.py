@@ -10,6 +10,7 @@ saturated cluster costs no events.
 
 import gc
 from array import array
+from collections import deque
 
 import numpy as np
 
@@ -18,12 +19,17 @@ from dualkv.sched import EngineReport, FetchResult, GroupReport, Request, Schedu
 from dualkv.sched.request import is_side, new_request
 from dualkv.sim.cluster import Cluster, NodeSet
 from dualkv.sim.config import SimConfig
-from dualkv.sim.events import EventQueue
+from dualkv.sim.events import EventQueue, prefetch_int32, prefetch_items
 from dualkv.sim.metrics import Accounting, Series, path_tokens, split_path_tokens
 from dualkv.sim.workload import Workload
 
 ARRIVE, TICK, READ_DONE, FORWARD_DONE, H2D_DONE, DECODE_DONE, MONITOR = range(7)
 READ_PART_DONE = 7  # one node's part of a split read (the "split" policy)
+
+# deque's methods, looked up once: compiled, _append(q, x) calls the method directly, where
+# q.append(x) on an untyped q looks "append" up by name on every call (the loop's own queues
+# are deques; a few such calls a turn)
+_append, _popleft = deque.append, deque.popleft
 
 
 def default_beta(cfg: SimConfig, work: Workload) -> float:
@@ -58,14 +64,23 @@ def _int64s(values) -> array:
     return out
 
 
+def _int32s(values) -> array:
+    out = array("i")  # C int: 32 bits on every platform numpy and Cython build for here
+    out.frombytes(np.ascontiguousarray(values, dtype=np.int32).view(np.uint8))  # one copy
+    return out
+
+
 def check_shapes(work: Workload) -> None:
     """Request's shape checks for every turn at once (0 <= hit < prompt, gen >= 1), so each
-    turn's Request is made without them (sched.request.new_request)."""
-    bad = (work.hit < 0) | (work.hit >= work.prompt) | (work.gen < 1)
+    turn's Request is made without them (sched.request.new_request), and every number fits
+    the int32 array the loop keeps them in."""
+    limit = 2 ** 31 - 1
+    bad = (work.hit < 0) | (work.hit >= work.prompt) | (work.gen < 1) | \
+        (work.prompt > limit) | (work.gen > limit)
     if bad.any():
         i = int(bad.argmax())
-        raise InvalidArgument(f"turn {i} of {work.name}: need 0 <= hit_tokens < prompt_tokens and "
-                              f"gen_tokens >= 1, got {work.hit[i]}, {work.prompt[i]}, {work.gen[i]}")
+        raise InvalidArgument(f"turn {i} of {work.name}: need 0 <= hit_tokens < prompt_tokens < 2**31 "
+                              f"and 1 <= gen_tokens < 2**31, got {work.hit[i]}, {work.prompt[i]}, {work.gen[i]}")
 
 
 class Simulator:
@@ -106,8 +121,10 @@ class Simulator:
         self.split_left = {}
         self.num_split = 0  # requests read as a split (both nodes)
         # each turn's (prompt, hit, gen) side by side: a submit reads one cache line, not three
-        # (at 5 M turns, each a miss: consecutive submits are different agents' turns)
-        self._shape = _int64s(np.stack([work.prompt, work.hit, work.gen], axis=1).ravel())
+        # (at 5 M turns, each a miss: consecutive submits are different agents' turns), as
+        # int32 (check_shapes: every shape fits), so an agent's consecutive turns share a line
+        # 5 turns in 6 instead of 5 in 8
+        self._shape = _int32s(np.stack([work.prompt, work.hit, work.gen], axis=1).ravel())
         m = cfg.model
         self.bpt = m.bytes_per_token
         self.kv_bw = cfg.cnic_bytes_per_s * cfg.cnic_kv_share
@@ -180,11 +197,24 @@ class Simulator:
     def on_arrive(self, agent: int) -> None:
         self.submit(agent)
 
-    def submit(self, agent: int) -> None:
+    def submit(self, agent: int, done: Request = None) -> None:
+        """The agent's next turn. `done`: its previous turn's Request, finished (decoded,
+        nothing holds it for later), refilled for this turn instead of making a new one."""
         i = self.turn[agent]
         self.submit_t[agent] = self.now
-        shape = self._shape
-        request = new_request(i, shape[3 * i], shape[3 * i + 1], shape[3 * i + 2], agent)
+        # _shape indexed in place (compiled, a memoryview local costs an atomic reference
+        # count and a zeroed temporary per call). The agent goes in the request's C field
+        # `slot`, not in `tag`: reading an int object back is a cache miss at 48,000 agents.
+        if done is None:
+            request = new_request(i, self._shape[3 * i], self._shape[3 * i + 1],
+                                  self._shape[3 * i + 2], None, agent)
+        else:
+            # every field as new_request sets it; the object is in cache (its decode just
+            # finished) and nothing is freed or allocated, where a new one would cost a cache
+            # miss at its first use and GC (un)tracking
+            request = done
+            request._fill(i, self._shape[3 * i], self._shape[3 * i + 1], self._shape[3 * i + 2], None)
+            request.slot = agent
         routed = self.sched.submit(request)
         if routed is None:
             if len(self.sched.pe_queue) == 1 and len(self.pe_full) < self.c.num_pe_nodes:
@@ -285,7 +315,7 @@ class Simulator:
             return
         node = read_node(r)
         self.c.read_q[node] += r.hit_tokens
-        self.c.snic_pending[node].append(r)
+        _append(self.c.snic_pending[node], r)
         self.start_reads(node)
 
     def start_reads(self, node: int) -> None:
@@ -296,7 +326,7 @@ class Simulator:
             if self.may_split and is_side(r.read_side, "split"):
                 if r.rid not in self.split_left and not self.reserve_split(node, r):
                     return  # its buffers are full: blocked, as a whole read would be
-                pending.popleft()
+                _popleft(pending)
                 self.start_read_part(node, r)
                 continue
             on_pe = is_side(r.read_side, "pe")
@@ -306,7 +336,7 @@ class Simulator:
             if not c.buffer_fits(r.de_node, r.prompt_tokens):
                 c.block(r.de_node, node)
                 return
-            pending.popleft()
+            _popleft(pending)
             if on_pe:
                 c.buf_used[r.pe_node] += r.hit_tokens
             c.buf_used[r.de_node] += r.prompt_tokens
@@ -399,7 +429,7 @@ class Simulator:
     # -- prefill ----------------------------------------------------------------------------
     def make_ready(self, r: Request) -> None:
         c = self.c
-        c.ready[r.pe].append(r)
+        _append(c.ready[r.pe], r)
         if not c.pe_busy[r.pe_node]:
             self.start_forward(r.pe_node)
 
@@ -408,7 +438,9 @@ class Simulator:
         # not queued, as paper.md §16.1 allows inside the §6 bound.
         c, kv_bw = self.c, self.kv_bw
         io = not self.io_free and not self.layerwise
-        batch, gpu_times, new_tokens = [], [], 0
+        # done: the requests whose prefill this forward finishes, in batch order (what the
+        # FORWARD_DONE event needs; its chunks are not kept past this call)
+        done, gpu_times, new_tokens, num_chunks = [], [], 0, 0
         for e in c.pe_groups[g].engine_ids:
             if not c.ready[e]:
                 gpu_times.append(0.0)
@@ -427,8 +459,10 @@ class Simulator:
             gpu_times.append(t)
             for ch in chunks:
                 new_tokens += ch.bsz
-            batch.extend(chunks)
-        if not batch:
+                if ch.is_last:
+                    done.append(ch.request)
+            num_chunks += len(chunks)
+        if not num_chunks:
             return
         longest = max(gpu_times)
         self.attn_t.append(self.now)
@@ -438,15 +472,17 @@ class Simulator:
         # load/store), the group's linear work spread over its GPUs, and the fixed per-forward
         # term (paper.md §16.1) that makes throughput grow with batch size (Fig. 3 right).
         end = self.now + longest + new_tokens * self.linear_s_per_token + self.forward_fixed_s
-        self.push(end, FORWARD_DONE, (g, batch))
+        self.push(end, FORWARD_DONE, (g, done))
 
     def on_forward_done(self, item) -> None:
-        g, batch = item
+        g, done = item
         c = self.c
         c.pe_busy[g] = False
-        for ch in batch:
-            if ch.is_last:
-                self.prefill_done(ch.request)
+        # At 48,000 agents these requests have left the cache since the forward started:
+        # their loads are started together here instead of one miss after another below.
+        prefetch_items(done)
+        for r in done:
+            self.prefill_done(r)
         self.pe_full.discard(g)
         if self.sched.has_pe_work(g):
             self.pe_awake.add(g)
@@ -454,7 +490,7 @@ class Simulator:
         self.start_forward(g)
 
     def prefill_done(self, r: Request) -> None:
-        c, a = self.c, r.tag
+        c, a = self.c, r.slot
         self.first_t[a] = self.now
         self.ttft.append(self.now - self.submit_t[a])
         self.ttft_at.append(self.submit_t[a])
@@ -471,9 +507,9 @@ class Simulator:
                 self.acct.add_class(self.now, path_tokens(r.read_side, r.hit_tokens, miss))
             if is_side(r.read_side, "pe"):
                 self.release_buffer(r.pe_node, r.hit_tokens)
-        waiting = c.de_wait[r.de]
-        if waiting or (c.de_alloc[r.de] and c.de_alloc[r.de] + hbm_need(r) > c.de_cap):
-            waiting.append(r)
+        if c.de_waiting[r.de] or (c.de_alloc[r.de] and c.de_alloc[r.de] + hbm_need(r) > c.de_cap):
+            _append(c.de_wait[r.de], r)
+            c.de_waiting[r.de] += 1
         else:
             self.allocate(r)
 
@@ -488,7 +524,7 @@ class Simulator:
             c.h2d_free[e] = end
             self.push(end, H2D_DONE, r)
         if r.gen_tokens > 1:
-            self.ttst.append(end + tpot - self.first_t[r.tag])
+            self.ttst.append(end + tpot - self.first_t[r.slot])
             self.tpot.append(tpot)
         self.push(end + (r.gen_tokens - 1) * tpot, DECODE_DONE, r)
 
@@ -496,7 +532,12 @@ class Simulator:
         self.release_buffer(r.de_node, r.prompt_tokens)
 
     def on_decode_done(self, r: Request) -> None:
-        c, e, a = self.c, r.de, r.tag
+        c, e, a = self.c, r.de, r.slot
+        if self.turn[a] + 1 < self.end[a]:
+            # the agent's next turn's shape, read by submit below: a cache miss at 48,000
+            # agents (consecutive submits are different agents'), started now to overlap
+            # with the work in between
+            prefetch_int32(self._shape, 3 * (self.turn[a] + 1))
         c.de_alloc[e] -= hbm_need(r)
         c.de_assigned[e] -= hbm_need(r)
         c.seq[e] -= 1
@@ -507,15 +548,19 @@ class Simulator:
             written = (r.prompt_tokens + r.gen_tokens) // block * block - r.hit_tokens
             self.acct.add_write(r.de_node, written)
             self.acct.add_class(self.now, (0, 0, written, 0, 0, 2 * written))
-        waiting = c.de_wait[e]
-        while waiting and (not c.de_alloc[e] or c.de_alloc[e] + hbm_need(waiting[0]) <= c.de_cap):
-            self.allocate(waiting.popleft())
+        while c.de_waiting[e] and (not c.de_alloc[e] or
+                                   c.de_alloc[e] + hbm_need(c.de_wait[e][0]) <= c.de_cap):
+            c.de_waiting[e] -= 1
+            self.allocate(_popleft(c.de_wait[e]))
         if self.sched.has_de_work(r.de_node):
             self.de_awake.add(r.de_node)
             self.arm_tick()
         self.turn[a] += 1
         if self.turn[a] < self.end[a]:
-            self.submit(a)
+            # r is finished: no event, queue or scheduler state refers to it any more (its H2D
+            # event, pushed first at the same or an earlier time, has run); the fetch result
+            # lists that may still list it are cleared before they are read again
+            self.submit(a, r)
         else:
             self.finish_t[a] = self.now
             self.num_done += 1
