@@ -131,9 +131,7 @@ def main(argv=None) -> int:
     print(f"starting 1p2d vLLM instances (logs in {local.log_dir}) ...", flush=True)
     with local:
         for r in range(args.rounds):
-            k = r % len(policies)  # each policy first once per len(policies) rounds
-            order = policies[k:] + policies[:k]
-            for i, policy in enumerate(order):
+            for i, policy in enumerate(round_order(policies, r)):
                 snic = 0.0 if policy == "oracle" else args.snic_mbps / 1e3
                 cnic = 0.0 if policy == "oracle" else args.cnic_mbps / 1e3
                 set_rates(local, snic, cnic)
@@ -145,19 +143,34 @@ def main(argv=None) -> int:
                 row.update(round=r, order=i, snic_mbps=snic * 1e3, cnic_mbps=cnic * 1e3)
                 runs[policy].append(row)
                 report.add(row)
+    for row in summarize(runs):
+        report.add(row)
+    report.finish()
+    return 0
+
+
+def round_order(policies: list[str], r: int) -> list[str]:
+    """Round r's order: rotated by r, so each policy runs first once per len(policies) rounds."""
+    k = r % len(policies)
+    return list(policies[k:]) + list(policies[:k])
+
+
+def summarize(runs: dict[str, list[dict]]) -> list[dict]:
+    """One median row per policy (its runs' float figures) and, when Basic ran, the ratio of
+    its turns/s to the same round's Basic run, per round and their median (higher is better)."""
     base = runs.get("basic")
-    for policy in policies:
-        rows = runs[policy]
+    out = []
+    for policy, rows in runs.items():
         median = {k: statistics.median(row[k] for row in rows) for k in rows[0]
                   if isinstance(rows[0][k], float) and k not in ("snic_mbps", "cnic_mbps")}
         row = {"policy": policy, "summary": "median", "runs": len(rows), **median}
         if base:  # paired by round: the same round's Basic run
-            ratios = [r["turns_per_s"] / b["turns_per_s"] for r, b in zip(rows, base)]
+            by_round = {b["round"]: b["turns_per_s"] for b in base}
+            ratios = [r["turns_per_s"] / by_round[r["round"]] for r in rows]
             row.update(turns_per_s_over_basic_per_round=[round(x, 3) for x in ratios],
                        turns_per_s_over_basic=statistics.median(ratios))
-        report.add(row)
-    report.finish()
-    return 0
+        out.append(row)
+    return out
 
 
 if __name__ == "__main__":
