@@ -1,7 +1,10 @@
 """`dualkv bench vllm-pd`'s rounds and summary on canned runs: the order rotates each round,
 medians per policy, and each policy's turns/s paired with the same round's Basic run (the
 engine runs themselves need the vLLM venv and are measured in bench/RESULTS.md)."""
+import pytest
+
 from dualkv.bench import vllm_pd
+from dualkv.errors import InvalidArgument
 
 POLICIES = ("basic", "dualpath", "oracle")
 
@@ -38,3 +41,8 @@ def test_ratios_pair_each_run_with_the_same_rounds_basic():
 def test_without_basic_there_is_no_ratio():
     rows = vllm_pd.summarize({"oracle": [run("oracle", r, 2.0, 1.1) for r in range(3)]})
     assert "turns_per_s_over_basic" not in rows[0] and rows[0]["turns_per_s"] == 2.0
+
+
+def test_fewer_than_three_rounds_is_refused_before_anything_starts():
+    with pytest.raises(InvalidArgument, match="at least 3 rounds"):
+        vllm_pd.main(["--rounds", "2"])

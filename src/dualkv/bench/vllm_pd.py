@@ -26,6 +26,7 @@ import time
 
 from dualkv.bench._vllm_agents import AgentWorkload, post_json
 from dualkv.bench.report import Report
+from dualkv.errors import InvalidArgument
 
 POLICIES = ("basic", "dualpath", "oracle")
 ENV = {"VLLM_TARGET_DEVICE": "cpu", "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1",
@@ -112,6 +113,9 @@ def main(argv=None) -> int:
     policies = tuple(p for p in args.policies.split(",") if p)
     if not set(policies) <= set(POLICIES):
         raise SystemExit(f"--policies: choose from {', '.join(POLICIES)}")
+    if args.rounds < 3:
+        raise InvalidArgument(f"--rounds {args.rounds}: the medians and per-round ratios need "
+                              f"at least 3 rounds")
 
     from dualkv.router.launch import LocalSet
     from dualkv.testing.vllm_model import write_llama
