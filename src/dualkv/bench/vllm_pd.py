@@ -98,12 +98,14 @@ def main(argv=None) -> int:
     parser.add_argument("--append", type=int, default=32, help="new tokens per later turn")
     parser.add_argument("--gen", type=int, default=8, help="tokens generated per turn")
     parser.add_argument("--preset", default="tiny", help="model preset (dualkv.testing.vllm_model)")
-    # 1 MB/s puts the tiny model on 2 cores at Oracle/Basic ~2.3 (I/O matters, compute too);
-    # bench/RESULTS.md also has 1.5 MB/s (Oracle/Basic ~1.8), where DualPath gains less
-    parser.add_argument("--snic-mbps", type=float, default=1.0,
+    # 1.25 MB/s puts the tiny model on 2 idle cores at Oracle/Basic ~2.4 (I/O matters, compute
+    # too); 1 MB/s reached 3.0 there, 1.5 MB/s gave ~1.8 (bench/RESULTS.md, vLLM P/D)
+    parser.add_argument("--snic-mbps", type=float, default=1.25,
                         help="each instance's emulated storage NIC, MB/s")
-    parser.add_argument("--cnic-mbps", type=float, default=8.0,
+    parser.add_argument("--cnic-mbps", type=float, default=10.0,
                         help="each instance's emulated compute NIC, MB/s (8x the storage NIC)")
+    parser.add_argument("--idle-wait-ms", type=float, default=None,
+                        help="the connector's idle_wait_ms (default: its own, 20; 0: off)")
     parser.add_argument("--base-port", type=int, default=18400)
     parser.add_argument("--dir", help="work directory (default: a temporary one)")
     parser.add_argument("--policies", default=",".join(POLICIES),
@@ -129,7 +131,9 @@ def main(argv=None) -> int:
                      os.path.join(work, "logs"), base_port=args.base_port,
                      vllm_args=["--max-model-len", str(max_len), "--dtype", "float32",
                                 "--skip-tokenizer-init", "--enforce-eager", "--block-size", "32"],
-                     extra_config={"timeout_s": 120, "pull_lease_s": 600})
+                     extra_config={"timeout_s": 120, "pull_lease_s": 600,
+                                   **({} if args.idle_wait_ms is None
+                                      else {"idle_wait_ms": args.idle_wait_ms})})
     report = Report("dualkv bench vllm-pd", args.json)
     runs: dict[str, list[dict]] = {p: [] for p in policies}
     print(f"starting 1p2d vLLM instances (logs in {local.log_dir}) ...", flush=True)
