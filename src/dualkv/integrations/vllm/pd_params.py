@@ -39,11 +39,18 @@ def notice_id(engine_id: str, request_id: str) -> int:
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
-def tokens_digest(token_ids, num_tokens: int) -> str:
-    """Names the first num_tokens token ids (a receiver whose prompt differs there, even in a
-    partial last block, computes instead of pulling KV computed over other tokens)."""
-    ids = np.asarray(token_ids[:num_tokens], np.int64)
+def tokens_digest(token_ids, start: int, stop: int) -> str:
+    """Names token_ids[start:stop]: the tokens of a pulled range that no block key names (the
+    partial last block, or all of them when there is no key). A receiver whose prompt differs
+    there computes instead of pulling KV computed over other tokens. Hashing only those keeps
+    it O(block size) on the scheduler's path, however long the prompt."""
+    ids = np.asarray(token_ids[start:stop], np.int64)
     return hashlib.blake2b(ids.tobytes(), digest_size=16).hexdigest()
+
+
+def unkeyed_start(num_tokens: int, block_size: int, prefix_key: str) -> int:
+    """Where the tokens a prefix key does not name begin: after its whole blocks, or at 0."""
+    return num_tokens // block_size * block_size if prefix_key else 0
 
 
 @dataclass
@@ -66,8 +73,8 @@ class PullParams:
     # hex key of the last full block those pages hold (vLLM's chained hash: it names the whole
     # prefix); a receiver whose prompt has another key there computes instead. "" = unchecked
     remote_prefix_key: str = ""
-    # digest of the remote_num_tokens token ids themselves (tokens_digest): also covers a last,
-    # partial block, which no block key names. "" = unchecked
+    # digest of the pulled tokens the prefix key does not name (tokens_digest from
+    # unkeyed_start to remote_num_tokens): a last, partial block. "" = unchecked
     remote_tokens_digest: str = ""
 
     def to_dict(self, **extra) -> dict:

@@ -22,7 +22,7 @@ import numpy as np
 from dualkv.integrations.vllm.keys import block_keys
 from dualkv.integrations.vllm.metadata import HoldSpec, PullSpec
 from dualkv.integrations.vllm.pd_params import (PullParams, notice_id, tokens_digest,
-                                                wants_dualpath_read,
+                                                unkeyed_start, wants_dualpath_read,
                                                 wants_remote_decode, wants_remote_prefill)
 
 log = logging.getLogger(__name__)
@@ -68,11 +68,12 @@ class HoldPlan:
         num_blocks = -(-num_tokens // self.block_size)
         if num_blocks == 0:
             return False, None
+        key = prefix_key(request, num_tokens // self.block_size, self.hash_stride)
+        start = unkeyed_start(num_tokens, self.block_size, key)
         params = PullParams(self.engine_id, request.request_id, tuple(block_ids[:num_blocks]),
                             num_tokens, self.rendezvous, self.namespace,
-                            time.time() + self.lease_s,
-                            prefix_key(request, num_tokens // self.block_size, self.hash_stride),
-                            tokens_digest(request.prompt_token_ids, num_tokens))
+                            time.time() + self.lease_s, key,
+                            tokens_digest(request.prompt_token_ids, start, num_tokens))
         self._holds.append(HoldSpec(request.request_id,
                                     notice_id(self.engine_id, request.request_id)))
         return True, params.to_dict(**({"dualpath_read": True} if is_hit else {}))
@@ -117,8 +118,10 @@ class PullPlan:
             reason = "its prompt does not start with the tokens whose KV the parameters name"
         elif params.remote_tokens_digest and (
                 len(request.prompt_token_ids) < params.remote_num_tokens or
-                params.remote_tokens_digest != tokens_digest(request.prompt_token_ids,
-                                                             params.remote_num_tokens)):
+                params.remote_tokens_digest != tokens_digest(
+                    request.prompt_token_ids, unkeyed_start(
+                        params.remote_num_tokens, self.block_size, params.remote_prefix_key),
+                    params.remote_num_tokens)):
             reason = "its prompt's tokens differ from those whose KV the parameters name"
         if reason:
             log.warning("dualkv: %s is computed here, not pulled: %s", request.request_id, reason)
